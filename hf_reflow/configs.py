@@ -1,0 +1,232 @@
+"""Typed configuration of a training stage, parsed in exactly one place (`parse_train_config`).
+
+A recipe is YAML whose keys are these dataclass fields; CLI overrides use LeRobot's dotted style
+(`--teacher.path=outputs/1rf`, `--optim.lr=5e-5`). Unknown keys are rejected with the valid list.
+The seed guide's names are accepted as aliases: `teacher_model_path` -> `teacher.path`,
+`reflow_num_inference_steps` -> `teacher.num_inference_steps`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from hf_reflow.errors import ConfigError
+from hf_reflow.flow import LOSSES, TIME_SAMPLERS
+from hf_reflow.sampling import SOLVERS
+
+STAGES = ("flow_matching", "reflow", "distill")
+# Step count written into each stage's final checkpoint unless `num_steps` says otherwise.
+RECOMMENDED_NUM_STEPS = {"flow_matching": 10, "reflow": 2, "distill": 1}
+ALIASES = {
+    "teacher_model_path": "teacher.path",
+    "reflow_num_inference_steps": "teacher.num_inference_steps",
+}
+
+
+def _choice(name: str, value: str, valid: tuple[str, ...]) -> None:
+    if value not in valid:
+        raise ConfigError(f"{name} must be one of {', '.join(valid)}; got {value!r}.")
+
+
+@dataclass
+class DatasetConfig:
+    """Where the demonstrations come from."""
+
+    repo_id: str = "local/dataset"  # Hub id, or any name when `root` holds the dataset
+    root: str | None = None  # local LeRobotDataset folder; None = Hugging Face cache / Hub
+    episodes: list[int] | None = None  # subset of episode indices; None = all
+    num_workers: int = 0  # DataLoader workers
+    in_memory: str = "auto"  # auto (small datasets without images) | always | never
+
+    def __post_init__(self) -> None:
+        _choice("dataset.in_memory", self.in_memory, ("auto", "always", "never"))
+
+
+@dataclass
+class TeacherConfig:
+    """The frozen k-RF teacher whose ODE end points become the student's targets (reflow, distill)."""
+
+    path: str | None = None  # Hub repo id or local checkpoint (the guide's teacher_model_path)
+    revision: str | None = None
+    num_inference_steps: int = 10  # the guide's reflow_num_inference_steps
+    solver: str = "euler"
+
+    def __post_init__(self) -> None:
+        _choice("teacher.solver", self.solver, SOLVERS)
+        if self.num_inference_steps < 1:
+            raise ConfigError(f"teacher.num_inference_steps must be >= 1, got {self.num_inference_steps}.")
+
+
+@dataclass
+class FlowConfig:
+    """How training times are drawn and velocity errors are scored."""
+
+    time_sampler: str = "beta"
+    loss: str = "mse"
+    logit_mean: float = 0.0
+    logit_std: float = 1.0
+    u_shaped_a: float = 4.0
+
+    def __post_init__(self) -> None:
+        _choice("flow.time_sampler", self.time_sampler, TIME_SAMPLERS)
+        _choice("flow.loss", self.loss, LOSSES)
+
+
+@dataclass
+class OptimConfig:
+    """AdamW with linear warmup then cosine decay to `min_lr_ratio * lr`."""
+
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    grad_clip_norm: float | None = 1.0
+    warmup_steps: int = 100
+    min_lr_ratio: float = 0.1
+
+    def __post_init__(self) -> None:
+        if self.lr <= 0:
+            raise ConfigError(f"optim.lr must be > 0, got {self.lr}.")
+
+
+@dataclass
+class TrainConfig:
+    """One training stage: 1-RF (`flow_matching`), k+1-RF (`reflow`) or one-step `distill`."""
+
+    stage: str = "flow_matching"
+    output_dir: str = "outputs/run"
+    seed: int = 0
+    steps: int = 1000  # optimizer steps
+    batch_size: int = 64  # per process and micro-step
+    gradient_accumulation_steps: int = 1
+    mixed_precision: str = "no"  # no | fp16 | bf16 (Accelerate)
+    num_steps: int | None = None  # inference steps saved in the final checkpoint; None = stage default
+    init_from_teacher: bool = True  # reflow / distill: the student starts from the teacher's weights
+    ema_decay: float | None = None  # e.g. 0.999; None disables EMA
+    save_every: int = 0  # also checkpoint every N steps (0 = final only)
+    log_every: int = 50
+    log_with: list[str] = field(default_factory=lambda: ["tensorboard"])  # tensorboard, trackio
+    resume: bool = False
+    policy: dict[str, Any] = field(default_factory=lambda: {"type": "flow_mlp"})  # type / path + config fields
+    dataset: DatasetConfig = field(default_factory=DatasetConfig)
+    teacher: TeacherConfig = field(default_factory=TeacherConfig)
+    flow: FlowConfig = field(default_factory=FlowConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+
+    def __post_init__(self) -> None:
+        _choice("stage", self.stage, STAGES)
+        _choice("mixed_precision", self.mixed_precision, ("no", "fp16", "bf16"))
+        for tracker in self.log_with:
+            _choice("log_with", tracker, ("tensorboard", "trackio"))
+        if self.stage != "flow_matching" and not self.teacher.path:
+            raise ConfigError(
+                f"stage {self.stage!r} needs a teacher: set --teacher.path=<k-RF checkpoint dir or Hub repo id>."
+            )
+        for name in ("steps", "batch_size", "gradient_accumulation_steps", "log_every"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}.")
+        if self.num_steps is not None and self.num_steps < 1:
+            raise ConfigError(f"num_steps must be >= 1, got {self.num_steps}.")
+
+    @property
+    def final_num_steps(self) -> int:
+        return self.num_steps if self.num_steps is not None else RECOMMENDED_NUM_STEPS[self.stage]
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def _build(cls: type, data: dict[str, Any], prefix: str = "") -> Any:
+    """Instantiate dataclass `cls` from a nested dict, rejecting keys it does not define."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"{prefix.rstrip('.') or 'config'} must be a mapping, got {data!r}.")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - set(fields))
+    if unknown:
+        raise ConfigError(
+            f"unknown config key(s) {', '.join(prefix + k for k in unknown)}; "
+            f"valid keys{' under ' + prefix.rstrip('.') if prefix else ''}: {', '.join(fields)}."
+        )
+    hints = typing.get_type_hints(cls)
+    kwargs = {}
+    for key, value in data.items():
+        hint = hints[key]
+        kwargs[key] = _build(hint, value, f"{prefix}{key}.") if dataclasses.is_dataclass(hint) else value
+    try:
+        return cls(**kwargs)
+    except TypeError as e:
+        raise ConfigError(f"invalid value under {prefix.rstrip('.') or 'config'}: {e}") from None
+
+
+def _set_dotted(data: dict[str, Any], dotted: str, value: Any) -> None:
+    dotted = ALIASES.get(dotted, dotted)
+    *parents, leaf = dotted.split(".")
+    node = data
+    for part in parents:
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"cannot set {dotted!r}: {part!r} is not a section.")
+    node[leaf] = value
+
+
+def parse_overrides(args: list[str]) -> list[tuple[str, Any]]:
+    """`--a.b=1 --c 2` -> [("a.b", 1), ("c", 2)], values parsed as YAML scalars/lists."""
+    pairs, i = [], 0
+    while i < len(args):
+        arg = args[i]
+        if not arg.startswith("--"):
+            raise ConfigError(f"unexpected argument {arg!r}; overrides look like --key=value (e.g. --steps=500).")
+        key, sep, raw = arg[2:].partition("=")
+        if not sep:
+            if i + 1 >= len(args):
+                raise ConfigError(f"--{key} needs a value, e.g. --{key}=VALUE.")
+            raw, i = args[i + 1], i + 1
+        pairs.append((key.replace("-", "_"), yaml.safe_load(raw) if raw != "" else None))
+        i += 1
+    return pairs
+
+
+def load_recipe(path: str | Path) -> dict[str, Any]:
+    """Read a YAML recipe into a dict (aliases resolved later)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"recipe {str(path)!r} not found; pass --config=<path to a YAML recipe>.")
+    data = yaml.safe_load(path.read_text()) or {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"recipe {str(path)!r} must be a YAML mapping of config keys.")
+    return data
+
+
+def parse_train_config(args: list[str]) -> TrainConfig:
+    """Build a `TrainConfig` from `--config=recipe.yaml` (optional) plus dotted overrides."""
+    overrides = parse_overrides(args)
+    data: dict[str, Any] = {}
+    for key, value in overrides:
+        if key == "config":
+            for k, v in _flatten(load_recipe(value)):
+                _set_dotted(data, k, v)
+    for key, value in overrides:
+        if key != "config":
+            _set_dotted(data, key, value)
+    return _build(TrainConfig, data)
+
+
+def _flatten(data: dict[str, Any], prefix: str = "") -> list[tuple[str, Any]]:
+    """Nested recipe -> dotted pairs, so recipe sections merge with CLI overrides key by key."""
+    pairs = []
+    for key, value in data.items():
+        if isinstance(value, dict) and value:
+            pairs.extend(_flatten(value, f"{prefix}{key}."))
+        else:
+            pairs.append((f"{prefix}{key}", value))
+    return pairs
+
+
+def save_config(config: TrainConfig, path: Path) -> None:
+    path.write_text(json.dumps(config.to_dict(), indent=2, sort_keys=True))

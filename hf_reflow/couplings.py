@@ -1,0 +1,79 @@
+"""Reflow couplings generated online by a frozen k-RF teacher.
+
+A coupling is (noise z, a = ODE_teacher(z | observation)): the student of round k+1 regresses the
+straight line between them. The teacher is loaded lazily on first use (the seed guide's
+`load_teacher_model`), never trained (no_grad, requires_grad off) and lives on the student's device
+and dtype; its samples are in the teacher's normalised action space, which the student shares.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from hf_reflow.checkpoints import load_config, load_policy
+from hf_reflow.configs import TeacherConfig
+from hf_reflow.errors import CheckpointError
+from hf_reflow.policies.base import PolicyAdapter, adapter_for
+from hf_reflow.sampling import sample_policy
+
+
+def check_compatible(teacher_config: Any, student_config: Any) -> None:
+    """Fail before training when the student cannot regress on the teacher's action chunks."""
+    t_action, s_action = teacher_config.action_feature, student_config.action_feature
+    t_shape = tuple(t_action.shape) if t_action else None
+    s_shape = tuple(s_action.shape) if s_action else None
+    if t_shape != s_shape:
+        raise CheckpointError(
+            f"teacher action shape {t_shape} differs from the student's {s_shape}; a reflow student must "
+            "predict the teacher's action dimension (use the same dataset / action features for both)."
+        )
+    if teacher_config.action_delta_indices != student_config.action_delta_indices:
+        raise CheckpointError(
+            f"teacher chunk ({len(teacher_config.action_delta_indices)} actions) differs from the student's "
+            f"({len(student_config.action_delta_indices)}); set the student's chunk_size to the teacher's."
+        )
+
+
+class OnlineTeacher:
+    """Lazily loaded frozen teacher producing reflow targets for each training batch."""
+
+    def __init__(self, cfg: TeacherConfig, *, device: torch.device, dtype: torch.dtype = torch.float32) -> None:
+        self.cfg, self.device, self.dtype = cfg, device, dtype
+        self.config = load_config(cfg.path, revision=cfg.revision)  # cheap: no weights yet
+        self._adapter: PolicyAdapter | None = None
+
+    @property
+    def adapter(self) -> PolicyAdapter:
+        if self._adapter is None:
+            policy = load_policy(self.cfg.path, device=self.device, revision=self.cfg.revision, config=self.config)
+            policy.requires_grad_(False).eval().to(dtype=self.dtype)
+            self._adapter = adapter_for(policy)
+        return self._adapter
+
+    @torch.no_grad()
+    def end_points(self, batch: dict[str, Tensor], noise: Tensor) -> Tensor:
+        """Teacher's ODE end points from `noise` (B, chunk, action_dim), in normalised action space."""
+        try:
+            out = sample_policy(
+                self.adapter,
+                batch,
+                noise.to(self.dtype),
+                num_steps=self.cfg.num_inference_steps,
+                solver=self.cfg.solver,
+            )
+        except RuntimeError as e:
+            raise CheckpointError(f"the teacher {self.cfg.path!r} failed on a training batch: {e}") from e
+        return out.action.to(noise.dtype)
+
+
+def load_teacher_lineage(path: str) -> dict[str, Any]:
+    """The teacher's `reflow.json` if it is local and has one (for the student's k), else {}."""
+    from hf_reflow.checkpoints import read_reflow_info
+
+    try:
+        return read_reflow_info(path)
+    except CheckpointError:
+        return {}

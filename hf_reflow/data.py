@@ -1,0 +1,138 @@
+"""Demonstrations for training: a LeRobotDataset with action chunks, and a deterministic batch order.
+
+The batch order is a pure function of (seed, step), so a resumed run sees exactly the batches the
+uninterrupted run would have seen, and each Accelerate process takes its own slice of every batch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch.utils.data import Dataset, Sampler
+
+from hf_reflow.errors import DataError
+
+IN_MEMORY_MAX_FRAMES = 200_000
+
+if TYPE_CHECKING:
+    from lerobot.datasets.lerobot_dataset import LeRobotDatasetMetadata
+
+    from hf_reflow.configs import DatasetConfig
+
+
+def load_metadata(cfg: DatasetConfig) -> LeRobotDatasetMetadata:
+    """Dataset metadata from `cfg.root` (offline) or the Hub / cache (`cfg.repo_id`)."""
+    from lerobot.datasets.lerobot_dataset import LeRobotDatasetMetadata
+
+    try:
+        return LeRobotDatasetMetadata(cfg.repo_id, root=cfg.root)
+    except Exception as e:  # missing folder, no network, not a LeRobot dataset
+        where = f"root {cfg.root!r}" if cfg.root else f"repo_id {cfg.repo_id!r}"
+        raise DataError(
+            f"cannot open the dataset at {where} ({type(e).__name__}: {str(e).splitlines()[0][:200]}). "
+            "Point --dataset.root at a LeRobotDataset folder (e.g. made by `hf-reflow dataset toy`) "
+            "or --dataset.repo_id at a Hub dataset."
+        ) from None
+
+
+def policy_features(meta: LeRobotDatasetMetadata) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(input_features, output_features) of a policy trained on this dataset."""
+    from lerobot.configs.types import FeatureType
+    from lerobot.utils.feature_utils import dataset_to_policy_features
+
+    features = dataset_to_policy_features(meta.features)
+    outputs = {k: f for k, f in features.items() if f.type is FeatureType.ACTION}
+    inputs = {k: f for k, f in features.items() if f.type is not FeatureType.ACTION}
+    return inputs, outputs
+
+
+def check_features(policy_config: Any, meta: LeRobotDatasetMetadata) -> None:
+    """Fail before training when the dataset lacks (or mis-shapes) what the policy reads."""
+    wanted = {**(policy_config.input_features or {}), **(policy_config.output_features or {})}
+    for key, feature in wanted.items():
+        if key not in meta.features:
+            raise DataError(
+                f"dataset {meta.repo_id!r} has no {key!r}, which the {policy_config.type} policy needs; "
+                f"its keys are {', '.join(sorted(meta.features))}. Use a dataset with that key "
+                "or a policy whose input_features match it."
+            )
+        have = tuple(meta.features[key]["shape"])
+        if key == "action" and have != tuple(feature.shape):
+            raise DataError(
+                f"dataset action shape {have} does not match the policy's {tuple(feature.shape)}; "
+                "the teacher/student action dimension must equal the dataset's."
+            )
+
+
+def make_dataset(cfg: DatasetConfig, policy_config: Any) -> Dataset:
+    """The dataset with action chunks of the policy's `action_delta_indices` (padding flagged).
+
+    Small datasets without images are decoded once into memory (`InMemoryFrames`): LeRobotDataset's
+    per-item query costs ~1 ms, which would dominate a small MLP's training step.
+    """
+    from lerobot.datasets.factory import resolve_delta_timestamps
+    from lerobot.datasets.lerobot_dataset import LeRobotDataset
+
+    meta = load_metadata(cfg)
+    check_features(policy_config, meta)
+    delta = resolve_delta_timestamps(policy_config, meta)
+    dataset = LeRobotDataset(cfg.repo_id, root=cfg.root, episodes=cfg.episodes, delta_timestamps=delta)
+    has_images = any(f["dtype"] in ("image", "video") for f in meta.features.values())
+    if cfg.in_memory == "never" or (cfg.in_memory == "auto" and (has_images or len(dataset) > IN_MEMORY_MAX_FRAMES)):
+        return dataset
+    return InMemoryFrames(dataset)
+
+
+class InMemoryFrames(Dataset):
+    """Every frame of a dataset decoded once: tensors stacked, strings (the task) kept as lists."""
+
+    def __init__(self, dataset: Dataset) -> None:
+        items = [dataset[i] for i in range(len(dataset))]
+        self.columns = {
+            key: torch.stack([item[key] for item in items]) if torch.is_tensor(value) else [item[key] for item in items]
+            for key, value in items[0].items()
+        }
+        self.length = len(items)
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        return {key: column[index] for key, column in self.columns.items()}
+
+
+class StepBatchSampler(Sampler[list[int]]):
+    """Yields the micro-batches of steps `start_step`, `start_step + 1`, ... for one process.
+
+    Epoch e is a permutation of the dataset drawn from `seed + e`; a global micro-batch is
+    `batch_size * world_size` consecutive indices of it (the tail is dropped), and process `rank`
+    takes the `rank`-th slice, so each process sees `batch_size` samples per micro-step.
+    """
+
+    def __init__(
+        self, num_samples: int, batch_size: int, *, seed: int, start_step: int = 0, rank: int = 0, world_size: int = 1
+    ) -> None:
+        self.num_samples, self.batch_size, self.seed = num_samples, batch_size, seed
+        self.start_step, self.rank, self.world_size = start_step, rank, world_size
+        self.per_epoch = num_samples // (batch_size * world_size)
+        if self.per_epoch == 0:
+            raise DataError(
+                f"the dataset has {num_samples} samples, fewer than one global batch "
+                f"({batch_size} x {world_size} processes); lower --batch_size or record more episodes."
+            )
+
+    def __iter__(self) -> Iterator[list[int]]:
+        step, perm_epoch, perm = self.start_step, None, None
+        while True:
+            epoch, position = divmod(step, self.per_epoch)
+            if epoch != perm_epoch:
+                generator = torch.Generator().manual_seed(self.seed + epoch)
+                perm_epoch, perm = epoch, torch.randperm(self.num_samples, generator=generator)
+            offset = (position * self.world_size + self.rank) * self.batch_size
+            yield perm[offset : offset + self.batch_size].tolist()
+            step += 1
+
+    def __len__(self) -> int:  # infinite in practice; DataLoader only needs a number
+        return 2**31

@@ -1,0 +1,1 @@
+"""Simulated environments used to make demonstrations and evaluate policies."""

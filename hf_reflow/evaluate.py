@@ -1,0 +1,111 @@
+"""Evaluation by step count: straightness, error vs the 10-step chunk, latency, and closed-loop success.
+
+Offline metrics use held-out dataset observations and one noise tensor shared by every step count, so
+differences come from the step count, not the noise. The closed loop runs the toy env (Meta-World
+comes with its own module).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from typing import Any
+
+import numpy as np
+import torch
+
+from hf_reflow import flow
+from hf_reflow.checkpoints import load_config, load_policy, load_processors, read_reflow_info
+from hf_reflow.data import make_dataset
+from hf_reflow.policies.base import PolicyAdapter, adapter_for
+from hf_reflow.sampling import sample_policy
+
+REFERENCE_STEPS = 10
+
+
+def observation_batch(dataset: Any, num_samples: int, seed: int) -> dict[str, Any]:
+    """A collated batch of `num_samples` frames drawn without replacement from `dataset`."""
+    generator = torch.Generator().manual_seed(seed)
+    indices = torch.randperm(len(dataset), generator=generator)[:num_samples].tolist()
+    return torch.utils.data.default_collate([dataset[i] for i in indices])
+
+
+@torch.no_grad()
+def offline_metrics(adapter: PolicyAdapter, batch: dict[str, Any], nfes: list[int], seed: int = 0) -> list[dict]:
+    """Per step count: straightness of the Euler path, MSE vs the 10-step chunk, ms per chunk call."""
+    action, _ = adapter.action_target(batch)
+    generator = torch.Generator().manual_seed(seed)
+    noise = torch.randn(action.shape[0], *adapter.action_shape, generator=generator).to(action)
+    reference = sample_policy(adapter, batch, noise, num_steps=REFERENCE_STEPS).action
+    rows = []
+    for nfe in nfes:
+        out = sample_policy(adapter, batch, noise, num_steps=nfe, return_path=True)
+        latency = _latency_ms(adapter, batch, noise, nfe)
+        rows.append(
+            {
+                "nfe": nfe,
+                "straightness": float(flow.straightness(out.path, out.times).mean()),
+                "error_vs_10step": float((out.action - reference).pow(2).mean()),
+                "error_vs_data": float((out.action - action).pow(2).mean()),
+                "latency_ms": latency,
+            }
+        )
+    return rows
+
+
+def _latency_ms(adapter: PolicyAdapter, batch: dict[str, Any], noise: torch.Tensor, nfe: int, repeats: int = 5) -> float:
+    """Median wall time of one single-observation chunk (encode + `nfe` evaluations), in ms."""
+    single = {k: v[:1] if torch.is_tensor(v) or isinstance(v, list) else v for k, v in batch.items()}
+    times = []
+    for _ in range(repeats + 1):
+        start = time.perf_counter()
+        sample_policy(adapter, single, noise[:1], num_steps=nfe)
+        times.append((time.perf_counter() - start) * 1000)
+    return float(np.median(times[1:]))  # the first call warms caches
+
+
+def toy_closed_loop(policy, preprocessor, postprocessor, *, nfe: int, episodes: int, seed: int = 10_000) -> dict:
+    """Success (goal reached, no collision), collision rate, left share and mean steps on the toy env."""
+    from hf_reflow.envs import toy
+
+    adapter = adapter_for(policy)
+    adapter.num_steps = nfe
+    results = []
+    for episode in range(episodes):
+        policy.reset()
+        torch.manual_seed(seed + episode)
+
+        def select(state: np.ndarray) -> np.ndarray:
+            batch = preprocessor({"observation.state": torch.from_numpy(state).unsqueeze(0)})
+            return postprocessor(policy.select_action(batch)).squeeze(0).numpy()
+
+        results.append(toy.rollout(select, seed + episode))
+    return {
+        "episodes": episodes,
+        "success_rate": float(np.mean([r.success for r in results])),
+        "collision_rate": float(np.mean([r.collided for r in results])),
+        "left_share": float(np.mean([r.side == 0 for r in results])),
+        "mean_steps": float(np.mean([r.steps for r in results if r.success])) if any(r.success for r in results) else None,
+    }
+
+
+def evaluate_checkpoint(
+    path: str, dataset_cfg: Any, *, nfes: list[int], num_samples: int = 64, episodes: int = 0, env: str = "none", seed: int = 0
+) -> list[dict]:
+    """Rows (one per step count) of offline metrics and, with `env="toy"`, closed-loop results.
+
+    `error_vs_data` compares the chunk with the demonstration's own chunk (padding included).
+    """
+    config = load_config(path)
+    policy = load_policy(path, config=config)
+    preprocessor, postprocessor = load_processors(path, config)
+    adapter = adapter_for(policy)
+    info = read_reflow_info(path)
+    dataset = make_dataset(dataclasses.replace(dataset_cfg, in_memory="never"), config)  # chunks as trained
+    batch = preprocessor(observation_batch(dataset, num_samples, seed))
+    rows = offline_metrics(adapter, batch, nfes, seed=seed)
+    for row in rows:
+        row.update({"checkpoint": str(path), "stage": info.get("stage", "unknown"), "k": info.get("k")})
+        if env == "toy" and episodes > 0:
+            row.update(toy_closed_loop(policy, preprocessor, postprocessor, nfe=row["nfe"], episodes=episodes))
+    return rows

@@ -1,0 +1,176 @@
+"""The rectified-flow math: interpolation, targets, timestep samplers, losses, straightness.
+
+Time convention (LeRobot's, used everywhere in hf-reflow):
+
+    t = 1 is noise, t = 0 is the action.
+    x_t = t * noise + (1 - t) * action
+    velocity target  = d x_t / d t = noise - action
+    sampling integrates from t = 1 down to t = 0:  x <- x + (t_next - t) * velocity
+
+1-RF (flow matching) pairs `noise` with a dataset `action`. k+1-RF (reflow) pairs `noise` with
+`action = ODE_teacher(noise)`, the k-RF teacher's end point from that very noise, so the straight
+line between them is a path the student can follow in one step. A one-step distilled student is
+trained at t = 1 only, where `x_t = noise` and the target is `noise - teacher_action`.
+
+This module is pure: tensors in, tensors out; no I/O, no LeRobot import.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Literal
+
+import torch
+from torch import Tensor
+
+TimeSampler = Literal["beta", "uniform", "logit_normal", "u_shaped"]
+LossKind = Literal["mse", "pseudo_huber"]
+TIME_SAMPLERS: tuple[str, ...] = ("beta", "uniform", "logit_normal", "u_shaped")
+LOSSES: tuple[str, ...] = ("mse", "pseudo_huber")
+
+
+def _broadcast_time(t: Tensor, like: Tensor) -> Tensor:
+    """(B,) -> (B, 1, ..., 1) so it broadcasts against `like` (B, ...)."""
+    return t.reshape(t.shape[0], *([1] * (like.dim() - 1))).to(like.dtype)
+
+
+def interpolate(noise: Tensor, action: Tensor, t: Tensor) -> Tensor:
+    """Point on the straight line between `action` (t=0) and `noise` (t=1).
+
+    Args:
+        noise: (B, chunk, action_dim).
+        action: (B, chunk, action_dim), a dataset action (1-RF) or a teacher end point (reflow).
+        t: (B,) times in [0, 1].
+
+    Returns:
+        x_t: (B, chunk, action_dim).
+    """
+    t = _broadcast_time(t, noise)
+    return t * noise + (1 - t) * action
+
+
+def velocity_target(noise: Tensor, action: Tensor) -> Tensor:
+    """The constant velocity of the straight path: d x_t / d t = noise - action."""
+    return noise - action
+
+
+def sample_time(
+    batch_size: int,
+    kind: TimeSampler = "beta",
+    *,
+    device: torch.device | str = "cpu",
+    generator: torch.Generator | None = None,
+    logit_mean: float = 0.0,
+    logit_std: float = 1.0,
+    u_shaped_a: float = 4.0,
+) -> Tensor:
+    """Draw training times t in (0, 1], shape (B,), float32.
+
+    - `beta`: SmolVLA / pi0's Beta(1.5, 1) * 0.999 + 0.001 (leans to the noise end).
+    - `uniform`: U(0, 1).
+    - `logit_normal`: diffusers' `compute_density_for_timestep_sampling("logit_normal")` gives
+      u = sigmoid(N(mean, std)) where small u is the noise end (index 0 of a diffusers schedule is
+      sigma = 1); so t = 1 - u. With mean 0 the distribution is symmetric anyway.
+    - `u_shaped`: Lee et al. 2024, p(t) ∝ cosh(a (2t - 1)), sampled by inverting its CDF. It puts
+      weight at both ends, where a reflowed student must be exact for 1-step sampling.
+    """
+    if kind == "beta":
+        # Beta(1.5, 1) by inverting its CDF F(u) = u^1.5: same law as LeRobot's sampler, but it
+        # takes a generator and runs on CPU (Beta's dirichlet kernel is missing on some backends).
+        u = torch.rand(batch_size, generator=generator) ** (1 / 1.5)
+        return (u * 0.999 + 0.001).to(device=device, dtype=torch.float32)
+    if kind == "uniform":
+        return torch.rand(batch_size, generator=generator).to(device=device, dtype=torch.float32)
+    if kind == "logit_normal":
+        from diffusers.training_utils import compute_density_for_timestep_sampling
+
+        if generator is None:
+            u = compute_density_for_timestep_sampling(
+                "logit_normal", batch_size, logit_mean=logit_mean, logit_std=logit_std
+            )
+        else:  # same law; diffusers' helper takes no generator
+            u = torch.sigmoid(logit_mean + logit_std * torch.randn(batch_size, generator=generator))
+        return (1.0 - u).to(device=device, dtype=torch.float32)
+    if kind == "u_shaped":
+        u = torch.rand(batch_size, generator=generator, dtype=torch.float64)
+        # With s = 2t - 1 in [-1, 1]: density a cosh(a s) / (2 sinh a),
+        # CDF (sinh(a s) + sinh a) / (2 sinh a)  ->  s = asinh((2u - 1) sinh a) / a.
+        s = torch.asinh((2 * u - 1) * math.sinh(u_shaped_a)) / u_shaped_a
+        return ((s + 1) / 2).to(device=device, dtype=torch.float32)
+    raise ValueError(f"Unknown time sampler {kind!r}. Choose one of {', '.join(TIME_SAMPLERS)}.")
+
+
+def pseudo_huber_c(num_elements: int) -> float:
+    """Lee et al.'s default c = 0.00054 * sqrt(d) for a sample with d elements."""
+    return 0.00054 * math.sqrt(num_elements)
+
+
+def flow_loss(
+    velocity: Tensor,
+    target: Tensor,
+    *,
+    kind: LossKind = "mse",
+    mask: Tensor | None = None,
+    huber_c: float | None = None,
+) -> Tensor:
+    """Per-sample regression loss between predicted and target velocity.
+
+    Args:
+        velocity: (B, chunk, action_dim) model output.
+        target: (B, chunk, action_dim).
+        kind: `mse` (mean of squared errors) or `pseudo_huber` (sqrt(||d||^2 + c^2) - c over the
+            whole sample, Lee et al. 2024; robust to the outliers of imperfect couplings).
+        mask: optional (B, chunk) bool, True where the action is real (False = padding).
+        huber_c: pseudo-Huber c; default `pseudo_huber_c(chunk * action_dim)`.
+
+    Returns:
+        (B,) loss per sample.
+    """
+    sq = (velocity - target).pow(2)  # (B, chunk, action_dim)
+    if mask is not None:
+        sq = sq * mask.unsqueeze(-1).to(sq.dtype)
+    flat = sq.flatten(1)  # (B, chunk * action_dim)
+    if kind == "mse":
+        if mask is None:
+            return flat.mean(dim=1)
+        count = mask.sum(dim=1).clamp(min=1) * sq.shape[-1]
+        return flat.sum(dim=1) / count
+    if kind == "pseudo_huber":
+        c = pseudo_huber_c(flat.shape[1]) if huber_c is None else huber_c
+        return torch.sqrt(flat.sum(dim=1) + c * c) - c
+    raise ValueError(f"Unknown loss {kind!r}. Choose one of {', '.join(LOSSES)}.")
+
+
+def distillation_inputs(noise: Tensor, teacher_action: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """Inputs of a one-step student (InstaFlow-style): t = 1, x_t = noise, target noise - teacher_action.
+
+    With this target one Euler step from t = 1 lands exactly on the teacher's end point.
+
+    Returns:
+        (x_t, t, target) with t of shape (B,).
+    """
+    t = torch.ones(noise.shape[0], device=noise.device, dtype=torch.float32)
+    return noise, t, velocity_target(noise, teacher_action)
+
+
+def straightness(path: Tensor, times: Tensor) -> Tensor:
+    """Straightness of a recorded ODE path (Liu et al.), 0 for a straight path.
+
+    S = ∫_0^1 E||(noise - action_end) - v(x_t, t)||^2 dt, with the velocity on each solver interval
+    taken as the path's own mean velocity there, (x_i - x_{i+1}) / (t_i - t_{i+1}), so it works for
+    any solver. The norm is a mean over elements (per-element scale, independent of chunk size).
+
+    Args:
+        path: (S + 1, B, ...) states x_t, path[0] = noise at t = 1, path[-1] the end point.
+        times: (S + 1,) the t of each state, decreasing.
+
+    Returns:
+        (B,) straightness per sample.
+    """
+    dt = (times[:-1] - times[1:]).to(path.dtype)  # (S,) positive interval lengths
+    span = times[0] - times[-1]
+    shape = (-1,) + (1,) * (path.dim() - 1)
+    velocities = (path[:-1] - path[1:]) / dt.reshape(shape)  # (S, B, ...)
+    mean_velocity = (path[0] - path[-1]) / span  # (B, ...) = noise - action_end when span = 1
+    err = (velocities - mean_velocity).pow(2).flatten(2).mean(dim=2)  # (S, B)
+    return (err * dt.unsqueeze(1)).sum(dim=0) / span

@@ -1,0 +1,108 @@
+"""The adapter protocol the trainer and sampler talk to, and the registry keyed by LeRobot's `config.type`.
+
+An adapter wraps one LeRobot `PreTrainedPolicy` and exposes its flow in hf-reflow's convention:
+
+    condition = adapter.encode(batch)              # once per batch (e.g. a VLM prefix cache)
+    velocity  = adapter.velocity(x_t, t, condition)  # (B, chunk, action_dim), t of shape (B,)
+    loss      = adapter.loss(batch, noise, action, t)  # (B,) per sample, with gradients
+
+All tensors live in the policy's normalised action space (the space its pre/post processors map
+to and from), so a student that shares its teacher's processors can regress on teacher samples.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import Any, ClassVar
+
+import torch
+from torch import Tensor
+
+from hf_reflow import flow
+
+ADAPTERS: dict[str, type[PolicyAdapter]] = {}
+
+
+class PolicyAdapter(ABC):
+    """Flow-matching view of a LeRobot policy. Subclass per policy family and `register_adapter` it."""
+
+    policy_type: ClassVar[str]
+    steps_field: ClassVar[str] = "num_steps"  # the config field holding the inference step count
+
+    def __init__(self, policy: torch.nn.Module) -> None:
+        self.policy = policy
+
+    @property
+    def config(self) -> Any:
+        return self.policy.config
+
+    @property
+    @abstractmethod
+    def action_shape(self) -> tuple[int, int]:
+        """(chunk, action_dim) of the space the ODE runs in (padded width for padded policies)."""
+
+    @abstractmethod
+    def encode(self, batch: dict[str, Tensor]) -> Any:
+        """Everything the velocity field needs from the observation, computed once per batch."""
+
+    @abstractmethod
+    def velocity(self, x_t: Tensor, t: Tensor, condition: Any) -> Tensor:
+        """Velocity at (x_t (B, chunk, action_dim), t (B,)) given `encode`'s condition."""
+
+    def action_target(self, batch: dict[str, Tensor]) -> tuple[Tensor, Tensor | None]:
+        """The dataset's normalised action chunk (B, chunk, action_dim) and its validity mask (B, chunk)."""
+        action = batch["action"]
+        pad = batch.get("action_is_pad")
+        return action, None if pad is None else ~pad
+
+    def loss(
+        self,
+        batch: dict[str, Tensor],
+        noise: Tensor,
+        action: Tensor,
+        t: Tensor,
+        *,
+        kind: flow.LossKind = "mse",
+        mask: Tensor | None = None,
+        condition: Any = None,
+    ) -> Tensor:
+        """Per-sample loss (B,) of the velocity at x_t on the straight noise -> action line."""
+        condition = self.encode(batch) if condition is None else condition
+        x_t = flow.interpolate(noise, action, t)
+        return flow.flow_loss(self.velocity(x_t, t, condition), flow.velocity_target(noise, action), kind=kind, mask=mask)
+
+    @property
+    def num_steps(self) -> int:
+        return int(getattr(self.config, self.steps_field))
+
+    @num_steps.setter
+    def num_steps(self, value: int) -> None:
+        setattr(self.config, self.steps_field, int(value))
+
+
+def register_adapter(cls: type[PolicyAdapter]) -> type[PolicyAdapter]:
+    """Class decorator: make `cls` the adapter for LeRobot policies of `cls.policy_type`."""
+    ADAPTERS[cls.policy_type] = cls
+    return cls
+
+
+def _import_builtin_adapters() -> None:
+    # Imported here, not at module top: each family pulls its own (sometimes heavy) LeRobot modules.
+    import hf_reflow.policies.flow_mlp.adapter  # noqa: F401
+
+
+def supported_policy_types() -> list[str]:
+    _import_builtin_adapters()
+    return sorted(ADAPTERS)
+
+
+def adapter_for(policy: torch.nn.Module) -> PolicyAdapter:
+    """The registered adapter wrapping `policy`, looked up by its `config.type`."""
+    _import_builtin_adapters()
+    policy_type = policy.config.type
+    if policy_type not in ADAPTERS:
+        raise ValueError(
+            f"Policy type {policy_type!r} has no hf-reflow adapter. Supported types: "
+            f"{', '.join(sorted(ADAPTERS))}. Add one with hf_reflow.policies.register_adapter."
+        )
+    return ADAPTERS[policy_type](policy)

@@ -1,0 +1,24 @@
+"""hf-reflow adapter for the built-in `flow_mlp` policy."""
+
+from __future__ import annotations
+
+from torch import Tensor
+
+from hf_reflow.policies.base import PolicyAdapter, register_adapter
+
+
+@register_adapter
+class FlowMLPAdapter(PolicyAdapter):
+    """`encode` is the state encoder; `velocity` the residual MLP. Loss: the base straight-line loss."""
+
+    policy_type = "flow_mlp"
+
+    @property
+    def action_shape(self) -> tuple[int, int]:
+        return self.config.chunk_size, self.policy.model.action_dim
+
+    def encode(self, batch: dict[str, Tensor]) -> Tensor:
+        return self.policy.model.encode(self.policy._state(batch))  # (B, hidden)
+
+    def velocity(self, x_t: Tensor, t: Tensor, condition: Tensor) -> Tensor:
+        return self.policy.model.velocity(x_t, t, condition)

@@ -1,0 +1,126 @@
+"""`flow_mlp`: a small flow-matching policy (residual MLP over the action chunk), fast on CPU.
+
+A proper LeRobot `PreTrainedPolicy`: `FlowMLPPolicy.from_pretrained(dir)` loads it, `select_action`
+runs it in an env with an action queue of `n_action_steps`, and `predict_action_chunk` integrates
+its velocity field with LeRobot's own Euler loop for `config.num_steps` steps.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+
+import torch
+from lerobot.policies.common.flow_matching import euler_integrate, sample_noise
+from lerobot.policies.pretrained import PreTrainedPolicy
+from lerobot.utils.constants import ACTION, OBS_STATE
+from torch import Tensor, nn
+
+from hf_reflow import flow
+from hf_reflow.policies.flow_mlp.configuration_flow_mlp import FlowMLPConfig
+
+
+def time_embedding(t: Tensor, dim: int) -> Tensor:
+    """Sinusoidal embedding of t in [0, 1]: (B,) -> (B, dim)."""
+    half = dim // 2
+    freqs = torch.exp(-math.log(10_000.0) * torch.arange(half, device=t.device, dtype=torch.float32) / half)
+    angles = 1000.0 * t.float().unsqueeze(1) * freqs.unsqueeze(0)  # scale t so low frequencies still vary
+    return torch.cat([angles.sin(), angles.cos()], dim=1)
+
+
+class FiLMBlock(nn.Module):
+    """h + MLP(LayerNorm(h) * (1 + scale) + shift), with (scale, shift) from the condition."""
+
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.norm = nn.LayerNorm(dim, elementwise_affine=False)
+        self.film = nn.Linear(dim, 2 * dim)
+        self.mlp = nn.Sequential(nn.Linear(dim, 2 * dim), nn.SiLU(), nn.Linear(2 * dim, dim))
+
+    def forward(self, h: Tensor, cond: Tensor) -> Tensor:
+        scale, shift = self.film(cond).chunk(2, dim=-1)
+        return h + self.mlp(self.norm(h) * (1 + scale) + shift)
+
+
+class FlowMLP(nn.Module):
+    """Velocity field v(x_t, t | state) over a flattened action chunk."""
+
+    def __init__(self, config: FlowMLPConfig) -> None:
+        super().__init__()
+        self.config = config
+        state_dim = config.input_features[OBS_STATE].shape[0]
+        self.action_dim = config.output_features[ACTION].shape[0]
+        width, flat = config.hidden_dim, config.chunk_size * self.action_dim
+        self.state_encoder = nn.Sequential(nn.Linear(state_dim, width), nn.SiLU(), nn.Linear(width, width))
+        self.time_mlp = nn.Sequential(nn.Linear(config.time_embed_dim, width), nn.SiLU(), nn.Linear(width, width))
+        self.action_in = nn.Linear(flat, width)
+        self.blocks = nn.ModuleList(FiLMBlock(width) for _ in range(config.num_blocks))
+        self.action_out = nn.Sequential(nn.LayerNorm(width), nn.Linear(width, flat))
+
+    def encode(self, state: Tensor) -> Tensor:
+        """(B, state_dim) normalised state -> (B, hidden) condition, computed once per ODE solve."""
+        return self.state_encoder(state)
+
+    def velocity(self, x_t: Tensor, t: Tensor, cond: Tensor) -> Tensor:
+        """x_t (B, chunk, action_dim), t (B,), cond (B, hidden) -> velocity (B, chunk, action_dim)."""
+        c = cond + self.time_mlp(time_embedding(t, self.config.time_embed_dim).to(cond.dtype))
+        h = self.action_in(x_t.flatten(1))
+        for block in self.blocks:
+            h = block(h, c)
+        return self.action_out(h).view_as(x_t)
+
+
+class FlowMLPPolicy(PreTrainedPolicy):
+    """LeRobot policy wrapper around `FlowMLP`."""
+
+    config_class = FlowMLPConfig
+    name = "flow_mlp"
+
+    def __init__(self, config: FlowMLPConfig, **kwargs) -> None:
+        super().__init__(config)
+        config.validate_features()
+        self.config = config
+        self.model = FlowMLP(config)
+        self.reset()
+
+    def get_optim_params(self) -> dict:
+        return self.parameters()
+
+    def reset(self) -> None:
+        self._action_queue: deque[Tensor] = deque(maxlen=self.config.n_action_steps)
+
+    def _state(self, batch: dict[str, Tensor]) -> Tensor:
+        state = batch[OBS_STATE]
+        return state[:, -1] if state.dim() == 3 else state  # (B, state_dim)
+
+    def forward(
+        self, batch: dict[str, Tensor], noise: Tensor | None = None, time: Tensor | None = None
+    ) -> tuple[Tensor, dict]:
+        """Flow-matching loss on the batch's normalised action chunk (padding masked)."""
+        action = batch[ACTION]  # (B, chunk, action_dim)
+        noise = sample_noise(action.shape, action.device) if noise is None else noise
+        time = flow.sample_time(action.shape[0], "beta", device=action.device) if time is None else time
+        x_t = flow.interpolate(noise, action, time)
+        velocity = self.model.velocity(x_t, time, self.model.encode(self._state(batch)))
+        pad = batch.get("action_is_pad")
+        losses = flow.flow_loss(velocity, flow.velocity_target(noise, action), mask=None if pad is None else ~pad)
+        loss = losses.mean()
+        return loss, {"loss": loss.item()}
+
+    @torch.no_grad()
+    def predict_action_chunk(self, batch: dict[str, Tensor], noise: Tensor | None = None, **kwargs) -> Tensor:
+        """Normalised action chunk (B, chunk, action_dim) after `config.num_steps` Euler steps."""
+        state = self._state(batch)
+        shape = (state.shape[0], self.config.chunk_size, self.model.action_dim)
+        noise = sample_noise(shape, state.device) if noise is None else noise
+        cond = self.model.encode(state)
+        return euler_integrate(lambda x_t, t: self.model.velocity(x_t, t, cond), noise, self.config.num_steps)
+
+    @torch.no_grad()
+    def select_action(self, batch: dict[str, Tensor], noise: Tensor | None = None, **kwargs) -> Tensor:
+        """One action (B, action_dim); a new chunk is predicted every `n_action_steps` calls."""
+        self.eval()
+        if not self._action_queue:
+            chunk = self.predict_action_chunk(batch, noise=noise)[:, : self.config.n_action_steps]
+            self._action_queue.extend(chunk.transpose(0, 1))
+        return self._action_queue.popleft()

@@ -1,0 +1,417 @@
+"""The Accelerate training loop shared by every stage.
+
+- `flow_matching` (1-RF): the student regresses noise - action on the dataset's action chunks.
+- `reflow` (k+1-RF): targets are couplings (noise, teacher ODE end point) made online per batch.
+- `distill`: like reflow but at t = 1 only, so one Euler step reproduces the teacher.
+
+Run layout (`output_dir/`): `train_config.json`; `checkpoints/<step>/pretrained_model/` (LeRobot
+layout) + `checkpoints/<step>/training_state/` (`accelerator.save_state`, for exact `--resume`);
+`pretrained_model/` the final checkpoint, its `num_steps` set to the stage's recommended count;
+`logs/` trackers.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from hf_reflow import __version__, flow
+from hf_reflow.checkpoints import PRETRAINED_DIR, load_config, load_policy, load_processors, save_checkpoint
+from hf_reflow.configs import TrainConfig, save_config
+from hf_reflow.couplings import OnlineTeacher, check_compatible, load_teacher_lineage
+from hf_reflow.data import StepBatchSampler, load_metadata, make_dataset, policy_features
+from hf_reflow.errors import CheckpointError, ConfigError, ReflowError, TrainingError
+from hf_reflow.policies.base import PolicyAdapter, adapter_for
+
+CHECKPOINTS = "checkpoints"
+TRAINING_STATE = "training_state"
+_IGNORED_ON_RESUME = ("resume",)
+
+
+class StudentLoss(nn.Module):
+    """Wraps the student so that Accelerate (DDP / FSDP) sees the loss computed in a `forward`."""
+
+    def __init__(self, adapter: PolicyAdapter, flow_cfg: Any) -> None:
+        super().__init__()
+        self.policy = adapter.policy
+        self.adapter, self.flow_cfg = adapter, flow_cfg
+
+    def forward(self, batch: dict[str, Tensor], noise: Tensor, action: Tensor, t: Tensor, mask: Tensor | None):
+        losses = self.adapter.loss(batch, noise, action, t, kind=self.flow_cfg.loss, mask=mask)  # (B,)
+        return losses.mean()
+
+
+@dataclass
+class Student:
+    policy: nn.Module
+    preprocessor: Any
+    postprocessor: Any
+
+
+class ReflowTrainer:
+    """Trains one stage described by a `TrainConfig`; `train()` returns the final checkpoint dir."""
+
+    def __init__(self, config: TrainConfig) -> None:
+        self.config = config
+        self.output_dir = Path(config.output_dir)
+        self.teacher: OnlineTeacher | None = None
+
+    # ---- setup -------------------------------------------------------------------------
+    def _check_output_dir(self) -> bool:
+        """Return True when the run is already finished; raise when the dir holds another run."""
+        saved = self.output_dir / "train_config.json"
+        if not self.output_dir.exists() or not any(self.output_dir.iterdir()):
+            return False
+        if not self.config.resume or not saved.is_file():
+            raise CheckpointError(
+                f"output dir {str(self.output_dir)!r} already holds a run; pass --resume=true to continue it "
+                "or choose another --output_dir."
+            )
+        mine = {k: v for k, v in self.config.to_dict().items() if k not in _IGNORED_ON_RESUME}
+        theirs = {k: v for k, v in json.loads(saved.read_text()).items() if k not in _IGNORED_ON_RESUME}
+        if mine != theirs:
+            changed = sorted(k for k in mine.keys() | theirs.keys() if mine.get(k) != theirs.get(k))
+            raise CheckpointError(
+                f"output dir {str(self.output_dir)!r} holds a different run (differs in {', '.join(changed)}); "
+                "resume with the same settings or choose another --output_dir."
+            )
+        return (self.output_dir / PRETRAINED_DIR / "config.json").is_file()
+
+    def _build_student(self, meta: Any, device: torch.device) -> Student:
+        cfg = self.config
+        overrides = {k: v for k, v in cfg.policy.items() if k not in ("type", "path")}
+        if cfg.stage == "flow_matching":
+            source = cfg.policy.get("path")
+            if source is None:
+                return self._new_student(cfg.policy.get("type", "flow_mlp"), overrides, meta, device)
+        else:
+            teacher_cfg = self.teacher.config
+            if not cfg.init_from_teacher:
+                student = self._new_student(cfg.policy.get("type", teacher_cfg.type), overrides, meta, device)
+                check_compatible(teacher_cfg, student.policy.config)
+                student.preprocessor, student.postprocessor = load_processors(cfg.teacher.path, teacher_cfg, device=device)
+                return student
+            source = cfg.teacher.path
+        policy_cfg = load_config(source)
+        _apply_overrides(policy_cfg, overrides)
+        policy = load_policy(source, device=device, config=policy_cfg)
+        pre, post = load_processors(source, policy_cfg, device=device)
+        return Student(policy, pre, post)
+
+    def _new_student(self, policy_type: str, overrides: dict, meta: Any, device: torch.device) -> Student:
+        from lerobot.configs.policies import PreTrainedConfig
+        from lerobot.policies.factory import get_policy_class, make_pre_post_processors
+
+        from hf_reflow.policies.base import supported_policy_types
+
+        if policy_type not in supported_policy_types():
+            raise ConfigError(
+                f"policy.type {policy_type!r} is not supported; choose one of {', '.join(supported_policy_types())}."
+            )
+        inputs, outputs = policy_features(meta)
+        config_cls = PreTrainedConfig.get_choice_class(policy_type)
+        policy_cfg = config_cls(input_features=inputs, output_features=outputs, device=device.type)
+        _apply_overrides(policy_cfg, overrides)
+        policy = get_policy_class(policy_type)(policy_cfg).to(device)
+        pre, post = make_pre_post_processors(policy_cfg, dataset_stats=meta.stats)
+        return Student(policy, pre, post)
+
+    def _make_accelerator(self):
+        from accelerate import Accelerator, DistributedDataParallelKwargs
+        from accelerate.utils import ProjectConfiguration
+
+        cfg = self.config
+        if "trackio" in cfg.log_with:  # trackio is local-first: keep its SQLite store in the run
+            os.environ.setdefault("TRACKIO_DIR", str(self.output_dir / "logs" / "trackio"))
+        return Accelerator(
+            mixed_precision=cfg.mixed_precision,
+            gradient_accumulation_steps=cfg.gradient_accumulation_steps,
+            log_with=cfg.log_with or None,
+            project_config=ProjectConfiguration(project_dir=str(self.output_dir), logging_dir=str(self.output_dir / "logs")),
+            kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)],
+        )
+
+    # ---- the loop ----------------------------------------------------------------------
+    def train(self) -> Path:
+        """Run the stage to `config.steps` (resuming when asked) and return the final checkpoint dir."""
+        from accelerate.utils import set_seed
+
+        cfg = self.config
+        if self._check_output_dir():
+            return self.output_dir / PRETRAINED_DIR
+        created = not self.output_dir.exists()
+        try:
+            accelerator = self._make_accelerator()
+            set_seed(cfg.seed)
+            if cfg.stage != "flow_matching":
+                self.teacher = OnlineTeacher(cfg.teacher, device=accelerator.device)
+            return self._run(accelerator)
+        except ReflowError:
+            if created and not (self.output_dir / CHECKPOINTS).exists():
+                shutil.rmtree(self.output_dir, ignore_errors=True)  # leave nothing half-written
+            raise
+
+    def _run(self, accelerator) -> Path:
+        cfg = self.config
+        meta = load_metadata(cfg.dataset)
+        student = self._build_student(meta, accelerator.device)
+        adapter = adapter_for(student.policy)
+        if self.teacher is not None:
+            check_compatible(self.teacher.config, student.policy.config)
+        dataset = make_dataset(cfg.dataset, student.policy.config)
+        student.policy.train()
+        loss_module = StudentLoss(adapter, cfg.flow)
+        optimizer = torch.optim.AdamW(
+            _trainable(student.policy),
+            lr=cfg.optim.lr,
+            weight_decay=cfg.optim.weight_decay,
+            betas=tuple(cfg.optim.betas),
+        )
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _warmup_cosine(cfg))
+        ema = _make_ema(student.policy, cfg.ema_decay)
+        loss_module, optimizer = accelerator.prepare(loss_module, optimizer)
+        accelerator.register_for_checkpointing(scheduler)
+        if ema is not None:
+            accelerator.register_for_checkpointing(ema)
+        start_step = self._resume(accelerator)
+        if accelerator.is_main_process:
+            self.output_dir.mkdir(parents=True, exist_ok=True)
+            save_config(cfg, self.output_dir / "train_config.json")
+        accelerator.init_trackers("hf-reflow", config=_scalar_config(cfg))
+        loader = self._loader(dataset, start_step, accelerator)
+        state = _LoopState(accelerator, loss_module, optimizer, scheduler, ema, student, adapter)
+        self._loop(state, loader, start_step)
+        final = self._save_final(state)
+        accelerator.end_training()
+        return final
+
+    def _loader(self, dataset, start_step: int, accelerator):
+        cfg = self.config
+        sampler = StepBatchSampler(
+            len(dataset),
+            cfg.batch_size,
+            seed=cfg.seed,
+            start_step=start_step * cfg.gradient_accumulation_steps,
+            rank=accelerator.process_index,
+            world_size=accelerator.num_processes,
+        )
+        return torch.utils.data.DataLoader(dataset, batch_sampler=sampler, num_workers=cfg.dataset.num_workers)
+
+    def _loop(self, state: _LoopState, loader, start_step: int) -> None:
+        from tqdm.auto import tqdm
+
+        cfg, accelerator = self.config, state.accelerator
+        batches = iter(loader)
+        progress = tqdm(
+            range(start_step, cfg.steps),
+            initial=start_step,
+            total=cfg.steps,
+            desc=f"{cfg.stage}",
+            mininterval=2.0,
+            disable=not accelerator.is_main_process,
+        )
+        for step in progress:
+            for _ in range(cfg.gradient_accumulation_steps):
+                metrics = self.train_step(state, state.student.preprocessor(next(batches)), step)
+            if state.ema is not None:
+                state.ema.step(_trainable(state.student.policy))
+            if (step + 1) % cfg.log_every == 0 or step + 1 == cfg.steps:
+                accelerator.log(metrics, step=step + 1)
+                progress.set_postfix(loss=f"{metrics['train/loss']:.4f}")
+            if cfg.save_every and (step + 1) % cfg.save_every == 0 and step + 1 < cfg.steps:
+                self._save_training_checkpoint(state, step + 1)
+
+    def train_step(self, state: _LoopState, batch: dict[str, Tensor], step: int) -> dict[str, float]:
+        """One micro-batch: targets for the stage, loss, backward; optimizer step when gradients sync."""
+        cfg, accelerator = self.config, state.accelerator
+        noise, action, t, mask = self._targets(state.adapter, batch)
+        with accelerator.accumulate(state.loss_module):
+            loss = state.loss_module(batch, noise, action, t, mask)
+            if not torch.isfinite(loss):
+                raise TrainingError(
+                    f"the training loss became {loss.item()} at step {step}; lower --optim.lr, keep "
+                    "--optim.grad_clip_norm set, and check the dataset stats (a zero std feature?)."
+                )
+            accelerator.backward(loss)
+            grad_norm = None
+            if accelerator.sync_gradients and cfg.optim.grad_clip_norm:
+                grad_norm = accelerator.clip_grad_norm_(state.loss_module.parameters(), cfg.optim.grad_clip_norm)
+            state.optimizer.step()
+            if accelerator.sync_gradients:
+                state.scheduler.step()
+            state.optimizer.zero_grad(set_to_none=True)
+        metrics = {"train/loss": loss.item(), "train/lr": state.scheduler.get_last_lr()[0]}
+        if grad_norm is not None:
+            metrics["train/grad_norm"] = float(grad_norm)
+        return metrics
+
+    def _targets(self, adapter: PolicyAdapter, batch: dict[str, Tensor]):
+        """(noise, action, t, mask) for the stage; action is the dataset's or the teacher's."""
+        cfg = self.config
+        data_action, mask = adapter.action_target(batch)
+        batch_size = data_action.shape[0]
+        noise = torch.randn(batch_size, *adapter.action_shape, device=data_action.device, dtype=data_action.dtype)
+        if cfg.stage == "flow_matching":
+            action = data_action
+        else:
+            action, mask = self.teacher.end_points(batch, noise), None  # teacher chunks have no padding
+        if cfg.stage == "distill":
+            _, t, _ = flow.distillation_inputs(noise, action)
+        else:
+            f = cfg.flow
+            t = flow.sample_time(
+                batch_size,
+                f.time_sampler,
+                device=noise.device,
+                logit_mean=f.logit_mean,
+                logit_std=f.logit_std,
+                u_shaped_a=f.u_shaped_a,
+            )
+        return noise, action, t, mask
+
+    # ---- checkpoints ---------------------------------------------------------------------
+    def _resume(self, accelerator) -> int:
+        """Load the newest complete training checkpoint when resuming; return its step (0 if none)."""
+        if not self.config.resume:
+            return 0
+        steps = sorted(int(p.name) for p in (self.output_dir / CHECKPOINTS).glob("[0-9]*") if p.name.isdigit())
+        if not steps:
+            return 0
+        accelerator.load_state(str(self.output_dir / CHECKPOINTS / f"{steps[-1]:06d}" / TRAINING_STATE))
+        return steps[-1]
+
+    def _save_training_checkpoint(self, state: _LoopState, step: int) -> None:
+        accelerator = state.accelerator
+        final = self.output_dir / CHECKPOINTS / f"{step:06d}"
+        tmp = final.with_name(f".{final.name}.tmp")
+        if accelerator.is_main_process:
+            shutil.rmtree(tmp, ignore_errors=True)
+        accelerator.wait_for_everyone()
+        self._save_pretrained(state, tmp / PRETRAINED_DIR, num_steps=None)
+        accelerator.save_state(str(tmp / TRAINING_STATE))
+        accelerator.wait_for_everyone()
+        if accelerator.is_main_process:
+            shutil.rmtree(final, ignore_errors=True)
+            tmp.rename(final)
+        accelerator.wait_for_everyone()
+
+    def _save_final(self, state: _LoopState) -> Path:
+        if state.ema is not None:
+            state.ema.copy_to(_trainable(state.student.policy))  # the final checkpoint holds EMA weights
+        final = self.output_dir / PRETRAINED_DIR
+        self._save_pretrained(state, final, num_steps=self.config.final_num_steps)
+        state.accelerator.wait_for_everyone()
+        return final
+
+    def _save_pretrained(self, state: _LoopState, directory: Path, num_steps: int | None) -> None:
+        accelerator, student = state.accelerator, state.student
+        state_dict = accelerator.get_state_dict(state.loss_module)  # collective under FSDP
+        if not accelerator.is_main_process:
+            return
+        state_dict = {k.removeprefix("policy."): v for k, v in state_dict.items() if k.startswith("policy.")}
+        trained_steps = state.adapter.num_steps
+        if num_steps is not None:
+            state.adapter.num_steps = num_steps
+        save_checkpoint(directory, student.policy, student.preprocessor, student.postprocessor, self._info(state), state_dict)
+        if num_steps is not None:
+            state.adapter.num_steps = trained_steps
+
+    def _info(self, state: _LoopState) -> dict[str, Any]:
+        """Lineage written to `reflow.json` beside the stock checkpoint files."""
+        cfg = self.config
+        teacher_k = load_teacher_lineage(cfg.teacher.path).get("k", 1) if cfg.teacher.path else 0
+        samples = cfg.steps * cfg.batch_size * cfg.gradient_accumulation_steps * state.accelerator.num_processes
+        return {
+            "hf_reflow_version": __version__,
+            "stage": cfg.stage,
+            "k": {"flow_matching": 1, "reflow": teacher_k + 1, "distill": teacher_k}[cfg.stage],
+            "distilled": cfg.stage == "distill",
+            "teacher": cfg.teacher.path if cfg.stage != "flow_matching" else None,
+            "teacher_num_inference_steps": cfg.teacher.num_inference_steps if cfg.stage != "flow_matching" else None,
+            "teacher_solver": cfg.teacher.solver if cfg.stage != "flow_matching" else None,
+            "couplings_seen": samples if cfg.stage != "flow_matching" else 0,
+            "dataset": {"repo_id": cfg.dataset.repo_id, "root": cfg.dataset.root},
+            "train_steps": cfg.steps,
+            "batch_size": cfg.batch_size,
+            "lr": cfg.optim.lr,
+            "time_sampler": "fixed_t1" if cfg.stage == "distill" else cfg.flow.time_sampler,
+            "loss": cfg.flow.loss,
+            "seed": cfg.seed,
+            "ema_decay": cfg.ema_decay,
+            "num_steps": cfg.final_num_steps,
+        }
+
+
+@dataclass
+class _LoopState:
+    accelerator: Any
+    loss_module: nn.Module
+    optimizer: Any
+    scheduler: Any
+    ema: Any
+    student: Student
+    adapter: PolicyAdapter
+
+
+def _apply_overrides(policy_cfg: Any, overrides: dict[str, Any]) -> None:
+    """Set policy config fields from the recipe's `policy:` section, rejecting unknown names."""
+    import dataclasses
+
+    valid = {f.name for f in dataclasses.fields(policy_cfg)}
+    unknown = sorted(set(overrides) - valid)
+    if unknown:
+        raise ConfigError(
+            f"unknown policy key(s) {', '.join('policy.' + k for k in unknown)} for type {policy_cfg.type!r}; "
+            f"valid keys: type, path, {', '.join(sorted(valid))}."
+        )
+    for key, value in overrides.items():
+        setattr(policy_cfg, key, value)
+    policy_cfg.__post_init__()
+
+
+def _warmup_cosine(cfg: TrainConfig):
+    """LR multiplier: linear warmup, then cosine decay to `min_lr_ratio` at the last step."""
+    warmup, total, floor = cfg.optim.warmup_steps, cfg.steps, cfg.optim.min_lr_ratio
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        progress = min(1.0, (step - warmup) / max(1, total - warmup))
+        return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
+
+    return factor
+
+
+def _make_ema(policy: nn.Module, decay: float | None):
+    if decay is None:
+        return None
+    from diffusers.training_utils import EMAModel
+
+    return EMAModel(_trainable(policy), decay=decay)
+
+
+def _trainable(policy: nn.Module) -> list[nn.Parameter]:
+    return [p for p in policy.parameters() if p.requires_grad]
+
+
+def _scalar_config(cfg: TrainConfig) -> dict[str, Any]:
+    """Flat scalar hyper-parameters for the trackers (TensorBoard rejects lists and dicts)."""
+    flat: dict[str, Any] = {}
+
+    def walk(prefix: str, value: Any) -> None:
+        if isinstance(value, dict):
+            for k, v in value.items():
+                walk(f"{prefix}{k}.", v)
+        else:
+            flat[prefix.rstrip(".")] = value if isinstance(value, int | float | str | bool) else str(value)
+
+    walk("", cfg.to_dict())
+    return flat

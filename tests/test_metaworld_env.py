@@ -1,0 +1,222 @@
+"""Meta-World multimodal experts, rollouts and LeRobot dataset writing (CPU, no network, ~20 s)."""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("MUJOCO_GL", "egl")  # before anything imports mujoco
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+
+pytest.importorskip("metaworld")
+
+from hf_reflow.envs import metaworld as mw  # noqa: E402
+from hf_reflow.errors import DataError  # noqa: E402
+
+SEEDS = (0, 1, 2, 3)  # episode seeds whose detour sides are right, right, left, left
+
+
+# --------------------------------------------------------------------------- geometry
+
+
+def _segment(a: np.ndarray, b: np.ndarray, n: int = 200) -> np.ndarray:
+    return a[None] + np.linspace(0.0, 1.0, n)[:, None] * (b - a)[None]
+
+
+def test_straight_path_collides_and_detour_does_not():
+    start, target = np.array([0.0, 0.40]), np.array([0.06, 0.66])
+    centre = mw.obstacle_centre(start, target)
+    np.testing.assert_allclose(centre, (start + target) / 2)
+
+    straight = _segment(start, target)
+    assert any(mw.obstacle_collides(p, centre) for p in straight)
+    assert mw.obstacle_collides(centre, centre)
+
+    for side in (mw.LEFT, mw.RIGHT):
+        via = mw.detour_via_point(start, target, side)
+        assert np.linalg.norm(via - centre) == pytest.approx(mw.DETOUR_OFFSET_M)
+        assert np.dot(via - centre, target - start) == pytest.approx(0.0, abs=1e-12)  # perpendicular
+        assert mw.side_of_line(start, target, via) == side
+        path = np.concatenate([_segment(start, via), _segment(via, target)])
+        assert not any(mw.obstacle_collides(p, centre) for p in path)
+
+    # Facing +y, left is -x.
+    assert (
+        mw.detour_via_point([0, 0], [0, 1], mw.LEFT)[0] < 0 < mw.detour_via_point([0, 0], [0, 1], mw.RIGHT)[0]
+    )
+
+
+def test_geometry_rejects_bad_input():
+    with pytest.raises(ValueError, match="side must be"):
+        mw.detour_via_point([0, 0], [0, 1], 2)
+    with pytest.raises(ValueError, match="coincide"):
+        mw.detour_via_point([0.1, 0.5], [0.1, 0.5], mw.LEFT)
+    with pytest.raises(ValueError, match="radius"):
+        mw.obstacle_collides([0, 0], [0, 0], radius=0.0)
+    with pytest.raises(ValueError, match="xy"):
+        mw.obstacle_collides([0, 0, 0, 0], [0, 0])
+
+
+# --------------------------------------------------------------------------- experts
+
+
+@pytest.mark.parametrize("task", mw.TASKS_MULTIMODAL)
+def test_multimodal_expert_succeeds_on_both_sides(task):
+    with mw.make_env(task) as env:
+        episodes = [mw.rollout_expert(task, seed, env=env) for seed in SEEDS]
+    for ep in episodes:
+        assert ep.success and not ep.collided, (ep.episode_seed, ep.steps)
+        assert ep.states.shape == (ep.steps, mw.STATE_DIM) and ep.states.dtype == np.float32
+        assert ep.actions.shape == (ep.steps, mw.ACTION_DIM) and ep.actions.dtype == np.float32
+        assert np.all(np.abs(ep.actions) <= 1.0)
+        assert ep.side_taken == ep.side
+        assert ep.min_obstacle_distance > mw.OBSTACLE_RADIUS_M
+        assert ep.steps <= mw.DEFAULT_MAX_STEPS
+        assert np.all(ep.states[:, -2:] == ep.states[0, -2:])  # the obstacle stays put in an episode
+    assert {ep.side for ep in episodes} == {mw.LEFT, mw.RIGHT}
+
+
+def test_side_and_layout_are_deterministic_per_seed():
+    a = mw.rollout_expert("reach-v3", SEEDS[2])
+    b = mw.rollout_expert("reach-v3", SEEDS[2])
+    assert (a.side, a.layout_index) == (b.side, b.layout_index)
+    np.testing.assert_array_equal(a.states, b.states)
+    np.testing.assert_array_equal(a.actions, b.actions)
+
+
+@pytest.mark.parametrize("task", mw.TASKS_MULTIMODAL)
+def test_scripted_mode_succeeds(task):
+    with mw.make_env(task, mode="scripted") as env:
+        for seed in SEEDS[:2]:
+            ep = mw.rollout_expert(task, seed, mode="scripted", env=env)
+            assert ep.success and not ep.collided
+            assert ep.states.shape[1] == mw.STATE_DIM
+
+
+def test_push_hand_starts_at_lower_y_limit():
+    with mw.make_env("push-v3") as env:
+        state = env.reset(0)
+    np.testing.assert_allclose(state[:3], [0.0, 0.40, 0.2], atol=0.01)
+
+
+def test_eval_layouts_never_overlap_demo_layouts():
+    for task in mw.TASKS_MULTIMODAL:
+        demo = mw.layout_vectors(task, mw.DEMO_LAYOUT_SEED)
+        evaluation = mw.layout_vectors(task, mw.EVAL_LAYOUT_SEED)
+        distances = np.linalg.norm(demo[:, None] - evaluation[None], axis=-1)
+        assert distances.min() > 1e-6
+
+
+# --------------------------------------------------------------------------- closed-loop policies
+
+
+@pytest.mark.parametrize("task", mw.TASKS_MULTIMODAL)
+def test_rollout_policy_with_expert_reproduces_expert(task):
+    with mw.make_env(task, layout_seed=mw.EVAL_LAYOUT_SEED) as env:
+        expert = env.expert()
+        results, sides = [], []
+        for seed in SEEDS:
+            results.append(mw.rollout_policy(env, expert, seed))
+            sides.append(env.side)
+    reference = [mw.rollout_expert(task, s, layout_seed=mw.EVAL_LAYOUT_SEED) for s in SEEDS]
+    for result, side, ref in zip(results, sides, reference, strict=True):
+        assert result.success and not result.collided
+        assert result.side_taken == side == ref.side
+        assert result.steps == ref.steps
+
+
+def test_straight_line_policy_collides():
+    # The stock expert drives straight at its target, through the obstacle's centre.
+    with mw.make_env("reach-v3") as env:
+        straight = mw.MultimodalExpert("reach-v3", mode="scripted")
+        result = mw.rollout_policy(env, straight.scripted_action, SEEDS[0])
+    assert result.collided and not result.success
+    assert result.min_obstacle_distance < mw.OBSTACLE_RADIUS_M
+
+
+def test_rollout_policy_rejects_wrong_action_shape():
+    with mw.make_env("reach-v3") as env, pytest.raises(ValueError, match="4 values"):
+        mw.rollout_policy(env, lambda state: np.zeros(3), SEEDS[0])
+
+
+def test_unbound_expert_needs_an_episode():
+    expert = mw.MultimodalExpert("reach-v3")
+    with pytest.raises(RuntimeError, match="start_episode"):
+        expert(np.zeros(mw.STATE_DIM))
+
+
+# --------------------------------------------------------------------------- dataset
+
+
+def test_write_dataset_round_trips(tmp_path):
+    from lerobot.datasets.lerobot_dataset import LeRobotDataset
+
+    root = tmp_path / "demos"
+    summary = mw.write_dataset(root, tasks=["reach-v3"], episodes_per_task=3, repo_id="local/mw_test")
+    assert summary["episodes_written"] == 3 and summary["episodes_failed"] == 0
+    assert summary["side_counts"]["left"] + summary["side_counts"]["right"] == 3
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["demos"]  # no partial folder left behind
+
+    dataset = LeRobotDataset("local/mw_test", root=root)
+    assert dataset.num_episodes == 3
+    assert len(dataset) == summary["frames"]
+    frame = dataset[0]
+    assert tuple(frame["observation.state"].shape) == (mw.STATE_DIM,)
+    assert tuple(frame["action"].shape) == (mw.ACTION_DIM,)
+    assert frame["task"] == "reach the goal around the obstacle"
+    assert dataset.features["observation.state"]["names"] == list(mw.STATE_NAMES)
+    assert int(frame["detour_side"]) == mw.rollout_expert("reach-v3", 0).side
+
+
+def test_write_dataset_with_images(tmp_path):
+    with mw.make_env("reach-v3", image_size=64) as env:
+        env.reset(0)
+        try:
+            image = env.render()
+        except RuntimeError as exc:
+            pytest.skip(f"no offscreen OpenGL here: {exc}")
+    assert image.shape == (64, 64, 3) and image.dtype == np.uint8 and image.std() > 0
+
+    from lerobot.datasets.lerobot_dataset import LeRobotDataset
+
+    root = tmp_path / "demos"
+    mw.write_dataset(root, tasks=["reach-v3"], episodes_per_task=1, images=True, image_size=64)
+    frame = LeRobotDataset(mw.DEFAULT_REPO_ID, root=root)[0]
+    assert tuple(frame[mw.IMAGE_KEY].shape) == (3, 64, 64)
+
+
+def test_bad_input_is_refused(tmp_path):
+    with pytest.raises(ValueError, match="Valid names:.*reach-v3"):
+        mw.make_env("reach-v9")
+    with pytest.raises(ValueError, match="mode='scripted'"):
+        mw.make_env("pick-place-v3", mode="multimodal")
+    with pytest.raises(ValueError, match="Unknown mode"):
+        mw.make_env("reach-v3", mode="bimodal")
+    with pytest.raises(ValueError, match="Valid names:.*push-v3"):
+        mw.write_dataset(tmp_path / "a", tasks=["nope-v3"], episodes_per_task=1)
+    with pytest.raises(ValueError, match="episodes_per_task"):
+        mw.write_dataset(tmp_path / "b", tasks=["reach-v3"], episodes_per_task=0)
+    with pytest.raises(ValueError, match="repeat"):
+        mw.write_dataset(tmp_path / "c", tasks=["reach-v3", "reach-v3"], episodes_per_task=1)
+    with mw.make_env("reach-v3") as env, pytest.raises(ValueError, match="episode_seed"):
+        env.reset(-1)
+
+    occupied = tmp_path / "occupied"
+    occupied.mkdir()
+    (occupied / "keep.txt").write_text("mine")
+    with pytest.raises(DataError, match="already exists"):
+        mw.write_dataset(occupied, tasks=["reach-v3"], episodes_per_task=1)
+    assert [p.name for p in occupied.iterdir()] == ["keep.txt"]
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+
+
+def test_crash_while_writing_leaves_nothing(tmp_path, monkeypatch):
+    def crash(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(mw, "_add_episode", crash)
+    with pytest.raises(KeyboardInterrupt):
+        mw.write_dataset(tmp_path / "demos", tasks=["reach-v3"], episodes_per_task=1)
+    assert list(tmp_path.iterdir()) == []
