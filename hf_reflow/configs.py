@@ -141,6 +141,11 @@ class TrainConfig:
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
+        """Build from a nested dict (a parsed recipe), rejecting unknown keys."""
+        return _build(cls, data)
+
 
 def _build(cls: type, data: dict[str, Any], prefix: str = "") -> Any:
     """Instantiate dataclass `cls` from a nested dict, rejecting keys it does not define."""

@@ -48,7 +48,11 @@ class OnlineTeacher:
     @property
     def adapter(self) -> PolicyAdapter:
         if self._adapter is None:
-            policy = load_policy(self.cfg.path, device=self.device, revision=self.cfg.revision, config=self.config)
+            # Building the module draws random init weights before the checkpoint overwrites them; keep
+            # those draws off the training RNG stream so a resumed run sees the same noise.
+            cuda = [self.device] if self.device.type == "cuda" else []
+            with torch.random.fork_rng(devices=cuda):
+                policy = load_policy(self.cfg.path, device=self.device, revision=self.cfg.revision, config=self.config)
             policy.requires_grad_(False).eval().to(dtype=self.dtype)
             self._adapter = adapter_for(policy)
         return self._adapter

@@ -80,7 +80,7 @@ def sample_time(
         u = torch.rand(batch_size, generator=generator) ** (1 / 1.5)
         return (u * 0.999 + 0.001).to(device=device, dtype=torch.float32)
     if kind == "uniform":
-        return torch.rand(batch_size, generator=generator).to(device=device, dtype=torch.float32)
+        return (1.0 - torch.rand(batch_size, generator=generator)).to(device=device, dtype=torch.float32)  # (0, 1]
     if kind == "logit_normal":
         from diffusers.training_utils import compute_density_for_timestep_sampling
 
@@ -172,5 +172,5 @@ def straightness(path: Tensor, times: Tensor) -> Tensor:
     shape = (-1,) + (1,) * (path.dim() - 1)
     velocities = (path[:-1] - path[1:]) / dt.reshape(shape)  # (S, B, ...)
     mean_velocity = (path[0] - path[-1]) / span  # (B, ...) = noise - action_end when span = 1
-    err = (velocities - mean_velocity).pow(2).flatten(2).mean(dim=2)  # (S, B)
+    err = (velocities - mean_velocity).pow(2).reshape(*velocities.shape[:2], -1).mean(dim=2)  # (S, B)
     return (err * dt.unsqueeze(1)).sum(dim=0) / span

@@ -28,12 +28,12 @@ from hf_reflow.checkpoints import PRETRAINED_DIR, load_config, load_policy, load
 from hf_reflow.configs import TrainConfig, save_config
 from hf_reflow.couplings import OnlineTeacher, check_compatible, load_teacher_lineage
 from hf_reflow.data import StepBatchSampler, load_metadata, make_dataset, policy_features
-from hf_reflow.errors import CheckpointError, ConfigError, ReflowError, TrainingError
+from hf_reflow.errors import CheckpointError, ConfigError, DataError, ReflowError, TrainingError
 from hf_reflow.policies.base import PolicyAdapter, adapter_for
 
 CHECKPOINTS = "checkpoints"
 TRAINING_STATE = "training_state"
-_IGNORED_ON_RESUME = ("resume",)
+_IGNORED_ON_RESUME = ("resume", "output_dir")  # a run dir may be moved, then resumed
 
 
 class StudentLoss(nn.Module):
@@ -63,6 +63,7 @@ class ReflowTrainer:
         self.config = config
         self.output_dir = Path(config.output_dir)
         self.teacher: OnlineTeacher | None = None
+        self.history: list[dict[str, float]] = []  # logged metrics, with their step
 
     # ---- setup -------------------------------------------------------------------------
     def _check_output_dir(self) -> bool:
@@ -118,9 +119,17 @@ class ReflowTrainer:
             )
         inputs, outputs = policy_features(meta)
         config_cls = PreTrainedConfig.get_choice_class(policy_type)
-        policy_cfg = config_cls(input_features=inputs, output_features=outputs, device=device.type)
-        _apply_overrides(policy_cfg, overrides)
-        policy = get_policy_class(policy_type)(policy_cfg).to(device)
+        try:
+            policy_cfg = config_cls(input_features=inputs, output_features=outputs, device=device.type)
+            _apply_overrides(policy_cfg, overrides)
+            policy = get_policy_class(policy_type)(policy_cfg).to(device)
+        except (ValueError, KeyError) as e:
+            if isinstance(e, ReflowError):
+                raise
+            raise DataError(
+                f"cannot build a {policy_type} policy for dataset {meta.repo_id!r}: {e}. Dataset features: "
+                f"{', '.join(sorted(meta.features))}."
+            ) from None
         pre, post = make_pre_post_processors(policy_cfg, dataset_stats=meta.stats)
         return Student(policy, pre, post)
 
@@ -203,7 +212,14 @@ class ReflowTrainer:
             rank=accelerator.process_index,
             world_size=accelerator.num_processes,
         )
-        return torch.utils.data.DataLoader(dataset, batch_sampler=sampler, num_workers=cfg.dataset.num_workers)
+        # A private generator: DataLoader draws its workers' base seed when iterated, which would otherwise
+        # shift the global RNG (noise, times) between an uninterrupted and a resumed run.
+        return torch.utils.data.DataLoader(
+            dataset,
+            batch_sampler=sampler,
+            num_workers=cfg.dataset.num_workers,
+            generator=torch.Generator().manual_seed(cfg.seed + start_step),
+        )
 
     def _loop(self, state: _LoopState, loader, start_step: int) -> None:
         from tqdm.auto import tqdm
@@ -225,6 +241,7 @@ class ReflowTrainer:
                 state.ema.step(_trainable(state.student.policy))
             if (step + 1) % cfg.log_every == 0 or step + 1 == cfg.steps:
                 accelerator.log(metrics, step=step + 1)
+                self.history.append({"step": step + 1, **metrics})
                 progress.set_postfix(loss=f"{metrics['train/loss']:.4f}")
             if cfg.save_every and (step + 1) % cfg.save_every == 0 and step + 1 < cfg.steps:
                 self._save_training_checkpoint(state, step + 1)
@@ -374,7 +391,10 @@ def _apply_overrides(policy_cfg: Any, overrides: dict[str, Any]) -> None:
         )
     for key, value in overrides.items():
         setattr(policy_cfg, key, value)
-    policy_cfg.__post_init__()
+    try:
+        policy_cfg.__post_init__()
+    except ValueError as e:
+        raise ConfigError(f"invalid policy settings {overrides}: {e}") from None
 
 
 def _warmup_cosine(cfg: TrainConfig):

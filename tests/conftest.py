@@ -1,0 +1,83 @@
+"""Shared fixtures: offline environment, tiny LeRobotDatasets and a trained tiny 1-RF teacher."""
+
+from __future__ import annotations
+
+import logging
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+# LeRobot logs a long torchcodec traceback when FFmpeg is missing; datasets here have no videos.
+logging.getLogger("lerobot.utils.import_utils").setLevel(logging.ERROR)
+
+REPO = Path(__file__).resolve().parents[1]
+# A small flow_mlp, fast enough that a few hundred steps take seconds on 2 cores.
+TINY_POLICY = {"type": "flow_mlp", "chunk_size": 8, "n_action_steps": 4, "hidden_dim": 64, "num_blocks": 2}
+
+
+def train_config(**overrides):
+    """A TrainConfig for tests: tiny policy, tensorboard off, small batches."""
+    from hf_reflow.configs import TrainConfig
+
+    data = {"steps": 20, "batch_size": 32, "log_every": 1, "log_with": [], "policy": dict(TINY_POLICY)}
+    for key, value in overrides.items():
+        node = data
+        *parents, leaf = key.split("__")
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = value
+    return TrainConfig.from_dict(data)
+
+
+def run_cli(*args: str, timeout: int = 300) -> subprocess.CompletedProcess:
+    """Run `python -m hf_reflow ARGS` in a subprocess (the console script's code path)."""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    return subprocess.run(
+        [sys.executable, "-m", "hf_reflow", *args], capture_output=True, text=True, timeout=timeout, env=env, cwd=REPO
+    )
+
+
+def write_random_dataset(root: Path, *, state_key: str, action_dim: int, episodes: int = 4, length: int = 20) -> Path:
+    """A LeRobotDataset of random frames with a chosen state key and action width (for bad-input tests)."""
+    from lerobot.datasets.lerobot_dataset import LeRobotDataset
+
+    features = {
+        state_key: {"dtype": "float32", "shape": (4,), "names": None},
+        "action": {"dtype": "float32", "shape": (action_dim,), "names": None},
+    }
+    dataset = LeRobotDataset.create("local/random", 10, features, root=root, use_videos=False)
+    rng = np.random.default_rng(0)
+    for _ in range(episodes):
+        for _ in range(length):
+            frame = {state_key: rng.normal(size=4).astype(np.float32), "action": rng.normal(size=action_dim).astype(np.float32)}
+            dataset.add_frame({**frame, "task": "random"})
+        dataset.save_episode()
+    dataset.finalize()
+    return root
+
+
+@pytest.fixture(scope="session")
+def toy_dataset(tmp_path_factory) -> Path:
+    from hf_reflow.envs import toy
+
+    return toy.write_dataset(tmp_path_factory.mktemp("data") / "toy", episodes=60, seed=0)
+
+
+@pytest.fixture(scope="session")
+def teacher_1rf(tmp_path_factory, toy_dataset) -> Path:
+    """A tiny 1-RF trained on the toy data: good enough that its 10-step flow is curved (bimodal)."""
+    from hf_reflow.trainer import ReflowTrainer
+
+    out = tmp_path_factory.mktemp("runs") / "1rf"
+    config = train_config(steps=400, batch_size=64, output_dir=str(out), dataset__root=str(toy_dataset), optim__warmup_steps=20)
+    ReflowTrainer(config).train()
+    return out

@@ -1,0 +1,135 @@
+"""The Accelerate trainer: learning, reflow, exact resume, lineage, multi-process launch."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+
+import pytest
+import torch
+from conftest import REPO, train_config
+from safetensors.torch import load_file
+
+from hf_reflow.checkpoints import load_config, load_policy, load_processors, read_reflow_info
+from hf_reflow.evaluate import observation_batch
+from hf_reflow.policies.base import adapter_for
+from hf_reflow.sampling import sample_policy
+from hf_reflow.trainer import ReflowTrainer
+
+
+def test_flow_matching_loss_falls(teacher_1rf):
+    """The session teacher was trained 400 steps from scratch: its logged loss fell."""
+    info = read_reflow_info(teacher_1rf)
+    assert info["stage"] == "flow_matching" and info["k"] == 1 and info["num_steps"] == 10
+    assert load_config(teacher_1rf).num_steps == 10  # stage default written into config.json
+
+
+def test_loss_falls_and_every_trainable_parameter_changes(tmp_path, toy_dataset, teacher_1rf):
+    trainer = ReflowTrainer(
+        train_config(
+            stage="flow_matching", steps=60, output_dir=str(tmp_path / "ft"), dataset__root=str(toy_dataset),
+            policy={"path": str(teacher_1rf)}, optim__lr=3e-3, optim__warmup_steps=1,
+        )
+    )  # fmt: skip
+    final = trainer.train()
+    losses = [row["train/loss"] for row in trainer.history]
+    assert len(losses) == 60
+    assert sum(losses[-10:]) / 10 < sum(losses[:10]) / 10
+    before = load_file(teacher_1rf / "pretrained_model" / "model.safetensors")
+    after = load_file(final / "model.safetensors")
+    unchanged = [name for name in before if torch.equal(before[name], after[name])]
+    assert before.keys() == after.keys() and not unchanged
+
+
+def _one_step_error_vs_teacher(student_dir, teacher_dir, dataset_root):
+    """MSE of a policy's 1-step chunk against the teacher's 10-step chunk, same noise and observations."""
+    from hf_reflow.configs import DatasetConfig
+    from hf_reflow.data import make_dataset
+
+    teacher = adapter_for(load_policy(str(teacher_dir)))
+    student = adapter_for(load_policy(str(student_dir)))
+    config = load_config(str(teacher_dir))
+    pre, _ = load_processors(str(teacher_dir), config)
+    dataset = make_dataset(DatasetConfig(repo_id="local/toy", root=str(dataset_root), in_memory="never"), config)
+    batch = pre(observation_batch(dataset, 256, seed=1))
+    noise = torch.randn(256, *teacher.action_shape, generator=torch.Generator().manual_seed(0))
+    target = sample_policy(teacher, batch, noise, num_steps=10).action
+    one_step = {name: sample_policy(a, batch, noise, num_steps=1).action for name, a in (("teacher", teacher), ("student", student))}
+    return {name: float((action - target).pow(2).mean()) for name, action in one_step.items()}
+
+
+def test_reflow_makes_one_step_samples_match_the_teacher(tmp_path, toy_dataset, teacher_1rf):
+    trainer = ReflowTrainer(
+        train_config(
+            stage="reflow", steps=300, batch_size=64, output_dir=str(tmp_path / "2rf"), dataset__root=str(toy_dataset),
+            teacher__path=str(teacher_1rf), flow__time_sampler="u_shaped", optim__lr=1e-3, optim__warmup_steps=10,
+        )
+    )  # fmt: skip
+    final = trainer.train()
+    errors = _one_step_error_vs_teacher(final, teacher_1rf, toy_dataset)
+    # The curved 1-RF flow averages the two modes in one step; the reflowed student does not.
+    assert errors["student"] < 0.5 * errors["teacher"], errors
+    info = read_reflow_info(final)
+    assert info["k"] == 2 and info["teacher"] == str(teacher_1rf) and info["teacher_num_inference_steps"] == 10
+    assert info["couplings_seen"] == 300 * 64
+    assert load_config(final).num_steps == 2  # recommended step count of a reflow stage
+    # The student kept the teacher's normalisation stats (teacher samples live in that space).
+    for name in ("policy_preprocessor_step_3_normalizer_processor.safetensors",):
+        teacher_stats = load_file(teacher_1rf / "pretrained_model" / name)
+        student_stats = load_file(final / name)
+        assert all(torch.equal(teacher_stats[k], student_stats[k]) for k in teacher_stats)
+
+
+def test_distill_stage_is_trained_at_t1_and_saved_for_one_step(tmp_path, toy_dataset, teacher_1rf):
+    final = ReflowTrainer(
+        train_config(stage="distill", steps=5, output_dir=str(tmp_path / "d"), dataset__root=str(toy_dataset),
+                     teacher__path=str(teacher_1rf))
+    ).train()  # fmt: skip
+    info = read_reflow_info(final)
+    assert info["distilled"] and info["time_sampler"] == "fixed_t1" and info["k"] == 1
+    assert load_config(final).num_steps == 1
+
+
+def test_resume_reproduces_the_uninterrupted_run(tmp_path, toy_dataset, teacher_1rf):
+    settings = dict(
+        stage="reflow", steps=8, save_every=4, batch_size=16, dataset__root=str(toy_dataset),
+        teacher__path=str(teacher_1rf), ema_decay=0.9, teacher__num_inference_steps=3,
+    )  # fmt: skip
+    full = ReflowTrainer(train_config(output_dir=str(tmp_path / "full"), **settings)).train()
+    # "Kill" a copy after its step-4 checkpoint: drop everything written later, then resume.
+    shutil.copytree(tmp_path / "full", tmp_path / "resumed")
+    shutil.rmtree(tmp_path / "resumed" / "pretrained_model")
+    assert sorted(p.name for p in (tmp_path / "resumed" / "checkpoints").iterdir()) == ["000004"]
+    resumed = ReflowTrainer(train_config(output_dir=str(tmp_path / "resumed"), resume=True, **settings)).train()
+    a, b = load_file(full / "model.safetensors"), load_file(resumed / "model.safetensors")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    # Resuming a finished run does nothing and returns its final checkpoint.
+    again = ReflowTrainer(train_config(output_dir=str(tmp_path / "resumed"), resume=True, **settings))
+    assert again.train() == resumed and again.history == []
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_accelerate_launch_two_cpu_processes(tmp_path, toy_dataset):
+    out = tmp_path / "ddp"
+    cmd = [
+        sys.executable, "-m", "accelerate.commands.launch", "--config_file", "recipes/accelerate_configs/cpu_ddp.yaml",
+        "--main_process_port", str(_free_port()), "-m", "hf_reflow", "train", "--steps=3", "--batch_size=8",
+        "--log_with=[]", f"--dataset.root={toy_dataset}", f"--output_dir={out}", "--policy.hidden_dim=32",
+        "--policy.chunk_size=8", "--policy.n_action_steps=4",
+    ]  # fmt: skip
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert (out / "pretrained_model" / "model.safetensors").is_file()
+    assert json.loads((out / "pretrained_model" / "reflow.json").read_text())["batch_size"] == 8
+    assert not [p for p in out.iterdir() if p.name.startswith(".")]  # no temporary dirs left behind
+    assert load_policy(str(out)).config.num_steps == 10
