@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -162,11 +163,38 @@ def _build(cls: type, data: dict[str, Any], prefix: str = "") -> Any:
     kwargs = {}
     for key, value in data.items():
         hint = hints[key]
-        kwargs[key] = _build(hint, value, f"{prefix}{key}.") if dataclasses.is_dataclass(hint) else value
+        if dataclasses.is_dataclass(hint):
+            kwargs[key] = _build(hint, value, f"{prefix}{key}.")
+        else:
+            kwargs[key] = _coerce(value, hint, prefix + key)
     try:
         return cls(**kwargs)
     except TypeError as e:
         raise ConfigError(f"invalid value under {prefix.rstrip('.') or 'config'}: {e}") from None
+
+
+def _coerce(value: Any, hint: Any, name: str) -> Any:
+    """Check a scalar against its field type; numbers may arrive as strings (YAML reads `1e-4` as text)."""
+    options = typing.get_args(hint) if typing.get_origin(hint) in (typing.Union, types.UnionType) else (hint,)
+    if value is None:
+        if type(None) in options:
+            return None
+        raise ConfigError(f"{name} cannot be null.")
+    for kind in (bool, int, float, str):
+        if kind in options:
+            if isinstance(value, kind) and not (kind is not bool and isinstance(value, bool)):
+                return value
+    if float in options and isinstance(value, int | str) and not isinstance(value, bool):
+        try:
+            return float(value)
+        except ValueError:
+            pass
+    if int in options and isinstance(value, str) and value.strip().lstrip("-").isdigit():
+        return int(value)
+    if any(kind in options for kind in (bool, int, float, str)):
+        wanted = " or ".join(k.__name__ for k in options if k is not type(None))
+        raise ConfigError(f"{name} must be {wanted}; got {value!r}.")
+    return value
 
 
 def _set_dotted(data: dict[str, Any], dotted: str, value: Any) -> None:

@@ -1,0 +1,119 @@
+"""The built-in flow_mlp policy and its adapter, pinned to LeRobot's own loops and loaders."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+from conftest import REPO
+
+from hf_reflow.checkpoints import load_config, load_policy, load_processors, resolve_checkpoint
+from hf_reflow.errors import CheckpointError
+from hf_reflow.policies.base import adapter_for, supported_policy_types
+from hf_reflow.sampling import sample_policy
+
+
+def _batch(n: int = 8, seed: int = 0) -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    return {"observation.state": torch.randn(n, 4, generator=g), "action": torch.randn(n, 8, 2, generator=g)}
+
+
+@pytest.mark.parametrize("num_steps", [1, 2, 10])
+def test_our_sampler_equals_lerobot_predict_action_chunk(teacher_1rf, num_steps):
+    policy = load_policy(str(teacher_1rf))
+    policy.config.num_steps = num_steps
+    adapter = adapter_for(policy)
+    batch = _batch()
+    noise = torch.randn(8, *adapter.action_shape, generator=torch.Generator().manual_seed(1))
+    ours = sample_policy(adapter, batch, noise, num_steps=num_steps).action
+    theirs = policy.predict_action_chunk(batch, noise=noise)
+    assert (ours - theirs).abs().max() <= 1e-5
+
+
+def test_adapter_loss_equals_policy_forward(teacher_1rf):
+    policy = load_policy(str(teacher_1rf))
+    adapter = adapter_for(policy)
+    batch = _batch()
+    batch["action_is_pad"] = torch.zeros(8, 8, dtype=torch.bool)
+    batch["action_is_pad"][:, 6:] = True
+    noise = torch.randn(8, 8, 2, generator=torch.Generator().manual_seed(2))
+    t = torch.rand(8, generator=torch.Generator().manual_seed(3))
+    action, mask = adapter.action_target(batch)
+    ours = adapter.loss(batch, noise, action, t, mask=mask).mean()
+    theirs, _ = policy.forward(batch, noise=noise, time=t)
+    assert torch.allclose(ours, theirs, atol=1e-6)
+
+
+STOCK_LOADER = """
+import json, sys, torch
+from lerobot.configs.policies import PreTrainedConfig
+from lerobot.policies.factory import get_policy_class, make_pre_post_processors
+from lerobot.utils.import_utils import register_third_party_plugins
+register_third_party_plugins()  # what lerobot-train / lerobot-eval do: finds lerobot_policy_flow_mlp
+path = sys.argv[1]
+cfg = PreTrainedConfig.from_pretrained(path)
+policy = get_policy_class(cfg.type).from_pretrained(path)
+pre, post = make_pre_post_processors(cfg, pretrained_path=path)
+noise = torch.randn(1, cfg.chunk_size, 2, generator=torch.Generator().manual_seed(0))
+batch = pre({"observation.state": torch.tensor([0.1, 0.0, 1.0, 0.02])})
+chunk = policy.predict_action_chunk(batch, noise=noise)
+action = post(policy.select_action(batch))
+print(json.dumps({"type": cfg.type, "num_steps": cfg.num_steps, "chunk": chunk.tolist(), "action_shape": list(action.shape)}))
+"""
+
+
+def test_checkpoint_loads_with_stock_lerobot_in_a_fresh_process(teacher_1rf):
+    path = resolve_checkpoint(str(teacher_1rf))
+    proc = subprocess.run([sys.executable, "-c", STOCK_LOADER, path], capture_output=True, text=True, cwd=REPO, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert result["type"] == "flow_mlp" and result["num_steps"] == 10 and result["action_shape"] == [1, 2]
+    # Same noise, same chunk as our own loader + sampler.
+    config = load_config(path)
+    policy = load_policy(path, config=config)
+    pre, _ = load_processors(path, config)
+    batch = pre({"observation.state": torch.tensor([0.1, 0.0, 1.0, 0.02])})
+    noise = torch.randn(1, config.chunk_size, 2, generator=torch.Generator().manual_seed(0))
+    ours = sample_policy(adapter_for(policy), batch, noise, num_steps=config.num_steps).action
+    assert (ours - torch.tensor(result["chunk"])).abs().max() <= 1e-5
+
+
+def test_select_action_runs_a_chunk_then_replans(teacher_1rf):
+    policy = load_policy(str(teacher_1rf))
+    batch = {"observation.state": torch.randn(1, 4)}
+    calls = []
+    original = policy.predict_action_chunk
+    policy.predict_action_chunk = lambda b, noise=None: calls.append(1) or original(b, noise=noise)
+    for _ in range(policy.config.n_action_steps + 1):
+        assert policy.select_action(batch).shape == (1, 2)
+    assert len(calls) == 2  # one chunk per n_action_steps actions
+
+
+def test_config_and_adapter_errors():
+    from lerobot.configs.types import FeatureType, PolicyFeature
+
+    from hf_reflow.policies.flow_mlp import FlowMLPConfig
+
+    with pytest.raises(ValueError, match="n_action_steps must be in 1..chunk_size"):
+        FlowMLPConfig(chunk_size=4, n_action_steps=8)
+    with pytest.raises(ValueError, match="needs an 'observation.state' input feature"):
+        FlowMLPConfig(output_features={"action": PolicyFeature(FeatureType.ACTION, (2,))}).validate_features()
+    assert "flow_mlp" in supported_policy_types()
+
+    class Foreign(torch.nn.Module):
+        config = type("C", (), {"type": "act"})()
+
+    with pytest.raises(ValueError, match="no hf-reflow adapter. Supported types: flow_mlp"):
+        adapter_for(Foreign())
+
+
+def test_checkpoint_resolution(tmp_path, teacher_1rf):
+    assert resolve_checkpoint(str(teacher_1rf)).endswith("pretrained_model")
+    assert resolve_checkpoint("user/model-2rf") == "user/model-2rf"
+    with pytest.raises(CheckpointError, match="holds no checkpoint"):
+        resolve_checkpoint(str(tmp_path))
+    with pytest.raises(CheckpointError, match="neither a local folder nor a Hub repo id"):
+        resolve_checkpoint("not a path/or/repo")
