@@ -181,9 +181,8 @@ def _coerce(value: Any, hint: Any, name: str) -> Any:
             return None
         raise ConfigError(f"{name} cannot be null.")
     for kind in (bool, int, float, str):
-        if kind in options:
-            if isinstance(value, kind) and not (kind is not bool and isinstance(value, bool)):
-                return value
+        if kind in options and isinstance(value, kind) and not (kind is not bool and isinstance(value, bool)):
+            return value
     if float in options and isinstance(value, int | str) and not isinstance(value, bool):
         try:
             return float(value)
