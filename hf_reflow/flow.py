@@ -80,7 +80,9 @@ def sample_time(
         u = torch.rand(batch_size, generator=generator) ** (1 / 1.5)
         return (u * 0.999 + 0.001).to(device=device, dtype=torch.float32)
     if kind == "uniform":
-        return (1.0 - torch.rand(batch_size, generator=generator)).to(device=device, dtype=torch.float32)  # (0, 1]
+        return (1.0 - torch.rand(batch_size, generator=generator)).to(
+            device=device, dtype=torch.float32
+        )  # (0, 1]
     if kind == "logit_normal":
         from diffusers.training_utils import compute_density_for_timestep_sampling
 
@@ -126,7 +128,16 @@ def flow_loss(
     Returns:
         (B,) loss per sample.
     """
-    sq = (velocity - target).pow(2)  # (B, chunk, action_dim)
+    return reduce_squared_error((velocity - target).pow(2), kind=kind, mask=mask, huber_c=huber_c)
+
+
+def reduce_squared_error(
+    sq: Tensor, *, kind: LossKind = "mse", mask: Tensor | None = None, huber_c: float | None = None
+) -> Tensor:
+    """Per-sample loss (B,) from element-wise squared velocity errors sq (B, chunk, action_dim).
+
+    Policies whose own forward returns squared errors (SmolVLA, pi0) are reduced here, like `flow_loss`.
+    """
     if mask is not None:
         sq = sq * mask.unsqueeze(-1).to(sq.dtype)
     flat = sq.flatten(1)  # (B, chunk * action_dim)

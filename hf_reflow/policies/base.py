@@ -69,7 +69,9 @@ class PolicyAdapter(ABC):
         """Per-sample loss (B,) of the velocity at x_t on the straight noise -> action line."""
         condition = self.encode(batch) if condition is None else condition
         x_t = flow.interpolate(noise, action, t)
-        return flow.flow_loss(self.velocity(x_t, t, condition), flow.velocity_target(noise, action), kind=kind, mask=mask)
+        return flow.flow_loss(
+            self.velocity(x_t, t, condition), flow.velocity_target(noise, action), kind=kind, mask=mask
+        )
 
     @property
     def num_steps(self) -> int:
@@ -89,6 +91,7 @@ def register_adapter(cls: type[PolicyAdapter]) -> type[PolicyAdapter]:
 def _import_builtin_adapters() -> None:
     # Imported here, not at module top: each family pulls its own (sometimes heavy) LeRobot modules.
     import hf_reflow.policies.flow_mlp.adapter  # noqa: F401
+    import hf_reflow.policies.smolvla  # noqa: F401
 
 
 def supported_policy_types() -> list[str]:
