@@ -1,0 +1,608 @@
+"""Side-by-side comparison of k-RF policies on one observation: the logic behind the Gradio Space.
+
+For every policy x step count, from one noise tensor shared by all policies (same seed), it computes the
+action chunk, the ODE path x_t from noise to action, the latency per chunk, the straightness and the
+error vs the same policy's 10-step chunk; it projects the paths to 2-D and runs short closed-loop
+rollouts. No UI here: `space/app.py` draws what this module returns.
+
+Chains: a folder written by `hf-reflow pipeline` holds `pipeline.json` listing its stages (paths
+relative to the folder) and its dataset; any policy can also be given as a local path or Hub repo id.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from hf_reflow import flow
+from hf_reflow.errors import CheckpointError, ConfigError, DataError
+from hf_reflow.sampling import sample_policy
+
+REFERENCE_STEPS = 10
+MAX_COMPARE_STEPS = 100
+DEFAULT_STEP_COUNTS = (1, 2, 4, 10)
+DEFAULT_CHAIN_DIR = "outputs/metaworld"
+PIPELINE_FILE = "pipeline.json"
+# The k-RF chain the Space shows when no local chain exists (the Hub repos `hf-reflow push` creates).
+DEFAULT_HUB_CHAIN: tuple[tuple[str, str], ...] = (
+    ("1-RF", "hf-reflow/flow_mlp-metaworld-1rf"),
+    ("2-RF", "hf-reflow/flow_mlp-metaworld-2rf"),
+    ("distilled", "hf-reflow/flow_mlp-metaworld-distill"),
+)
+ENVS: tuple[str, ...] = ("metaworld", "toy")
+
+
+# --------------------------------------------------------------------------- chains
+
+
+@dataclass(frozen=True)
+class PolicySpec:
+    """A policy to compare: a display name and a local checkpoint path or Hub repo id."""
+
+    name: str
+    source: str
+
+
+@dataclass
+class Chain:
+    """The stages of a k-RF chain plus the data and env they were trained for."""
+
+    stages: list[PolicySpec]
+    dataset_root: str | None = None
+    dataset_repo_id: str | None = None
+    env: str = "metaworld"
+    tasks: list[str] = field(default_factory=lambda: ["reach-v3", "push-v3"])
+
+
+def read_chain(directory: str | Path) -> Chain:
+    """The chain described by `directory/pipeline.json` (stage paths are relative to `directory`)."""
+    directory = Path(directory)
+    file = directory / PIPELINE_FILE
+    if not file.is_file():
+        raise ConfigError(
+            f"{str(directory)!r} has no {PIPELINE_FILE}; pass the output dir of `hf-reflow pipeline` "
+            "or list the policies explicitly (local paths or Hub repo ids)."
+        )
+    try:
+        data = json.loads(file.read_text())
+        stages = [PolicySpec(s["name"], _relative_to(directory, s["path"])) for s in data["stages"]]
+    except (json.JSONDecodeError, KeyError, TypeError) as e:
+        raise ConfigError(f"{str(file)!r} is not a valid pipeline file ({type(e).__name__}: {e}).") from None
+    dataset = data.get("dataset") or {}
+    root = dataset.get("root")
+    return Chain(
+        stages=stages,
+        dataset_root=_relative_to(directory, root) if root else None,
+        dataset_repo_id=dataset.get("repo_id"),
+        env=data.get("env", "metaworld"),
+        tasks=list(data.get("tasks") or ["reach-v3"]),
+    )
+
+
+def _relative_to(directory: Path, path: str) -> str:
+    """`path` resolved against `directory` unless it is absolute (a Hub id has no local meaning)."""
+    candidate = Path(path)
+    return str(candidate if candidate.is_absolute() else directory / candidate)
+
+
+def default_chain(directory: str | Path = DEFAULT_CHAIN_DIR) -> Chain:
+    """The local chain at `directory` when it exists, else the default Hub chain."""
+    if (Path(directory) / PIPELINE_FILE).is_file():
+        return read_chain(directory)
+    return Chain(stages=[PolicySpec(name, repo) for name, repo in DEFAULT_HUB_CHAIN])
+
+
+def parse_policy_lines(text: str) -> list[PolicySpec]:
+    """Policies from text, one per line (or comma-separated): `path_or_repo` or `name=path_or_repo`."""
+    specs = []
+    for item in text.replace(",", "\n").splitlines():
+        item = item.strip()
+        if not item:
+            continue
+        name, _, source = item.rpartition("=")
+        source = source.strip()
+        specs.append(PolicySpec(name.strip() or source, source))
+    return specs
+
+
+def parse_step_counts(text: str | list[int]) -> list[int]:
+    """Step counts from `"1,2,4,10"`; each an integer in 1..MAX_COMPARE_STEPS, duplicates dropped."""
+    items = text if isinstance(text, list) else [s for s in str(text).replace(" ", ",").split(",") if s]
+    counts = []
+    for item in items:
+        try:
+            value = int(item)
+        except ValueError:
+            raise ConfigError(f"step counts must be integers like 1,2,4,10; received {item!r}.") from None
+        if not 1 <= value <= MAX_COMPARE_STEPS:
+            raise ConfigError(f"each step count must be in 1..{MAX_COMPARE_STEPS}; received {value}.")
+        if value not in counts:
+            counts.append(value)
+    if not counts:
+        raise ConfigError("give at least one step count, e.g. 1,2,4,10.")
+    return counts
+
+
+# --------------------------------------------------------------------------- loading
+
+
+@dataclass
+class LoadedPolicy:
+    """A policy ready to sample: the LeRobot policy, its adapter, processors and lineage."""
+
+    source: str
+    policy: Any
+    adapter: Any
+    preprocessor: Any
+    postprocessor: Any
+    info: dict[str, Any]
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    @property
+    def input_keys(self) -> list[str]:
+        return list(self.policy.config.input_features or {})
+
+    @property
+    def needs_image(self) -> bool:
+        return any(
+            getattr(f.type, "name", "") == "VISUAL"
+            for f in (self.policy.config.input_features or {}).values()
+        )
+
+
+def load_for_compare(source: str) -> LoadedPolicy:
+    """Load a checkpoint (local path or Hub id); refuse types without an hf-reflow adapter before the weights."""
+    from hf_reflow.checkpoints import load_config, load_policy, load_processors, read_reflow_info
+    from hf_reflow.policies.base import adapter_for, supported_policy_types
+
+    config = load_config(source)  # CheckpointError for a bad path / repo id
+    if config.type not in supported_policy_types():
+        raise CheckpointError(
+            f"{source!r} is a {config.type!r} policy, which hf-reflow cannot sample step by step; "
+            f"supported types: {', '.join(supported_policy_types())}."
+        )
+    policy = load_policy(source, config=config)
+    pre, post = load_processors(source, config)
+    info = read_reflow_info(source) if Path(source).exists() else {}
+    return LoadedPolicy(source, policy, adapter_for(policy), pre, post, info)
+
+
+class PolicyCache:
+    """Loaded policies keyed by source, least recently used dropped beyond `max_entries` (thread-safe)."""
+
+    def __init__(self, max_entries: int = 8) -> None:
+        self.max_entries = max_entries
+        self._entries: OrderedDict[str, LoadedPolicy] = OrderedDict()
+        self._lock = threading.Lock()
+        self.loads = 0  # how many times a checkpoint was actually read
+
+    def get(self, source: str) -> LoadedPolicy:
+        with self._lock:
+            if source in self._entries:
+                self._entries.move_to_end(source)
+                return self._entries[source]
+        loaded = load_for_compare(source)
+        with self._lock:
+            self.loads += 1
+            self._entries[source] = loaded
+            while len(self._entries) > self.max_entries:
+                self._entries.popitem(last=False)
+        return loaded
+
+
+# --------------------------------------------------------------------------- observations
+
+
+@dataclass
+class Observation:
+    """One observation to compare on, with the expert's actions from it.
+
+    Attributes:
+        raw: unnormalised observation, batched (B = 1): `observation.*` tensors and `task` (list of str).
+        expert_action: (T, action_dim) the demonstration's (or scripted expert's) next actions, T >= 1.
+        image: (H, W, 3) uint8 camera frame, or None.
+        label: where it came from, for titles.
+    """
+
+    raw: dict[str, Any]
+    expert_action: np.ndarray
+    image: np.ndarray | None
+    label: str
+
+
+_DATASETS: dict[tuple[str | None, str | None], Any] = {}
+
+
+def open_dataset(root: str | None, repo_id: str | None) -> Any:
+    """A LeRobotDataset (frames only, no chunking), opened once per (root, repo_id)."""
+    from lerobot.datasets.lerobot_dataset import LeRobotDataset
+
+    key = (root, repo_id)
+    if key not in _DATASETS:
+        try:
+            _DATASETS[key] = LeRobotDataset(repo_id or "local/dataset", root=root)
+        except Exception as e:
+            raise DataError(
+                f"cannot open the dataset (root={root!r}, repo_id={repo_id!r}): {type(e).__name__}: "
+                f"{str(e).splitlines()[0][:200]}. Pass a LeRobotDataset folder or Hub dataset id."
+            ) from None
+    return _DATASETS[key]
+
+
+def dataset_observation(dataset: Any, episode: int, frame: int, horizon: int) -> Observation:
+    """Frame `frame` of episode `episode` and the demonstration's next `horizon` actions."""
+    meta = dataset.meta
+    if not 0 <= episode < meta.total_episodes:
+        raise ConfigError(f"episode must be in 0..{meta.total_episodes - 1}; received {episode}.")
+    start, stop = (int(meta.episodes[episode][k]) for k in ("dataset_from_index", "dataset_to_index"))
+    if not 0 <= frame < stop - start:
+        raise ConfigError(f"episode {episode} has frames 0..{stop - start - 1}; received frame {frame}.")
+    item = dataset[start + frame]
+    actions = dataset.hf_dataset.select(range(start + frame, min(start + frame + horizon, stop)))["action"]
+    raw = {k: v.unsqueeze(0) for k, v in item.items() if k.startswith("observation.")}
+    raw["task"] = [item["task"]]
+    image = next((_to_uint8(item[k]) for k in meta.camera_keys if k in item), None)
+    expert = torch.stack(list(actions)).numpy()  # (T, action_dim)
+    return Observation(raw, expert, image, f"episode {episode}, frame {frame}")
+
+
+def _to_uint8(image: Tensor) -> np.ndarray:
+    """(3, H, W) float in [0, 1] -> (H, W, 3) uint8."""
+    return (image.clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).numpy()
+
+
+def env_observation(
+    env: str, task: str, seed: int, horizon: int, *, image_size: int | None = None
+) -> Observation:
+    """A fresh env reset from `seed` (evaluation layouts) and the scripted expert's next `horizon` actions.
+
+    `image_size` renders the camera frame too (Meta-World only), for policies that read images.
+    """
+    if env == "toy":
+        from hf_reflow.envs import toy
+
+        episode = toy.expert_episode(seed)
+        raw = {"observation.state": torch.from_numpy(episode.states[:1]), "task": [toy.TASK]}
+        return Observation(raw, episode.actions[:horizon], None, f"toy reset, seed {seed}")
+    if env != "metaworld":
+        raise ConfigError(f"env must be one of {', '.join(ENVS)}; received {env!r}.")
+    from hf_reflow.envs import metaworld as mw
+
+    kwargs = {"image_size": image_size} if image_size else {}
+    with mw.make_env(task, layout_seed=mw.EVAL_LAYOUT_SEED, max_steps=horizon, **kwargs) as world:
+        episode = mw.rollout_expert(
+            task, seed, layout_seed=mw.EVAL_LAYOUT_SEED, max_steps=horizon, images=bool(image_size), env=world
+        )
+        prompt = world.description
+    raw = {"observation.state": torch.from_numpy(episode.states[:1]), "task": [prompt]}
+    image = None
+    if episode.images is not None:
+        image = episode.images[0]
+        raw[mw.IMAGE_KEY] = torch.from_numpy(image).permute(2, 0, 1).unsqueeze(0).float() / 255
+    return Observation(raw, episode.actions, image, f"{task} reset, seed {seed}")
+
+
+def check_observation(loaded: LoadedPolicy, name: str, observation: Observation) -> None:
+    """Fail with a clear message when the policy reads a key the observation lacks, or another shape."""
+    for key, feature in (loaded.policy.config.input_features or {}).items():
+        if key not in observation.raw:
+            raise DataError(
+                f"policy {name!r} reads {key!r}, which this observation lacks (it has "
+                f"{', '.join(k for k in observation.raw if k != 'task')}); pick a matching dataset or env."
+            )
+        have = tuple(observation.raw[key].shape[1:])
+        if getattr(feature.type, "name", "") == "STATE" and have != tuple(feature.shape):
+            raise DataError(
+                f"policy {name!r} expects {key} of shape {tuple(feature.shape)}, the observation has {have}; "
+                "it was trained on another dataset or env."
+            )
+
+
+# --------------------------------------------------------------------------- comparison
+
+
+@dataclass
+class Trajectory:
+    """One policy at one step count, from the shared noise.
+
+    Attributes:
+        action: (chunk, action_dim) the chunk in action units (after the policy's postprocessor).
+        path: (S + 1, chunk * action_dim) x_t at each solver step in the normalised space, path[0] = noise.
+        times: (S + 1,) the t of each path entry, from 1 down to 0.
+    """
+
+    steps: int
+    nfe: int
+    action: np.ndarray
+    path: np.ndarray
+    times: np.ndarray
+    latency_ms: float
+    straightness: float
+    mse_vs_reference: float
+    mse_vs_expert: float
+
+
+@dataclass
+class PolicyComparison:
+    """All step counts of one policy plus its 10-step reference (also in `runs` when asked for)."""
+
+    name: str
+    source: str
+    stage: str
+    k: int | None
+    reference: Trajectory
+    runs: list[Trajectory]
+
+
+def shared_noise(action_shape: tuple[int, int], seed: int) -> Tensor:
+    """(1, chunk, action_dim) standard normal noise from `seed`: equal for policies of equal shape."""
+    return torch.randn(1, *action_shape, generator=torch.Generator().manual_seed(int(seed)))
+
+
+@torch.no_grad()
+def _latency_ms(
+    loaded: LoadedPolicy, batch: dict[str, Any], noise: Tensor, steps: int, repeats: int
+) -> float:
+    """Median wall time of one chunk (encode + `steps` evaluations), after one warm-up call, in ms."""
+    times = []
+    for _ in range(repeats + 1):
+        start = time.perf_counter()
+        sample_policy(loaded.adapter, batch, noise, num_steps=steps)
+        times.append((time.perf_counter() - start) * 1000)
+    return float(np.median(times[1:]))
+
+
+@torch.no_grad()
+def _trajectory(
+    loaded: LoadedPolicy,
+    batch: dict[str, Any],
+    noise: Tensor,
+    steps: int,
+    expert: np.ndarray,
+    reference: Tensor | None,
+    repeats: int,
+) -> tuple[Trajectory, Tensor]:
+    """Sample `steps` Euler steps with the path recorded; metrics against `reference` (normalised) and `expert`."""
+    out = sample_policy(loaded.adapter, batch, noise, num_steps=steps, return_path=True)
+    reference = out.action if reference is None else reference
+    chunk = loaded.postprocessor(out.action)[0].cpu().numpy()  # (chunk, action_dim) in action units
+    horizon = min(len(expert), len(chunk))
+    trajectory = Trajectory(
+        steps=steps,
+        nfe=out.nfe,
+        action=chunk,
+        path=out.path[:, 0].flatten(1).cpu().numpy(),  # (S + 1, chunk * action_dim)
+        times=out.times.cpu().numpy(),
+        latency_ms=_latency_ms(loaded, batch, noise, steps, repeats),
+        straightness=float(flow.straightness(out.path, out.times)[0]),
+        mse_vs_reference=float((out.action - reference).pow(2).mean()),
+        mse_vs_expert=float(np.mean((chunk[:horizon] - expert[:horizon]) ** 2)),
+    )
+    return trajectory, out.action
+
+
+def compare_policy(
+    loaded: LoadedPolicy,
+    name: str,
+    observation: Observation,
+    step_counts: list[int],
+    *,
+    seed: int,
+    latency_repeats: int = 3,
+) -> PolicyComparison:
+    """The 10-step reference and every step count of one policy, all from `shared_noise(seed)`."""
+    check_observation(loaded, name, observation)
+    with loaded.lock:
+        batch = loaded.preprocessor(dict(observation.raw))
+        noise = shared_noise(loaded.adapter.action_shape, seed)
+        expert = observation.expert_action
+        reference, ref_action = _trajectory(
+            loaded, batch, noise, REFERENCE_STEPS, expert, None, latency_repeats
+        )
+        runs = [
+            reference
+            if steps == REFERENCE_STEPS
+            else _trajectory(loaded, batch, noise, steps, expert, ref_action, latency_repeats)[0]
+            for steps in step_counts
+        ]
+    stage = str(loaded.info.get("stage", "unknown"))
+    return PolicyComparison(name, loaded.source, stage, loaded.info.get("k"), reference, runs)
+
+
+def table_rows(comparisons: list[PolicyComparison]) -> list[dict[str, Any]]:
+    """One row per policy x step count: latency, straightness, errors vs 10 steps and vs the expert."""
+    return [
+        {
+            "policy": c.name,
+            "stage": c.stage,
+            "k": c.k if c.k is not None else "",
+            "steps": run.steps,
+            "nfe": run.nfe,
+            "latency_ms": round(run.latency_ms, 3),
+            "straightness": round(run.straightness, 5),
+            "mse_vs_10step": round(run.mse_vs_reference, 5),
+            "mse_vs_expert": round(run.mse_vs_expert, 5),
+        }
+        for c in comparisons
+        for run in c.runs
+    ]
+
+
+def project_paths(comparison: PolicyComparison) -> dict[int, np.ndarray]:
+    """2-D view of every path of one policy, keyed by step count (REFERENCE_STEPS included).
+
+    x = progress along the chord from the noise to the 10-step end point (noise at 0, that end at 1),
+    y = deviation from that chord along the direction in which the paths deviate most (top principal
+    direction of the off-chord parts), in the same units. A straight path to the reference end lies on
+    y = 0; a curved one bulges away from it.
+
+    Returns:
+        {steps: (S + 1, 2)}.
+    """
+    paths = {REFERENCE_STEPS: comparison.reference.path, **{run.steps: run.path for run in comparison.runs}}
+    noise = comparison.reference.path[0]  # (D,)
+    chord = noise - comparison.reference.path[-1]
+    length = float(np.linalg.norm(chord)) or 1.0
+    along = chord / length
+    offsets = {steps: noise - path for steps, path in paths.items()}  # (S + 1, D), 0 at the noise
+    residuals = np.concatenate([o - np.outer(o @ along, along) for o in offsets.values()])
+    across = np.zeros_like(along)
+    if np.abs(residuals).max() > 1e-9:
+        across = np.linalg.svd(residuals, full_matrices=False)[2][0]
+        ref_dev = offsets[REFERENCE_STEPS] @ across
+        if ref_dev[np.argmax(np.abs(ref_dev))] < 0:
+            across = -across  # the 10-step path bulges upwards
+    return {steps: np.stack([o @ along, o @ across], axis=1) / length for steps, o in offsets.items()}
+
+
+# --------------------------------------------------------------------------- closed loop
+
+
+@dataclass
+class RolloutResult:
+    """A short closed-loop episode of one policy at one step count.
+
+    Attributes:
+        hand_xy: (T, 2) the hand (toy: the point) position at every state the policy acted on.
+        obstacle_xy / obstacle_radius: the obstacle, in the same units; target_xy: the first target.
+        frames: up to `max_frames` (H, W, 3) uint8 camera frames (Meta-World, when rendering works).
+    """
+
+    success: bool
+    collided: bool
+    steps: int
+    hand_xy: np.ndarray
+    obstacle_xy: np.ndarray
+    obstacle_radius: float
+    target_xy: np.ndarray
+    frames: list[np.ndarray]
+
+
+class _Recorder:
+    """`select_action(state)` for an env loop: runs the policy, records the hand xy and some frames."""
+
+    def __init__(
+        self, loaded: LoadedPolicy, prompt: str, render=None, image_key: str | None = None, every: int = 10
+    ):
+        self.loaded, self.prompt, self.render, self.image_key, self.every = (
+            loaded,
+            prompt,
+            render,
+            image_key,
+            every,
+        )
+        self.hand_xy: list[np.ndarray] = []
+        self.frames: list[np.ndarray] = []
+
+    def reset(self) -> None:
+        self.loaded.policy.reset()
+
+    def __call__(self, state: np.ndarray) -> np.ndarray:
+        raw = {
+            "observation.state": torch.from_numpy(np.asarray(state, np.float32)).unsqueeze(0),
+            "task": [self.prompt],
+        }
+        step = len(self.hand_xy)
+        self.hand_xy.append(np.asarray(state[:2], np.float64))
+        if self.render is not None and (self.image_key or step % self.every == 0):
+            image = self.render()
+            if step % self.every == 0:
+                self.frames.append(image)
+            if self.image_key:
+                raw[self.image_key] = torch.from_numpy(image).permute(2, 0, 1).unsqueeze(0).float() / 255
+        with torch.no_grad():
+            action = self.loaded.policy.select_action(self.loaded.preprocessor(raw))
+        return self.loaded.postprocessor(action)[0].cpu().numpy()
+
+
+def rollout(
+    loaded: LoadedPolicy,
+    env: str,
+    task: str,
+    *,
+    steps: int,
+    seed: int,
+    max_steps: int = 120,
+    frames: bool = True,
+) -> RolloutResult:
+    """Run the policy closed-loop at `steps` Euler steps per chunk for one evaluation episode."""
+    parse_step_counts([steps])
+    with loaded.lock:
+        saved = loaded.adapter.num_steps
+        loaded.adapter.num_steps = steps
+        try:
+            return (
+                _toy_rollout(loaded, seed)
+                if env == "toy"
+                else _metaworld_rollout(loaded, task, seed, max_steps, frames)
+            )
+        finally:
+            loaded.adapter.num_steps = saved
+
+
+def _toy_rollout(loaded: LoadedPolicy, seed: int) -> RolloutResult:
+    from hf_reflow.envs import toy
+
+    start, goal = toy.layout(np.random.default_rng(seed))
+    recorder = _Recorder(loaded, toy.TASK)
+    recorder.reset()
+    result = toy.rollout(recorder, seed)
+    hand = np.stack(recorder.hand_xy)
+    return RolloutResult(
+        result.success, result.collided, result.steps, hand, (start + goal) / 2, toy.OBSTACLE_RADIUS, goal, []
+    )
+
+
+def _metaworld_rollout(
+    loaded: LoadedPolicy, task: str, seed: int, max_steps: int, frames: bool
+) -> RolloutResult:
+    from hf_reflow.envs import metaworld as mw
+
+    image_key = mw.IMAGE_KEY if loaded.needs_image else None
+    size = image_size_of(loaded) or mw.DEFAULT_IMAGE_SIZE
+    with mw.make_env(task, layout_seed=mw.EVAL_LAYOUT_SEED, max_steps=max_steps, image_size=size) as world:
+        render = (
+            world.render if (frames or image_key) and _can_render(world, required=bool(image_key)) else None
+        )
+        recorder = _Recorder(loaded, world.description, render, image_key, every=max(1, max_steps // 8))
+        result = mw.rollout_policy(world, recorder, seed, max_steps=max_steps)
+        hand = np.stack(recorder.hand_xy)
+        return RolloutResult(
+            result.success,
+            result.collided,
+            result.steps,
+            hand,
+            world.obstacle_centre.copy(),
+            mw.OBSTACLE_RADIUS_M,
+            world.target_xy.copy(),
+            recorder.frames,
+        )
+
+
+def image_size_of(loaded: LoadedPolicy) -> int | None:
+    """Side of the square camera image the policy reads, or None for a state-only policy."""
+    for feature in (loaded.policy.config.input_features or {}).values():
+        if getattr(feature.type, "name", "") == "VISUAL":
+            return int(feature.shape[-1])
+    return None
+
+
+def _can_render(world: Any, *, required: bool) -> bool:
+    """Whether an offscreen frame can be made; a policy that needs images cannot run without one."""
+    try:
+        world.reset(0)
+        world.render()
+        return True
+    except RuntimeError as e:
+        if required:
+            raise DataError(f"this policy reads camera images but rendering failed: {e}") from None
+        return False
