@@ -261,11 +261,18 @@ def _to_uint8(image: Tensor) -> np.ndarray:
 
 
 def env_observation(
-    env: str, task: str, seed: int, horizon: int, *, image_size: int | None = None
+    env: str,
+    task: str,
+    seed: int,
+    horizon: int,
+    *,
+    image_size: int | None = None,
+    image_required: bool = False,
 ) -> Observation:
     """A fresh env reset from `seed` (evaluation layouts) and the scripted expert's next `horizon` actions.
 
-    `image_size` renders the camera frame too (Meta-World only), for policies that read images.
+    Meta-World also renders the camera frame (`image_size`, default the env's) for display and for
+    policies that read images; when rendering fails that is an error only if `image_required`.
     """
     if env == "toy":
         from hf_reflow.envs import toy
@@ -277,11 +284,18 @@ def env_observation(
         raise ConfigError(f"env must be one of {', '.join(ENVS)}; received {env!r}.")
     from hf_reflow.envs import metaworld as mw
 
-    kwargs = {"image_size": image_size} if image_size else {}
-    with mw.make_env(task, layout_seed=mw.EVAL_LAYOUT_SEED, max_steps=horizon, **kwargs) as world:
-        episode = mw.rollout_expert(
-            task, seed, layout_seed=mw.EVAL_LAYOUT_SEED, max_steps=horizon, images=bool(image_size), env=world
-        )
+    size = image_size or mw.DEFAULT_IMAGE_SIZE
+    with mw.make_env(task, layout_seed=mw.EVAL_LAYOUT_SEED, max_steps=horizon, image_size=size) as world:
+        try:
+            episode = mw.rollout_expert(
+                task, seed, layout_seed=mw.EVAL_LAYOUT_SEED, max_steps=horizon, images=True, env=world
+            )
+        except RuntimeError as e:  # no offscreen OpenGL
+            if image_required:
+                raise DataError(f"the policies read camera images but rendering failed: {e}") from None
+            episode = mw.rollout_expert(
+                task, seed, layout_seed=mw.EVAL_LAYOUT_SEED, max_steps=horizon, env=world
+            )
         prompt = world.description
     raw = {"observation.state": torch.from_numpy(episode.states[:1]), "task": [prompt]}
     image = None

@@ -7,6 +7,16 @@ VENV="${HF_REFLOW_VENV:-.venv}"
 STAMP="$VENV/.hf-reflow-installed"
 WANT="$(cat pyproject.toml plugins/lerobot_policy_flow_mlp/pyproject.toml | sha256sum | cut -d' ' -f1)"
 
+# The Space's browser test drives Debian's chromium through chromedriver (it is skipped without them):
+# install both when they are missing and this runs as root with apt; never fail setup over it.
+if ! command -v chromium >/dev/null 2>&1 || ! command -v chromedriver >/dev/null 2>&1; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    echo "hf-reflow setup: installing chromium + chromium-driver (apt) for the Space's browser test"
+    { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver; } >/dev/null 2>&1 \
+      || echo "hf-reflow setup: could not install chromium; the Space's browser test will be skipped" >&2
+  fi
+fi
+
 if [ -x "$VENV/bin/python" ] && [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$WANT" ]; then
   exit 0
 fi

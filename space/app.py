@@ -97,8 +97,9 @@ class SpaceApp:
             return compare.dataset_observation(
                 dataset, _int("episode", episode), _int("frame", frame), horizon
             )
+        seed = _int("env seed", env_seed)
         return compare.env_observation(
-            self.chain.env, task, _int("env seed", env_seed), horizon, image_size=image_size
+            self.chain.env, task, seed, horizon, image_size=image_size, image_required=image_size is not None
         )
 
     def compare(
