@@ -24,6 +24,7 @@ commands:
   train     train one stage (flow_matching = 1-RF, reflow = k+1-RF, distill): --config=recipe.yaml + overrides
   dataset   write demonstrations as a LeRobotDataset: `hf-reflow dataset toy --root=DIR --episodes=N`
   eval      evaluate checkpoints by step count: --policy.path=A[,B] --dataset.root=DIR --nfe=1,2,4,10
+  space     serve the Gradio Space on 127.0.0.1: --chain=outputs/metaworld [--port=7860]; --bundle=DIR to deploy
 """
 
 
@@ -94,6 +95,27 @@ def cmd_eval(args: list[str]) -> int:
     return 0
 
 
+def cmd_space(args: list[str]) -> int:
+    from hf_reflow import space
+
+    opts = _options(
+        args,
+        {"chain": None, "policies": None, "dataset.root": None, "dataset.repo_id": None, "env": None,
+         "port": None, "bundle": None},
+    )  # fmt: skip
+    if opts["bundle"]:
+        print(f"Space written: {space.bundle(str(opts['bundle']))}")
+        return 0
+    policies = opts["policies"]
+    if policies:  # YAML may have parsed "a,b" as a string or a one-element list
+        policies = [str(p) for p in (policies if isinstance(policies, list) else str(policies).split(","))]
+    demo = space.load_app().build_demo(
+        policies or opts["chain"], dataset_root=opts["dataset.root"], dataset_repo_id=opts["dataset.repo_id"], env=opts["env"]
+    )  # fmt: skip
+    demo.queue().launch(server_name="127.0.0.1", server_port=int(opts["port"]) if opts["port"] else None)
+    return 0
+
+
 def format_table(rows: list[dict]) -> str:
     """A plain-text table of evaluation rows."""
     columns = [c for c in ("checkpoint", "k", "nfe", "success_rate", "collision_rate", "left_share",
@@ -123,6 +145,7 @@ def _quiet_logs() -> None:
 
 
 COMMANDS = {"train": cmd_train, "dataset": cmd_dataset, "eval": cmd_eval}
+COMMANDS["space"] = cmd_space
 
 
 def main(argv: list[str] | None = None) -> int:
