@@ -58,6 +58,10 @@ class TeacherConfig:
     revision: str | None = None
     num_inference_steps: int = 10  # the guide's reflow_num_inference_steps
     solver: str = "euler"
+    # null (auto): a teacher whose frozen VLM equals the student's (SmolVLA with train_expert_only, student
+    # initialised from it) uses the student's VLM module, and the VLM prefix is computed once per batch;
+    # true: the same, but an error when it cannot be shared; false: the teacher keeps its own VLM copy.
+    shared_backbone: bool | None = None
 
     def __post_init__(self) -> None:
         _choice("teacher.solver", self.solver, SOLVERS)

@@ -17,7 +17,7 @@ from hf_reflow.checkpoints import load_config, load_policy
 from hf_reflow.configs import TeacherConfig
 from hf_reflow.errors import CheckpointError
 from hf_reflow.policies.base import PolicyAdapter, adapter_for
-from hf_reflow.sampling import sample_policy
+from hf_reflow.sampling import integrate, sample_policy
 
 
 def check_compatible(teacher_config: Any, student_config: Any) -> None:
@@ -29,6 +29,13 @@ def check_compatible(teacher_config: Any, student_config: Any) -> None:
         raise CheckpointError(
             f"teacher action shape {t_shape} differs from the student's {s_shape}; a reflow student must "
             "predict the teacher's action dimension (use the same dataset / action features for both)."
+        )
+    t_padded, s_padded = getattr(teacher_config, "max_action_dim", None), getattr(student_config, "max_action_dim", None)
+    if t_padded != s_padded:
+        raise CheckpointError(
+            f"the teacher ({teacher_config.type}) samples actions padded to max_action_dim={t_padded} but the "
+            f"student ({student_config.type}) to {s_padded}; use a student of the teacher's type with the same "
+            "max_action_dim."
         )
     if teacher_config.action_delta_indices != student_config.action_delta_indices:
         raise CheckpointError(
@@ -44,6 +51,7 @@ class OnlineTeacher:
         self.cfg, self.device, self.dtype = cfg, device, dtype
         self.config = load_config(cfg.path, revision=cfg.revision)  # cheap: no weights yet
         self._adapter: PolicyAdapter | None = None
+        self._student: PolicyAdapter | None = None  # set by `share_backbone_with`
 
     @property
     def adapter(self) -> PolicyAdapter:
@@ -55,19 +63,33 @@ class OnlineTeacher:
                 policy = load_policy(self.cfg.path, device=self.device, revision=self.cfg.revision, config=self.config)
             policy.requires_grad_(False).eval().to(dtype=self.dtype)
             self._adapter = adapter_for(policy)
+            if self._student is not None:
+                self._adapter.share_backbone(self._student)  # drops the teacher's own backbone copy
         return self._adapter
 
+    def share_backbone_with(self, student: PolicyAdapter) -> None:
+        """Use the student's frozen backbone (checked equal to the teacher's when the teacher loads)."""
+        self._student = student
+
     @torch.no_grad()
-    def end_points(self, batch: dict[str, Tensor], noise: Tensor) -> Tensor:
-        """Teacher's ODE end points from `noise` (B, chunk, action_dim), in normalised action space."""
+    def backbone_context(self, batch: dict[str, Tensor]) -> Any:
+        """The shared frozen backbone's output for `batch`, reused by the teacher's ODE and the student's loss."""
+        return self.adapter.backbone_context(batch)
+
+    @torch.no_grad()
+    def end_points(self, batch: dict[str, Tensor], noise: Tensor, context: Any = None) -> Tensor:
+        """Teacher's ODE end points from `noise` (B, chunk, action_dim), in normalised action space.
+
+        `context`: the shared backbone's output (`backbone_context`), or None to encode from scratch.
+        """
+        steps, solver = self.cfg.num_inference_steps, self.cfg.solver
         try:
-            out = sample_policy(
-                self.adapter,
-                batch,
-                noise.to(self.dtype),
-                num_steps=self.cfg.num_inference_steps,
-                solver=self.cfg.solver,
-            )
+            if context is None:
+                out = sample_policy(self.adapter, batch, noise.to(self.dtype), num_steps=steps, solver=solver)
+            else:
+                condition = self.adapter.encode(batch, context)
+                velocity_fn = lambda x_t, t: self.adapter.velocity(x_t, t, condition)  # noqa: E731
+                out = integrate(velocity_fn, noise.to(self.dtype), num_steps=steps, solver=solver)
         except RuntimeError as e:
             raise CheckpointError(f"the teacher {self.cfg.path!r} failed on a training batch: {e}") from e
         return out.action.to(noise.dtype)

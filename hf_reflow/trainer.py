@@ -44,9 +44,13 @@ class StudentLoss(nn.Module):
         self.policy = adapter.policy
         self.adapter, self.flow_cfg = adapter, flow_cfg
 
-    def forward(self, batch: dict[str, Tensor], noise: Tensor, action: Tensor, t: Tensor, mask: Tensor | None):
-        losses = self.adapter.loss(batch, noise, action, t, kind=self.flow_cfg.loss, mask=mask)  # (B,)
-        return losses.mean()
+    def forward(
+        self, batch: dict[str, Tensor], noise: Tensor, action: Tensor, t: Tensor, mask: Tensor | None, context=None
+    ):
+        # `context`: the frozen backbone's output shared with the teacher (None: the student encodes the batch).
+        condition = None if context is None else self.adapter.encode(batch, context)
+        losses = self.adapter.loss(batch, noise, action, t, kind=self.flow_cfg.loss, mask=mask, condition=condition)
+        return losses.mean()  # losses: (B,)
 
 
 @dataclass
@@ -63,6 +67,7 @@ class ReflowTrainer:
         self.config = config
         self.output_dir = Path(config.output_dir)
         self.teacher: OnlineTeacher | None = None
+        self.shared_backbone = False  # the teacher uses the student's frozen backbone (see `_share_backbone`)
         self.history: list[dict[str, float]] = []  # logged metrics, with their step
 
     # ---- setup -------------------------------------------------------------------------
@@ -100,6 +105,7 @@ class ReflowTrainer:
                 check_compatible(teacher_cfg, student.policy.config)
                 student.preprocessor, student.postprocessor = load_processors(cfg.teacher.path, teacher_cfg, device=device)
                 return student
+            _check_teacher_type(cfg, teacher_cfg)
             source = cfg.teacher.path
         policy_cfg = load_config(source)
         _apply_overrides(policy_cfg, overrides)
@@ -175,6 +181,7 @@ class ReflowTrainer:
         adapter = adapter_for(student.policy)
         if self.teacher is not None:
             check_compatible(self.teacher.config, student.policy.config)
+            self.shared_backbone = self._share_backbone(adapter)
         dataset = make_dataset(cfg.dataset, student.policy.config)
         student.policy.train()
         loss_module = StudentLoss(adapter, cfg.flow)
@@ -249,9 +256,9 @@ class ReflowTrainer:
     def train_step(self, state: _LoopState, batch: dict[str, Tensor], step: int) -> dict[str, float]:
         """One micro-batch: targets for the stage, loss, backward; optimizer step when gradients sync."""
         cfg, accelerator = self.config, state.accelerator
-        noise, action, t, mask = self._targets(state.adapter, batch)
+        noise, action, t, mask, context = self._targets(state.adapter, batch)
         with accelerator.accumulate(state.loss_module):
-            loss = state.loss_module(batch, noise, action, t, mask)
+            loss = state.loss_module(batch, noise, action, t, mask, context)
             if not torch.isfinite(loss):
                 raise TrainingError(
                     f"the training loss became {loss.item()} at step {step}; lower --optim.lr, keep "
@@ -271,15 +278,20 @@ class ReflowTrainer:
         return metrics
 
     def _targets(self, adapter: PolicyAdapter, batch: dict[str, Tensor]):
-        """(noise, action, t, mask) for the stage; action is the dataset's or the teacher's."""
+        """(noise, action, t, mask, context) for the stage; action is the dataset's or the teacher's.
+
+        context: the frozen backbone's output, computed once for the teacher's ODE and the student's loss
+        when the backbone is shared, else None.
+        """
         cfg = self.config
         data_action, mask = adapter.action_target(batch)
         batch_size = data_action.shape[0]
         noise = torch.randn(batch_size, *adapter.action_shape, device=data_action.device, dtype=data_action.dtype)
+        context = self.teacher.backbone_context(batch) if self.shared_backbone else None
         if cfg.stage == "flow_matching":
             action = data_action
         else:
-            action, mask = self.teacher.end_points(batch, noise), None  # teacher chunks have no padding
+            action, mask = self.teacher.end_points(batch, noise, context), None  # teacher chunks have no padding
         if cfg.stage == "distill":
             _, t, _ = flow.distillation_inputs(noise, action)
         else:
@@ -292,7 +304,24 @@ class ReflowTrainer:
                 logit_std=f.logit_std,
                 u_shaped_a=f.u_shaped_a,
             )
-        return noise, action, t, mask
+        return noise, action, t, mask, context
+
+    def _share_backbone(self, adapter: PolicyAdapter) -> bool:
+        """Whether the teacher uses the student's frozen backbone (`teacher.shared_backbone`: null = when possible)."""
+        wanted, cfg = self.config.teacher.shared_backbone, self.config
+        if wanted is False:
+            return False
+        if not cfg.init_from_teacher or not adapter.backbone_frozen():
+            if wanted:
+                raise ConfigError(
+                    "teacher.shared_backbone=true needs a student initialised from the teacher "
+                    f"(init_from_teacher={cfg.init_from_teacher}) with a frozen backbone (e.g. SmolVLA with "
+                    f"policy.train_expert_only=true; this {adapter.policy_type} student has none frozen); "
+                    "set teacher.shared_backbone=false or leave it null."
+                )
+            return False
+        self.teacher.share_backbone_with(adapter)
+        return True
 
     # ---- checkpoints ---------------------------------------------------------------------
     def _resume(self, accelerator) -> int:
@@ -376,6 +405,18 @@ class _LoopState:
     ema: Any
     student: Student
     adapter: PolicyAdapter
+
+
+def _check_teacher_type(cfg: TrainConfig, teacher_cfg: Any) -> None:
+    """A student initialised from the teacher is the teacher's type: reject a recipe naming another one."""
+    wanted = cfg.policy.get("type")
+    explicit = cfg.policy != TrainConfig.__dataclass_fields__["policy"].default_factory()
+    if explicit and wanted and wanted != teacher_cfg.type:
+        raise CheckpointError(
+            f"the teacher {cfg.teacher.path!r} is a {teacher_cfg.type} policy, but policy.type is {wanted!r} and "
+            f"the student is initialised from the teacher; pass a {wanted} teacher checkpoint, or set "
+            f"init_from_teacher=false to train a new {wanted} student on the teacher's couplings."
+        )
 
 
 def _apply_overrides(policy_cfg: Any, overrides: dict[str, Any]) -> None:

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 
+from hf_reflow import sampling
 from hf_reflow.checkpoints import load_policy, load_processors
 from hf_reflow.configs import DatasetConfig
 from hf_reflow.data import make_dataset
@@ -72,3 +75,160 @@ def test_loss_equals_lerobot_forward(smolvla_teacher, image_dataset):
     theirs, _ = policy.forward(dict(batch), noise=noise, time=t, reduction="none")
     assert ours.shape == (4,)
     assert torch.allclose(ours, theirs, atol=1e-6, rtol=1e-5)
+
+
+def test_shared_backbone_equals_unshared(smolvla_teacher, image_dataset):
+    """Couplings, student loss and its gradients are the same when the VLM prefix is computed once and shared."""
+    teacher = adapter_for(load_policy(str(smolvla_teacher)).requires_grad_(False))
+    student_policy = load_policy(str(smolvla_teacher))
+    student_policy.train()
+    student = adapter_for(student_policy)
+    batch = _batch(smolvla_teacher, image_dataset)
+    noise = _noise(student, 4, seed=3)
+    t = torch.rand(4, generator=torch.Generator().manual_seed(4))
+    with torch.no_grad():  # the student has moved away from the teacher: its state_proj differs
+        student_policy.model.state_proj.weight.add_(
+            0.1 * torch.randn_like(student_policy.model.state_proj.weight)
+        )
+
+    unshared_action = sample_policy(teacher, batch, noise, num_steps=10).action
+    unshared_loss = student.loss(batch, noise, unshared_action, t)
+    unshared_loss.mean().backward()
+    unshared_grads = {n: p.grad.clone() for n, p in student_policy.named_parameters() if p.grad is not None}
+    student_policy.zero_grad(set_to_none=True)
+
+    teacher.share_backbone(student)
+    assert teacher.model.vlm_with_expert.vlm is student.model.vlm_with_expert.vlm  # no second copy
+    context = student.backbone_context(batch)
+    with torch.no_grad():
+        condition = teacher.encode(batch, context)
+        shared_action = sampling.integrate(
+            lambda x_t, tt: teacher.velocity(x_t, tt, condition), noise, num_steps=10
+        ).action
+    shared_loss = student.loss(batch, noise, shared_action, t, condition=student.encode(batch, context))
+    shared_loss.mean().backward()
+    shared_grads = {n: p.grad for n, p in student_policy.named_parameters() if p.grad is not None}
+
+    assert (shared_action - unshared_action).abs().max() <= 1e-5
+    assert torch.allclose(shared_loss, unshared_loss, atol=1e-6, rtol=1e-5)
+    assert shared_grads.keys() == unshared_grads.keys()
+    assert (
+        "model.state_proj.weight" in shared_grads
+    )  # the state token's gradient flows through the shared path
+    for name, grad in shared_grads.items():
+        assert torch.allclose(grad, unshared_grads[name], atol=1e-5, rtol=1e-4), name
+
+
+def test_share_backbone_refuses_different_vlm(smolvla_teacher, image_dataset, tiny_vlm, tmp_path):
+    from hf_reflow.errors import CheckpointError
+
+    other = tiny_smolvla.write_smolvla_checkpoint(
+        tmp_path / "other", vlm_dir=tiny_vlm, dataset_root=image_dataset, seed=1
+    )
+    teacher = adapter_for(load_policy(str(smolvla_teacher)))
+    with pytest.raises(CheckpointError, match="VLM weights differ"):
+        teacher.share_backbone(adapter_for(load_policy(str(other))))
+    unfrozen = tiny_smolvla.write_smolvla_checkpoint(
+        tmp_path / "unfrozen", vlm_dir=tiny_vlm, dataset_root=image_dataset, train_expert_only=False
+    )
+    with pytest.raises(CheckpointError, match="frozen"):
+        teacher.share_backbone(adapter_for(load_policy(str(unfrozen))))
+
+
+def _reflow_args(teacher, dataset_root, out, *extra: str) -> list[str]:
+    return [
+        "train", "--stage=reflow", f"--teacher.path={teacher}", "--teacher.num_inference_steps=3",
+        f"--dataset.root={dataset_root}", "--dataset.repo_id=local/tiny_images", f"--output_dir={out}",
+        "--steps=2", "--batch_size=4", "--log_every=1", "--log_with=[]", "--optim.warmup_steps=1", *extra,
+    ]  # fmt: skip
+
+
+STOCK_SMOLVLA = """
+import sys, torch
+from lerobot.datasets.lerobot_dataset import LeRobotDataset
+from lerobot.policies.factory import make_pre_post_processors
+from lerobot.policies.smolvla.modeling_smolvla import SmolVLAPolicy
+path, root = sys.argv[1], sys.argv[2]
+policy = SmolVLAPolicy.from_pretrained(path)
+assert policy.config.num_steps == 2, policy.config.num_steps
+pre, post = make_pre_post_processors(policy.config, pretrained_path=path)
+frame = LeRobotDataset("local/tiny_images", root=root)[0]
+obs = {k: v for k, v in frame.items() if k.startswith("observation.")}
+obs["task"] = frame["task"]
+action = post(policy.select_action(pre(obs)))
+assert action.shape == (1, 4) and torch.isfinite(action).all(), action
+assert not any(name.startswith("hf_reflow") for name in sys.modules)
+print("OK", policy.config.num_steps)
+"""
+
+
+def test_reflow_cli_checkpoint_loads_in_stock_lerobot(smolvla_teacher, image_dataset, tmp_path):
+    import subprocess
+    import sys
+
+    from conftest import run_cli
+
+    out = tmp_path / "2rf"
+    result = run_cli(*_reflow_args(smolvla_teacher, image_dataset, out, "--teacher.shared_backbone=true"))
+    assert result.returncode == 0, result.stderr[-3000:]
+    final = out / "pretrained_model"
+    assert json.loads((final / "config.json").read_text())["num_steps"] == 2
+    assert json.loads((final / "reflow.json").read_text())["k"] == 2
+    stock = subprocess.run(
+        [sys.executable, "-c", STOCK_SMOLVLA, str(final), str(image_dataset)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert stock.returncode == 0, stock.stderr[-3000:]
+    assert "OK 2" in stock.stdout
+
+
+def test_trainer_shared_backbone_matches_unshared(smolvla_teacher, image_dataset, tmp_path):
+    """Two reflow steps give the same student weights with and without the shared VLM prefix."""
+    from safetensors.torch import load_file
+
+    from hf_reflow.configs import parse_train_config
+    from hf_reflow.trainer import ReflowTrainer
+
+    weights = {}
+    for shared in (True, False):
+        out = tmp_path / f"shared_{shared}"
+        args = _reflow_args(
+            smolvla_teacher, image_dataset, out, f"--teacher.shared_backbone={str(shared).lower()}"
+        )
+        trainer = ReflowTrainer(parse_train_config(args[1:]))
+        final = trainer.train()
+        assert trainer.shared_backbone is shared
+        weights[shared] = load_file(final / "model.safetensors")
+    teacher = load_file(smolvla_teacher / "model.safetensors")
+    moved = [k for k in teacher if not torch.equal(teacher[k], weights[True][k])]
+    assert "model.state_proj.weight" in moved and any("lm_expert" in k for k in moved)
+    assert not any(".vlm." in k for k in moved)  # the VLM stays frozen
+    for key, value in weights[False].items():
+        assert torch.allclose(weights[True][key], value, atol=1e-5), key
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (
+            ["--policy.type=flow_mlp", "--policy.hidden_dim=64"],
+            "is a smolvla policy, but policy.type is 'flow_mlp'",
+        ),
+        (["--init_from_teacher=false", "--policy.type=flow_mlp"], "max_action_dim"),
+        (
+            ["--policy.train_expert_only=false", "--teacher.shared_backbone=true"],
+            "teacher.shared_backbone=true needs",
+        ),
+    ],
+)
+def test_bad_teacher_fails_before_training(smolvla_teacher, image_dataset, tmp_path, extra, message):
+    from conftest import run_cli
+
+    out = tmp_path / "bad"
+    result = run_cli(*_reflow_args(smolvla_teacher, image_dataset, out, *extra))
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert message in result.stderr
+    assert "Traceback" not in result.stderr
+    assert not out.exists()

@@ -73,6 +73,19 @@ class PolicyAdapter(ABC):
             self.velocity(x_t, t, condition), flow.velocity_target(noise, action), kind=kind, mask=mask
         )
 
+    # ---- optional: a frozen backbone shared by a teacher and its student (see policies/smolvla.py) ----
+    def backbone_frozen(self) -> bool:
+        """True when the policy has a frozen backbone a teacher of the same weights could share."""
+        return False
+
+    def share_backbone(self, student: PolicyAdapter) -> None:
+        """Make this (teacher) adapter use `student`'s frozen backbone module instead of its own copy."""
+        raise NotImplementedError(f"{type(self).__name__} has no shareable backbone.")
+
+    def backbone_context(self, batch: dict[str, Tensor]) -> Any:
+        """The frozen backbone's output for `batch`, computed once; `encode(batch, context)` completes it."""
+        raise NotImplementedError(f"{type(self).__name__} has no shareable backbone.")
+
     @property
     def num_steps(self) -> int:
         return int(getattr(self.config, self.steps_field))

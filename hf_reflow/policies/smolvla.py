@@ -156,7 +156,7 @@ class SmolVLAAdapter(PolicyAdapter):
         if not isinstance(student, SmolVLAAdapter) or not student.backbone_frozen():
             raise CheckpointError(
                 "the teacher's VLM can only be shared with a SmolVLA student whose VLM is frozen "
-                "(policy.train_expert_only=true); set teacher.shared_backbone=off otherwise."
+                "(policy.train_expert_only=true); set teacher.shared_backbone=false otherwise."
             )
         mine, theirs = self.model.vlm_with_expert.vlm, student.model.vlm_with_expert.vlm
         same = mine.state_dict().keys() == theirs.state_dict().keys() and all(
@@ -166,7 +166,7 @@ class SmolVLAAdapter(PolicyAdapter):
         if not same:
             raise CheckpointError(
                 "the student's VLM weights differ from the teacher's, so the backbone cannot be shared; "
-                "initialise the student from the teacher (init_from_teacher=true) or set teacher.shared_backbone=off."
+                "initialise the student from the teacher (init_from_teacher=true) or set teacher.shared_backbone=false."
             )
         self.model.vlm_with_expert.vlm = theirs
 
