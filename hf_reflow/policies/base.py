@@ -104,6 +104,7 @@ def register_adapter(cls: type[PolicyAdapter]) -> type[PolicyAdapter]:
 def _import_builtin_adapters() -> None:
     # Imported here, not at module top: each family pulls its own (sometimes heavy) LeRobot modules.
     import hf_reflow.policies.flow_mlp.adapter  # noqa: F401
+    import hf_reflow.policies.pi0  # noqa: F401
     import hf_reflow.policies.smolvla  # noqa: F401
 
 
