@@ -232,3 +232,31 @@ def test_bad_teacher_fails_before_training(smolvla_teacher, image_dataset, tmp_p
     assert message in result.stderr
     assert "Traceback" not in result.stderr
     assert not out.exists()
+
+
+@pytest.mark.parametrize(
+    "recipe",
+    [
+        "smolvla/1rf",
+        "smolvla/reflow",
+        "smolvla/reflow_3rf",
+        "smolvla/distill",
+        "pi0/reflow",
+        "pi0/distill",
+        "pi05/reflow",
+        "pi05/distill",
+    ],
+)
+def test_recipes_parse_with_the_guides_defaults(recipe):
+    from conftest import REPO
+
+    from hf_reflow.configs import parse_train_config
+
+    cfg = parse_train_config(
+        [f"--config={REPO / 'recipes' / recipe}.yaml", "--teacher_model_path=some/teacher"]
+    )
+    assert cfg.batch_size == 32 and cfg.policy["train_expert_only"] is True
+    assert cfg.policy["freeze_vision_encoder"] is True
+    if cfg.stage != "flow_matching":
+        assert cfg.teacher.path == "some/teacher" and cfg.teacher.num_inference_steps == 10
+        assert cfg.steps == 50_000 and 5e-5 <= cfg.optim.lr <= 1e-4

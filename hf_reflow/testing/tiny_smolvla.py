@@ -180,7 +180,7 @@ def smolvla_config(vlm_dir: str | Path, dataset_root: str | Path, **overrides: A
     meta = LeRobotDatasetMetadata("local/tiny_images", root=dataset_root)
     inputs, outputs = policy_features(meta)
     fields = {
-        "input_features": inputs, "output_features": outputs, "vlm_model_name": str(vlm_dir),
+        "input_features": inputs, "output_features": outputs, "vlm_model_name": str(Path(vlm_dir).resolve()),
         "load_vlm_weights": False, "chunk_size": 8, "n_action_steps": 4, "num_vlm_layers": size["text_layers"],
         "resize_imgs_with_padding": (size["image_size"], size["image_size"]), "tokenizer_max_length": 16,
         "device": "cpu",
