@@ -23,8 +23,10 @@ PRETRAINED_DIR = "pretrained_model"
 _REPO_ID = re.compile(r"^[\w.-]+/[\w.-]+$")
 
 
-def resolve_checkpoint(path_or_repo: str | Path) -> str:
-    """A local folder holding `config.json` (a run dir resolves to its final `pretrained_model/`), or a Hub id."""
+def resolve_checkpoint(path_or_repo: str | Path, *, revision: str | None = None) -> str:
+    """The local folder of a checkpoint: a folder holding `config.json` (a run dir resolves to its final
+    `pretrained_model/`), or a Hub repo id downloaded through huggingface_hub's cache (`HF_HUB_OFFLINE` honoured).
+    """
     path = Path(path_or_repo)
     for candidate in (path, path / PRETRAINED_DIR):
         if (candidate / "config.json").is_file():
@@ -35,7 +37,13 @@ def resolve_checkpoint(path_or_repo: str | Path) -> str:
             "pass a training output dir or its pretrained_model/ folder."
         )
     if _REPO_ID.match(str(path_or_repo)):
-        return str(path_or_repo)
+        from hf_reflow.errors import HubError
+        from hf_reflow.hub import Hub
+
+        try:
+            return str(Hub().download(str(path_or_repo), revision=revision))
+        except HubError as e:
+            raise CheckpointError(f"checkpoint {str(path_or_repo)!r} is not a local folder, and as a Hub repo id: {e}") from None
     raise CheckpointError(f"checkpoint {str(path_or_repo)!r} is neither a local folder nor a Hub repo id (user/name).")
 
 
@@ -45,9 +53,9 @@ def load_config(path_or_repo: str, *, revision: str | None = None) -> Any:
 
     import hf_reflow.policies.flow_mlp  # noqa: F401  (registers the built-in policy type)
 
-    source = resolve_checkpoint(path_or_repo)
+    source = resolve_checkpoint(path_or_repo, revision=revision)
     try:
-        return PreTrainedConfig.from_pretrained(source, revision=revision)
+        return PreTrainedConfig.from_pretrained(source)
     except Exception as e:
         raise CheckpointError(
             f"cannot read the policy config of {source!r} ({type(e).__name__}: {str(e).splitlines()[0][:200]}). "
@@ -59,10 +67,10 @@ def load_policy(path_or_repo: str, *, device: torch.device | str = "cpu", revisi
     """Load a LeRobot policy (any registered type) from a checkpoint onto `device`, in eval mode."""
     from lerobot.policies.factory import get_policy_class
 
-    source = resolve_checkpoint(path_or_repo)
-    config = load_config(source, revision=revision) if config is None else config
+    source = resolve_checkpoint(path_or_repo, revision=revision)
+    config = load_config(source) if config is None else config
     config.device = torch.device(device).type
-    policy = get_policy_class(config.type).from_pretrained(source, config=config, revision=revision)
+    policy = get_policy_class(config.type).from_pretrained(source, config=config)
     return policy.to(device)
 
 
@@ -70,11 +78,9 @@ def load_processors(path_or_repo: str, config: Any, *, device: torch.device | st
     """The checkpoint's own (pre, post) processors, with their device step pointed at `device`."""
     from lerobot.policies.factory import make_pre_post_processors
 
-    source = resolve_checkpoint(path_or_repo)
+    source = resolve_checkpoint(path_or_repo, revision=revision)
     overrides = {"device_processor": {"device": str(device)}}
-    return make_pre_post_processors(
-        config, pretrained_path=source, pretrained_revision=revision, preprocessor_overrides=overrides
-    )
+    return make_pre_post_processors(config, pretrained_path=source, preprocessor_overrides=overrides)
 
 
 def read_reflow_info(path: str | Path) -> dict[str, Any]:

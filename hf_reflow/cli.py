@@ -24,6 +24,7 @@ commands:
   train     train one stage (flow_matching = 1-RF, reflow = k+1-RF, distill): --config=recipe.yaml + overrides
   dataset   write demonstrations as a LeRobotDataset: `hf-reflow dataset toy --root=DIR --episodes=N`
   eval      evaluate checkpoints by step count: --policy.path=A[,B] --dataset.root=DIR --nfe=1,2,4,10
+  push      push a checkpoint (+ model card) to the Hub: --checkpoint=DIR --repo_id=user/name-2rf [--eval=results.json]
   space     serve the Gradio Space on 127.0.0.1: --chain=outputs/metaworld [--port=7860]; --bundle=DIR to deploy
 """
 
@@ -116,6 +117,30 @@ def cmd_space(args: list[str]) -> int:
     return 0
 
 
+def cmd_push(args: list[str]) -> int:
+    from hf_reflow import cards
+    from hf_reflow.hub import Hub
+
+    opts = _options(
+        args,
+        {"checkpoint": None, "repo_id": None, "eval": None, "private": False, "revision": None,
+         "commit_message": None, "license": "apache-2.0"},
+    )  # fmt: skip
+    if not opts["checkpoint"] or not opts["repo_id"]:
+        raise ConfigError("--checkpoint=DIR and --repo_id=namespace/name are required, e.g. --repo_id=you/toy-2rf.")
+    if not isinstance(opts["private"], bool):
+        raise ConfigError(f"--private must be true or false, got {opts['private']!r}.")
+    hub = Hub()
+    hub.check_push_access(str(opts["repo_id"]))  # before reading anything else
+    rows = cards.load_eval_rows(opts["eval"], opts["checkpoint"]) if opts["eval"] else None
+    result = hub.push_checkpoint(
+        opts["checkpoint"], str(opts["repo_id"]), private=opts["private"], revision=opts["revision"],
+        commit_message=opts["commit_message"], eval_rows=rows, license=str(opts["license"]),
+    )  # fmt: skip
+    print(f"{'pushed' if result.created else 'unchanged, no new commit'}: {result.url}")
+    return 0
+
+
 def format_table(rows: list[dict]) -> str:
     """A plain-text table of evaluation rows."""
     columns = [c for c in ("checkpoint", "k", "nfe", "success_rate", "collision_rate", "left_share",
@@ -144,7 +169,7 @@ def _quiet_logs() -> None:
         handler.addFilter(_DropKnownNoise())
 
 
-COMMANDS = {"train": cmd_train, "dataset": cmd_dataset, "eval": cmd_eval}
+COMMANDS = {"train": cmd_train, "dataset": cmd_dataset, "eval": cmd_eval, "push": cmd_push}
 COMMANDS["space"] = cmd_space
 
 

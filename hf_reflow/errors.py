@@ -19,3 +19,7 @@ class CheckpointError(ReflowError, ValueError):
 
 class TrainingError(ReflowError, RuntimeError):
     """Training went wrong in a way the user can act on (e.g. a non-finite loss)."""
+
+
+class HubError(ReflowError, RuntimeError):
+    """A Hub push / download that cannot proceed: bad repo id, no token, no write access, a failed request."""

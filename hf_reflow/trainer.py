@@ -29,11 +29,13 @@ from hf_reflow.configs import TrainConfig, save_config
 from hf_reflow.couplings import OnlineTeacher, check_compatible, load_teacher_lineage
 from hf_reflow.data import StepBatchSampler, load_metadata, make_dataset, policy_features
 from hf_reflow.errors import CheckpointError, ConfigError, DataError, ReflowError, TrainingError
+from hf_reflow.hub import checkpoint_commit
 from hf_reflow.policies.base import PolicyAdapter, adapter_for
 
 CHECKPOINTS = "checkpoints"
 TRAINING_STATE = "training_state"
-_IGNORED_ON_RESUME = ("resume", "output_dir")  # a run dir may be moved, then resumed
+# A run dir may be moved, then resumed; Hub settings may change too (e.g. to push a finished run).
+_IGNORED_ON_RESUME = ("resume", "output_dir", "push_to_hub", "hub_model_id", "hub_repo_template", "hub_private", "hub_revision")
 
 
 class StudentLoss(nn.Module):
@@ -156,7 +158,30 @@ class ReflowTrainer:
 
     # ---- the loop ----------------------------------------------------------------------
     def train(self) -> Path:
-        """Run the stage to `config.steps` (resuming when asked) and return the final checkpoint dir."""
+        """Run the stage to `config.steps` (resuming when asked) and return the final checkpoint dir.
+
+        With `push_to_hub`, the repo id, token and write access are checked before anything else, and
+        the final checkpoint is pushed (main process) after training.
+        """
+        from hf_reflow import hub
+
+        repo_id = hub.check_stage_push(self.config) if self.config.push_to_hub else None
+        final = self._train()
+        if repo_id is not None:
+            from accelerate import PartialState
+
+            error = None
+            if PartialState().is_main_process:
+                try:
+                    hub.push_stage(self.config, final, repo_id)
+                except ReflowError as e:  # let the other processes leave the barrier first
+                    error = e
+            PartialState().wait_for_everyone()
+            if error is not None:
+                raise error
+        return final
+
+    def _train(self) -> Path:
         from accelerate.utils import set_seed
 
         cfg = self.config
@@ -381,6 +406,7 @@ class ReflowTrainer:
             "k": {"flow_matching": 1, "reflow": teacher_k + 1, "distill": teacher_k}[cfg.stage],
             "distilled": cfg.stage == "distill",
             "teacher": cfg.teacher.path if cfg.stage != "flow_matching" else None,
+            "teacher_commit": checkpoint_commit(cfg.teacher.path, revision=cfg.teacher.revision) if cfg.teacher.path else None,
             "teacher_num_inference_steps": cfg.teacher.num_inference_steps if cfg.stage != "flow_matching" else None,
             "teacher_solver": cfg.teacher.solver if cfg.stage != "flow_matching" else None,
             "couplings_seen": samples if cfg.stage != "flow_matching" else 0,

@@ -112,7 +112,8 @@ def test_config_and_adapter_errors():
 
 def test_checkpoint_resolution(tmp_path, teacher_1rf):
     assert resolve_checkpoint(str(teacher_1rf)).endswith("pretrained_model")
-    assert resolve_checkpoint("user/model-2rf") == "user/model-2rf"
+    with pytest.raises(CheckpointError, match="not in the Hugging Face cache"):  # a Hub id, offline, not cached
+        resolve_checkpoint("user/model-2rf")
     with pytest.raises(CheckpointError, match="holds no checkpoint"):
         resolve_checkpoint(str(tmp_path))
     with pytest.raises(CheckpointError, match="neither a local folder nor a Hub repo id"):
