@@ -1,11 +1,16 @@
 # The two commands of the README. Each sets up .venv first when it is missing or out of date.
-.PHONY: setup demo test lint
+.PHONY: setup demo toy test lint
 
 setup:
 	@bash scripts/setup.sh
 
+# The embedded default: multimodal Meta-World -> 1-RF -> 2-RF -> distilled, evaluated by step count.
 demo: setup
-	@bash scripts/demo.sh
+	HF_HUB_OFFLINE=1 .venv/bin/hf-reflow pipeline --config=recipes/metaworld/default.yaml
+
+# The same chain on a 2-D toy problem (seconds per stage).
+toy: setup
+	@bash scripts/toy_demo.sh
 
 test: setup
 	.venv/bin/python -m pytest -q

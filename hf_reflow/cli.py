@@ -22,7 +22,8 @@ USAGE = """usage: hf-reflow <command> [--key=value ...]
 
 commands:
   train     train one stage (flow_matching = 1-RF, reflow = k+1-RF, distill): --config=recipe.yaml + overrides
-  dataset   write demonstrations as a LeRobotDataset: `hf-reflow dataset toy --root=DIR --episodes=N`
+  pipeline  the whole k-RF chain on Meta-World + report: --config=recipes/metaworld/default.yaml
+  dataset   write demonstrations as a LeRobotDataset: `hf-reflow dataset metaworld|toy --root=DIR --episodes=N`
   eval      evaluate checkpoints by step count: --policy.path=A[,B] --dataset.root=DIR --nfe=1,2,4,10
   push      push a checkpoint (+ model card) to the Hub: --checkpoint=DIR --repo_id=user/name-2rf [--eval=results.json]
   space     serve the Gradio Space on 127.0.0.1: --chain=outputs/metaworld [--port=7860]; --bundle=DIR to deploy
@@ -50,16 +51,61 @@ def cmd_train(args: list[str]) -> int:
     return 0
 
 
+def cmd_pipeline(args: list[str]) -> int:
+    from hf_reflow.configs import parse_pipeline_config
+    from hf_reflow.pipeline import run
+
+    run(parse_pipeline_config(args))
+    return 0
+
+
 def cmd_dataset(args: list[str]) -> int:
-    if not args or args[0] != "toy":
-        raise ConfigError("`hf-reflow dataset` needs a source: `toy` (e.g. hf-reflow dataset toy --root=data/toy).")
+    sources = {"metaworld": _dataset_metaworld, "toy": _dataset_toy}
+    if not args or args[0] not in sources:
+        raise ConfigError(
+            "`hf-reflow dataset` needs a source: metaworld or toy "
+            "(e.g. hf-reflow dataset metaworld --tasks=reach-v3,push-v3 --episodes=100 --root=data/metaworld)."
+        )
+    return sources[args[0]](args[1:])
+
+
+def _dataset_toy(args: list[str]) -> int:
     from hf_reflow.envs import toy
 
-    opts = _options(args[1:], {"root": None, "episodes": 200, "seed": 0, "repo_id": "local/toy"})
+    opts = _options(args, {"root": None, "episodes": 200, "seed": 0, "repo_id": "local/toy"})
     if not opts["root"]:
         raise ConfigError("--root is required: the folder to write the dataset into.")
     root = toy.write_dataset(opts["root"], episodes=int(opts["episodes"]), seed=int(opts["seed"]), repo_id=opts["repo_id"])
     print(f"dataset written: {root}")
+    return 0
+
+
+def _dataset_metaworld(args: list[str]) -> int:
+    from hf_reflow.configs import DemoConfig
+
+    opts = _options(
+        args,
+        {"root": None, "tasks": "reach-v3,push-v3", "episodes": 100, "mode": "multimodal", "seed": 0,
+         "images": False, "image_size": 96, "repo_id": "local/metaworld", "layout": "demo"},
+    )  # fmt: skip
+    if not opts["root"]:
+        raise ConfigError("--root is required: the folder to write the dataset into.")
+    if opts["layout"] not in ("demo", "eval"):
+        raise ConfigError(f"--layout must be demo (training layouts) or eval (held-out layouts), got {opts['layout']!r}.")
+    tasks = [t.strip() for t in str(opts["tasks"]).split(",") if t.strip()]
+    DemoConfig(tasks=tasks, episodes=int(opts["episodes"]), mode=str(opts["mode"]))  # the recipe's checks
+    from hf_reflow.envs import metaworld
+
+    summary = metaworld.write_dataset(
+        opts["root"], tasks=tasks, episodes_per_task=int(opts["episodes"]), mode=opts["mode"], seed=int(opts["seed"]),
+        layout_seed=metaworld.DEMO_LAYOUT_SEED if opts["layout"] == "demo" else metaworld.EVAL_LAYOUT_SEED,
+        images=bool(opts["images"]), image_size=int(opts["image_size"]), repo_id=str(opts["repo_id"]),
+    )  # fmt: skip
+    print(
+        f"dataset written: {summary['root']} ({summary['episodes_written']}/{summary['episodes_attempted']} episodes, "
+        f"{summary['episodes_failed']} failed expert episodes dropped, {summary['frames']} frames, "
+        f"sides {summary['side_counts']})"
+    )
     return 0
 
 
@@ -73,12 +119,26 @@ def cmd_eval(args: list[str]) -> int:
         {
             "policy.path": None, "dataset.root": None, "dataset.repo_id": "local/dataset", "nfe": "1,2,4,10",
             "num_samples": 64, "env": "none", "episodes": 50, "seed": 0, "output": None,
+            "tasks": "reach-v3,push-v3", "mode": "multimodal", "workers": 0,
         },
     )  # fmt: skip
     if not opts["policy.path"]:
         raise ConfigError("--policy.path is required (one checkpoint, or several separated by commas).")
-    if opts["env"] not in ("none", "toy"):
-        raise ConfigError(f"--env must be none or toy, got {opts['env']!r}.")
+    if opts["env"] not in ("none", "toy", "metaworld"):
+        raise ConfigError(f"--env must be none, toy or metaworld, got {opts['env']!r}.")
+    tasks = [t.strip() for t in str(opts["tasks"]).split(",") if t.strip()]
+    if opts["env"] == "metaworld":
+        from hf_reflow.configs import DemoConfig
+
+        DemoConfig(tasks=tasks, mode=str(opts["mode"]))  # checks the mode
+        from hf_reflow.envs.metaworld import valid_task_names
+
+        unknown = [t for t in tasks if t not in valid_task_names(opts["mode"])]
+        if unknown or not tasks:
+            raise ConfigError(
+                f"unknown Meta-World task(s) {unknown or tasks} for mode {opts['mode']}; valid: "
+                f"{', '.join(valid_task_names(opts['mode']))}."
+            )
     nfes = [int(n) for n in str(opts["nfe"]).split(",")]
     data_cfg = DatasetConfig(repo_id=opts["dataset.repo_id"], root=opts["dataset.root"])
     load_metadata(data_cfg)  # a clear error before any checkpoint loads
@@ -86,34 +146,19 @@ def cmd_eval(args: list[str]) -> int:
     for path in str(opts["policy.path"]).split(","):
         rows += evaluate_checkpoint(
             path, data_cfg, nfes=nfes, num_samples=int(opts["num_samples"]), episodes=int(opts["episodes"]),
-            env=opts["env"], seed=int(opts["seed"]),
+            env=opts["env"] if opts["env"] == "toy" else "none", seed=int(opts["seed"]),
         )  # fmt: skip
+    if opts["env"] == "metaworld" and int(opts["episodes"]) > 0:
+        from hf_reflow.evaluate import attach_closed_loop
+
+        attach_closed_loop(
+            rows, tasks=tasks, mode=str(opts["mode"]), episodes=int(opts["episodes"]), workers=int(opts["workers"])
+        )
     print(format_table(rows))
     if opts["output"]:
         with open(opts["output"], "w") as f:
             json.dump(rows, f, indent=2)
         print(f"results: {opts['output']}")
-    return 0
-
-
-def cmd_space(args: list[str]) -> int:
-    from hf_reflow import space
-
-    opts = _options(
-        args,
-        {"chain": None, "policies": None, "dataset.root": None, "dataset.repo_id": None, "env": None,
-         "port": None, "bundle": None},
-    )  # fmt: skip
-    if opts["bundle"]:
-        print(f"Space written: {space.bundle(str(opts['bundle']))}")
-        return 0
-    policies = opts["policies"]
-    if policies:  # YAML may have parsed "a,b" as a string or a one-element list
-        policies = [str(p) for p in (policies if isinstance(policies, list) else str(policies).split(","))]
-    demo = space.load_app().build_demo(
-        policies or opts["chain"], dataset_root=opts["dataset.root"], dataset_repo_id=opts["dataset.repo_id"], env=opts["env"]
-    )  # fmt: skip
-    demo.queue().launch(server_name="127.0.0.1", server_port=int(opts["port"]) if opts["port"] else None)
     return 0
 
 
@@ -138,6 +183,27 @@ def cmd_push(args: list[str]) -> int:
         commit_message=opts["commit_message"], eval_rows=rows, license=str(opts["license"]),
     )  # fmt: skip
     print(f"{'pushed' if result.created else 'unchanged, no new commit'}: {result.url}")
+    return 0
+
+
+def cmd_space(args: list[str]) -> int:
+    from hf_reflow import space
+
+    opts = _options(
+        args,
+        {"chain": None, "policies": None, "dataset.root": None, "dataset.repo_id": None, "env": None,
+         "port": None, "bundle": None},
+    )  # fmt: skip
+    if opts["bundle"]:
+        print(f"Space written: {space.bundle(str(opts['bundle']))}")
+        return 0
+    policies = opts["policies"]
+    if policies:  # YAML may have parsed "a,b" as a string or a one-element list
+        policies = [str(p) for p in (policies if isinstance(policies, list) else str(policies).split(","))]
+    demo = space.load_app().build_demo(
+        policies or opts["chain"], dataset_root=opts["dataset.root"], dataset_repo_id=opts["dataset.repo_id"], env=opts["env"]
+    )  # fmt: skip
+    demo.queue().launch(server_name="127.0.0.1", server_port=int(opts["port"]) if opts["port"] else None)
     return 0
 
 
@@ -169,7 +235,7 @@ def _quiet_logs() -> None:
         handler.addFilter(_DropKnownNoise())
 
 
-COMMANDS = {"train": cmd_train, "dataset": cmd_dataset, "eval": cmd_eval, "push": cmd_push}
+COMMANDS = {"train": cmd_train, "pipeline": cmd_pipeline, "dataset": cmd_dataset, "eval": cmd_eval, "push": cmd_push}
 COMMANDS["space"] = cmd_space
 
 

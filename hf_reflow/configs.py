@@ -194,6 +194,12 @@ def _build(cls: type, data: dict[str, Any], prefix: str = "") -> Any:
 def _coerce(value: Any, hint: Any, name: str) -> Any:
     """Check a scalar against its field type; numbers may arrive as strings (YAML reads `1e-4` as text)."""
     options = typing.get_args(hint) if typing.get_origin(hint) in (typing.Union, types.UnionType) else (hint,)
+    lists = [o for o in options if typing.get_origin(o) is list]
+    if lists and isinstance(value, str | int | float) and not isinstance(value, bool):
+        value = [v.strip() for v in str(value).split(",") if v.strip()]  # --eval.nfe=1,2 or --seeds=0
+    if lists and isinstance(value, list):
+        (item,) = typing.get_args(lists[0]) or (Any,)
+        return [_coerce(v, item, f"{name}[]") if item is not Any else v for v in value]
     if value is None:
         if type(None) in options:
             return None
@@ -214,8 +220,9 @@ def _coerce(value: Any, hint: Any, name: str) -> Any:
     return value
 
 
-def _set_dotted(data: dict[str, Any], dotted: str, value: Any) -> None:
-    dotted = ALIASES.get(dotted, dotted)
+def _set_dotted(data: dict[str, Any], dotted: str, value: Any, *, aliases: bool = True) -> None:
+    if aliases:
+        dotted = ALIASES.get(dotted, dotted)
     *parents, leaf = dotted.split(".")
     node = data
     for part in parents:
@@ -280,3 +287,107 @@ def _flatten(data: dict[str, Any], prefix: str = "") -> list[tuple[str, Any]]:
 
 def save_config(config: TrainConfig, path: Path) -> None:
     path.write_text(json.dumps(config.to_dict(), indent=2, sort_keys=True))
+
+
+# ---------------------------------------------------------------------------------------------
+# The k-RF pipeline (`hf-reflow pipeline`): demonstrations -> 1-RF -> reflow rounds -> distill -> eval.
+
+PIPELINE_STAGES = ("flow_matching", "reflow", "distill")
+
+
+@dataclass
+class DemoConfig:
+    """Meta-World expert demonstrations written as a LeRobotDataset by the pipeline."""
+
+    tasks: list[str] = field(default_factory=lambda: ["reach-v3", "push-v3"])
+    episodes: int = 100  # expert episodes attempted per task (failed ones are dropped and counted)
+    mode: str = "multimodal"  # multimodal (detour left/right of an obstacle) | scripted
+    seed: int = 0
+    images: bool = False  # also render a small camera image per frame (for VLA policies)
+    image_size: int = 96
+    heldout_episodes: int = 10  # expert episodes per task on evaluation layouts, for offline metrics
+
+    def __post_init__(self) -> None:
+        _choice("data.mode", self.mode, ("multimodal", "scripted"))
+        if self.episodes < 1 or self.heldout_episodes < 1:
+            raise ConfigError(
+                f"data.episodes and data.heldout_episodes must be >= 1, got {self.episodes} and "
+                f"{self.heldout_episodes}; e.g. --data.episodes=100."
+            )
+
+
+@dataclass
+class EvalConfig:
+    """Evaluation of every stage at every step count."""
+
+    nfe: list[int] = field(default_factory=lambda: [1, 2, 4, 10])
+    episodes: int = 50  # closed-loop episodes per task and cell (stage x step count)
+    num_samples: int = 256  # held-out observations for the offline metrics
+    workers: int = 0  # rollout processes; 0 = one per CPU core
+
+    def __post_init__(self) -> None:
+        if not self.nfe or any(not isinstance(n, int) or not 1 <= n <= 100 for n in self.nfe):
+            raise ConfigError(f"eval.nfe must be a list of step counts in 1..100, got {self.nfe!r}.")
+        if self.episodes < 0 or self.num_samples < 1:
+            raise ConfigError(f"eval.episodes must be >= 0 and eval.num_samples >= 1, got {self.episodes}, {self.num_samples}.")
+
+
+@dataclass
+class PipelineConfig:
+    """The whole k-RF chain. `stages` is the chain in order, e.g. [flow_matching, reflow, reflow, distill]
+    for 1-RF -> 2-RF -> 3-RF -> distilled; each stage trains from the previous one as teacher.
+
+    `train` holds `TrainConfig` fields shared by every stage; `flow_matching`, `reflow` and `distill`
+    hold each stage's own fields on top (e.g. steps, optim.lr, flow.time_sampler).
+    """
+
+    output_dir: str = "outputs/metaworld"
+    seeds: list[int] = field(default_factory=lambda: [0])  # training seeds; one chain per seed
+    stages: list[str] = field(default_factory=lambda: ["flow_matching", "reflow", "distill"])
+    force: bool = False  # redo finished stages (and the dataset) instead of skipping them
+    data: DemoConfig = field(default_factory=DemoConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    train: dict[str, Any] = field(default_factory=dict)
+    flow_matching: dict[str, Any] = field(default_factory=dict)
+    reflow: dict[str, Any] = field(default_factory=dict)
+    distill: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        for stage in self.stages:
+            _choice("stages[]", stage, PIPELINE_STAGES)
+        if not self.stages or self.stages[0] != "flow_matching" or "flow_matching" in self.stages[1:]:
+            raise ConfigError(
+                f"stages must start with flow_matching (the 1-RF) and use it once, got {self.stages}; "
+                "e.g. [flow_matching, reflow, distill]."
+            )
+        if not self.seeds:
+            raise ConfigError("seeds must list at least one training seed, e.g. [0] or [0, 1, 2].")
+        for stage in PIPELINE_STAGES:  # unknown keys fail now, not after an hour of training
+            self.stage_config(stage, seed=0, output_dir="<check>", teacher="<check>", dataset_root="<check>")
+
+    def stage_config(self, stage: str, *, seed: int, output_dir: str, teacher: str | None, dataset_root: str) -> TrainConfig:
+        """The `TrainConfig` of one stage: `train` + the stage's section + what the pipeline decides."""
+        data: dict[str, Any] = {}
+        for section in (self.train, getattr(self, stage)):
+            for key, value in _flatten(section):
+                _set_dotted(data, key, value)
+        for key, value in (("stage", stage), ("seed", seed), ("output_dir", output_dir), ("resume", True),
+                           ("dataset.root", dataset_root), ("dataset.repo_id", "local/metaworld")):  # fmt: skip
+            _set_dotted(data, key, value)
+        if stage != "flow_matching":
+            _set_dotted(data, "teacher.path", teacher)
+        return _build(TrainConfig, data, prefix=f"{stage}.")
+
+
+def parse_pipeline_config(args: list[str]) -> PipelineConfig:
+    """Build a `PipelineConfig` from `--config=recipe.yaml` (optional) plus dotted overrides."""
+    overrides = parse_overrides(args)
+    data: dict[str, Any] = {}
+    for key, value in overrides:
+        if key == "config":
+            for k, v in _flatten(load_recipe(value)):
+                _set_dotted(data, k, v, aliases=False)
+    for key, value in overrides:
+        if key != "config":
+            _set_dotted(data, key, value, aliases=False)
+    return _build(PipelineConfig, data)

@@ -8,7 +8,9 @@ comes with its own module).
 from __future__ import annotations
 
 import dataclasses
+import json
 import time
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -17,6 +19,7 @@ import torch
 from hf_reflow import flow
 from hf_reflow.checkpoints import load_config, load_policy, load_processors, read_reflow_info
 from hf_reflow.data import make_dataset
+from hf_reflow.errors import CheckpointError
 from hf_reflow.policies.base import PolicyAdapter, adapter_for
 from hf_reflow.sampling import sample_policy
 
@@ -109,3 +112,92 @@ def evaluate_checkpoint(
         if env == "toy" and episodes > 0:
             row.update(toy_closed_loop(policy, preprocessor, postprocessor, nfe=row["nfe"], episodes=episodes))
     return rows
+
+
+def evaluate_chain(
+    trained: dict[int, list[tuple[Any, Any]]],
+    heldout: Any,
+    eval_cfg: Any,
+    *,
+    tasks: list[str],
+    mode: str,
+    log: Any = print,
+) -> list[dict]:
+    """Rows (seed x stage x step count) of offline metrics and Meta-World closed-loop results.
+
+    Each stage's rows are cached in `<run>/eval.json` with the settings that produced them; a rerun
+    with the same settings reuses them. Closed-loop episodes of every stage left to evaluate run in one
+    pool of worker processes.
+    """
+    settings = {**dataclasses.asdict(eval_cfg), "tasks": list(tasks), "mode": mode}
+    settings.pop("workers")  # how many processes ran it does not change the result
+    rows, todo = [], []
+    for seed, stages in trained.items():
+        for stage, checkpoint in stages:
+            cache = Path(checkpoint).parent / "eval.json"
+            if cache.is_file() and json.loads(cache.read_text()).get("settings") == settings:
+                rows += json.loads(cache.read_text())["rows"]
+                continue
+            log(f"evaluating seed {seed} {stage.label} offline at {eval_cfg.nfe} steps")
+            stage_rows = evaluate_checkpoint(str(checkpoint), heldout, nfes=eval_cfg.nfe, num_samples=eval_cfg.num_samples)
+            for row in stage_rows:
+                row.update({"seed": seed, "name": stage.label, "run": stage.name, "stage": stage.kind, "k": stage.k})
+            todo.append((cache, stage_rows))
+    if eval_cfg.episodes > 0:
+        pending = [row for _, stage_rows in todo for row in stage_rows]
+        attach_closed_loop(pending, tasks=tasks, mode=mode, episodes=eval_cfg.episodes, workers=eval_cfg.workers, log=log)
+    for cache, stage_rows in todo:
+        cache.write_text(json.dumps({"settings": settings, "rows": stage_rows}, indent=2))
+        rows += stage_rows
+    return rows
+
+
+def check_env_compatible(config: Any, path: str) -> None:
+    """Fail before any rollout when a checkpoint's state/action shapes are not the Meta-World env's."""
+    from hf_reflow.envs.metaworld import ACTION_DIM, STATE_DIM
+
+    state = config.input_features.get("observation.state")
+    action = config.output_features.get("action")
+    got = (tuple(state.shape) if state else None, tuple(action.shape) if action else None)
+    if got != ((STATE_DIM,), (ACTION_DIM,)):
+        raise CheckpointError(
+            f"checkpoint {path!r} reads state {got[0]} and writes action {got[1]}, but the Meta-World env gives a "
+            f"({STATE_DIM},) state and takes a ({ACTION_DIM},) action; evaluate a policy trained on "
+            "`hf-reflow dataset metaworld` data."
+        )
+
+
+def attach_closed_loop(rows: list[dict], *, tasks: list[str], mode: str, episodes: int, workers: int, log: Any = print) -> None:
+    """Add Meta-World closed-loop results (pooled over tasks, and `per_task`) to rows with checkpoint + nfe."""
+    from tqdm.auto import tqdm
+
+    from hf_reflow import closed_loop
+
+    if not rows or episodes < 1:
+        return
+    for path in dict.fromkeys(row["checkpoint"] for row in rows):
+        check_env_compatible(load_config(path), path)
+    seeds = closed_loop.episode_seeds(episodes)
+    jobs = [closed_loop.RolloutJob(row["checkpoint"], row["nfe"], task, seeds, mode) for row in rows for task in tasks]
+    log(f"closed loop: {len(jobs)} cells (checkpoint x steps x task) x {episodes} episodes on evaluation layouts")
+    with tqdm(total=len(jobs) * episodes, desc="rollouts", unit="ep") as bar:
+        results = iter(closed_loop.run_jobs(jobs, workers=workers, progress=bar))
+    for row in rows:
+        per_task = {task: closed_loop.summarise(next(results)) for task in tasks}
+        row.update(_pool(list(per_task.values())))
+        row["per_task"] = per_task
+
+
+def _pool(per_task: list[dict]) -> dict:
+    """Episode-weighted pooling of per-task closed-loop summaries."""
+    episodes = sum(s["episodes"] for s in per_task)
+    successes = sum(s["successes"] for s in per_task)
+    steps = [s["mean_steps"] * s["successes"] for s in per_task if s["mean_steps"] is not None]
+    return {
+        "episodes": episodes,
+        "successes": successes,
+        "success_rate": successes / episodes,
+        "collision_rate": sum(s["collision_rate"] * s["episodes"] for s in per_task) / episodes,
+        "left_share": sum(s["left_share"] * s["episodes"] for s in per_task) / episodes,
+        "mean_steps": sum(steps) / successes if successes else None,
+    }

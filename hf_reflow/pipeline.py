@@ -1,0 +1,188 @@
+"""The k-RF chain in one command: Meta-World demonstrations -> 1-RF -> reflow rounds -> distilled -> eval.
+
+    hf-reflow pipeline --config=recipes/metaworld/default.yaml
+
+Layout of `output_dir/`:
+    recipe.json                         the resolved recipe (a different recipe's run is refused)
+    data/demos/, data/heldout/          LeRobotDatasets: training demos, held-out expert episodes on
+                                        evaluation layouts (offline metrics); data/*.json their summaries
+    seed<s>/<name>/                     one training run per stage and seed (name: 1rf, 2rf, 3rf, 2rf-distill)
+    seed<s>/<name>/eval.json            that stage's evaluation, cached by evaluation settings
+    results.json, report.md, *.png      every row, the summary with 95 % CIs, plots
+    pipeline.json                       the chain (stage names and checkpoint paths) for the Space
+
+Re-running skips finished stages and evaluations; `--force=true` redoes everything.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from hf_reflow.configs import DatasetConfig, PipelineConfig
+from hf_reflow.errors import ConfigError
+
+# Recipe sections whose change makes an existing run a different run (eval settings may change freely,
+# seeds and stages may be extended: finished ones are reused).
+_RUN_DEFINING = ("data", "train", "flow_matching", "reflow", "distill")
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One link of the chain: its kind, its k (the teacher's k for a distilled student), its folder name."""
+
+    kind: str
+    k: int
+    name: str
+
+    @property
+    def label(self) -> str:
+        return f"{self.k}-RF distilled" if self.kind == "distill" else f"{self.k}-RF"
+
+
+def chain(stages: list[str]) -> list[Stage]:
+    """[flow_matching, reflow, distill] -> 1rf, 2rf, 2rf-distill."""
+    out, k = [], 0
+    for kind in stages:
+        if kind == "distill":
+            if k == 0:
+                raise ConfigError("a distill stage needs a teacher: put it after flow_matching or reflow.")
+            out.append(Stage(kind, k, f"{k}rf-distill"))
+        else:
+            k += 1
+            out.append(Stage(kind, k, f"{k}rf"))
+    if len({s.name for s in out}) != len(out):
+        raise ConfigError(f"stages {stages} distill the same k-RF twice; keep one distill per k.")
+    return out
+
+
+def _log(message: str) -> None:
+    print(f"[pipeline] {message}", flush=True)
+
+
+def check_output_dir(cfg: PipelineConfig, out: Path) -> None:
+    """Refuse an output dir holding a different recipe's run; with `force`, clear it."""
+    saved = out / "recipe.json"
+    if cfg.force and out.exists():
+        if any(out.iterdir()) and not saved.is_file():
+            raise ConfigError(
+                f"--force would delete {str(out)!r}, which is not a pipeline run; choose another output_dir."
+            )
+        shutil.rmtree(out)
+    if out.exists() and any(out.iterdir()) and not saved.is_file():
+        raise ConfigError(
+            f"output_dir {str(out)!r} is not empty and holds no pipeline run; choose another output_dir."
+        )
+    mine = dataclasses.asdict(cfg)
+    if saved.is_file():
+        theirs = json.loads(saved.read_text())
+        changed = [k for k in _RUN_DEFINING if theirs.get(k) != mine.get(k)]
+        if changed:
+            raise ConfigError(
+                f"output_dir {str(out)!r} holds a different recipe's run (differs in {', '.join(changed)}); "
+                "use another --output_dir, or --force=true to delete it and start over."
+            )
+    out.mkdir(parents=True, exist_ok=True)
+    saved.write_text(json.dumps({k: v for k, v in mine.items() if k != "force"}, indent=2))
+
+
+def write_datasets(cfg: PipelineConfig, out: Path) -> tuple[Path, Path]:
+    """Training demos (demonstration layouts) and held-out expert episodes (evaluation layouts)."""
+    from datasets.utils.logging import disable_progress_bar
+
+    from hf_reflow.envs import metaworld
+
+    disable_progress_bar()  # LeRobot's per-episode `datasets.map` bars; the pipeline logs one line per dataset
+    demos, heldout = out / "data" / "demos", out / "data" / "heldout"
+    d = cfg.data
+    common = dict(tasks=d.tasks, mode=d.mode, images=d.images, image_size=d.image_size)
+    for root, episodes, seed, layout in (
+        (demos, d.episodes, d.seed, metaworld.DEMO_LAYOUT_SEED),
+        (heldout, d.heldout_episodes, d.seed + 1, metaworld.EVAL_LAYOUT_SEED),
+    ):
+        if (root / "meta" / "info.json").is_file():
+            _log(f"dataset {root} exists, reusing it")
+            continue
+        _log(f"writing {episodes} expert episodes per task ({', '.join(d.tasks)}, {d.mode}) to {root}")
+        summary = metaworld.write_dataset(
+            root, episodes_per_task=episodes, seed=seed, layout_seed=layout, **common
+        )
+        (root.parent / f"{root.name}.json").write_text(json.dumps(summary, indent=2, default=float))
+        _log(
+            f"  {summary['episodes_written']}/{summary['episodes_attempted']} episodes kept "
+            f"({summary['episodes_failed']} failed expert episodes dropped), {summary['frames']} frames, "
+            f"sides {summary['side_counts']}, {summary['seconds']:.0f} s"
+        )
+    return demos, heldout
+
+
+def train_chain(cfg: PipelineConfig, out: Path, seed: int, demos: Path) -> list[tuple[Stage, Path]]:
+    """Train (or skip, when finished) every stage for one seed; returns (stage, checkpoint) pairs."""
+    from hf_reflow.trainer import ReflowTrainer
+
+    done, teacher = [], None
+    for stage in chain(cfg.stages):
+        run_dir = out / f"seed{seed}" / stage.name
+        train_cfg = cfg.stage_config(
+            stage.kind, seed=seed, output_dir=str(run_dir), teacher=teacher, dataset_root=str(demos)
+        )
+        finished = (run_dir / "pretrained_model" / "config.json").is_file()
+        _log(
+            f"seed {seed} {stage.label} ({stage.kind}): {'finished, skipping' if finished else 'training'} -> {run_dir}"
+        )
+        # resume=True: the trainer checks the settings match and returns a finished run untouched.
+        checkpoint = ReflowTrainer(train_cfg).train()
+        done.append((stage, checkpoint))
+        # A distilled student is a leaf: the next reflow round takes the last reflow stage as its teacher.
+        if stage.kind != "distill":
+            teacher = str(checkpoint)
+    return done
+
+
+def run(cfg: PipelineConfig) -> dict[str, Any]:
+    """Run the whole pipeline; returns the results dict also written to `results.json`."""
+    from hf_reflow import report
+    from hf_reflow.envs import metaworld
+    from hf_reflow.evaluate import evaluate_chain
+
+    out = Path(cfg.output_dir)
+    chain(cfg.stages)  # a bad chain or task name fails before anything is written
+    for task in cfg.data.tasks:
+        metaworld.task_prompt(task, cfg.data.mode)
+    check_output_dir(cfg, out)
+    demos, heldout = write_datasets(cfg, out)
+    trained = {seed: train_chain(cfg, out, seed, demos) for seed in cfg.seeds}
+    rows = evaluate_chain(
+        trained, DatasetConfig(repo_id="local/metaworld", root=str(heldout)), cfg.eval, tasks=cfg.data.tasks,
+        mode=cfg.data.mode, log=_log,
+    )  # fmt: skip
+    results = report.write(out, cfg, rows)
+    write_chain_index(out, cfg, trained[cfg.seeds[0]], demos)
+    print(report.format_summary(results["summary"]))
+    _log(f"report: {out / 'report.md'}  results: {out / 'results.json'}")
+    return results
+
+
+def write_chain_index(out: Path, cfg: PipelineConfig, stages: list[tuple[Stage, Path]], demos: Path) -> None:
+    """`pipeline.json`: the first seed's chain with paths relative to `out` (read by the Space)."""
+    index = {
+        "env": "metaworld",
+        "tasks": cfg.data.tasks,
+        "mode": cfg.data.mode,
+        "dataset": {"root": str(demos.relative_to(out)), "repo_id": "local/metaworld"},
+        "stages": [
+            {
+                "name": s.label,
+                "stage": s.kind,
+                "k": s.k,
+                "path": str(Path(p).resolve().relative_to(out.resolve())),
+            }
+            for s, p in stages
+        ],
+        "results": "results.json",
+    }
+    (out / "pipeline.json").write_text(json.dumps(index, indent=2))

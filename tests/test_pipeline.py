@@ -1,0 +1,163 @@
+"""The k-RF pipeline on Meta-World end to end (tiny), its evaluation, and its bad inputs."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from conftest import REPO, run_cli
+
+TINY = str(REPO / "recipes" / "metaworld" / "tiny.yaml")
+ROW_COLUMNS = {
+    "seed", "name", "stage", "k", "nfe", "checkpoint", "straightness", "error_vs_10step", "error_vs_data", "latency_ms",
+    "episodes", "successes", "success_rate", "collision_rate", "left_share", "mean_steps", "per_task",
+}  # fmt: skip
+SUMMARY_COLUMNS = {
+    "name", "k", "stage", "nfe", "seeds", "success_rate", "success_ci95", "ci_method", "collision_rate", "left_share",
+    "mean_steps", "straightness", "error_vs_10step", "error_vs_data", "latency_ms", "episodes",
+}  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory) -> tuple[Path, str]:
+    out = tmp_path_factory.mktemp("pipeline") / "run"
+    result = run_cli("pipeline", f"--config={TINY}", f"--output_dir={out}", timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return out, result.stdout
+
+
+def test_tiny_pipeline_writes_every_stage_and_column(tiny_run):
+    out, stdout = tiny_run
+    results = json.loads((out / "results.json").read_text())
+    names = [row["name"] for row in results["rows"]]
+    assert names == ["1-RF", "1-RF", "2-RF", "2-RF", "2-RF distilled", "2-RF distilled"]
+    for row in results["rows"]:
+        assert set(row) >= ROW_COLUMNS, ROW_COLUMNS - set(row)
+        assert row["episodes"] == 2 and set(row["per_task"]) == {"reach-v3"}
+    for entry in results["summary"]:
+        assert set(entry) >= SUMMARY_COLUMNS, SUMMARY_COLUMNS - set(entry)
+        low, high = entry["success_ci95"]
+        assert 0.0 <= low <= entry["success_rate"] <= high <= 1.0
+    assert "2-RF distilled" in stdout and "report:" in stdout  # the table and the report path are printed
+    assert (out / "report.md").read_text().count("| 2-RF |") == 4  # summary + per-task tables, 2 step counts
+    assert (out / "report.png").stat().st_size > 1000
+
+
+def test_each_stage_is_a_stock_checkpoint_with_lineage(tiny_run):
+    out, _ = tiny_run
+    index = json.loads((out / "pipeline.json").read_text())
+    assert [s["name"] for s in index["stages"]] == ["1-RF", "2-RF", "2-RF distilled"]
+    expected = {"1-RF": ("flow_matching", 10), "2-RF": ("reflow", 2), "2-RF distilled": ("distill", 1)}
+    for stage in index["stages"]:
+        checkpoint = out / stage["path"]
+        config = json.loads((checkpoint / "config.json").read_text())
+        info = json.loads((checkpoint / "reflow.json").read_text())
+        assert (info["stage"], config["num_steps"]) == expected[stage["name"]]
+    teacher = json.loads((out / index["stages"][1]["path"] / "reflow.json").read_text())["teacher"]
+    assert Path(teacher).resolve() == (out / index["stages"][0]["path"]).resolve()
+    assert (out / index["dataset"]["root"] / "meta" / "info.json").is_file()
+
+
+def test_rerun_skips_finished_stages(tiny_run):
+    out, _ = tiny_run
+    weights = sorted(out.glob("seed0/*/pretrained_model/model.safetensors"))
+    before = [p.stat().st_mtime_ns for p in weights]
+    result = run_cli("pipeline", f"--config={TINY}", f"--output_dir={out}", "--eval.workers=1")
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.count("finished, skipping") == 3
+    assert "reusing it" in result.stdout and "closed loop" not in result.stdout  # eval cached too
+    assert [p.stat().st_mtime_ns for p in weights] == before
+
+
+def test_a_different_recipe_in_the_same_dir_is_refused(tiny_run):
+    out, _ = tiny_run
+    result = run_cli("pipeline", f"--config={TINY}", f"--output_dir={out}", "--flow_matching.steps=41")
+    assert result.returncode == 2
+    assert (
+        "different recipe" in result.stderr
+        and "flow_matching" in result.stderr
+        and "--force" in result.stderr
+    )
+    assert "Traceback" not in result.stderr
+
+
+def test_eval_cli_runs_metaworld_closed_loop(tiny_run, tmp_path):
+    out, _ = tiny_run
+    output = tmp_path / "eval.json"
+    result = run_cli(
+        "eval", f"--policy.path={out / 'seed0' / '2rf'}", f"--dataset.root={out / 'data' / 'heldout'}",
+        "--nfe=1", "--env=metaworld", "--tasks=reach-v3", "--episodes=2", "--workers=1", f"--output={output}",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-2000:]
+    (row,) = json.loads(output.read_text())
+    assert row["episodes"] == 2 and "success_rate" in row and "left_share" in row
+
+
+def test_parallel_rollouts_match_serial(tiny_run):
+    """Episodes are seeded per episode, so spreading them over processes changes nothing."""
+    from hf_reflow import closed_loop
+
+    out, _ = tiny_run
+    checkpoint = str(out / "seed0" / "1rf" / "pretrained_model")
+    jobs = [
+        closed_loop.RolloutJob(checkpoint, nfe, "reach-v3", closed_loop.episode_seeds(2)) for nfe in (1, 2)
+    ]
+    assert closed_loop.run_jobs(jobs, workers=2) == closed_loop.run_jobs(jobs, workers=1)
+
+
+def test_expert_through_the_eval_path_reproduces_its_success():
+    """The closed-loop harness scores the multimodal expert at 100 %, both sides used, no collision."""
+    from hf_reflow import closed_loop
+    from hf_reflow.envs import metaworld
+
+    for task in metaworld.TASKS_MULTIMODAL:
+        episodes = []
+        with metaworld.make_env(task, layout_seed=metaworld.EVAL_LAYOUT_SEED) as env:
+            for seed in closed_loop.episode_seeds(10):
+                result = metaworld.rollout_policy(env, env.expert(), seed)
+                episodes.append({"success": result.success, "collided": result.collided,
+                                 "side_taken": result.side_taken, "steps": result.steps})  # fmt: skip
+        summary = closed_loop.summarise(episodes)
+        assert summary["success_rate"] == 1.0 and summary["collision_rate"] == 0.0
+        assert 0.0 < summary["left_share"] < 1.0
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--data.tasks=[reach-v3,fly-v3]"], "Valid names: reach-v3, push-v3"),
+        (["--data.episodes=0"], "data.episodes"),
+        (["--stages=[reflow]"], "start with flow_matching"),
+        (["--reflow.no_such_key=1"], "unknown config key(s) reflow.no_such_key"),
+        (["--eval.nfe=[0]"], "eval.nfe"),
+    ],
+)
+def test_pipeline_bad_input(tmp_path, args, message):
+    out = tmp_path / "run"
+    result = run_cli("pipeline", f"--config={TINY}", f"--output_dir={out}", *args)
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert message in result.stderr and "Traceback" not in result.stderr
+    assert not out.exists()  # nothing half-written
+
+
+def test_eval_refuses_a_checkpoint_with_the_wrong_shapes(tmp_path, teacher_1rf, toy_dataset):
+    result = run_cli(
+        "eval", f"--policy.path={teacher_1rf}", f"--dataset.root={toy_dataset}", "--nfe=1", "--env=metaworld",
+        "--episodes=1",
+    )  # fmt: skip
+    assert result.returncode == 2
+    assert "Meta-World env gives a (41,) state" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_dataset_metaworld_cli(tmp_path):
+    root = tmp_path / "demos"
+    result = run_cli("dataset", "metaworld", "--tasks=push-v3", "--episodes=2", f"--root={root}")
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "2/2 episodes" in result.stdout
+    from lerobot.datasets.lerobot_dataset import LeRobotDataset
+
+    dataset = LeRobotDataset("local/metaworld", root=root)
+    assert dataset.num_episodes == 2 and dataset[0]["observation.state"].shape == (41,)
+    bad = run_cli("dataset", "metaworld", "--tasks=fly-v3", f"--root={tmp_path / 'x'}")
+    assert bad.returncode == 2 and "Valid names" in bad.stderr
