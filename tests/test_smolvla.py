@@ -182,6 +182,17 @@ def test_reflow_cli_checkpoint_loads_in_stock_lerobot(smolvla_teacher, image_dat
     )
     assert stock.returncode == 0, stock.stderr[-3000:]
     assert "OK 2" in stock.stdout
+    from safetensors.torch import load_file
+
+    stats = sorted(p.name for p in smolvla_teacher.glob("policy_*processor*.safetensors"))
+    assert stats and stats == sorted(p.name for p in final.glob("policy_*processor*.safetensors"))
+    for name in stats:  # the student re-saves the teacher's normalisation stats
+        theirs, ours = load_file(smolvla_teacher / name), load_file(final / name)
+        assert theirs.keys() == ours.keys() and all(torch.equal(theirs[k], ours[k]) for k in theirs)
+    evaluation = run_cli("eval", f"--policy.path={final}", f"--dataset.root={image_dataset}",
+                         "--dataset.repo_id=local/tiny_images", "--nfe=2,1", "--num_samples=4")  # fmt: skip
+    assert evaluation.returncode == 0, evaluation.stderr[-3000:]
+    assert "straightness" in evaluation.stdout
 
 
 def test_trainer_shared_backbone_matches_unshared(smolvla_teacher, image_dataset, tmp_path):
