@@ -52,9 +52,13 @@ def load_eval_rows(path: str | Path, checkpoint: str | Path) -> list[dict[str, A
     try:
         rows = json.loads(path.read_text())
     except (OSError, json.JSONDecodeError) as e:
-        raise HubError(f"cannot read eval results {str(path)!r} ({e}); pass the JSON `hf-reflow eval --output=` wrote.") from None
+        raise HubError(
+            f"cannot read eval results {str(path)!r} ({e}); pass the JSON `hf-reflow eval --output=` wrote."
+        ) from None
     if not isinstance(rows, list) or not all(isinstance(r, dict) and "nfe" in r for r in rows):
-        raise HubError(f"eval results {str(path)!r} must be a list of rows with `nfe`, as `hf-reflow eval --output=` writes.")
+        raise HubError(
+            f"eval results {str(path)!r} must be a list of rows with `nfe`, as `hf-reflow eval --output=` writes."
+        )
     target = _final_folder(checkpoint)
     mine = [r for r in rows if "checkpoint" not in r or _final_folder(r["checkpoint"]) == target]
     if not mine:
@@ -69,7 +73,11 @@ def load_eval_rows(path: str | Path, checkpoint: str | Path) -> list[dict[str, A
 def _final_folder(path: str | Path) -> Path:
     """A run dir and its `pretrained_model/` name the same checkpoint."""
     path = Path(path)
-    return (path / "pretrained_model").resolve() if (path / "pretrained_model" / "config.json").is_file() else path.resolve()
+    return (
+        (path / "pretrained_model").resolve()
+        if (path / "pretrained_model" / "config.json").is_file()
+        else path.resolve()
+    )
 
 
 def eval_results(rows: list[dict[str, Any]], *, model_name: str, dataset: str) -> list[Any]:
@@ -88,7 +96,7 @@ def eval_results(rows: list[dict[str, Any]], *, model_name: str, dataset: str) -
                     dataset_type=row.get("dataset") or dataset,
                     dataset_name=row.get("env") or row.get("task") or dataset,
                     metric_type=key,
-                    metric_name=f"{name} @ {row['nfe']} steps",
+                    metric_name=f"{name}, {row['nfe']} step{'s' if row['nfe'] != 1 else ''}",
                     metric_value=row[key],
                     metric_config=f"nfe={row['nfe']}",
                 )
@@ -119,7 +127,9 @@ def model_card(
         datasets=hub_datasets(info) or None,
         base_model=base,
         model_name=repo_id.split("/")[-1],
-        eval_results=eval_results(eval_rows, model_name=repo_id.split("/")[-1], dataset=dataset) if eval_rows else None,
+        eval_results=eval_results(eval_rows, model_name=repo_id.split("/")[-1], dataset=dataset)
+        if eval_rows
+        else None,
     )
     if base:
         data.base_model_relation = "finetune"
@@ -128,7 +138,12 @@ def model_card(
 
 
 def _template_values(repo_id, info, policy_config, lineage, eval_rows) -> dict[str, Any]:
-    num_steps = int(info.get("num_steps") or policy_config.get("num_steps") or policy_config.get("num_inference_steps") or 10)
+    num_steps = int(
+        info.get("num_steps")
+        or policy_config.get("num_steps")
+        or policy_config.get("num_inference_steps")
+        or 10
+    )
     distilled, k = bool(info.get("distilled")), info.get("k", 1)
     return {
         "title": repo_id.split("/")[-1],
@@ -145,7 +160,10 @@ def _template_values(repo_id, info, policy_config, lineage, eval_rows) -> dict[s
         ),
         "hf_reflow_version": info.get("hf_reflow_version", ""),
         "teacher_link": link(lineage[-1]) if lineage else "none (trained on demonstrations)",
-        "couplings_seen": f"{info['couplings_seen']:,}" if info.get("couplings_seen") else "none (1-RF: dataset actions)",
+        "couplings_seen": (
+            f"{info['couplings_seen']:,}" + (f" (stored: `{info['couplings_dataset']}`)" if info.get("couplings_dataset") else " (made online)")
+            if info.get("couplings_seen") else "none (1-RF: dataset actions)"
+        ),
         "teacher_steps": (
             f"{info['teacher_num_inference_steps']} ({info.get('teacher_solver', 'euler')})"
             if info.get("teacher_num_inference_steps") else "n/a"
@@ -197,3 +215,40 @@ def _fmt(value: Any) -> str:
     if value is None:
         return "n/a"
     return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
+def dataset_card(
+    *, repo_id: str, spec: dict[str, Any], teacher_repo: str | None, license: str = "apache-2.0"
+) -> Any:
+    """The `DatasetCard` of a stored couplings folder (`spec` = its couplings.json)."""
+    from huggingface_hub import DatasetCard, DatasetCardData
+
+    hub_dataset = spec["dataset_repo_id"] if not spec.get("dataset_root") else None
+    data = DatasetCardData(
+        license=license,
+        task_categories=["robotics"],
+        tags=["reflow", "rectified-flow", "lerobot", "couplings", spec.get("policy_type", "unknown")],
+        source_datasets=[hub_dataset] if hub_dataset else None,
+        pretty_name=f"Reflow couplings of {teacher_repo or spec['teacher']}",
+    )
+    teacher_row = {"repo_id": teacher_repo, "path": spec["teacher"]}
+    info = {"dataset": {"repo_id": spec["dataset_repo_id"], "root": spec.get("dataset_root")}}
+    return DatasetCard.from_template(
+        data,
+        template_path=str(TEMPLATES / "dataset_card.md"),
+        title=repo_id.split("/")[-1],
+        repo_id=repo_id,
+        teacher=teacher_repo or spec["teacher"],
+        teacher_link=link(teacher_row),
+        teacher_steps=spec["teacher_num_inference_steps"],
+        solver=spec["teacher_solver"],
+        num_couplings=f"{spec['num_couplings']:,}",
+        num_frames=spec["num_frames"],
+        num_blocks=-(-spec["num_couplings"] // spec["block_size"]),
+        block_size=spec["block_size"],
+        chunk=spec["action_shape"][0],
+        action_dim=spec["action_shape"][1],
+        seed=spec["seed"],
+        dataset=spec["dataset_repo_id"],
+        dataset_text=_dataset_text(info),
+    )

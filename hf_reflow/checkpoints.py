@@ -43,7 +43,7 @@ def resolve_checkpoint(path_or_repo: str | Path, *, revision: str | None = None)
         try:
             return str(Hub().download(str(path_or_repo), revision=revision))
         except HubError as e:
-            raise CheckpointError(f"checkpoint {str(path_or_repo)!r} is not a local folder, and as a Hub repo id: {e}") from None
+            raise CheckpointError(f"checkpoint {str(path_or_repo)!r} is no local folder; as a Hub repo id: {e}") from None
     raise CheckpointError(f"checkpoint {str(path_or_repo)!r} is neither a local folder nor a Hub repo id (user/name).")
 
 

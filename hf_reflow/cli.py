@@ -26,6 +26,8 @@ commands:
   dataset   write demonstrations as a LeRobotDataset: `hf-reflow dataset metaworld|toy --root=DIR --episodes=N`
   eval      evaluate checkpoints by step count: --policy.path=A[,B] --dataset.root=DIR --nfe=1,2,4,10
   push      push a checkpoint (+ model card) to the Hub: --checkpoint=DIR --repo_id=user/name-2rf [--eval=results.json]
+            or stored couplings as a Hub dataset: --couplings=DIR --repo_id=user/name-couplings
+  couplings generate reflow couplings once: generate --teacher.path=CKPT --dataset.root=DIR --output=DIR
   space     serve the Gradio Space on 127.0.0.1: --chain=outputs/metaworld [--port=7860]; --bundle=DIR to deploy
 """
 
@@ -168,21 +170,57 @@ def cmd_push(args: list[str]) -> int:
 
     opts = _options(
         args,
-        {"checkpoint": None, "repo_id": None, "eval": None, "private": False, "revision": None,
+        {"checkpoint": None, "couplings": None, "repo_id": None, "eval": None, "private": False, "revision": None,
          "commit_message": None, "license": "apache-2.0"},
     )  # fmt: skip
-    if not opts["checkpoint"] or not opts["repo_id"]:
-        raise ConfigError("--checkpoint=DIR and --repo_id=namespace/name are required, e.g. --repo_id=you/toy-2rf.")
+    if not opts["repo_id"] or bool(opts["checkpoint"]) == bool(opts["couplings"]):
+        raise ConfigError(
+            "push needs --repo_id=namespace/name and one of --checkpoint=DIR (a model) or --couplings=DIR (a dataset), "
+            "e.g. --checkpoint=outputs/toy/2rf --repo_id=you/toy-2rf."
+        )
     if not isinstance(opts["private"], bool):
         raise ConfigError(f"--private must be true or false, got {opts['private']!r}.")
-    hub = Hub()
-    hub.check_push_access(str(opts["repo_id"]))  # before reading anything else
-    rows = cards.load_eval_rows(opts["eval"], opts["checkpoint"]) if opts["eval"] else None
-    result = hub.push_checkpoint(
-        opts["checkpoint"], str(opts["repo_id"]), private=opts["private"], revision=opts["revision"],
-        commit_message=opts["commit_message"], eval_rows=rows, license=str(opts["license"]),
-    )  # fmt: skip
+    hub, repo_id = Hub(), str(opts["repo_id"])
+    hub.check_push_access(repo_id)  # before reading anything else
+    common = {k: opts[k] for k in ("private", "revision", "commit_message")}
+    if opts["couplings"]:
+        result = hub.push_couplings(opts["couplings"], repo_id, license=str(opts["license"]), **common)
+    else:
+        rows = cards.load_eval_rows(opts["eval"], opts["checkpoint"]) if opts["eval"] else None
+        result = hub.push_checkpoint(
+            opts["checkpoint"], repo_id, eval_rows=rows, license=str(opts["license"]), **common
+        )
     print(f"{'pushed' if result.created else 'unchanged, no new commit'}: {result.url}")
+    return 0
+
+
+def cmd_couplings(args: list[str]) -> int:
+    if not args or args[0] != "generate":
+        raise ConfigError(
+            "`hf-reflow couplings` needs a subcommand: generate (e.g. hf-reflow couplings generate "
+            "--teacher.path=outputs/toy/1rf --dataset.root=data/toy --output=couplings/toy)."
+        )
+    from hf_reflow.configs import DatasetConfig, TeacherConfig
+    from hf_reflow.offline_couplings import generate
+
+    opts = _options(
+        args[1:],
+        {"teacher.path": None, "teacher.revision": None, "teacher.num_inference_steps": 10, "teacher.solver": "euler",
+         "dataset.root": None, "dataset.repo_id": "local/dataset", "output": None, "num_couplings": 10_000,
+         "block_size": 1024, "batch_size": 256, "seed": 0},
+    )  # fmt: skip
+    if not opts["teacher.path"] or not opts["output"]:
+        raise ConfigError("--teacher.path=CHECKPOINT (local or Hub id) and --output=DIR are required.")
+    teacher = TeacherConfig(
+        path=str(opts["teacher.path"]), revision=opts["teacher.revision"],
+        num_inference_steps=int(opts["teacher.num_inference_steps"]), solver=str(opts["teacher.solver"]),
+    )  # fmt: skip
+    root = generate(
+        opts["output"], teacher, DatasetConfig(repo_id=str(opts["dataset.repo_id"]), root=opts["dataset.root"]),
+        num_couplings=int(opts["num_couplings"]), block_size=int(opts["block_size"]),
+        batch_size=int(opts["batch_size"]), seed=int(opts["seed"]),
+    )  # fmt: skip
+    print(f"couplings written: {root}")
     return 0
 
 
@@ -235,7 +273,9 @@ def _quiet_logs() -> None:
         handler.addFilter(_DropKnownNoise())
 
 
-COMMANDS = {"train": cmd_train, "pipeline": cmd_pipeline, "dataset": cmd_dataset, "eval": cmd_eval, "push": cmd_push}
+COMMANDS = {"train": cmd_train, "pipeline": cmd_pipeline, "dataset": cmd_dataset, "eval": cmd_eval}
+COMMANDS["push"] = cmd_push
+COMMANDS["couplings"] = cmd_couplings
 COMMANDS["space"] = cmd_space
 
 

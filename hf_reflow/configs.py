@@ -70,6 +70,14 @@ class TeacherConfig:
 
 
 @dataclass
+class CouplingsConfig:
+    """Stored reflow couplings (`hf-reflow couplings generate`) used instead of online generation."""
+
+    path: str | None = None  # couplings folder or Hub dataset repo id; None = couplings made online per batch
+    revision: str | None = None
+
+
+@dataclass
 class FlowConfig:
     """How training times are drawn and velocity errors are scored."""
 
@@ -118,14 +126,15 @@ class TrainConfig:
     log_every: int = 50
     log_with: list[str] = field(default_factory=lambda: ["tensorboard"])  # tensorboard, trackio
     resume: bool = False
-    push_to_hub: bool = False  # push the final checkpoint (+ model card) to the Hub; access checked before training
+    push_to_hub: bool = False  # push the final checkpoint + model card; access is checked before training
     hub_model_id: str | None = None  # namespace/name; each stage goes to hub_repo_template's repo
-    hub_repo_template: str = "{hub_model_id}-{k}rf{suffix}"  # fields: hub_model_id, k, stage, suffix (-distilled)
+    hub_repo_template: str = "{hub_model_id}-{k}rf{suffix}"  # also {stage}; suffix: -distilled
     hub_private: bool = False
     hub_revision: str | None = None  # branch to push to (created if missing); None = main
     policy: dict[str, Any] = field(default_factory=lambda: {"type": "flow_mlp"})  # type / path + config fields
     dataset: DatasetConfig = field(default_factory=DatasetConfig)
     teacher: TeacherConfig = field(default_factory=TeacherConfig)
+    couplings: CouplingsConfig = field(default_factory=CouplingsConfig)
     flow: FlowConfig = field(default_factory=FlowConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
 
@@ -143,8 +152,10 @@ class TrainConfig:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}.")
         if self.num_steps is not None and self.num_steps < 1:
             raise ConfigError(f"num_steps must be >= 1, got {self.num_steps}.")
+        if self.couplings.path and self.stage == "flow_matching":
+            raise ConfigError("couplings.path is for reflow / distill stages; flow_matching trains on the dataset.")
         if self.push_to_hub and not self.hub_model_id:
-            raise ConfigError("push_to_hub needs hub_model_id (namespace/name), e.g. --hub_model_id=your-name/toy.")
+            raise ConfigError("push_to_hub needs hub_model_id (namespace/name), e.g. --hub_model_id=you/toy.")
         try:
             self.hub_repo_template.format(hub_model_id="a/b", k=1, stage="reflow", suffix="")
         except (KeyError, IndexError, ValueError) as e:

@@ -69,7 +69,7 @@ class Hub:
         self.retries, self.backoff_s = retries, backoff_s
 
     # ---- access ---------------------------------------------------------------------------
-    def check_push_access(self, repo_id: str, *, repo_type: str = "model") -> str:
+    def check_push_access(self, repo_id: str) -> str:
         """Fail fast unless `repo_id` is valid and the token may write there; return the user name."""
         from huggingface_hub import constants
 
@@ -101,7 +101,12 @@ class Hub:
                     raise HubError(self._describe(e, what)) from None
                 wait = self.backoff_s * 2**attempt
                 logger.warning(
-                    "%s failed (%s); retry %d/%d in %.1fs", what, self._short(e), attempt + 1, self.retries, wait
+                    "%s failed (%s); retry %d/%d in %.1fs",
+                    what,
+                    self._short(e),
+                    attempt + 1,
+                    self.retries,
+                    wait,
                 )
                 time.sleep(wait)
         raise AssertionError("unreachable")
@@ -117,7 +122,10 @@ class Hub:
             401: "the Hub rejected the token; set a valid HF_TOKEN or run `hf auth login`.",
             403: "the token has no write access there; use a write token or a namespace you own.",
             404: "not found; check the repo id, the revision and that a private repo's token can read it.",
-        }.get(status, "check the network and retry; the push can be rerun safely.")
+        }.get(status)
+        if hint is None:
+            retry = "check the network and retry; a push can be rerun safely."
+            hint = retry if _is_transient(error) else "fix what it names and rerun."
         return f"could not {what}: {self._short(error)}; {hint}"
 
     def redact(self, text: str) -> str:
@@ -139,9 +147,11 @@ class Hub:
         exclude: tuple[str, ...] = (PUSH_RECORD,),
     ) -> PushResult:
         """Create the repo (an existing one is fine) and commit `folder` + `extra_files` in one commit."""
-        self.check_push_access(repo_id, repo_type=repo_type)
+        self.check_push_access(repo_id)
         self.call(
-            lambda: self.api.create_repo(repo_id, repo_type=repo_type, private=private or None, exist_ok=True),
+            lambda: self.api.create_repo(
+                repo_id, repo_type=repo_type, private=private or None, exist_ok=True
+            ),
             what=f"create the {repo_type} repo {repo_id}",
         )
         if revision and revision != "main":
@@ -179,13 +189,20 @@ class Hub:
 
         folder = Path(resolve_checkpoint(checkpoint))
         if not folder.is_dir():
-            raise HubError(f"--checkpoint must be a local checkpoint folder to push, got {str(checkpoint)!r}.")
+            raise HubError(
+                f"--checkpoint must be a local checkpoint folder to push, got {str(checkpoint)!r}."
+            )
         check_repo_id(repo_id)
         info = read_reflow_info(folder)
         policy_config = json.loads((folder / "config.json").read_text())
         lineage = self.lineage(info)
         card = cards.model_card(
-            repo_id=repo_id, info=info, policy_config=policy_config, lineage=lineage, eval_rows=eval_rows, license=license
+            repo_id=repo_id,
+            info=info,
+            policy_config=policy_config,
+            lineage=lineage,
+            eval_rows=eval_rows,
+            license=license,
         )
         message = commit_message or (
             f"Upload {cards.stage_label(info)} {policy_config.get('type', '')} policy "
@@ -198,6 +215,45 @@ class Hub:
         _write_push_record(folder, result, revision)
         if lineage and lineage[-1].get("repo_id"):
             self.mark_superseded(lineage[-1]["repo_id"], repo_id)
+        return result
+
+    def push_couplings(
+        self,
+        folder: str | Path,
+        repo_id: str,
+        *,
+        private: bool = False,
+        revision: str | None = None,
+        commit_message: str | None = None,
+        license: str = "apache-2.0",
+    ) -> PushResult:
+        """Push a complete stored-couplings folder as a Hub dataset with its dataset card."""
+        from hf_reflow import cards
+        from hf_reflow.offline_couplings import METADATA, block_path
+
+        folder = Path(folder)
+        if not (folder / METADATA).is_file():
+            raise HubError(
+                f"{str(folder)!r} is not a couplings folder (no {METADATA}); make one with `hf-reflow couplings generate`."
+            )
+        spec = json.loads((folder / METADATA).read_text())
+        blocks = -(-spec["num_couplings"] // spec["block_size"])
+        if not all(block_path(folder, b).is_file() for b in range(blocks)):
+            raise HubError(
+                f"couplings {str(folder)!r} are incomplete; finish them with `hf-reflow couplings generate` first."
+            )
+        check_repo_id(repo_id)
+        teacher_repo = self._ancestor(spec["teacher"])[0].get("repo_id")
+        card = cards.dataset_card(repo_id=repo_id, spec=spec, teacher_repo=teacher_repo, license=license)
+        message = (
+            commit_message
+            or f"Upload {spec['num_couplings']} reflow couplings of {teacher_repo or spec['teacher']}"
+        )
+        result = self.push_folder(
+            folder, repo_id, repo_type="dataset", private=private, revision=revision, commit_message=message,
+            extra_files={"README.md": str(card).encode()},
+        )  # fmt: skip
+        _write_push_record(folder, result, revision)
         return result
 
     def mark_superseded(self, old_repo: str, new_repo: str) -> bool:
@@ -218,7 +274,9 @@ class Hub:
             card.data.new_version = new_repo
             operation = [CommitOperationAdd("README.md", str(card).encode())]
             self.call(
-                lambda: self.api.create_commit(old_repo, operation, commit_message=f"Newer stage: {new_repo}"),
+                lambda: self.api.create_commit(
+                    old_repo, operation, commit_message=f"Newer stage: {new_repo}"
+                ),
                 what=f"update the card of {old_repo}",
             )
             return True
@@ -235,7 +293,9 @@ class Hub:
         )
         return info.sha
 
-    def read_text(self, repo_id: str, filename: str, *, revision: str | None = None, repo_type: str = "model") -> str | None:
+    def read_text(
+        self, repo_id: str, filename: str, *, revision: str | None = None, repo_type: str = "model"
+    ) -> str | None:
         """A file of a repo as text (through the cache), or None when the repo has no such file."""
         from huggingface_hub.errors import EntryNotFoundError
 
@@ -271,7 +331,9 @@ class Hub:
         while teacher and teacher not in seen and len(rows) < MAX_LINEAGE:
             seen.add(teacher)
             row, teacher_info = self._ancestor(str(teacher))
-            row["commit"] = child.get("teacher_commit") or row["commit"]  # the commit trained from, if recorded
+            row["commit"] = (
+                child.get("teacher_commit") or row["commit"]
+            )  # the commit trained from, if recorded
             rows.insert(0, row)
             child, teacher = teacher_info, teacher_info.get("teacher")
         return rows
@@ -289,7 +351,11 @@ class Hub:
                 info = json.loads(self.read_text(teacher, REFLOW_INFO) or "{}")
                 row = {"repo_id": teacher, "commit": self.commit_id(teacher), "path": teacher}
             except HubError as e:
-                logger.warning("lineage: teacher %s is neither a local checkpoint nor readable on the Hub (%s)", teacher, e)
+                logger.warning(
+                    "lineage: teacher %s is neither a local checkpoint nor readable on the Hub (%s)",
+                    teacher,
+                    e,
+                )
                 info, row = {}, {"repo_id": None, "commit": None, "path": teacher}
         return {**row, "k": info.get("k", "?"), "stage": info.get("stage", "unknown")}, info
 
@@ -323,7 +389,9 @@ def _check_write_access(whoami: dict[str, Any], repo_id: str) -> None:
             f"push to {user}/{repo_id.split('/')[1]} or to an organisation {user!r} belongs to."
         )
     if orgs.get(namespace) == "read":
-        raise HubError(f"{user!r} has the read role in {namespace!r}; ask for write access or push to {user}/...")
+        raise HubError(
+            f"{user!r} has the read role in {namespace!r}; ask for write access or push to {user}/..."
+        )
     if role == "write":
         return
     if role == "fineGrained" and _fine_grained_can_write(token.get("fineGrained") or {}, namespace, repo_id):
@@ -338,7 +406,9 @@ def _check_write_access(whoami: dict[str, Any], repo_id: str) -> None:
 def _fine_grained_can_write(fine: dict[str, Any], namespace: str, repo_id: str) -> bool:
     """A fine-grained token writes where a scope (the namespace or the repo) grants `repo.write`."""
     for scope in fine.get("scoped", []):
-        if (scope.get("entity") or {}).get("name") in (namespace, repo_id) and "repo.write" in scope.get("permissions", []):
+        if (scope.get("entity") or {}).get("name") in (namespace, repo_id) and "repo.write" in scope.get(
+            "permissions", []
+        ):
             return True
     return False
 
@@ -353,7 +423,9 @@ def _operations(folder: Path, extra_files: dict[str, bytes], exclude: tuple[str,
         if rel in extra_files or rel in exclude or any(part.startswith(".") for part in Path(rel).parts):
             continue
         ops.append(CommitOperationAdd(path_in_repo=rel, path_or_fileobj=str(path)))
-    return ops + [CommitOperationAdd(path_in_repo=name, path_or_fileobj=data) for name, data in extra_files.items()]
+    return ops + [
+        CommitOperationAdd(path_in_repo=name, path_or_fileobj=data) for name, data in extra_files.items()
+    ]
 
 
 def _is_transient(error: Exception) -> bool:
@@ -382,7 +454,12 @@ def read_push_record(folder: str | Path) -> dict[str, Any]:
 
 
 def _write_push_record(folder: Path, result: PushResult, revision: str | None) -> None:
-    record = {"repo_id": result.repo_id, "repo_type": result.repo_type, "commit": result.commit, "revision": revision or "main"}
+    record = {
+        "repo_id": result.repo_id,
+        "repo_type": result.repo_type,
+        "commit": result.commit,
+        "revision": revision or "main",
+    }
     (folder / PUSH_RECORD).write_text(json.dumps(record, indent=2, sort_keys=True))
 
 
@@ -394,7 +471,9 @@ def stage_repo_id(config: Any) -> str:
     teacher_k = load_teacher_lineage(config.teacher.path).get("k", 1) if config.teacher.path else 0
     k = {"flow_matching": 1, "reflow": teacher_k + 1, "distill": teacher_k}[config.stage]
     suffix = "-distilled" if config.stage == "distill" else ""
-    return config.hub_repo_template.format(hub_model_id=config.hub_model_id, k=k, stage=config.stage, suffix=suffix)
+    return config.hub_repo_template.format(
+        hub_model_id=config.hub_model_id, k=k, stage=config.stage, suffix=suffix
+    )
 
 
 def check_stage_push(config: Any) -> str:
@@ -407,10 +486,18 @@ def check_stage_push(config: Any) -> str:
 def push_stage(config: Any, final: Path, repo_id: str) -> PushResult:
     """After training: push the final checkpoint; a failure says how to retry without retraining."""
     try:
-        result = Hub().push_checkpoint(final, repo_id, private=config.hub_private, revision=config.hub_revision)
+        result = Hub().push_checkpoint(
+            final, repo_id, private=config.hub_private, revision=config.hub_revision
+        )
     except HubError as e:
         raise HubError(
             f"{e} The checkpoint is saved; retry the push with `hf-reflow push --checkpoint={final} --repo_id={repo_id}`."
         ) from None
-    logger.warning("pushed %s to %s (commit %s%s)", final, result.url, result.commit[:8], "" if result.created else ", unchanged")
+    logger.warning(
+        "pushed %s to %s (commit %s%s)",
+        final,
+        result.url,
+        result.commit[:8],
+        "" if result.created else ", unchanged",
+    )
     return result

@@ -23,7 +23,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from hf_reflow import __version__, flow
+from hf_reflow import __version__, flow, offline_couplings
 from hf_reflow.checkpoints import PRETRAINED_DIR, load_config, load_policy, load_processors, save_checkpoint
 from hf_reflow.configs import TrainConfig, save_config
 from hf_reflow.couplings import OnlineTeacher, check_compatible, load_teacher_lineage
@@ -35,7 +35,9 @@ from hf_reflow.policies.base import PolicyAdapter, adapter_for
 CHECKPOINTS = "checkpoints"
 TRAINING_STATE = "training_state"
 # A run dir may be moved, then resumed; Hub settings may change too (e.g. to push a finished run).
-_IGNORED_ON_RESUME = ("resume", "output_dir", "push_to_hub", "hub_model_id", "hub_repo_template", "hub_private", "hub_revision")
+_IGNORED_ON_RESUME = (
+    "resume", "output_dir", "push_to_hub", "hub_model_id", "hub_repo_template", "hub_private", "hub_revision"
+)  # fmt: skip
 
 
 class StudentLoss(nn.Module):
@@ -208,6 +210,10 @@ class ReflowTrainer:
             check_compatible(self.teacher.config, student.policy.config)
             self.shared_backbone = self._share_backbone(adapter)
         dataset = make_dataset(cfg.dataset, student.policy.config)
+        if cfg.couplings.path:  # stored couplings instead of online generation
+            dataset = offline_couplings.training_dataset(
+                cfg.couplings, dataset, teacher=str(cfg.teacher.path), action_shape=adapter.action_shape
+            )
         student.policy.train()
         loss_module = StudentLoss(adapter, cfg.flow)
         optimizer = torch.optim.AdamW(
@@ -268,7 +274,8 @@ class ReflowTrainer:
         )
         for step in progress:
             for _ in range(cfg.gradient_accumulation_steps):
-                metrics = self.train_step(state, state.student.preprocessor(next(batches)), step)
+                batch, stored = offline_couplings.split_stored(next(batches))  # processors never see them
+                metrics = self.train_step(state, {**state.student.preprocessor(batch), **stored}, step)
             if state.ema is not None:
                 state.ema.step(_trainable(state.student.policy))
             if (step + 1) % cfg.log_every == 0 or step + 1 == cfg.steps:
@@ -315,6 +322,9 @@ class ReflowTrainer:
         context = self.teacher.backbone_context(batch) if self.shared_backbone else None
         if cfg.stage == "flow_matching":
             action = data_action
+        elif offline_couplings.NOISE_KEY in batch:  # stored couplings (the fresh noise above is unused)
+            noise = batch[offline_couplings.NOISE_KEY].to(noise)
+            action, mask = batch[offline_couplings.ACTION_KEY].to(noise), None
         else:
             action, mask = self.teacher.end_points(batch, noise, context), None  # teacher chunks have no padding
         if cfg.stage == "distill":
@@ -406,10 +416,13 @@ class ReflowTrainer:
             "k": {"flow_matching": 1, "reflow": teacher_k + 1, "distill": teacher_k}[cfg.stage],
             "distilled": cfg.stage == "distill",
             "teacher": cfg.teacher.path if cfg.stage != "flow_matching" else None,
-            "teacher_commit": checkpoint_commit(cfg.teacher.path, revision=cfg.teacher.revision) if cfg.teacher.path else None,
+            "teacher_commit": checkpoint_commit(cfg.teacher.path, revision=cfg.teacher.revision)
+            if cfg.teacher.path
+            else None,
             "teacher_num_inference_steps": cfg.teacher.num_inference_steps if cfg.stage != "flow_matching" else None,
             "teacher_solver": cfg.teacher.solver if cfg.stage != "flow_matching" else None,
             "couplings_seen": samples if cfg.stage != "flow_matching" else 0,
+            "couplings_dataset": cfg.couplings.path,  # stored couplings; None = made online
             "dataset": {"repo_id": cfg.dataset.repo_id, "root": cfg.dataset.root},
             "train_steps": cfg.steps,
             "batch_size": cfg.batch_size,

@@ -30,13 +30,33 @@ ROUTES: list[tuple[str, str, re.Pattern]] = [
         ("GET", "whoami", r"^/api/whoami-v2$"),
         ("POST", "create_repo", r"^/api/repos/create$"),
         ("POST", "validate_yaml", r"^/api/validate-yaml$"),
-        ("POST", "preupload", r"^/api/(?P<type>models|datasets)/(?P<repo>[^/]+/[^/]+)/preupload/(?P<rev>[^/]+)$"),
+        (
+            "POST",
+            "preupload",
+            r"^/api/(?P<type>models|datasets)/(?P<repo>[^/]+/[^/]+)/preupload/(?P<rev>[^/]+)$",
+        ),
         ("POST", "commit", r"^/api/(?P<type>models|datasets)/(?P<repo>[^/]+/[^/]+)/commit/(?P<rev>[^/]+)$"),
         ("POST", "branch", r"^/api/(?P<type>models|datasets)/(?P<repo>[^/]+/[^/]+)/branch/(?P<rev>[^/]+)$"),
-        ("GET", "info", r"^/api/(?P<type>models|datasets)/(?P<repo>[^/]+/[^/]+)(?:/revision/(?P<rev>[^/]+))?$"),
-        ("GET", "tree", r"^/api/(?P<type>models|datasets)/(?P<repo>[^/]+/[^/]+)/tree/(?P<rev>[^/]+)(?:/(?P<path>.*))?$"),
-        ("HEAD", "resolve", r"^/(?P<type>datasets/)?(?P<repo>[^/]+/[^/]+)/resolve/(?P<rev>[^/]+)/(?P<path>.+)$"),
-        ("GET", "resolve", r"^/(?P<type>datasets/)?(?P<repo>[^/]+/[^/]+)/resolve/(?P<rev>[^/]+)/(?P<path>.+)$"),
+        (
+            "GET",
+            "info",
+            r"^/api/(?P<type>models|datasets)/(?P<repo>[^/]+/[^/]+)(?:/revision/(?P<rev>[^/]+))?$",
+        ),
+        (
+            "GET",
+            "tree",
+            r"^/api/(?P<type>models|datasets)/(?P<repo>[^/]+/[^/]+)/tree/(?P<rev>[^/]+)(?:/(?P<path>.*))?$",
+        ),
+        (
+            "HEAD",
+            "resolve",
+            r"^/(?P<type>datasets/)?(?P<repo>[^/]+/[^/]+)/resolve/(?P<rev>[^/]+)/(?P<path>.+)$",
+        ),
+        (
+            "GET",
+            "resolve",
+            r"^/(?P<type>datasets/)?(?P<repo>[^/]+/[^/]+)/resolve/(?P<rev>[^/]+)/(?P<path>.+)$",
+        ),
     ]
 ]
 INITIAL_FILES = {".gitattributes": b"*.safetensors filter=lfs diff=lfs merge=lfs -text\n"}
@@ -97,7 +117,9 @@ class Repo:
             tree[path_in_repo] = oid
         for path_in_repo in deleted:
             tree.pop(path_in_repo, None)
-        oid = hashlib.sha1(json.dumps([parent, message, sorted(tree.items()), len(commits)]).encode()).hexdigest()
+        oid = hashlib.sha1(
+            json.dumps([parent, message, sorted(tree.items()), len(commits)]).encode()
+        ).hexdigest()
         commits[oid] = {"parent": parent, "message": message, "files": tree}
         refs[branch] = oid
         self.write("commits.json", commits)
@@ -186,7 +208,9 @@ class Handler(BaseHTTPRequestHandler):
         self.connection.shutdown(socket.SHUT_RDWR)
 
     def _json(self, status: int, payload: Any, headers: dict | None = None) -> None:
-        self._bytes(status, json.dumps(payload).encode(), {"Content-Type": "application/json", **(headers or {})})
+        self._bytes(
+            status, json.dumps(payload).encode(), {"Content-Type": "application/json", **(headers or {})}
+        )
 
     def _bytes(self, status: int, data: bytes, headers: dict | None = None) -> None:
         self.send_response(status)
@@ -290,14 +314,32 @@ class Handler(BaseHTTPRequestHandler):
                 raise HubError(400, f"hub_server: unsupported commit operation {line['key']}")
         oid = repo.commit(groups["rev"], header["summary"], files, deleted)
         prefix = "datasets/" if groups["type"] == "datasets" else ""
-        return 200, {"commitUrl": f"{self._base()}/{prefix}{groups['repo']}/commit/{oid}", "commitOid": oid, "pullRequestUrl": None}, {}
+        return (
+            200,
+            {
+                "commitUrl": f"{self._base()}/{prefix}{groups['repo']}/commit/{oid}",
+                "commitOid": oid,
+                "pullRequestUrl": None,
+            },
+            {},
+        )
 
     def _info(self, groups, query, body):
         repo = self._existing(groups["type"], groups["repo"])
         sha = repo.head(groups.get("rev") or "main")
         files = repo.read("commits.json")[sha]["files"]
         siblings = [{"rfilename": p} for p in sorted(files)]
-        return 200, {"id": groups["repo"], "sha": sha, "private": repo.meta["private"], "siblings": siblings, "tags": []}, {}
+        return (
+            200,
+            {
+                "id": groups["repo"],
+                "sha": sha,
+                "private": repo.meta["private"],
+                "siblings": siblings,
+                "tags": [],
+            },
+            {},
+        )
 
     def _tree(self, groups, query, body):
         repo = self._existing(groups["type"], groups["repo"])
@@ -313,7 +355,9 @@ class Handler(BaseHTTPRequestHandler):
                 folders.add((prefix + "/" if prefix else "") + rest.split("/")[0])
                 continue
             entries.append({"type": "file", "oid": oid, "size": len(repo.blob(oid)), "path": path_in_repo})
-        entries += [{"type": "directory", "oid": git_oid(f.encode()), "size": 0, "path": f} for f in sorted(folders)]
+        entries += [
+            {"type": "directory", "oid": git_oid(f.encode()), "size": 0, "path": f} for f in sorted(folders)
+        ]
         return 200, entries, {}
 
     def _resolve(self, groups, query, body):
@@ -322,7 +366,11 @@ class Handler(BaseHTTPRequestHandler):
         oid = repo.read("commits.json")[sha]["files"].get(groups["path"])
         if oid is None:
             raise HubError(404, f"Entry not found: {groups['path']}", "EntryNotFound")
-        return 200, repo.blob(oid), {"X-Repo-Commit": sha, "ETag": f'"{oid}"', "Content-Type": "application/octet-stream"}
+        return (
+            200,
+            repo.blob(oid),
+            {"X-Repo-Commit": sha, "ETag": f'"{oid}"', "Content-Type": "application/octet-stream"},
+        )
 
 
 class LoopbackHub:

@@ -53,7 +53,9 @@ def online(monkeypatch, hub_server, tmp_path):
 @pytest.fixture
 def checkpoint_1rf(teacher_1rf, tmp_path) -> Path:
     """A private copy of the session's 1-RF checkpoint (a push writes hub.json into the folder)."""
-    return Path(shutil.copytree(Path(teacher_1rf) / "pretrained_model", tmp_path / "1rf" / "pretrained_model"))
+    return Path(
+        shutil.copytree(Path(teacher_1rf) / "pretrained_model", tmp_path / "1rf" / "pretrained_model")
+    )
 
 
 def fast_hub():
@@ -72,7 +74,12 @@ def cli_env(hub_server, tmp_path, token: str | None) -> dict[str, str]:
 
 def run_cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "hf_reflow", *args], capture_output=True, text=True, timeout=300, env=env, cwd=REPO
+        [sys.executable, "-m", "hf_reflow", *args],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+        cwd=REPO,
     )
 
 
@@ -90,7 +97,9 @@ def chunk(policy_dir: str | Path, noise: torch.Tensor, state: torch.Tensor) -> t
         return policy.predict_action_chunk(pre({"observation.state": state}), noise=noise)
 
 
-def test_round_trip_hub_teacher_card_lineage_and_idempotence(online, checkpoint_1rf, toy_dataset, tmp_path, caplog, capfd):
+def test_round_trip_hub_teacher_card_lineage_and_idempotence(
+    online, checkpoint_1rf, toy_dataset, tmp_path, caplog, capfd
+):
     from huggingface_hub import ModelCard
 
     from hf_reflow.evaluate import evaluate_checkpoint
@@ -222,10 +231,18 @@ def test_cli_fails_fast_before_training(hub_server, toy_dataset, tmp_path):
 
 
 def test_cli_push_with_eval_rows(hub_server, checkpoint_1rf, tmp_path):
-    rows = [{"checkpoint": str(checkpoint_1rf), "nfe": n, "straightness": 0.1 * n, "latency_ms": 1.0} for n in (1, 10)]
+    rows = [
+        {"checkpoint": str(checkpoint_1rf), "nfe": n, "straightness": 0.1 * n, "latency_ms": 1.0}
+        for n in (1, 10)
+    ]
     (tmp_path / "results.json").write_text(json.dumps(rows))
     env = cli_env(hub_server, tmp_path, WRITE)
-    args = ["push", f"--checkpoint={checkpoint_1rf}", "--repo-id=alice/cli-1rf", f"--eval={tmp_path / 'results.json'}"]
+    args = [
+        "push",
+        f"--checkpoint={checkpoint_1rf}",
+        "--repo-id=alice/cli-1rf",
+        f"--eval={tmp_path / 'results.json'}",
+    ]
     result = run_cli(env, *args)
     assert result.returncode == 0, result.stderr
     assert "pushed: " in result.stdout and WRITE not in result.stdout + result.stderr
@@ -258,3 +275,43 @@ def test_live_hub_push_and_load(checkpoint_1rf, monkeypatch, tmp_path):
         assert torch.equal(chunk(snapshot, noise, state), chunk(checkpoint_1rf, noise, state))
     finally:
         hub.api.delete_repo(repo_id, missing_ok=True)
+
+
+def test_couplings_pushed_as_a_dataset_train_by_repo_id(online, checkpoint_1rf, toy_dataset, tmp_path):
+    from huggingface_hub import DatasetCard
+
+    from hf_reflow.configs import DatasetConfig, TeacherConfig
+    from hf_reflow.offline_couplings import generate, load_couplings
+    from hf_reflow.trainer import ReflowTrainer
+
+    hub = fast_hub()
+    hub.push_checkpoint(checkpoint_1rf, "alice/toy-1rf")
+    folder = tmp_path / "couplings"
+    generate(
+        folder,
+        TeacherConfig(path=str(checkpoint_1rf)),
+        DatasetConfig(root=str(toy_dataset)),
+        num_couplings=48,
+        block_size=32,
+    )
+    result = hub.push_couplings(folder, "alice/toy-couplings")
+    assert result.created and not hub.push_couplings(folder, "alice/toy-couplings").created
+    files = online.repo("alice/toy-couplings", "datasets").files("main")
+    assert {
+        "README.md",
+        "couplings.json",
+        "blocks/block-000000.safetensors",
+        "blocks/block-000001.safetensors",
+    } <= set(files)
+
+    _, local = load_couplings(str(folder))
+    _, remote = load_couplings("alice/toy-couplings")  # a Hub dataset id, through the cache
+    assert all(torch.equal(local[k], remote[k]) for k in local)
+    card = DatasetCard.load(Path(hub.download("alice/toy-couplings", repo_type="dataset")) / "README.md")
+    assert {"reflow", "couplings", "flow_mlp"} <= set(card.data.tags) and "alice/toy-1rf" in card.text
+    config = train_config(
+        stage="reflow", steps=3, output_dir=str(tmp_path / "2rf"), dataset__root=str(toy_dataset),
+        teacher__path=str(checkpoint_1rf), couplings__path="alice/toy-couplings",
+    )  # fmt: skip
+    final = ReflowTrainer(config).train()
+    assert json.loads((final / "reflow.json").read_text())["couplings_dataset"] == "alice/toy-couplings"

@@ -1,0 +1,123 @@
+"""Stored reflow couplings: reproducible from seeds, resumable, identical when sharded, usable for training."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+
+import pytest
+import torch
+from conftest import REPO, train_config
+from safetensors.torch import load_file
+
+from hf_reflow.configs import DatasetConfig, TeacherConfig
+from hf_reflow.errors import ConfigError, DataError
+from hf_reflow.offline_couplings import block_path, draw_block, generate, load_couplings
+
+SETTINGS = {"num_couplings": 150, "block_size": 64, "batch_size": 32, "seed": 3}
+
+
+@pytest.fixture(scope="module")
+def stored(teacher_1rf, toy_dataset, tmp_path_factory):
+    out = tmp_path_factory.mktemp("couplings") / "toy"
+    generate(out, TeacherConfig(path=str(teacher_1rf)), DatasetConfig(root=str(toy_dataset)), **SETTINGS)
+    return out
+
+
+def test_blocks_are_the_teacher_end_points_of_seeded_noise(stored, teacher_1rf, toy_dataset):
+    from hf_reflow.checkpoints import load_config, load_policy, load_processors
+    from hf_reflow.data import make_dataset
+    from hf_reflow.policies.base import adapter_for
+    from hf_reflow.sampling import sample_policy
+
+    spec, tensors = load_couplings(str(stored))
+    assert (spec.num_blocks, tensors["noise"].shape, spec.action_shape) == (3, (150, 8, 2), [8, 2])
+    assert spec.teacher_num_inference_steps == 10 and spec.num_frames > 0
+    block = load_file(str(block_path(stored, 2)))  # the last, partial block: 150 - 2 * 64 = 22
+    noise, index = draw_block(spec.seed, 2, 22, (8, 2), spec.num_frames)
+    assert torch.equal(block["noise"], noise) and torch.equal(block["index"], index)
+    config = load_config(str(teacher_1rf))
+    adapter = adapter_for(load_policy(str(teacher_1rf), config=config))
+    pre, _ = load_processors(str(teacher_1rf), config)
+    frames = make_dataset(DatasetConfig(root=str(toy_dataset), in_memory="never"), config)
+    batch = pre(torch.utils.data.default_collate([frames[i] for i in index.tolist()]))
+    expected = sample_policy(adapter, batch, noise, num_steps=10).action
+    torch.testing.assert_close(block["action"], expected, rtol=0, atol=1e-6)
+
+
+def test_resume_regenerates_only_missing_blocks(stored, teacher_1rf, toy_dataset):
+    before = {b: load_file(str(block_path(stored, b))) for b in range(3)}
+    stamp = block_path(stored, 0).stat().st_mtime_ns
+    block_path(stored, 1).unlink()
+    with pytest.raises(DataError, match="incomplete"):
+        load_couplings(str(stored))
+    teacher, data = TeacherConfig(path=str(teacher_1rf)), DatasetConfig(root=str(toy_dataset))
+    generate(stored, teacher, data, **SETTINGS)
+    assert block_path(stored, 0).stat().st_mtime_ns == stamp
+    assert all(torch.equal(before[1][k], v) for k, v in load_file(str(block_path(stored, 1))).items())
+    with pytest.raises(ConfigError, match="differs in seed"):
+        generate(stored, teacher, data, **{**SETTINGS, "seed": 4})
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_two_processes_write_the_same_couplings(stored, teacher_1rf, toy_dataset, tmp_path):
+    out = tmp_path / "ddp"
+    cmd = [
+        sys.executable, "-m", "accelerate.commands.launch", "--config_file", "recipes/accelerate_configs/cpu_ddp.yaml",
+        "--main_process_port", str(_free_port()), "-m", "hf_reflow", "couplings", "generate",
+        f"--teacher.path={teacher_1rf}", f"--dataset.root={toy_dataset}", f"--output={out}",
+        *[f"--{k}={v}" for k, v in SETTINGS.items()],
+    ]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    _, single = load_couplings(str(stored))
+    _, sharded = load_couplings(str(out))
+    assert all(torch.equal(single[k], sharded[k]) for k in single)
+    assert json.loads((out / "couplings.json").read_text()) == json.loads(
+        (stored / "couplings.json").read_text()
+    )
+
+
+def test_training_on_stored_couplings_never_runs_the_teacher(
+    stored, teacher_1rf, toy_dataset, tmp_path, monkeypatch
+):
+    from hf_reflow.couplings import OnlineTeacher
+    from hf_reflow.trainer import ReflowTrainer
+
+    def no_teacher(*args, **kwargs):
+        raise AssertionError("the teacher ran although couplings are stored")
+
+    monkeypatch.setattr(OnlineTeacher, "end_points", no_teacher)
+    config = train_config(
+        stage="reflow", steps=15, output_dir=str(tmp_path / "2rf"), dataset__root=str(toy_dataset),
+        teacher__path=str(teacher_1rf), couplings__path=str(stored), optim__warmup_steps=1,
+    )  # fmt: skip
+    trainer = ReflowTrainer(config)
+    final = trainer.train()
+    losses = [h["train/loss"] for h in trainer.history]
+    assert len(losses) == 15 and all(torch.isfinite(torch.tensor(losses)))
+    info = json.loads((final / "reflow.json").read_text())
+    assert info["couplings_dataset"] == str(stored) and info["k"] == 2
+
+
+def test_bad_couplings_inputs(stored, teacher_1rf, toy_dataset, tmp_path):
+    from hf_reflow.trainer import ReflowTrainer
+
+    with pytest.raises(ConfigError, match="couplings.path is for reflow"):
+        train_config(couplings__path=str(stored))
+    config = train_config(
+        stage="reflow", steps=2, output_dir=str(tmp_path / "x"), dataset__root=str(toy_dataset),
+        teacher__path=str(teacher_1rf), couplings__path=str(tmp_path),
+    )  # fmt: skip
+    with pytest.raises(DataError, match="not a couplings folder"):
+        ReflowTrainer(config).train()
