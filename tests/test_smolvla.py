@@ -166,10 +166,14 @@ def test_reflow_cli_checkpoint_loads_in_stock_lerobot(smolvla_teacher, image_dat
     import subprocess
     import sys
 
-    from conftest import run_cli
+    from conftest import REPO, run_cli
 
     out = tmp_path / "2rf"
-    result = run_cli(*_reflow_args(smolvla_teacher, image_dataset, out, "--teacher.shared_backbone=true"))
+    recipe = REPO / "recipes" / "smolvla" / "reflow.yaml"  # its policy keys must be SmolVLA fields
+    args = _reflow_args(
+        smolvla_teacher, image_dataset, out, "--teacher.shared_backbone=true", "--dataset.num_workers=0"
+    )
+    result = run_cli(args[0], f"--config={recipe}", *args[1:])
     assert result.returncode == 0, result.stderr[-3000:]
     final = out / "pretrained_model"
     assert json.loads((final / "config.json").read_text())["num_steps"] == 2
