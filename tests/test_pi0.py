@@ -70,3 +70,44 @@ def test_student_loss_trains_only_what_lerobot_trains(policy):
     assert policy.model.action_out_proj.weight.grad is not None
     assert torch.isfinite(loss)
     policy.zero_grad(set_to_none=True)
+
+
+@pytest.mark.parametrize("policy_type", ["pi0", "pi05"])
+def test_shared_backbone_equals_unshared(policy_type):
+    """With a frozen PaliGemma the whole prefix is shared: same couplings, loss and gradients."""
+    from hf_reflow import sampling
+
+    teacher = adapter_for(tiny_pi0.make_policy(policy_type, train_expert_only=True).requires_grad_(False))
+    student_policy = tiny_pi0.make_policy(policy_type, train_expert_only=True).train()
+    student = adapter_for(student_policy)
+    assert student.backbone_frozen() and not adapter_for(tiny_pi0.make_policy(policy_type)).backbone_frozen()
+    with torch.no_grad():  # the student has moved away from the teacher
+        student_policy.model.action_out_proj.weight.mul_(1.1)
+    batch = tiny_pi0.make_batch(student_policy)
+    noise = torch.randn(3, *student.action_shape, generator=torch.Generator().manual_seed(8))
+    t = torch.rand(3, generator=torch.Generator().manual_seed(9))
+
+    unshared_action = sample_policy(teacher, batch, noise, num_steps=5).action
+    unshared_loss = student.loss(batch, noise, unshared_action, t)
+    unshared_loss.mean().backward()
+    unshared_grads = {n: p.grad.clone() for n, p in student_policy.named_parameters() if p.grad is not None}
+    student_policy.zero_grad(set_to_none=True)
+
+    teacher.share_backbone(student)
+    paligemma = student_policy.model.paligemma_with_expert.paligemma
+    assert teacher.policy.model.paligemma_with_expert.paligemma is paligemma  # no second copy
+    context = teacher.backbone_context(batch)
+    with torch.no_grad():
+        condition = teacher.encode(batch, context)
+        shared_action = sampling.integrate(
+            lambda x_t, s: teacher.velocity(x_t, s, condition), noise, num_steps=5
+        ).action
+    shared_loss = student.loss(batch, noise, shared_action, t, condition=student.encode(batch, context))
+    shared_loss.mean().backward()
+    shared_grads = {n: p.grad for n, p in student_policy.named_parameters() if p.grad is not None}
+
+    assert (shared_action - unshared_action).abs().max() <= 1e-5
+    assert torch.allclose(shared_loss, unshared_loss, atol=1e-6, rtol=1e-5)
+    assert shared_grads.keys() == unshared_grads.keys() and "model.action_out_proj.weight" in shared_grads
+    for name, grad in shared_grads.items():
+        assert torch.allclose(grad, unshared_grads[name], atol=1e-5, rtol=1e-4), name

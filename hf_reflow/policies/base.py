@@ -95,6 +95,12 @@ class PolicyAdapter(ABC):
         setattr(self.config, self.steps_field, int(value))
 
 
+def same_weights(module: torch.nn.Module, other: torch.nn.Module) -> bool:
+    """True when two modules hold the same tensors under the same names (dtype of `module`)."""
+    mine, theirs = module.state_dict(), other.state_dict()
+    return mine.keys() == theirs.keys() and all(torch.equal(v, theirs[k].to(v.dtype)) for k, v in mine.items())
+
+
 def register_adapter(cls: type[PolicyAdapter]) -> type[PolicyAdapter]:
     """Class decorator: make `cls` the adapter for LeRobot policies of `cls.policy_type`."""
     ADAPTERS[cls.policy_type] = cls

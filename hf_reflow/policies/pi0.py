@@ -9,6 +9,11 @@ Their policy-level `forward(batch)` draws its own noise and time, so the loss ca
   with the condition and is re-embedded at every step (as LeRobot does).
 - pi0.5: the discretised state is written into the prompt by its preprocessor; the suffix holds
   only the noisy actions and the time (adaRMS conditioning).
+
+Shared frozen backbone: with `train_expert_only` the whole PaliGemma is frozen and the prefix holds
+only images and language (pi0) or images and the prompt with the state (pi0.5), so the entire prefix
+cache is the same for a teacher and a student initialised from it: `backbone_context` computes it
+once per batch, and `share_backbone` points the teacher at the student's PaliGemma module.
 """
 
 from __future__ import annotations
@@ -20,7 +25,8 @@ import torch
 from torch import Tensor
 
 from hf_reflow import flow
-from hf_reflow.policies.base import PolicyAdapter, register_adapter
+from hf_reflow.errors import CheckpointError
+from hf_reflow.policies.base import PolicyAdapter, register_adapter, same_weights
 
 
 @dataclass
@@ -77,6 +83,33 @@ class _PaliGemmaAdapter(PolicyAdapter):
         """The model-level forward: element-wise squared velocity error (B, chunk, max_action_dim)."""
         raise NotImplementedError
 
+    # ---- shared frozen backbone ----------------------------------------------------------
+    def backbone_frozen(self) -> bool:
+        """True when the whole PaliGemma is frozen (`train_expert_only`)."""
+        paligemma = self.policy.model.paligemma_with_expert.paligemma
+        return self.config.train_expert_only and not any(p.requires_grad for p in paligemma.parameters())
+
+    def share_backbone(self, student: PolicyAdapter) -> None:
+        """Make this (teacher) adapter use `student`'s frozen PaliGemma, dropping its own copy."""
+        if type(student) is not type(self) or not student.backbone_frozen():
+            raise CheckpointError(
+                f"the teacher's PaliGemma can only be shared with a {self.policy_type} student whose PaliGemma is "
+                "frozen (policy.train_expert_only=true); set teacher.shared_backbone=false otherwise."
+            )
+        mine = self.policy.model.paligemma_with_expert
+        theirs = student.policy.model.paligemma_with_expert.paligemma
+        if not same_weights(mine.paligemma, theirs):
+            raise CheckpointError(
+                "the student's PaliGemma weights differ from the teacher's, so the backbone cannot be shared; "
+                "initialise the student from the teacher (init_from_teacher=true) or set teacher.shared_backbone=false."
+            )
+        mine.paligemma = theirs
+
+    @torch.no_grad()
+    def backbone_context(self, batch: dict[str, Tensor]) -> PaliGemmaPrefix:
+        """The whole prefix (pad mask, KV cache): frozen, so the same for the teacher and the student."""
+        return PaliGemmaPrefix(*self._prefill(batch))
+
     def loss(
         self,
         batch: dict[str, Tensor],
@@ -93,9 +126,14 @@ class _PaliGemmaAdapter(PolicyAdapter):
         Args:
             noise, action: (B, chunk, max_action_dim), action padded. t: (B,).
             mask: (B, chunk) True for real actions; None = all real (teacher couplings).
+            condition: a prefix from `encode` (shared-backbone path); None = LeRobot's model-level forward.
         """
-        squared = self._squared_error(batch, noise, action, t)[:, :, : self.action_dim]
-        return flow.reduce_squared_error(squared, kind=kind, mask=mask)
+        if condition is None:
+            squared = self._squared_error(batch, noise, action, t)
+        else:  # the shared-backbone path: the action expert on the given prefix cache
+            velocity = self.velocity(flow.interpolate(noise, action, t), t, condition)
+            squared = (flow.velocity_target(noise, action) - velocity).pow(2)
+        return flow.reduce_squared_error(squared[:, :, : self.action_dim], kind=kind, mask=mask)
 
 
 @register_adapter
@@ -104,8 +142,8 @@ class PI0Adapter(_PaliGemmaAdapter):
 
     policy_type = "pi0"
 
-    def encode(self, batch: dict[str, Tensor]) -> PaliGemmaPrefix:
-        pad_masks, cache = self._prefill(batch)
+    def encode(self, batch: dict[str, Tensor], context: PaliGemmaPrefix | None = None) -> PaliGemmaPrefix:
+        pad_masks, cache = self._prefill(batch) if context is None else (context.pad_masks, context.cache)
         return PaliGemmaPrefix(pad_masks, cache, self.policy.prepare_state(batch))
 
     def velocity(self, x_t: Tensor, t: Tensor, condition: PaliGemmaPrefix) -> Tensor:
@@ -123,8 +161,8 @@ class PI05Adapter(_PaliGemmaAdapter):
 
     policy_type = "pi05"
 
-    def encode(self, batch: dict[str, Tensor]) -> PaliGemmaPrefix:
-        return PaliGemmaPrefix(*self._prefill(batch))
+    def encode(self, batch: dict[str, Tensor], context: PaliGemmaPrefix | None = None) -> PaliGemmaPrefix:
+        return PaliGemmaPrefix(*self._prefill(batch)) if context is None else context
 
     def velocity(self, x_t: Tensor, t: Tensor, condition: PaliGemmaPrefix) -> Tensor:
         return self.policy.model.denoise_step(condition.pad_masks, condition.cache, x_t, t)

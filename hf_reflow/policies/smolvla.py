@@ -27,7 +27,7 @@ from torch import Tensor
 
 from hf_reflow import flow
 from hf_reflow.errors import CheckpointError, ConfigError
-from hf_reflow.policies.base import PolicyAdapter, register_adapter
+from hf_reflow.policies.base import PolicyAdapter, register_adapter, same_weights
 
 
 @dataclass
@@ -159,11 +159,7 @@ class SmolVLAAdapter(PolicyAdapter):
                 "(policy.train_expert_only=true); set teacher.shared_backbone=false otherwise."
             )
         mine, theirs = self.model.vlm_with_expert.vlm, student.model.vlm_with_expert.vlm
-        same = mine.state_dict().keys() == theirs.state_dict().keys() and all(
-            torch.equal(a, b.to(a.dtype))
-            for a, b in zip(mine.state_dict().values(), theirs.state_dict().values(), strict=True)
-        )
-        if not same:
+        if not same_weights(mine, theirs):
             raise CheckpointError(
                 "the student's VLM weights differ from the teacher's, so the backbone cannot be shared; "
                 "initialise the student from the teacher (init_from_teacher=true) or set teacher.shared_backbone=false."

@@ -66,7 +66,14 @@ def tiny_paligemma() -> Iterator[None]:
             module.PaliGemmaForConditionalGenerationWithPiGemma = paligemma
 
 
-def make_policy(policy_type: str, *, chunk_size: int = 8, action_dim: int = 4, seed: int = 0) -> Any:
+def make_policy(
+    policy_type: str,
+    *,
+    chunk_size: int = 8,
+    action_dim: int = 4,
+    seed: int = 0,
+    train_expert_only: bool = False,
+) -> Any:
     """A tiny float32 pi0 / pi0.5 policy with one 28-px camera, a 4-d state and `action_dim` actions."""
     from lerobot.configs.types import FeatureType, PolicyFeature
     from lerobot.policies.factory import get_policy_class
@@ -85,6 +92,7 @@ def make_policy(policy_type: str, *, chunk_size: int = 8, action_dim: int = 4, s
         image_resolution=(IMAGE_SIZE, IMAGE_SIZE),
         dtype="float32",
         device="cpu",
+        train_expert_only=train_expert_only,
     )
     with torch.random.fork_rng(), tiny_paligemma():
         torch.manual_seed(seed)
