@@ -275,3 +275,26 @@ def test_recipes_parse_with_the_guides_defaults(recipe):
     if cfg.stage != "flow_matching":
         assert cfg.teacher.path == "some/teacher" and cfg.teacher.num_inference_steps == 10
         assert cfg.steps == 50_000 and 5e-5 <= cfg.optim.lr <= 1e-4
+
+
+def test_shared_backbone_with_bf16_vlm(smolvla_teacher, image_dataset):
+    """LeRobot loads pretrained SmolVLM weights in bf16 (the rest float32): the shared path handles it."""
+    teacher_policy = load_policy(str(smolvla_teacher)).requires_grad_(False)
+    student_policy = load_policy(str(smolvla_teacher)).train()
+    for policy in (teacher_policy, student_policy):
+        policy.model.vlm_with_expert.vlm.to(torch.bfloat16)
+    teacher, student = adapter_for(teacher_policy), adapter_for(student_policy)
+    batch = _batch(smolvla_teacher, image_dataset)
+    noise, t = _noise(student, 4, seed=10), torch.rand(4, generator=torch.Generator().manual_seed(11))
+    unshared_action = sample_policy(teacher, batch, noise, num_steps=10).action
+    unshared_loss = student.loss(batch, noise, unshared_action, t)
+    teacher.share_backbone(student)
+    context = student.backbone_context(batch)
+    with torch.no_grad():
+        condition = teacher.encode(batch, context)
+        shared_action = sampling.integrate(
+            lambda x_t, s: teacher.velocity(x_t, s, condition), noise, num_steps=10
+        ).action
+    shared_loss = student.loss(batch, noise, shared_action, t, condition=student.encode(batch, context))
+    assert (shared_action - unshared_action).abs().max() <= 1e-2  # bf16 rounding, joint vs cached attention
+    assert torch.allclose(shared_loss, unshared_loss, rtol=1e-2, atol=1e-4)

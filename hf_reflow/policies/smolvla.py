@@ -216,5 +216,9 @@ def _finish_layer(layer: Any, hidden: Tensor, attention: Tensor) -> Tensor:
     """The rest of one VLM decoder layer after attention, as `SmolVLMWithExpertModel.forward` does it."""
     if attention.dtype != layer.self_attn.o_proj.weight.dtype:
         attention = attention.to(layer.self_attn.o_proj.weight.dtype)
-    out = layer.self_attn.o_proj(attention) + hidden
-    return layer.mlp(layer.post_attention_layernorm(out)) + out
+    out = layer.self_attn.o_proj(attention)
+    out += hidden  # in place, as LeRobot: a bf16 VLM keeps the residual stream in bf16
+    residual = out.clone()
+    out = layer.mlp(layer.post_attention_layernorm(out))
+    out += residual
+    return out
