@@ -319,7 +319,8 @@ class ReflowTrainer:
         data_action, mask = adapter.action_target(batch)
         batch_size = data_action.shape[0]
         noise = torch.randn(batch_size, *adapter.action_shape, device=data_action.device, dtype=data_action.dtype)
-        context = self.teacher.backbone_context(batch) if self.shared_backbone else None
+        # The shared backbone is the student's own frozen module: no teacher load needed (e.g. stored couplings).
+        context = adapter.backbone_context(batch) if self.shared_backbone else None
         if cfg.stage == "flow_matching":
             action = data_action
         elif offline_couplings.NOISE_KEY in batch:  # stored couplings (the fresh noise above is unused)
