@@ -356,6 +356,9 @@ class PipelineConfig:
     seeds: list[int] = field(default_factory=lambda: [0])  # training seeds; one chain per seed
     stages: list[str] = field(default_factory=lambda: ["flow_matching", "reflow", "distill"])
     force: bool = False  # redo finished stages (and the dataset) instead of skipping them
+    # Reflow / distill targets: 0 = couplings made online for every batch by the frozen teacher; N > 0 =
+    # N couplings generated once per stage (`hf-reflow couplings generate`), then trained on like data.
+    num_couplings: int = 0
     data: DemoConfig = field(default_factory=DemoConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     train: dict[str, Any] = field(default_factory=dict)
@@ -371,12 +374,16 @@ class PipelineConfig:
                 f"stages must start with flow_matching (the 1-RF) and use it once, got {self.stages}; "
                 "e.g. [flow_matching, reflow, distill]."
             )
+        if self.num_couplings < 0:
+            raise ConfigError(f"num_couplings must be >= 0 (0 = online couplings), got {self.num_couplings}.")
         if not self.seeds:
             raise ConfigError("seeds must list at least one training seed, e.g. [0] or [0, 1, 2].")
         for stage in PIPELINE_STAGES:  # unknown keys fail now, not after an hour of training
             self.stage_config(stage, seed=0, output_dir="<check>", teacher="<check>", dataset_root="<check>")
 
-    def stage_config(self, stage: str, *, seed: int, output_dir: str, teacher: str | None, dataset_root: str) -> TrainConfig:
+    def stage_config(
+        self, stage: str, *, seed: int, output_dir: str, teacher: str | None, dataset_root: str, couplings: str | None = None
+    ) -> TrainConfig:
         """The `TrainConfig` of one stage: `train` + the stage's section + what the pipeline decides."""
         data: dict[str, Any] = {}
         for section in (self.train, getattr(self, stage)):
@@ -387,6 +394,8 @@ class PipelineConfig:
             _set_dotted(data, key, value)
         if stage != "flow_matching":
             _set_dotted(data, "teacher.path", teacher)
+        if couplings is not None:
+            _set_dotted(data, "couplings.path", couplings)
         return _build(TrainConfig, data, prefix=f"{stage}.")
 
 

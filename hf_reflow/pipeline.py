@@ -28,7 +28,7 @@ from hf_reflow.errors import ConfigError
 
 # Recipe sections whose change makes an existing run a different run (eval settings may change freely,
 # seeds and stages may be extended: finished ones are reused).
-_RUN_DEFINING = ("data", "train", "flow_matching", "reflow", "distill")
+_RUN_DEFINING = ("data", "train", "flow_matching", "reflow", "distill", "num_couplings")
 
 
 @dataclass(frozen=True)
@@ -127,10 +127,20 @@ def train_chain(cfg: PipelineConfig, out: Path, seed: int, demos: Path) -> list[
     done, teacher = [], None
     for stage in chain(cfg.stages):
         run_dir = out / f"seed{seed}" / stage.name
-        train_cfg = cfg.stage_config(
-            stage.kind, seed=seed, output_dir=str(run_dir), teacher=teacher, dataset_root=str(demos)
-        )
         finished = (run_dir / "pretrained_model" / "config.json").is_file()
+        couplings = None
+        if stage.kind != "flow_matching" and cfg.num_couplings > 0:
+            couplings = str(out / f"seed{seed}" / "couplings" / stage.name)
+            if not finished:
+                generate_couplings(cfg, teacher, demos, couplings, seed, stage)
+        train_cfg = cfg.stage_config(
+            stage.kind,
+            seed=seed,
+            output_dir=str(run_dir),
+            teacher=teacher,
+            dataset_root=str(demos),
+            couplings=couplings,
+        )
         _log(
             f"seed {seed} {stage.label} ({stage.kind}): {'finished, skipping' if finished else 'training'} -> {run_dir}"
         )
@@ -141,6 +151,19 @@ def train_chain(cfg: PipelineConfig, out: Path, seed: int, demos: Path) -> list[
         if stage.kind != "distill":
             teacher = str(checkpoint)
     return done
+
+
+def generate_couplings(
+    cfg: PipelineConfig, teacher: str, demos: Path, output: str, seed: int, stage: Stage
+) -> None:
+    """`num_couplings` (noise, teacher end point) pairs made once (resumable), for one reflow / distill stage."""
+    from hf_reflow.offline_couplings import generate
+
+    train_cfg = cfg.stage_config(
+        stage.kind, seed=seed, output_dir="<unused>", teacher=teacher, dataset_root=str(demos)
+    )
+    _log(f"seed {seed} {stage.label}: {cfg.num_couplings} couplings from {teacher} -> {output}")
+    generate(output, train_cfg.teacher, train_cfg.dataset, num_couplings=cfg.num_couplings, seed=seed)
 
 
 def run(cfg: PipelineConfig) -> dict[str, Any]:

@@ -30,12 +30,12 @@ def wilson_interval(successes: int, trials: int, z: float = 1.959964) -> tuple[f
 
 
 def t_interval(values: list[float]) -> tuple[float, float]:
-    """95 % Student-t interval of the mean of `values` (>= 2 values)."""
+    """95 % Student-t interval of the mean of rates `values` (>= 2 values), clipped to [0, 1]."""
     from scipy import stats
 
     mean, sem = float(np.mean(values)), float(np.std(values, ddof=1) / math.sqrt(len(values)))
     half = float(stats.t.ppf(0.975, len(values) - 1)) * sem
-    return (mean - half, mean + half)
+    return (max(0.0, mean - half), min(1.0, mean + half))  # a rate's interval stays inside [0, 1]
 
 
 def _mean(rows: list[dict], key: str) -> float | None:

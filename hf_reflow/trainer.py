@@ -427,6 +427,7 @@ class ReflowTrainer:
             "dataset": {"repo_id": cfg.dataset.repo_id, "root": cfg.dataset.root},
             "train_steps": cfg.steps,
             "batch_size": cfg.batch_size,
+            "num_processes": state.accelerator.num_processes,
             "lr": cfg.optim.lr,
             "time_sampler": "fixed_t1" if cfg.stage == "distill" else cfg.flow.time_sampler,
             "loss": cfg.flow.loss,

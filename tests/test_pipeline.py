@@ -54,8 +54,10 @@ def test_each_stage_is_a_stock_checkpoint_with_lineage(tiny_run):
         config = json.loads((checkpoint / "config.json").read_text())
         info = json.loads((checkpoint / "reflow.json").read_text())
         assert (info["stage"], config["num_steps"]) == expected[stage["name"]]
-    teacher = json.loads((out / index["stages"][1]["path"] / "reflow.json").read_text())["teacher"]
-    assert Path(teacher).resolve() == (out / index["stages"][0]["path"]).resolve()
+    reflow_info = json.loads((out / index["stages"][1]["path"] / "reflow.json").read_text())
+    assert Path(reflow_info["teacher"]).resolve() == (out / index["stages"][0]["path"]).resolve()
+    stored = json.loads((out / "seed0" / "couplings" / "2rf" / "couplings.json").read_text())
+    assert stored["num_couplings"] == 1000 and Path(stored["teacher"]).resolve() == Path(reflow_info["teacher"]).resolve()
     assert (out / index["dataset"]["root"] / "meta" / "info.json").is_file()
 
 

@@ -119,7 +119,8 @@ def _free_port() -> int:
 
 
 @pytest.mark.slow
-def test_accelerate_launch_two_cpu_processes(tmp_path, toy_dataset):
+def test_accelerate_launch_with_the_cpu_ddp_config(tmp_path, toy_dataset):
+    """`accelerate launch --config_file cpu_ddp.yaml -m hf_reflow train` runs (one process without MPI)."""
     out = tmp_path / "ddp"
     cmd = [
         sys.executable, "-m", "accelerate.commands.launch", "--config_file", "recipes/accelerate_configs/cpu_ddp.yaml",
@@ -133,3 +134,19 @@ def test_accelerate_launch_two_cpu_processes(tmp_path, toy_dataset):
     assert json.loads((out / "pretrained_model" / "reflow.json").read_text())["batch_size"] == 8
     assert not [p for p in out.iterdir() if p.name.startswith(".")]  # no temporary dirs left behind
     assert load_policy(str(out)).config.num_steps == 10
+
+
+def test_torchrun_trains_with_two_cpu_processes(tmp_path, toy_dataset):
+    """Two real CPU processes (gloo DDP). Accelerate's own MULTI_CPU launcher starts one process unless
+    it is given an MPI hostfile, so multi-process CPU training goes through torchrun."""
+    out = tmp_path / "torchrun"
+    cmd = [
+        sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={_free_port()}",
+        "-m", "hf_reflow", "train", "--steps=3", "--batch_size=8", "--log_with=[]", f"--dataset.root={toy_dataset}",
+        f"--output_dir={out}", "--policy.hidden_dim=32", "--policy.chunk_size=8", "--policy.n_action_steps=4",
+    ]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "ACCELERATE_USE_CPU": "true"}
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    info = json.loads((out / "pretrained_model" / "reflow.json").read_text())
+    assert info["num_processes"] == 2 and info["batch_size"] == 8
