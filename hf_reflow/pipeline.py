@@ -93,6 +93,7 @@ def check_output_dir(cfg: PipelineConfig, out: Path) -> None:
 def write_datasets(cfg: PipelineConfig, out: Path) -> tuple[Path, Path]:
     """Training demos (demonstration layouts) and held-out expert episodes (evaluation layouts)."""
     from datasets.utils.logging import disable_progress_bar
+    from tqdm.auto import tqdm
 
     from hf_reflow.envs import metaworld
 
@@ -108,9 +109,15 @@ def write_datasets(cfg: PipelineConfig, out: Path) -> tuple[Path, Path]:
             _log(f"dataset {root} exists, reusing it")
             continue
         _log(f"writing {episodes} expert episodes per task ({', '.join(d.tasks)}, {d.mode}) to {root}")
-        summary = metaworld.write_dataset(
-            root, episodes_per_task=episodes, seed=seed, layout_seed=layout, **common
-        )
+        with tqdm(total=episodes * len(d.tasks), desc=root.name, unit="ep") as bar:
+            summary = metaworld.write_dataset(
+                root,
+                episodes_per_task=episodes,
+                seed=seed,
+                layout_seed=layout,
+                log=lambda _: bar.update(1),
+                **common,
+            )
         (root.parent / f"{root.name}.json").write_text(json.dumps(summary, indent=2, default=float))
         _log(
             f"  {summary['episodes_written']}/{summary['episodes_attempted']} episodes kept "

@@ -163,3 +163,11 @@ def test_dataset_metaworld_cli(tmp_path):
     assert dataset.num_episodes == 2 and dataset[0]["observation.state"].shape == (41,)
     bad = run_cli("dataset", "metaworld", "--tasks=fly-v3", f"--root={tmp_path / 'x'}")
     assert bad.returncode == 2 and "Valid names" in bad.stderr
+
+
+@pytest.mark.parametrize("recipe", sorted((REPO / "recipes" / "metaworld").glob("*.yaml")), ids=lambda p: p.name)
+def test_metaworld_recipes_parse(recipe):
+    from hf_reflow.configs import parse_pipeline_config
+
+    cfg = parse_pipeline_config([f"--config={recipe}"])
+    assert cfg.stages[0] == "flow_matching" and cfg.eval.nfe
