@@ -97,9 +97,13 @@ class SmolVLAAdapter(PolicyAdapter):
         """Fill the prefix KV cache: LeRobot's prefill, or the shared context plus this model's state token."""
         if context is not None:
             return self._encode_from_context(batch, context)
+        embs, pad_masks, att_masks = self.model.embed_prefix(*_lerobot_inputs(self.policy, batch))
+        return SmolVLAPrefix(pad_masks, self._prefill(embs, pad_masks, att_masks))
+
+    def _prefill(self, embs: Tensor, pad_masks: Tensor, att_masks: Tensor) -> Any:
+        """LeRobot's prefix prefill: run the VLM over prefix embeddings (B, L, D), return the KV cache."""
         from lerobot.policies.common.vla_utils import make_att_2d_masks
 
-        embs, pad_masks, att_masks = self.model.embed_prefix(*_lerobot_inputs(self.policy, batch))
         _, cache = self.model.vlm_with_expert.forward(
             attention_mask=make_att_2d_masks(pad_masks, att_masks),
             position_ids=torch.cumsum(pad_masks, dim=1) - 1,
@@ -107,7 +111,7 @@ class SmolVLAAdapter(PolicyAdapter):
             inputs_embeds=[embs, None],
             use_cache=True,
         )
-        return SmolVLAPrefix(pad_masks, cache)
+        return cache
 
     def velocity(self, x_t: Tensor, t: Tensor, condition: SmolVLAPrefix) -> Tensor:
         """`denoise_step` on the cached prefix: x_t (B, chunk, max_action_dim), t (B,) -> velocity, same shape."""
@@ -169,18 +173,10 @@ class SmolVLAAdapter(PolicyAdapter):
     @torch.no_grad()
     def backbone_context(self, batch: dict[str, Tensor]) -> SmolVLAContext:
         """The VLM keys/values of the image and language tokens (no state), computed once per batch."""
-        from lerobot.policies.common.vla_utils import make_att_2d_masks
-
         embs, pad_masks, att_masks = self.model.embed_prefix(*_lerobot_inputs(self.policy, batch))
         n_ctx = int(att_masks[0].nonzero()[0])  # the state token is the first one opening a new block
         embs, pad_masks, att_masks = embs[:, :n_ctx], pad_masks[:, :n_ctx], att_masks[:, :n_ctx]
-        _, cache = self.model.vlm_with_expert.forward(
-            attention_mask=make_att_2d_masks(pad_masks, att_masks),
-            position_ids=torch.cumsum(pad_masks, dim=1) - 1,
-            past_key_values=None,
-            inputs_embeds=[embs, None],
-            use_cache=True,
-        )
+        cache = self._prefill(embs, pad_masks, att_masks)
         keys = [layer.keys for layer in cache.layers]
         values = [layer.values for layer in cache.layers]
         return SmolVLAContext(keys, values, pad_masks)
