@@ -129,7 +129,9 @@ def evaluate_chain(
     with the same settings reuses them. Closed-loop episodes of every stage left to evaluate run in one
     pool of worker processes.
     """
-    settings = {**dataclasses.asdict(eval_cfg), "tasks": list(tasks), "mode": mode}
+    from hf_reflow.closed_loop import PROTOCOL
+
+    settings = {**dataclasses.asdict(eval_cfg), "tasks": list(tasks), "mode": mode, "protocol": PROTOCOL}
     settings.pop("workers")  # how many processes ran it does not change the result
     rows, todo = [], []
     for seed, stages in trained.items():
@@ -138,8 +140,9 @@ def evaluate_chain(
             if cache.is_file() and json.loads(cache.read_text()).get("settings") == settings:
                 rows += json.loads(cache.read_text())["rows"]
                 continue
-            log(f"evaluating seed {seed} {stage.label} offline at {eval_cfg.nfe} steps")
-            stage_rows = evaluate_checkpoint(str(checkpoint), heldout, nfes=eval_cfg.nfe, num_samples=eval_cfg.num_samples)
+            nfes = stage_step_counts(stage.kind, str(checkpoint), eval_cfg.nfe)
+            log(f"evaluating seed {seed} {stage.label} offline at {nfes} steps")
+            stage_rows = evaluate_checkpoint(str(checkpoint), heldout, nfes=nfes, num_samples=eval_cfg.num_samples)
             for row in stage_rows:
                 row.update({"seed": seed, "name": stage.label, "run": stage.name, "stage": stage.kind, "k": stage.k})
             todo.append((cache, stage_rows))
@@ -150,6 +153,18 @@ def evaluate_chain(
         cache.write_text(json.dumps({"settings": settings, "rows": stage_rows}, indent=2))
         rows += stage_rows
     return rows
+
+
+def stage_step_counts(kind: str, checkpoint: str, nfes: list[int]) -> list[int]:
+    """The step counts a stage is evaluated at: all of `nfes`, but a distilled student only at its own.
+
+    A distilled student is trained for the one step count saved in its config; at any other it is not a
+    flow and its numbers would mislead.
+    """
+    if kind != "distill":
+        return list(nfes)
+    policy = load_policy(checkpoint)
+    return [adapter_for(policy).num_steps]
 
 
 def check_env_compatible(config: Any, path: str) -> None:
@@ -193,11 +208,10 @@ def _pool(per_task: list[dict]) -> dict:
     episodes = sum(s["episodes"] for s in per_task)
     successes = sum(s["successes"] for s in per_task)
     steps = [s["mean_steps"] * s["successes"] for s in per_task if s["mean_steps"] is not None]
+    rates = ("success_rate", "collision_rate", "stall_rate", "timeout_rate", "left_share", "side_switches")
     return {
         "episodes": episodes,
         "successes": successes,
-        "success_rate": successes / episodes,
-        "collision_rate": sum(s["collision_rate"] * s["episodes"] for s in per_task) / episodes,
-        "left_share": sum(s["left_share"] * s["episodes"] for s in per_task) / episodes,
+        **{key: sum(s[key] * s["episodes"] for s in per_task) / episodes for key in rates},
         "mean_steps": sum(steps) / successes if successes else None,
     }

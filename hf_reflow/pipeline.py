@@ -190,8 +190,8 @@ def run(cfg: PipelineConfig) -> dict[str, Any]:
         trained, DatasetConfig(repo_id="local/metaworld", root=str(heldout)), cfg.eval, tasks=cfg.data.tasks,
         mode=cfg.data.mode, log=_log,
     )  # fmt: skip
-    results = report.write(out, cfg, rows)
     write_chain_index(out, cfg, trained[cfg.seeds[0]], demos)
+    results = report.write(out, cfg, rows, log=_log)
     print(report.format_summary(results["summary"]))
     _log(f"report: {out / 'report.md'}  results: {out / 'results.json'}")
     return results

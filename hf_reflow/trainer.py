@@ -132,6 +132,7 @@ class ReflowTrainer:
         try:
             policy_cfg = config_cls(input_features=inputs, output_features=outputs, device=device.type)
             _apply_overrides(policy_cfg, overrides)
+            _fill_task_vocabulary(policy_cfg, meta)
             policy = get_policy_class(policy_type)(policy_cfg).to(device)
         except (ValueError, KeyError) as e:
             if isinstance(e, ReflowError):
@@ -458,6 +459,18 @@ def _check_teacher_type(cfg: TrainConfig, teacher_cfg: Any) -> None:
             f"the student is initialised from the teacher; pass a {wanted} teacher checkpoint, or set "
             f"init_from_teacher=false to train a new {wanted} student on the teacher's couplings."
         )
+
+
+def _fill_task_vocabulary(policy_cfg: Any, meta: Any) -> None:
+    """Give a task-conditioned policy (`tasks` + `task_conditioning` fields) the dataset's task strings.
+
+    Only a dataset with two or more tasks needs it: with one, the task says nothing the state does not.
+    """
+    if not getattr(policy_cfg, "task_conditioning", False) or getattr(policy_cfg, "tasks", None):
+        return
+    tasks = list(meta.tasks.sort_values("task_index").index)  # task string -> task_index, in index order
+    if len(tasks) >= 2:
+        policy_cfg.tasks = [str(task) for task in tasks]
 
 
 def _apply_overrides(policy_cfg: Any, overrides: dict[str, Any]) -> None:

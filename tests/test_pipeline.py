@@ -5,17 +5,19 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 from conftest import REPO, run_cli
 
 TINY = str(REPO / "recipes" / "metaworld" / "tiny.yaml")
 ROW_COLUMNS = {
     "seed", "name", "stage", "k", "nfe", "checkpoint", "straightness", "error_vs_10step", "error_vs_data", "latency_ms",
-    "episodes", "successes", "success_rate", "collision_rate", "left_share", "mean_steps", "per_task",
+    "episodes", "successes", "success_rate", "collision_rate", "stall_rate", "timeout_rate", "left_share",
+    "side_switches", "mean_steps", "per_task",
 }  # fmt: skip
 SUMMARY_COLUMNS = {
-    "name", "k", "stage", "nfe", "seeds", "success_rate", "success_ci95", "ci_method", "collision_rate", "left_share",
-    "mean_steps", "straightness", "error_vs_10step", "error_vs_data", "latency_ms", "episodes",
+    "name", "k", "stage", "nfe", "seeds", "success_rate", "success_ci95", "ci_method", "collision_rate", "stall_rate",
+    "timeout_rate", "left_share", "side_switches", "diff_vs_reference", "diff_ci95", "mean_steps", "straightness", "error_vs_10step", "error_vs_data", "latency_ms", "episodes",
 }  # fmt: skip
 
 
@@ -31,16 +33,19 @@ def test_tiny_pipeline_writes_every_stage_and_column(tiny_run):
     out, stdout = tiny_run
     results = json.loads((out / "results.json").read_text())
     names = [row["name"] for row in results["rows"]]
-    assert names == ["1-RF", "1-RF", "2-RF", "2-RF", "2-RF distilled", "2-RF distilled"]
+    assert names == ["1-RF", "1-RF", "2-RF", "2-RF", "2-RF distilled"]  # distilled: its own step count only
     for row in results["rows"]:
         assert set(row) >= ROW_COLUMNS, ROW_COLUMNS - set(row)
-        assert row["episodes"] == 2 and set(row["per_task"]) == {"reach-v3"}
+        assert row["episodes"] == 4 and set(row["per_task"]) == {"reach-v3", "push-v3"}
+        assert sum(row[f"{o}_rate"] for o in ("success", "collision", "stall", "timeout")) == pytest.approx(1.0)
     for entry in results["summary"]:
         assert set(entry) >= SUMMARY_COLUMNS, SUMMARY_COLUMNS - set(entry)
         low, high = entry["success_ci95"]
         assert 0.0 <= low <= entry["success_rate"] <= high <= 1.0
     assert "2-RF distilled" in stdout and "report:" in stdout  # the table and the report path are printed
-    assert (out / "report.md").read_text().count("| 2-RF |") == 4  # summary + per-task tables, 2 step counts
+    assert (out / "report.md").read_text().count("| 2-RF |") == 6  # summary + per-task tables, 2 step counts
+    config = json.loads((out / "seed0" / "1rf" / "pretrained_model" / "config.json").read_text())
+    assert len(config["tasks"]) == 2  # two tasks in the demos: the policy reads its instruction
     assert (out / "report.png").stat().st_size > 1000
 
 
@@ -118,8 +123,10 @@ def test_expert_through_the_eval_path_reproduces_its_success():
         with metaworld.make_env(task, layout_seed=metaworld.EVAL_LAYOUT_SEED) as env:
             for seed in closed_loop.episode_seeds(10):
                 result = metaworld.rollout_policy(env, env.expert(), seed)
-                episodes.append({"success": result.success, "collided": result.collided,
-                                 "side_taken": result.side_taken, "steps": result.steps})  # fmt: skip
+                outcome = closed_loop.classify_episode(np.zeros((1, 3)), success=result.success, collided=result.collided)
+                episodes.append({"episode_seed": seed, "success": result.success, "collided": result.collided,
+                                 "outcome": outcome, "side_taken": result.side_taken, "steps": result.steps,
+                                 "side_switches": 0})  # fmt: skip
         summary = closed_loop.summarise(episodes)
         assert summary["success_rate"] == 1.0 and summary["collision_rate"] == 0.0
         assert 0.0 < summary["left_share"] < 1.0

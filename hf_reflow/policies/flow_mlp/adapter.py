@@ -18,7 +18,7 @@ class FlowMLPAdapter(PolicyAdapter):
         return self.config.chunk_size, self.policy.model.action_dim
 
     def encode(self, batch: dict[str, Tensor]) -> Tensor:
-        return self.policy.model.encode(self.policy._state(batch))  # (B, hidden)
+        return self.policy.condition(batch)  # (B, hidden): state + task
 
     def velocity(self, x_t: Tensor, t: Tensor, condition: Tensor) -> Tensor:
         return self.policy.model.velocity(x_t, t, condition)

@@ -22,6 +22,11 @@ class FlowMLPConfig(PreTrainedConfig):
         hidden_dim: width of the residual blocks.
         num_blocks: residual blocks.
         time_embed_dim: sinusoidal time-embedding width.
+        tasks: the task strings (instructions) the policy knows, one learned embedding each, added to the
+            state's condition, as SmolVLA reads its instruction. Filled from the training dataset's tasks
+            when it has two or more (`task_conditioning`); empty = task-blind. Saved in `config.json`, so a
+            stock `from_pretrained` restores the vocabulary.
+        task_conditioning: read the frame's task when the training dataset has several.
     """
 
     n_obs_steps: int = 1
@@ -31,6 +36,8 @@ class FlowMLPConfig(PreTrainedConfig):
     hidden_dim: int = 256
     num_blocks: int = 3
     time_embed_dim: int = 64
+    tasks: list[str] = field(default_factory=list)
+    task_conditioning: bool = True
 
     normalization_mapping: dict[str, NormalizationMode] = field(
         default_factory=lambda: {
@@ -55,6 +62,8 @@ class FlowMLPConfig(PreTrainedConfig):
             raise ValueError(
                 f"n_action_steps must be in 1..chunk_size ({self.chunk_size}), got {self.n_action_steps}."
             )
+        if len(set(self.tasks)) != len(self.tasks):
+            raise ValueError(f"tasks must be distinct, got {self.tasks}.")
         if self.num_steps < 1:
             raise ValueError(f"num_steps must be >= 1, got {self.num_steps}.")
 

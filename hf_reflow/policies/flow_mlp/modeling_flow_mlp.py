@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 from collections import deque
+from typing import Any
 
 import torch
 from lerobot.policies.common.flow_matching import euler_integrate, sample_noise
@@ -17,6 +18,7 @@ from lerobot.utils.constants import ACTION, OBS_STATE
 from torch import Tensor, nn
 
 from hf_reflow import flow
+from hf_reflow.errors import ConfigError
 from hf_reflow.policies.flow_mlp.configuration_flow_mlp import FlowMLPConfig
 
 
@@ -52,14 +54,19 @@ class FlowMLP(nn.Module):
         self.action_dim = config.output_features[ACTION].shape[0]
         width, flat = config.hidden_dim, config.chunk_size * self.action_dim
         self.state_encoder = nn.Sequential(nn.Linear(state_dim, width), nn.SiLU(), nn.Linear(width, width))
+        # One learned vector per known task, added to the state's condition (absent when task-blind).
+        self.task_embedding = nn.Embedding(len(config.tasks), width) if config.tasks else None
         self.time_mlp = nn.Sequential(nn.Linear(config.time_embed_dim, width), nn.SiLU(), nn.Linear(width, width))
         self.action_in = nn.Linear(flat, width)
         self.blocks = nn.ModuleList(FiLMBlock(width) for _ in range(config.num_blocks))
         self.action_out = nn.Sequential(nn.LayerNorm(width), nn.Linear(width, flat))
 
-    def encode(self, state: Tensor) -> Tensor:
-        """(B, state_dim) normalised state -> (B, hidden) condition, computed once per ODE solve."""
-        return self.state_encoder(state)
+    def encode(self, state: Tensor, task_index: Tensor | None = None) -> Tensor:
+        """(B, state_dim) normalised state [+ (B,) task index] -> (B, hidden) condition, once per ODE solve."""
+        cond = self.state_encoder(state)
+        if self.task_embedding is not None:
+            cond = cond + self.task_embedding(task_index)
+        return cond
 
     def velocity(self, x_t: Tensor, t: Tensor, cond: Tensor) -> Tensor:
         """x_t (B, chunk, action_dim), t (B,), cond (B, hidden) -> velocity (B, chunk, action_dim)."""
@@ -93,6 +100,33 @@ class FlowMLPPolicy(PreTrainedPolicy):
         state = batch[OBS_STATE]
         return state[:, -1] if state.dim() == 3 else state  # (B, state_dim)
 
+    def task_index(self, batch: dict[str, Any], state: Tensor) -> Tensor | None:
+        """(B,) indices of the batch's task strings in `config.tasks`; None for a task-blind policy."""
+        if not self.config.tasks:
+            return None
+        tasks = batch.get("task")
+        if tasks is None:
+            raise ConfigError(
+                f"this flow_mlp policy is task-conditioned but the batch has no 'task'; pass "
+                f"batch['task'] = one of {self.config.tasks}."
+            )
+        batch_size = state.shape[0]
+        tasks = [tasks] * batch_size if isinstance(tasks, str) else list(tasks)
+        unknown = sorted(set(tasks) - set(self.config.tasks))
+        if unknown or len(tasks) != batch_size:
+            raise ConfigError(
+                f"unknown task {unknown[0]!r} for this flow_mlp policy; it knows {self.config.tasks}."
+                if unknown
+                else f"batch['task'] has {len(tasks)} entries for {batch_size} states; give one task per state."
+            )
+        lookup = {task: i for i, task in enumerate(self.config.tasks)}
+        return torch.tensor([lookup[task] for task in tasks], device=state.device)
+
+    def condition(self, batch: dict[str, Any]) -> Tensor:
+        """The velocity field's condition (B, hidden) from the batch's state and task."""
+        state = self._state(batch)
+        return self.model.encode(state, self.task_index(batch, state))
+
     def forward(
         self, batch: dict[str, Tensor], noise: Tensor | None = None, time: Tensor | None = None
     ) -> tuple[Tensor, dict]:
@@ -101,7 +135,7 @@ class FlowMLPPolicy(PreTrainedPolicy):
         noise = sample_noise(action.shape, action.device) if noise is None else noise
         time = flow.sample_time(action.shape[0], "beta", device=action.device) if time is None else time
         x_t = flow.interpolate(noise, action, time)
-        velocity = self.model.velocity(x_t, time, self.model.encode(self._state(batch)))
+        velocity = self.model.velocity(x_t, time, self.condition(batch))
         pad = batch.get("action_is_pad")
         losses = flow.flow_loss(velocity, flow.velocity_target(noise, action), mask=None if pad is None else ~pad)
         loss = losses.mean()
@@ -113,7 +147,7 @@ class FlowMLPPolicy(PreTrainedPolicy):
         state = self._state(batch)
         shape = (state.shape[0], self.config.chunk_size, self.model.action_dim)
         noise = sample_noise(shape, state.device) if noise is None else noise
-        cond = self.model.encode(state)
+        cond = self.condition(batch)
         return euler_integrate(lambda x_t, t: self.model.velocity(x_t, t, cond), noise, self.config.num_steps)
 
     @torch.no_grad()
