@@ -29,6 +29,8 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -48,12 +50,22 @@ def build_fixture(workdir: Path, size_name: str, chunk_size: int) -> tuple[Path,
         "smolvlm2_500m": tiny_smolvla.SMOLVLM2_500M,
     }[size_name]
     vlm = tiny_smolvla.write_smolvlm_folder(workdir / "vlm", size)
+    return build_policy_fixture(workdir, vlm, chunk_size=chunk_size, num_vlm_layers=min(size.text_layers, 16))
+
+
+def build_policy_fixture(
+    workdir: Path, vlm: Path, *, chunk_size: int, action_dim: int = 4, **overrides: Any
+) -> tuple[Path, Path]:
+    """A small image dataset in `workdir/data` and a seeded random SmolVLA on the VLM folder `vlm` in
+    `workdir/teacher` (`overrides`: SmolVLAConfig fields); returns (checkpoint, dataset root)."""
+    from hf_reflow.testing import tiny_smolvla
+
     data = tiny_smolvla.write_image_dataset(
-        workdir / "data", episodes=2, length=max(40, chunk_size), image_size=96
+        workdir / "data", episodes=2, length=max(40, chunk_size), image_size=96, action_dim=action_dim
     )
     teacher = tiny_smolvla.write_smolvla_checkpoint(
         workdir / "teacher", vlm_dir=vlm, dataset_root=data, chunk_size=chunk_size, n_action_steps=chunk_size,
-        num_vlm_layers=min(size.text_layers, 16),
+        **overrides,
     )  # fmt: skip
     return teacher, data
 
@@ -79,8 +91,20 @@ def load_student(teacher: Path, device: str, vlm_bf16: bool) -> Any:
     return policy.train()
 
 
-def make_step(name: str, teacher: Path, device: str, teacher_steps: int, vlm_bf16: bool):
-    """A closure running one training step of variant `name` on (batch, noise, t)."""
+@dataclass
+class Variant:
+    """One training-step variant: `step(batch, noise, t)` runs a step and returns the loss; `adapter` is
+    the student's; `models` are the `VLAFlowMatching` modules whose `denoise_step` the step runs
+    (student first, then the teacher's, if any)."""
+
+    step: Callable[..., float]
+    adapter: Any
+    models: list[torch.nn.Module]
+    teacher: Any = None  # the teacher's policy (OnlineTeacher's or the naive second model), if any
+
+
+def make_step(name: str, teacher: Path, device: str, teacher_steps: int, vlm_bf16: bool) -> Variant:
+    """Variant `name` ready to run: student, optimizer and (for reflow / naive) the loaded teacher."""
     from hf_reflow.configs import FlowConfig, TeacherConfig
     from hf_reflow.couplings import OnlineTeacher
     from hf_reflow.policies.base import adapter_for
@@ -117,7 +141,11 @@ def make_step(name: str, teacher: Path, device: str, teacher_steps: int, vlm_bf1
         optimizer.zero_grad(set_to_none=True)
         return float(loss.detach())
 
-    return step, adapter
+    teacher_policy = {"flow_matching": None, "naive": naive_teacher}.get(name)
+    if name in ("reflow_shared", "reflow_unshared"):  # load the teacher now (lazy otherwise: first step)
+        teacher_policy = online.adapter.policy
+    models = [student.model] + ([teacher_policy.model] if teacher_policy is not None else [])
+    return Variant(step, adapter, models, teacher_policy)
 
 
 def _naive_loss(student, teacher, batch, noise, t, teacher_steps: int):
@@ -138,17 +166,29 @@ def _sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def time_steps(steps: dict, batch, noise, t, device: str, repeats: int) -> dict[str, float]:
-    """Median ms per step of each variant, repeats interleaved round-robin (first round is warm-up)."""
+def median_ms(fn: Callable[[], Any], device: str, repeats: int, warmup: int = 1) -> float:
+    """Median wall ms of `fn()` over `repeats` calls after `warmup` calls, synchronised on CUDA."""
+    values = []
+    for _ in range(warmup + repeats):
+        _sync(device)
+        start = time.perf_counter()
+        fn()
+        _sync(device)
+        values.append((time.perf_counter() - start) * 1000)
+    return float(np.median(values[warmup:]))
+
+
+def time_steps(steps: dict, batch, noise, t, device: str, repeats: int, warmup: int = 1) -> dict[str, float]:
+    """Median ms per step of each variant, repeats interleaved round-robin after `warmup` rounds."""
     times: dict[str, list[float]] = {name: [] for name in steps}
-    for _ in range(repeats + 1):
+    for _ in range(repeats + warmup):
         for name, step in steps.items():
             _sync(device)
             start = time.perf_counter()
             step(batch, noise, t)
             _sync(device)
             times[name].append((time.perf_counter() - start) * 1000)
-    return {name: float(np.median(values[1:])) for name, values in times.items()}
+    return {name: float(np.median(values[warmup:])) for name, values in times.items()}
 
 
 @torch.no_grad()
@@ -157,21 +197,17 @@ def chunk_latency(adapter, batch, device: str, repeats: int, step_counts=(1, 2, 
     from hf_reflow.sampling import sample_policy
 
     adapter.policy.eval()
-    single = {
-        k: v[:1] if torch.is_tensor(v) else v[:1] if isinstance(v, list) else v for k, v in batch.items()
-    }
+    single = first_observation(batch)
     noise = torch.randn(1, *adapter.action_shape, device=device)
-    result = {}
-    for n in step_counts:
-        values = []
-        for _ in range(repeats + 1):
-            _sync(device)
-            start = time.perf_counter()
-            sample_policy(adapter, single, noise, num_steps=n)
-            _sync(device)
-            values.append((time.perf_counter() - start) * 1000)
-        result[str(n)] = float(np.median(values[1:]))
-    return result
+    return {
+        str(n): median_ms(lambda n=n: sample_policy(adapter, single, noise, num_steps=n), device, repeats)
+        for n in step_counts
+    }
+
+
+def first_observation(batch: dict[str, Any]) -> dict[str, Any]:
+    """The batch cut to its first sample (tensors and lists; other values as they are)."""
+    return {k: v[:1] if torch.is_tensor(v) or isinstance(v, list) else v for k, v in batch.items()}
 
 
 def _inputs(args, batch_device: str, adapter_shape) -> tuple[Any, Any]:
@@ -213,10 +249,10 @@ def measure_memory(args, teacher: Path, data: Path) -> dict[str, float]:
         base = torch.cuda.memory_allocated()
     base_rss = RssSampler.current()
     with RssSampler() as rss:
-        step, adapter = make_step(args.memory_of, teacher, args.device, args.teacher_steps, args.vlm_bf16)
-        noise, t = _inputs(args, args.device, adapter.action_shape)
+        variant = make_step(args.memory_of, teacher, args.device, args.teacher_steps, args.vlm_bf16)
+        noise, t = _inputs(args, args.device, variant.adapter.action_shape)
         for _ in range(3):
-            step(batch, noise, t)
+            variant.step(batch, noise, t)
     if args.device == "cuda":
         return {"peak_mb": (torch.cuda.max_memory_allocated() - base) / 2**20}
     return {"peak_mb": (rss.peak - base_rss) / 2**20}
@@ -238,7 +274,8 @@ def run(args) -> dict[str, Any]:
     batch = make_batch(teacher, data, args.batch_size, args.device)
     steps, adapters = {}, {}
     for name in VARIANTS:
-        steps[name], adapters[name] = make_step(name, teacher, args.device, args.teacher_steps, args.vlm_bf16)
+        variant = make_step(name, teacher, args.device, args.teacher_steps, args.vlm_bf16)
+        steps[name], adapters[name] = variant.step, variant.adapter
     noise, t = _inputs(args, args.device, adapters["flow_matching"].action_shape)
     ms = time_steps(steps, batch, noise, t, args.device, args.repeats)
     del steps

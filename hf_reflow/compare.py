@@ -170,8 +170,9 @@ def load_for_compare(source: str) -> LoadedPolicy:
             f"{source!r} is a {config.type!r} policy, which hf-reflow cannot sample step by step; "
             f"supported types: {', '.join(supported_policy_types())}."
         )
+    # Before the weights, and never trusted: a visitor may type any Hub id (no processor step it names is imported).
+    pre, post = load_processors(source, config, allow_unregistered_processor_steps=False)
     policy = load_policy(source, config=config)
-    pre, post = load_processors(source, config)
     info = read_reflow_info(source) if Path(source).exists() else {}
     return LoadedPolicy(source, policy, adapter_for(policy), pre, post, info)
 
@@ -388,7 +389,8 @@ def _trajectory(
     """Sample `steps` Euler steps with the path recorded; metrics against `reference` (normalised) and `expert`."""
     out = sample_policy(loaded.adapter, batch, noise, num_steps=steps, return_path=True)
     reference = out.action if reference is None else reference
-    chunk = loaded.postprocessor(out.action)[0].cpu().numpy()  # (chunk, action_dim) in action units
+    action_dim = loaded.policy.config.output_features["action"].shape[0]  # SmolVLA / pi0 pad to 32: trim
+    chunk = loaded.postprocessor(out.action[..., :action_dim])[0].cpu().numpy()  # (chunk, action_dim), action units
     horizon = min(len(expert), len(chunk))
     trajectory = Trajectory(
         steps=steps,

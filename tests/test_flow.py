@@ -201,7 +201,30 @@ def test_flow_loss_pseudo_huber_asymptotics():
 @pytest.mark.parametrize("kind", LOSSES)
 def test_flow_loss_zero_when_prediction_equals_target(kind):
     _, target = _pair()
-    assert torch.equal(flow_loss(target.clone(), target, kind=kind), torch.zeros(3))
+    # Far tighter than float32 rounding near c (sqrt(c^2) - c left 1.16e-10 on some machines).
+    torch.testing.assert_close(flow_loss(target.clone(), target, kind=kind), torch.zeros(3), atol=1e-30, rtol=0)
+
+
+@pytest.mark.parametrize("scale", [0.0, 1e-9, 1e-6, 1e-4, 1e-2, 1.0, 1e3])
+def test_flow_loss_pseudo_huber_float32_matches_float64(scale):
+    """d^2 / (sqrt(d^2 + c^2) + c) keeps float32 relative precision even where d^2 << c^2."""
+    pred, target = _pair((3, 4, 2), seed=13)
+    pred = target + scale * pred
+    exact = flow_loss(pred.double(), target.double(), kind="pseudo_huber")
+    loss = flow_loss(pred, target, kind="pseudo_huber")
+    assert loss.dtype == torch.float32
+    torch.testing.assert_close(loss.double(), exact, rtol=1e-5, atol=1e-30)
+
+
+def test_flow_loss_pseudo_huber_c_zero_is_the_l2_norm_and_negative_c_is_refused():
+    pred, target = _pair((3, 4, 2))
+    norms = (pred - target).flatten(1).norm(dim=1)
+    torch.testing.assert_close(flow_loss(pred, target, kind="pseudo_huber", huber_c=0.0), norms)
+    torch.testing.assert_close(
+        flow_loss(target, target, kind="pseudo_huber", huber_c=0.0), torch.zeros(3), atol=1e-30, rtol=0
+    )
+    with pytest.raises(ValueError, match="c must be >= 0"):
+        flow_loss(pred, target, kind="pseudo_huber", huber_c=-1.0)
 
 
 def test_flow_loss_unknown_kind_raises():

@@ -1,0 +1,117 @@
+"""The GPU benchmark script cannot rot: a tiny CPU smoke run in a subprocess, every JSON field checked."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SCRIPT = REPO / "benchmarks" / "smolvla_gpu.py"
+VARIANTS = ("flow_matching", "reflow_shared", "reflow_unshared", "naive")
+STEP_COUNTS = ("1", "2", "4", "10")
+
+
+def _positive(value) -> bool:
+    number = isinstance(value, int | float) and not isinstance(value, bool)
+    return number and math.isfinite(value) and value > 0
+
+
+def _load_script():
+    sys.path.insert(0, str(SCRIPT.parent))
+    try:
+        import smolvla_gpu
+    finally:
+        sys.path.remove(str(SCRIPT.parent))
+    return smolvla_gpu
+
+
+@pytest.mark.slow
+def test_smolvla_gpu_benchmark_tiny_cpu_smoke(tmp_path):
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    env.setdefault("OMP_NUM_THREADS", "1")
+    cmd = [sys.executable, str(SCRIPT), f"--out={tmp_path}", "--device=cpu", "--size=tiny", "--reps=2",
+           "--batch-size=2"]  # fmt: skip
+    start = time.perf_counter()
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600, env=env)
+    elapsed = time.perf_counter() - start
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
+    print(f"smoke run: {elapsed:.1f} s")
+
+    result = json.loads((tmp_path / "smolvla_gpu.json").read_text())
+    assert result["complete"] is True and _positive(result["wall_s"])
+    env_keys = ("python", "torch", "transformers", "lerobot", "device_name", "torch_threads")
+    assert all(result["environment"][k] for k in env_keys), result["environment"]
+    assert result["environment"]["device"] == "cpu" and result["environment"]["dtype"] == "bf16"
+    settings = result["settings"]
+    expected = {"size": "tiny", "batch_size": 2, "reps": 2, "compile": False, "teacher_steps": 10}
+    assert {k: settings[k] for k in expected} == expected and settings["step_counts"] == [1, 2, 4, 10]
+
+    # LeRobot 0.6.1's SmolVLA defaults, read from the installed package
+    defaults = result["smolvla_config_defaults"]
+    assert (defaults["chunk_size"], defaults["max_action_dim"], defaults["num_vlm_layers"]) == (50, 32, 16)
+    assert defaults["expert_width_multiplier"] == 0.75
+
+    model = result["model"]
+    assert (model["chunk_size"], model["max_action_dim"], model["vlm_layers_used"]) == (50, 32, 4)
+    sizes = ("expert_hidden_size", "expert_layers", "prefix_tokens", "scale_factor", "action_dim", "cameras")
+    assert all(_positive(model[key]) for key in sizes), model
+    for part in ("vlm_text", "vlm_vision"):
+        assert model[part] and all(_positive(v) for v in model[part].values()), model[part]
+    for part in ("policy", "vlm", "action_expert", "reflow_teacher"):
+        params = model["params"][part]
+        assert _positive(params["total"]) and sum(params["by_dtype"].values()) == params["total"], part
+    # bf16 as pretrained weights load: the VLM in bf16; the trainable expert part stays in the policy
+    assert set(model["params"]["vlm"]["by_dtype"]) == {"bfloat16"}
+    assert _positive(model["params"]["policy"]["trainable"])
+
+    eager = result["eager"]
+    assert set(eager["chunk_latency_ms"]) == set(STEP_COUNTS)
+    assert all(_positive(v) for v in eager["chunk_latency_ms"].values())
+    assert _positive(eager["latency_ratio_10_to_1_steps"])
+    for key in ("step_ms", "time_ratio_vs_flow_matching"):
+        assert set(eager[key]) == set(VARIANTS) and all(_positive(v) for v in eager[key].values()), key
+    assert eager["time_ratio_vs_flow_matching"]["flow_matching"] == 1.0
+    # CPU: memory is not measured, and says so (null), rather than a misleading RSS figure
+    for key in ("peak_memory_mb", "memory_ratio_vs_flow_matching"):
+        assert eager[key] == dict.fromkeys(VARIANTS), key
+    assert result["compiled"] is None  # --compile is off by default on CPU
+
+    table = proc.stdout
+    assert "chunk latency, batch 1" in table and "training step" in table
+    assert all(name in table for name in VARIANTS)
+
+
+def test_smolvla_gpu_benchmark_arguments():
+    script = _load_script()
+    args = script.parse_args(["--out=x", "--device=cpu", "--size=tiny", "--reps=3"])
+    assert (args.compile, args.dtype, args.batch_size, args.teacher_steps) == (False, "bf16", 32, 10)
+    assert script.parse_args(["--out=x", "--device=cpu", "--compile"]).compile is True
+    with pytest.raises(SystemExit):  # a real-size figure is a median of >= 20 repeats
+        script.parse_args(["--out=x", "--device=cpu", "--size=real", "--reps=5"])
+    if not script.torch.cuda.is_available():
+        with pytest.raises(SystemExit):  # no silent fallback to CPU
+            script.parse_args(["--out=x"])
+
+
+def test_smolvlm2_500m_vlm_folder_round_trips(tmp_path):
+    """The real size's local VLM folder reads back with SmolVLM2-500M-Video-Instruct's architecture."""
+    from transformers import AutoConfig, AutoProcessor
+
+    script = _load_script()
+    folder = script.write_vlm(tmp_path / "vlm", "real", "fp32")  # config, processor, tokenizer; no weights
+    config = AutoConfig.from_pretrained(folder)
+    text = {"hidden_size": 960, "intermediate_size": 2560, "num_hidden_layers": 32, "num_attention_heads": 15,
+            "num_key_value_heads": 5, "head_dim": 64, "vocab_size": 49280}  # fmt: skip
+    vision = {"hidden_size": 768, "intermediate_size": 3072, "num_hidden_layers": 12, "num_attention_heads": 12,
+              "image_size": 512, "patch_size": 16}  # fmt: skip
+    assert {k: getattr(config.text_config, k) for k in text} == text
+    assert {k: getattr(config.vision_config, k) for k in vision} == vision
+    assert config.scale_factor == 4 and config.text_config.pad_token_id < 49280
+    assert AutoProcessor.from_pretrained(folder).image_seq_len == 64  # (512 / 16)^2 / 4^2 image tokens

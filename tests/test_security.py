@@ -1,0 +1,358 @@
+"""No code runs from a checkpoint hf-reflow loads.
+
+(a) A processor JSON naming a callable (`"class": "os.system"` / `"subprocess.Popen"`) whose arguments
+    would write a marker file: every hf-reflow entry point that loads processors refuses it with one
+    line (`CheckpointError`; the CLI exits 2) and the marker is never written.
+(b) A training state holding a pickle whose `__reduce__` would write a marker (Accelerate's
+    `custom_checkpoint_0.pkl`, `random_states_0.pkl`, `optimizer.bin`): `--resume` never unpickles it.
+
+Controls show that both payloads do run when loaded the unchecked way, so the marker tests mean something.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import inspect
+import json
+import shlex
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import REPO, run_cli, train_config
+from safetensors.torch import load_file
+
+from hf_reflow.checkpoints import TRAINING_STATE_FILE, check_processor_steps, load_config, load_processors
+from hf_reflow.errors import CheckpointError
+
+PAYLOADS = ("os.system", "subprocess.Popen")
+RUN_SETTINGS = dict(steps=4, save_every=2, batch_size=16, ema_decay=0.9, optim__warmup_steps=1)
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory, toy_dataset) -> Path:
+    """A tiny finished 1-RF run with a training checkpoint at step 2 (EMA on)."""
+    from hf_reflow.trainer import ReflowTrainer
+
+    out = tmp_path_factory.mktemp("security") / "run"
+    ReflowTrainer(train_config(output_dir=str(out), dataset__root=str(toy_dataset), **RUN_SETTINGS)).train()
+    return out
+
+
+def _payload_step(kind: str, marker: Path) -> dict:
+    if kind == "os.system":
+        return {"class": "os.system", "config": {"command": f"touch {shlex.quote(str(marker))}"}}
+    code = f"open({str(marker)!r}, 'w').close()"
+    return {"class": "subprocess.Popen", "config": {"args": [sys.executable, "-c", code]}}
+
+
+def _evil_checkpoint(run_dir: Path, tmp_path: Path, step: dict, filename: str = "policy_preprocessor.json") -> Path:
+    """A copy of the run's final checkpoint whose processor JSON starts with `step`."""
+    checkpoint = tmp_path / "evil" / "pretrained_model"
+    shutil.copytree(run_dir / "pretrained_model", checkpoint)
+    file = checkpoint / filename
+    pipeline = json.loads(file.read_text())
+    pipeline["steps"].insert(0, step)
+    file.write_text(json.dumps(pipeline, indent=2))
+    return checkpoint
+
+
+def _assert_never_written(marker: Path, kind: str) -> None:
+    if kind == "subprocess.Popen":  # a started child would write it a moment later
+        time.sleep(1.0)
+    assert not marker.exists(), "the checkpoint's payload ran"
+
+
+def _wait_for(marker: Path, timeout: float = 20.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if marker.exists():
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def _assert_one_line_refusal(error: BaseException, *fragments: str) -> None:
+    message = str(error)
+    assert "\n" not in message
+    for fragment in fragments:
+        assert fragment in message, message
+
+
+# ---- (a) processor steps ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("kind", PAYLOADS)
+def test_control_the_payload_runs_when_lerobot_loads_it_unchecked(run_dir, tmp_path, kind):
+    """What hf-reflow did before: LeRobot imports the `class` path and calls it with the JSON's config."""
+    from lerobot.processor import PolicyProcessorPipeline
+
+    marker = tmp_path / "marker"
+    evil = _evil_checkpoint(run_dir, tmp_path, _payload_step(kind, marker))
+    with contextlib.suppress(Exception):  # the callable is no processor step; it ran before that was noticed
+        PolicyProcessorPipeline.from_pretrained(str(evil), config_filename="policy_preprocessor.json")
+    assert _wait_for(marker)
+
+
+def _load_processors(evil: Path, toy_dataset: Path, out: Path) -> None:
+    load_processors(str(evil), load_config(str(evil)))
+
+
+def _load_processors_other_file(evil: Path, toy_dataset: Path, out: Path) -> None:
+    load_processors(str(evil.parent), load_config(str(evil)))  # a run dir resolves to its pretrained_model/
+
+
+def _space_compare(evil: Path, toy_dataset: Path, out: Path) -> None:
+    from hf_reflow import compare
+
+    compare.PolicyCache().get(str(evil))
+
+
+def _offline_evaluation(evil: Path, toy_dataset: Path, out: Path) -> None:
+    from hf_reflow.configs import DatasetConfig
+    from hf_reflow.evaluate import evaluate_checkpoint
+
+    evaluate_checkpoint(str(evil), DatasetConfig(root=str(toy_dataset)), nfes=[1], num_samples=4)
+
+
+def _closed_loop_worker(evil: Path, toy_dataset: Path, out: Path) -> None:
+    from hf_reflow import closed_loop
+
+    closed_loop._load(str(evil))
+
+
+def _reflow_teacher(evil: Path, toy_dataset: Path, out: Path) -> None:
+    from hf_reflow.trainer import ReflowTrainer
+
+    config = train_config(
+        stage="reflow", steps=2, output_dir=str(out), dataset__root=str(toy_dataset), teacher__path=str(evil)
+    )
+    ReflowTrainer(config).train()
+
+
+def _fresh_student_with_teacher_processors(evil: Path, toy_dataset: Path, out: Path) -> None:
+    from hf_reflow.trainer import ReflowTrainer
+
+    config = train_config(
+        stage="reflow", steps=2, output_dir=str(out), dataset__root=str(toy_dataset), teacher__path=str(evil),
+        init_from_teacher=False,
+    )  # fmt: skip
+    ReflowTrainer(config).train()
+
+
+def _couplings_teacher(evil: Path, toy_dataset: Path, out: Path) -> None:
+    from hf_reflow.configs import DatasetConfig, TeacherConfig
+    from hf_reflow.offline_couplings import generate
+
+    teacher = TeacherConfig(path=str(evil), num_inference_steps=2)
+    generate(out, teacher, DatasetConfig(root=str(toy_dataset)), num_couplings=8, block_size=8, batch_size=8)
+
+
+ENTRY_POINTS = {
+    "load_processors": _load_processors,
+    "load_processors_run_dir": _load_processors_other_file,
+    "space_compare": _space_compare,
+    "evaluate_checkpoint": _offline_evaluation,
+    "closed_loop_worker": _closed_loop_worker,
+    "reflow_teacher": _reflow_teacher,
+    "reflow_fresh_student": _fresh_student_with_teacher_processors,
+    "couplings_teacher": _couplings_teacher,
+}
+
+
+@pytest.mark.parametrize("kind", PAYLOADS)
+@pytest.mark.parametrize("entry", list(ENTRY_POINTS))
+def test_every_entry_point_refuses_a_processor_step_naming_a_callable(run_dir, toy_dataset, tmp_path, entry, kind):
+    marker = tmp_path / "marker"
+    evil = _evil_checkpoint(run_dir, tmp_path, _payload_step(kind, marker))
+    with pytest.raises(CheckpointError) as info:
+        ENTRY_POINTS[entry](evil, toy_dataset, tmp_path / "out")
+    _assert_one_line_refusal(info.value, "refusing processor step 0", repr(kind), "policy_preprocessor.json")
+    _assert_never_written(marker, kind)
+
+
+def test_a_postprocessor_step_is_checked_too(run_dir, tmp_path):
+    marker = tmp_path / "marker"
+    evil = _evil_checkpoint(run_dir, tmp_path, _payload_step("os.system", marker), "policy_postprocessor.json")
+    with pytest.raises(CheckpointError) as info:
+        load_processors(str(evil), load_config(str(evil)))
+    _assert_one_line_refusal(info.value, "policy_postprocessor.json", "'os.system'")
+    _assert_never_written(marker, "os.system")
+
+
+@pytest.mark.parametrize("kind", PAYLOADS)
+def test_cli_eval_exits_2_with_one_line(run_dir, toy_dataset, tmp_path, kind):
+    marker = tmp_path / "marker"
+    evil = _evil_checkpoint(run_dir, tmp_path, _payload_step(kind, marker))
+    proc = run_cli("eval", f"--policy.path={evil}", f"--dataset.root={toy_dataset}", "--nfe=1", "--num_samples=4")
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr
+    lines = [line for line in proc.stderr.splitlines() if line.startswith("hf-reflow: error:")]
+    assert len(lines) == 1 and "refusing processor step 0" in lines[0] and repr(kind) in lines[0], proc.stderr[-2000:]
+    _assert_never_written(marker, kind)
+
+
+@pytest.mark.parametrize(
+    "step, fragment",
+    [
+        ({"registry_name": "not_a_registered_step", "config": {}}, "'not_a_registered_step' is not a registered"),
+        ({"config": {}}, "no registry_name"),
+        ("os.system", "not a step object"),
+        # LeRobot would take the registry name, but a `class` path is refused whatever else the entry says.
+        ({"registry_name": "device_processor", "class": "os.system", "config": {}}, "'os.system'"),
+    ],
+)
+def test_unregistered_or_malformed_steps_are_refused(run_dir, tmp_path, step, fragment):
+    evil = _evil_checkpoint(run_dir, tmp_path, step)
+    with pytest.raises(CheckpointError) as info:
+        load_processors(str(evil), load_config(str(evil)))
+    _assert_one_line_refusal(info.value, "refusing processor step 0", fragment)
+
+
+def test_a_trusted_local_checkpoint_may_name_a_class_path(run_dir, tmp_path):
+    """allow_unregistered_processor_steps=True (like trust_remote_code) is the explicit way out, local only."""
+    checkpoint = tmp_path / "classpath" / "pretrained_model"
+    shutil.copytree(run_dir / "pretrained_model", checkpoint)
+    file = checkpoint / "policy_preprocessor.json"
+    pipeline = json.loads(file.read_text())
+    renames = [s for s in pipeline["steps"] if s.get("registry_name") == "rename_observations_processor"]
+    assert renames
+    for step in renames:  # the way LeRobot saves an unregistered step: its import path
+        del step["registry_name"]
+        step["class"] = "lerobot.processor.rename_processor.RenameObservationsProcessorStep"
+    file.write_text(json.dumps(pipeline))
+    config = load_config(str(checkpoint))
+    with pytest.raises(CheckpointError, match="allow_unregistered_processor_steps=True"):
+        load_processors(str(checkpoint), config)
+    pre, post = load_processors(str(checkpoint), config, allow_unregistered_processor_steps=True)
+    assert any(type(s).__name__ == "RenameObservationsProcessorStep" for s in pre.steps)
+
+
+def test_a_hub_checkpoint_is_never_trusted(run_dir, tmp_path, monkeypatch):
+    """The trust flag covers a local folder only: a Hub id (here resolved to a local snapshot) is checked."""
+    from hf_reflow import checkpoints
+
+    marker = tmp_path / "marker"
+    evil = _evil_checkpoint(run_dir, tmp_path, _payload_step("os.system", marker))
+    config = load_config(str(evil))
+    monkeypatch.setattr(checkpoints, "resolve_checkpoint", lambda path, revision=None: str(evil))
+    with pytest.raises(CheckpointError) as info:
+        load_processors("someone/evil-policy", config, allow_unregistered_processor_steps=True)
+    _assert_one_line_refusal(info.value, "refusing processor step 0", "'os.system'")
+    assert "allow_unregistered_processor_steps" not in str(info.value)  # no trust to offer for a Hub id
+    _assert_never_written(marker, "os.system")
+
+
+def test_the_space_has_no_way_to_trust():
+    from hf_reflow import compare
+
+    assert "allow_unregistered_processor_steps" not in inspect.signature(compare.load_for_compare).parameters
+    space_sources = [REPO / "space" / "app.py", REPO / "hf_reflow" / "compare.py"]
+    for file in space_sources:
+        assert "allow_unregistered_processor_steps=True" not in file.read_text(), file
+
+
+def test_stock_checkpoints_pass_the_check(run_dir):
+    for checkpoint in (run_dir / "pretrained_model", run_dir / "checkpoints" / "000002" / "pretrained_model"):
+        check_processor_steps(checkpoint, load_config(str(checkpoint)))
+
+
+# ---- (b) training state ----------------------------------------------------------------------------
+
+
+class _Payload:
+    """Unpickling this calls `open(marker, "w")`: it writes the marker."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+def _plant_pickles(directory: Path, marker: Path) -> None:
+    for name in ("custom_checkpoint_0.pkl", "custom_checkpoint_1.pkl", "random_states_0.pkl", "optimizer.bin"):
+        torch.save(_Payload(marker), directory / name)
+
+
+def test_control_the_pickle_payload_runs_when_unpickled(tmp_path):
+    """What Accelerate's `load_custom_state` did with `custom_checkpoint_*.pkl` (weights_only=False)."""
+    marker = tmp_path / "marker"
+    torch.save(_Payload(marker), tmp_path / "custom_checkpoint_0.pkl")
+    assert not marker.exists()
+    torch.load(tmp_path / "custom_checkpoint_0.pkl", weights_only=False)
+    assert marker.exists()
+
+
+def _resumed_copy(run_dir: Path, tmp_path: Path) -> Path:
+    """A copy of the run "killed" after its step-2 checkpoint."""
+    resumed = tmp_path / "resumed"
+    shutil.copytree(run_dir, resumed)
+    shutil.rmtree(resumed / "pretrained_model")
+    for checkpoint in (resumed / "checkpoints").iterdir():
+        if checkpoint.name != "000002":
+            shutil.rmtree(checkpoint)
+    return resumed
+
+
+def test_training_state_holds_no_pickle(run_dir):
+    state = run_dir / "checkpoints" / "000002" / "training_state"
+    names = sorted(p.name for p in state.iterdir())
+    assert TRAINING_STATE_FILE in names
+    assert all(name.endswith((".json", ".safetensors")) for name in names), names
+    for file in state.iterdir():  # no pickle stream (0x80) nor torch zip archive (PK) anywhere
+        head = file.read_bytes()[:2]
+        assert not head.startswith(b"\x80") and head != b"PK", file
+
+
+def test_resume_refuses_an_old_pickled_training_state(run_dir, toy_dataset, tmp_path):
+    from hf_reflow.trainer import ReflowTrainer
+
+    marker = tmp_path / "marker"
+    resumed = _resumed_copy(run_dir, tmp_path)
+    state = resumed / "checkpoints" / "000002" / "training_state"
+    shutil.rmtree(state)
+    state.mkdir()
+    _plant_pickles(state, marker)
+    config = train_config(output_dir=str(resumed), dataset__root=str(toy_dataset), resume=True, **RUN_SETTINGS)
+    with pytest.raises(CheckpointError) as info:
+        ReflowTrainer(config).train()
+    _assert_one_line_refusal(info.value, "holds no hf-reflow training state", "custom_checkpoint_0.pkl")
+    assert not marker.exists()
+    # The CLI: one line, exit 2, the marker still not written.
+    proc = run_cli("train", f"--config={resumed / 'train_config.json'}", f"--output_dir={resumed}", "--resume=true")
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr
+    lines = [line for line in proc.stderr.splitlines() if line.startswith("hf-reflow: error:")]
+    assert len(lines) == 1 and "holds no hf-reflow training state" in lines[0], proc.stderr[-2000:]
+    assert not marker.exists()
+
+
+def test_resume_ignores_pickles_beside_the_safe_state_and_stays_exact(run_dir, toy_dataset, tmp_path):
+    from hf_reflow.trainer import ReflowTrainer
+
+    marker = tmp_path / "marker"
+    resumed = _resumed_copy(run_dir, tmp_path)
+    _plant_pickles(resumed / "checkpoints" / "000002" / "training_state", marker)
+    config = train_config(output_dir=str(resumed), dataset__root=str(toy_dataset), resume=True, **RUN_SETTINGS)
+    final = ReflowTrainer(config).train()
+    assert not marker.exists()
+    a, b = load_file(run_dir / "pretrained_model" / "model.safetensors"), load_file(final / "model.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)  # EMA weights, bitwise
+
+
+def test_a_damaged_training_state_is_refused_with_one_line(run_dir, toy_dataset, tmp_path):
+    from hf_reflow.trainer import ReflowTrainer
+
+    resumed = _resumed_copy(run_dir, tmp_path)
+    file = resumed / "checkpoints" / "000002" / "training_state" / TRAINING_STATE_FILE
+    state = json.loads(file.read_text())
+    state["scheduler"] = {"__tensor__": "no.such.tensor"}
+    file.write_text(json.dumps(state))
+    config = train_config(output_dir=str(resumed), dataset__root=str(toy_dataset), resume=True, **RUN_SETTINGS)
+    with pytest.raises(CheckpointError) as info:
+        ReflowTrainer(config).train()
+    _assert_one_line_refusal(info.value, "training state is damaged")
