@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -19,12 +20,19 @@ from typing import Any
 import yaml
 
 from hf_reflow.errors import ConfigError
-from hf_reflow.flow import LOSSES, TIME_SAMPLERS
+from hf_reflow.flow import LOSSES, TIME_SAMPLERS, shortcut_levels
 from hf_reflow.sampling import SOLVERS
 
-STAGES = ("flow_matching", "reflow", "distill")
+STAGES = ("flow_matching", "reflow", "distill", "shortcut")
 # Step count written into each stage's final checkpoint unless `num_steps` says otherwise.
-RECOMMENDED_NUM_STEPS = {"flow_matching": 10, "reflow": 2, "distill": 1}
+RECOMMENDED_NUM_STEPS = {"flow_matching": 10, "reflow": 2, "distill": 1, "shortcut": 1}
+
+
+def stage_k(stage: str, teacher_k: int) -> int:
+    """The k of a stage's model: 1 for flow matching, the teacher's k + 1 for a reflow round, and the
+    teacher's own k for a distilled or shortcut student (the same couplings' flow, sampled in fewer steps)."""
+    _choice("stage", stage, STAGES)
+    return {"flow_matching": 1, "reflow": teacher_k + 1}.get(stage, teacher_k)
 ALIASES = {
     "teacher_model_path": "teacher.path",
     "reflow_num_inference_steps": "teacher.num_inference_steps",
@@ -109,8 +117,31 @@ class OptimConfig:
 
 
 @dataclass
+class ShortcutConfig:
+    """The `shortcut` stage: one network for 1 and 2 steps (Frans et al. 2024; SnapFlow, arXiv 2604.05656).
+
+    The student starts as its teacher, plus a step-size input whose last layer is zero (so it reproduces
+    the teacher exactly at step 0). Its loss: the flow loss on the teacher's couplings at the smallest
+    step size (`min_step`, its plain flow) + `consistency_weight` x the self-consistency loss (one step
+    of 2d = two steps of d of its own velocity, for 2d in 2 min_step .. 1).
+    """
+
+    min_step: float = 0.125
+    consistency_weight: float = 1.0
+
+    def __post_init__(self) -> None:
+        try:
+            if len(shortcut_levels(self.min_step)) < 2:
+                raise ValueError("min_step 1 leaves nothing to distil")
+        except (ValueError, OverflowError) as e:
+            raise ConfigError(f"shortcut.min_step must be 1 / 2^n with n >= 1, e.g. 0.125; got {self.min_step} ({e}).") from None
+        if not math.isfinite(self.consistency_weight) or self.consistency_weight < 0:
+            raise ConfigError(f"shortcut.consistency_weight must be finite and >= 0, got {self.consistency_weight}.")
+
+
+@dataclass
 class TrainConfig:
-    """One training stage: 1-RF (`flow_matching`), k+1-RF (`reflow`) or one-step `distill`."""
+    """One training stage: 1-RF (`flow_matching`), k+1-RF (`reflow`), one-step `distill` or `shortcut` (1-2 steps)."""
 
     stage: str = "flow_matching"
     output_dir: str = "outputs/run"
@@ -137,6 +168,7 @@ class TrainConfig:
     couplings: CouplingsConfig = field(default_factory=CouplingsConfig)
     flow: FlowConfig = field(default_factory=FlowConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
+    shortcut: ShortcutConfig = field(default_factory=ShortcutConfig)
 
     def __post_init__(self) -> None:
         _choice("stage", self.stage, STAGES)
@@ -303,7 +335,7 @@ def save_config(config: TrainConfig, path: Path) -> None:
 # ---------------------------------------------------------------------------------------------
 # The k-RF pipeline (`hf-reflow pipeline`): demonstrations -> 1-RF -> reflow rounds -> distill -> eval.
 
-PIPELINE_STAGES = ("flow_matching", "reflow", "distill")
+PIPELINE_STAGES = ("flow_matching", "reflow", "distill", "shortcut")
 
 
 @dataclass
@@ -365,6 +397,7 @@ class PipelineConfig:
     flow_matching: dict[str, Any] = field(default_factory=dict)
     reflow: dict[str, Any] = field(default_factory=dict)
     distill: dict[str, Any] = field(default_factory=dict)
+    shortcut: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         for stage in self.stages:

@@ -10,7 +10,9 @@ Time convention (LeRobot's, used everywhere in hf-reflow):
 1-RF (flow matching) pairs `noise` with a dataset `action`. k+1-RF (reflow) pairs `noise` with
 `action = ODE_teacher(noise)`, the k-RF teacher's end point from that very noise, so the straight
 line between them is a path the student can follow in one step. A one-step distilled student is
-trained at t = 1 only, where `x_t = noise` and the target is `noise - teacher_action`.
+trained at t = 1 only, where `x_t = noise` and the target is `noise - teacher_action`. A shortcut
+student (`shortcut_*`) also reads the step size d it will be sampled with, and learns that one step of
+2d equals two of d of its own velocity, so one network serves 1 and 2 steps.
 
 This module is pure: tensors in, tensors out; no I/O, no LeRobot import.
 """
@@ -18,6 +20,7 @@ This module is pure: tensors in, tensors out; no I/O, no LeRobot import.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import Literal
 
 import torch
@@ -148,7 +151,14 @@ def reduce_squared_error(
         return flat.sum(dim=1) / count
     if kind == "pseudo_huber":
         c = pseudo_huber_c(flat.shape[1]) if huber_c is None else huber_c
-        return torch.sqrt(flat.sum(dim=1) + c * c) - c
+        if c < 0:
+            raise ValueError(f"pseudo-Huber c must be >= 0, got {c}.")
+        sum_sq = flat.sum(dim=1)
+        if c == 0:  # the plain L2 norm
+            return torch.sqrt(sum_sq)
+        # sqrt(s + c^2) - c written as s / (sqrt(s + c^2) + c): the same value, without the cancellation
+        # that leaves ~1e-10 instead of 0 in float32 at s = 0 (and loses precision for s << c^2).
+        return sum_sq / (torch.sqrt(sum_sq + c * c) + c)
     raise ValueError(f"Unknown loss {kind!r}. Choose one of {', '.join(LOSSES)}.")
 
 
@@ -162,6 +172,54 @@ def distillation_inputs(noise: Tensor, teacher_action: Tensor) -> tuple[Tensor, 
     """
     t = torch.ones(noise.shape[0], device=noise.device, dtype=torch.float32)
     return noise, t, velocity_target(noise, teacher_action)
+
+
+def shortcut_levels(min_step: float) -> list[float]:
+    """Step sizes a shortcut student knows: min_step, 2 min_step, ..., 1 (min_step = 1 / 2^n)."""
+    n = round(math.log2(1.0 / min_step))
+    if not 0 < min_step <= 1 or abs(2.0**-n - min_step) > 1e-12:
+        raise ValueError(f"shortcut min_step must be 1 / 2^n in (0, 1], e.g. 0.125; got {min_step}.")
+    return [2.0 ** (j - n) for j in range(n + 1)]
+
+
+def shortcut_step_size(num_steps: int, min_step: float) -> float:
+    """The step size a shortcut student is told when sampling with `num_steps` Euler steps.
+
+    1 / num_steps, but never below the smallest trained level, which is the plain flow (its teacher's
+    velocity): 10 steps at min_step 1/8 run the flow level.
+    """
+    return max(1.0 / num_steps, min_step)
+
+
+def sample_shortcut_pairs(
+    batch_size: int, min_step: float, *, device: torch.device | str = "cpu", generator: torch.Generator | None = None
+) -> tuple[Tensor, Tensor]:
+    """(t, d) for the consistency term: one step of size 2d from t must equal two steps of size d.
+
+    2d is drawn uniformly from the levels above min_step, and t uniformly from the grid {2d, 4d, ..., 1},
+    where a 1/(2d)-step sampler evaluates the student (so t - 2d >= 0). Both (B,) float32.
+    """
+    doubled = torch.tensor(shortcut_levels(min_step)[1:], dtype=torch.float64)  # (L,)
+    if len(doubled) == 0:
+        raise ValueError("shortcut min_step 1 leaves no level to distil: use min_step <= 0.5.")
+    big = doubled[torch.randint(len(doubled), (batch_size,), generator=generator)]  # 2d, (B,)
+    slots = torch.floor(torch.rand(batch_size, generator=generator, dtype=torch.float64) / big)  # 0..1/(2d) - 1
+    t = 1.0 - slots * big  # the grid points of a 1/(2d)-step solve, from t = 1 down
+    return t.to(device=device, dtype=torch.float32), (big / 2).to(device=device, dtype=torch.float32)
+
+
+def shortcut_target(velocity_at: Callable[[Tensor, Tensor, Tensor], Tensor], x_t: Tensor, t: Tensor, d: Tensor) -> Tensor:
+    """Target of one step of size 2d from (x_t, t): the mean velocity of two Euler steps of size d.
+
+    velocity_at(x, t, d) is the model's own velocity at step size d (no gradient needed). With
+    v1 = v(x_t, t, d) and v2 = v(x_t - d v1, t - d, d), two steps land at x_t - d (v1 + v2), so a
+    single step of 2d lands there too when its velocity is (v1 + v2) / 2 (Frans et al. 2024).
+    x_t (B, chunk, action_dim); t, d (B,).
+    """
+    v1 = velocity_at(x_t, t, d)
+    x_mid = x_t - _broadcast_time(d, x_t) * v1
+    v2 = velocity_at(x_mid, t - d, d)
+    return (v1 + v2) / 2
 
 
 def straightness(path: Tensor, times: Tensor) -> Tensor:

@@ -466,11 +466,12 @@ def _write_push_record(folder: Path, result: PushResult, revision: str | None) -
 # ---- training hooks (`push_to_hub: true` in a TrainConfig) ----------------------------------
 def stage_repo_id(config: Any) -> str:
     """The repo a stage pushes to: `hub_repo_template` filled with hub_model_id, k, stage, suffix."""
+    from hf_reflow.configs import stage_k
     from hf_reflow.couplings import load_teacher_lineage
 
     teacher_k = load_teacher_lineage(config.teacher.path).get("k", 1) if config.teacher.path else 0
-    k = {"flow_matching": 1, "reflow": teacher_k + 1, "distill": teacher_k}[config.stage]
-    suffix = "-distilled" if config.stage == "distill" else ""
+    k = stage_k(config.stage, teacher_k)
+    suffix = {"distill": "-distilled", "shortcut": "-shortcut"}.get(config.stage, "")
     return config.hub_repo_template.format(
         hub_model_id=config.hub_model_id, k=k, stage=config.stage, suffix=suffix
     )

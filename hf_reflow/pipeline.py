@@ -23,17 +23,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from hf_reflow.configs import DatasetConfig, PipelineConfig
+from hf_reflow.configs import DatasetConfig, PipelineConfig, stage_k
 from hf_reflow.errors import ConfigError
 
 # Recipe sections whose change makes an existing run a different run (eval settings may change freely,
 # seeds and stages may be extended: finished ones are reused).
-_RUN_DEFINING = ("data", "train", "flow_matching", "reflow", "distill", "num_couplings")
+_RUN_DEFINING = ("data", "train", "flow_matching", "reflow", "distill", "shortcut", "num_couplings")
+_LEAVES = {"distill": "distilled", "shortcut": "shortcut"}  # students of a k-RF that no later stage uses
 
 
 @dataclass(frozen=True)
 class Stage:
-    """One link of the chain: its kind, its k (the teacher's k for a distilled student), its folder name."""
+    """One link of the chain: its kind, its k (the teacher's k for a distilled / shortcut student), its folder name."""
 
     kind: str
     k: int
@@ -41,22 +42,26 @@ class Stage:
 
     @property
     def label(self) -> str:
-        return f"{self.k}-RF distilled" if self.kind == "distill" else f"{self.k}-RF"
+        return f"{self.k}-RF {_LEAVES[self.kind]}" if self.kind in _LEAVES else f"{self.k}-RF"
 
 
 def chain(stages: list[str]) -> list[Stage]:
-    """[flow_matching, reflow, distill] -> 1rf, 2rf, 2rf-distill."""
+    """[flow_matching, reflow, distill, shortcut] -> 1rf, 2rf, 2rf-distill, 2rf-shortcut.
+
+    A distill or shortcut stage learns from the last k-RF before it and is a leaf: the next reflow
+    round still takes that k-RF as its teacher.
+    """
     out, k = [], 0
     for kind in stages:
-        if kind == "distill":
+        if kind in _LEAVES:
             if k == 0:
-                raise ConfigError("a distill stage needs a teacher: put it after flow_matching or reflow.")
-            out.append(Stage(kind, k, f"{k}rf-distill"))
+                raise ConfigError(f"a {kind} stage needs a teacher: put it after flow_matching or reflow.")
+            out.append(Stage(kind, k, f"{k}rf-{kind}"))
         else:
-            k += 1
+            k = stage_k(kind, k)
             out.append(Stage(kind, k, f"{k}rf"))
     if len({s.name for s in out}) != len(out):
-        raise ConfigError(f"stages {stages} distill the same k-RF twice; keep one distill per k.")
+        raise ConfigError(f"stages {stages} train the same student of one k-RF twice; keep one distill / shortcut per k.")
     return out
 
 
@@ -77,10 +82,10 @@ def check_output_dir(cfg: PipelineConfig, out: Path) -> None:
         raise ConfigError(
             f"output_dir {str(out)!r} is not empty and holds no pipeline run; choose another output_dir."
         )
-    mine = dataclasses.asdict(cfg)
+    mine, defaults = dataclasses.asdict(cfg), dataclasses.asdict(PipelineConfig())
     if saved.is_file():
-        theirs = json.loads(saved.read_text())
-        changed = [k for k in _RUN_DEFINING if theirs.get(k) != mine.get(k)]
+        theirs = json.loads(saved.read_text())  # a key added since that run was made holds its default
+        changed = [k for k in _RUN_DEFINING if theirs.get(k, defaults.get(k)) != mine.get(k)]
         if changed:
             raise ConfigError(
                 f"output_dir {str(out)!r} holds a different recipe's run (differs in {', '.join(changed)}); "
@@ -154,8 +159,8 @@ def train_chain(cfg: PipelineConfig, out: Path, seed: int, demos: Path) -> list[
         # resume=True: the trainer checks the settings match and returns a finished run untouched.
         checkpoint = ReflowTrainer(train_cfg).train()
         done.append((stage, checkpoint))
-        # A distilled student is a leaf: the next reflow round takes the last reflow stage as its teacher.
-        if stage.kind != "distill":
+        # A distilled or shortcut student is a leaf: the next reflow round takes the last k-RF as its teacher.
+        if stage.kind not in _LEAVES:
             teacher = str(checkpoint)
     return done
 

@@ -136,7 +136,11 @@ def sample_policy(
         batch: a preprocessed (normalised, batched, on-device) observation batch.
         noise: (B, chunk, action_dim) in the adapter's `action_shape`.
     """
-    condition = adapter.encode(batch)
+    trained, adapter.num_steps = adapter.num_steps, num_steps  # a shortcut policy reads its step size here
+    try:
+        condition = adapter.encode(batch)
+    finally:
+        adapter.num_steps = trained
     return integrate(
         lambda x_t, t: adapter.velocity(x_t, t, condition),
         noise,

@@ -3,9 +3,12 @@
 - `flow_matching` (1-RF): the student regresses noise - action on the dataset's action chunks.
 - `reflow` (k+1-RF): targets are couplings (noise, teacher ODE end point) made online per batch.
 - `distill`: like reflow but at t = 1 only, so one Euler step reproduces the teacher.
+- `shortcut`: like reflow, plus the step size as an input and a self-consistency term
+  (`hf_reflow/shortcut.py`), so one student serves 1 and 2 steps.
 
 Run layout (`output_dir/`): `train_config.json`; `checkpoints/<step>/pretrained_model/` (LeRobot
-layout) + `checkpoints/<step>/training_state/` (`accelerator.save_state`, for exact `--resume`);
+layout) + `checkpoints/<step>/training_state/` (JSON + safetensors, no pickle: `checkpoints.save_training_state`,
+for exact `--resume`);
 `pretrained_model/` the final checkpoint, its `num_steps` set to the stage's recommended count;
 `logs/` trackers.
 """
@@ -24,13 +27,22 @@ import torch
 from torch import Tensor, nn
 
 from hf_reflow import __version__, flow, offline_couplings
-from hf_reflow.checkpoints import PRETRAINED_DIR, load_config, load_policy, load_processors, save_checkpoint
-from hf_reflow.configs import TrainConfig, save_config
+from hf_reflow.checkpoints import (
+    PRETRAINED_DIR,
+    load_config,
+    load_policy,
+    load_processors,
+    load_training_state,
+    save_checkpoint,
+    save_training_state,
+)
+from hf_reflow.configs import TrainConfig, save_config, stage_k
 from hf_reflow.couplings import OnlineTeacher, check_compatible, load_teacher_lineage
 from hf_reflow.data import StepBatchSampler, load_metadata, make_dataset, policy_features
 from hf_reflow.errors import CheckpointError, ConfigError, DataError, ReflowError, TrainingError
 from hf_reflow.hub import checkpoint_commit
 from hf_reflow.policies.base import PolicyAdapter, adapter_for
+from hf_reflow.shortcut import ShortcutLoss
 
 CHECKPOINTS = "checkpoints"
 TRAINING_STATE = "training_state"
@@ -98,6 +110,8 @@ class ReflowTrainer:
     def _build_student(self, meta: Any, device: torch.device) -> Student:
         cfg = self.config
         overrides = {k: v for k, v in cfg.policy.items() if k not in ("type", "path")}
+        if cfg.stage == "shortcut":  # the student also reads its step size, from a zero-initialised input
+            overrides.update(step_size_conditioning=True, shortcut_min_step=cfg.shortcut.min_step)
         if cfg.stage == "flow_matching":
             source = cfg.policy.get("path")
             if source is None:
@@ -105,6 +119,7 @@ class ReflowTrainer:
         else:
             teacher_cfg = self.teacher.config
             if not cfg.init_from_teacher:
+                _check_new_student_type(cfg, teacher_cfg)
                 student = self._new_student(cfg.policy.get("type", teacher_cfg.type), overrides, meta, device)
                 check_compatible(teacher_cfg, student.policy.config)
                 student.preprocessor, student.postprocessor = load_processors(cfg.teacher.path, teacher_cfg, device=device)
@@ -216,7 +231,9 @@ class ReflowTrainer:
                 cfg.couplings, dataset, teacher=str(cfg.teacher.path), action_shape=adapter.action_shape
             )
         student.policy.train()
-        loss_module = StudentLoss(adapter, cfg.flow)
+        loss_module = (
+            ShortcutLoss(adapter, cfg.flow, cfg.shortcut) if cfg.stage == "shortcut" else StudentLoss(adapter, cfg.flow)
+        )
         optimizer = torch.optim.AdamW(
             _trainable(student.policy),
             lr=cfg.optim.lr,
@@ -226,10 +243,9 @@ class ReflowTrainer:
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _warmup_cosine(cfg))
         ema = _make_ema(student.policy, cfg.ema_decay)
         loss_module, optimizer = accelerator.prepare(loss_module, optimizer)
-        accelerator.register_for_checkpointing(scheduler)
-        if ema is not None:
-            accelerator.register_for_checkpointing(ema)
-        start_step = self._resume(accelerator)
+        # The scheduler and EMA are saved by `save_training_state` (JSON + safetensors), not registered with
+        # Accelerate, whose `save_state` pickles them (`custom_checkpoint_*.pkl`, unpickled on resume).
+        start_step = self._resume(accelerator, loss_module, optimizer, scheduler, ema)
         if accelerator.is_main_process:
             self.output_dir.mkdir(parents=True, exist_ok=True)
             save_config(cfg, self.output_dir / "train_config.json")
@@ -361,14 +377,24 @@ class ReflowTrainer:
         return True
 
     # ---- checkpoints ---------------------------------------------------------------------
-    def _resume(self, accelerator) -> int:
-        """Load the newest complete training checkpoint when resuming; return its step (0 if none)."""
+    def _resume(self, accelerator, loss_module, optimizer, scheduler, ema) -> int:
+        """Load the newest complete training checkpoint when resuming; return its step (0 if none).
+
+        Only JSON and safetensors are read (`load_training_state`): no pickle in a checkpoint is ever opened.
+        """
         if not self.config.resume:
             return 0
         steps = sorted(int(p.name) for p in (self.output_dir / CHECKPOINTS).glob("[0-9]*") if p.name.isdigit())
         if not steps:
             return 0
-        accelerator.load_state(str(self.output_dir / CHECKPOINTS / f"{steps[-1]:06d}" / TRAINING_STATE))
+        load_training_state(
+            self.output_dir / CHECKPOINTS / f"{steps[-1]:06d}" / TRAINING_STATE,
+            accelerator,
+            model=loss_module,
+            optimizer=optimizer,
+            scheduler=scheduler,
+            ema=ema,
+        )
         return steps[-1]
 
     def _save_training_checkpoint(self, state: _LoopState, step: int) -> None:
@@ -379,7 +405,14 @@ class ReflowTrainer:
             shutil.rmtree(tmp, ignore_errors=True)
         accelerator.wait_for_everyone()
         self._save_pretrained(state, tmp / PRETRAINED_DIR, num_steps=None)
-        accelerator.save_state(str(tmp / TRAINING_STATE))
+        save_training_state(
+            tmp / TRAINING_STATE,
+            accelerator,
+            model=state.loss_module,
+            optimizer=state.optimizer,
+            scheduler=state.scheduler,
+            ema=state.ema,
+        )
         accelerator.wait_for_everyone()
         if accelerator.is_main_process:
             shutil.rmtree(final, ignore_errors=True)
@@ -415,7 +448,7 @@ class ReflowTrainer:
         return {
             "hf_reflow_version": __version__,
             "stage": cfg.stage,
-            "k": {"flow_matching": 1, "reflow": teacher_k + 1, "distill": teacher_k}[cfg.stage],
+            "k": stage_k(cfg.stage, teacher_k),
             "distilled": cfg.stage == "distill",
             "teacher": cfg.teacher.path if cfg.stage != "flow_matching" else None,
             "teacher_commit": checkpoint_commit(cfg.teacher.path, revision=cfg.teacher.revision)
@@ -456,8 +489,22 @@ def _check_teacher_type(cfg: TrainConfig, teacher_cfg: Any) -> None:
     if explicit and wanted and wanted != teacher_cfg.type:
         raise CheckpointError(
             f"the teacher {cfg.teacher.path!r} is a {teacher_cfg.type} policy, but policy.type is {wanted!r} and "
-            f"the student is initialised from the teacher; pass a {wanted} teacher checkpoint, or set "
-            f"init_from_teacher=false to train a new {wanted} student on the teacher's couplings."
+            f"the student is initialised from the teacher; pass a {wanted} teacher checkpoint, or drop "
+            f"policy.type (the student is a {teacher_cfg.type} copy of the teacher)."
+        )
+
+
+def _check_new_student_type(cfg: TrainConfig, teacher_cfg: Any) -> None:
+    """A new student (init_from_teacher=false) keeps the teacher's processors: it must be the teacher's type."""
+    wanted = cfg.policy.get("type", teacher_cfg.type)
+    if wanted != teacher_cfg.type:
+        padded = getattr(teacher_cfg, "max_action_dim", None)
+        space = f" and its padded action space (max_action_dim={padded})" if padded else ""
+        raise CheckpointError(
+            f"the teacher {cfg.teacher.path!r} is a {teacher_cfg.type} policy, but policy.type is {wanted!r}: a new "
+            f"student (init_from_teacher=false) keeps the teacher's processors (tokenizer, prompt format, "
+            f"normalisation stats){space}, so it must be a {teacher_cfg.type} policy; set "
+            f"--policy.type={teacher_cfg.type}."
         )
 
 

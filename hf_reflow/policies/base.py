@@ -28,6 +28,7 @@ class PolicyAdapter(ABC):
 
     policy_type: ClassVar[str]
     steps_field: ClassVar[str] = "num_steps"  # the config field holding the inference step count
+    supports_step_size: ClassVar[bool] = False  # can read the step size d (a `shortcut` student)
 
     def __init__(self, policy: torch.nn.Module) -> None:
         self.policy = policy
@@ -48,6 +49,13 @@ class PolicyAdapter(ABC):
     @abstractmethod
     def velocity(self, x_t: Tensor, t: Tensor, condition: Any) -> Tensor:
         """Velocity at (x_t (B, chunk, action_dim), t (B,)) given `encode`'s condition."""
+
+    def encode_at_step_size(self, batch: dict[str, Tensor], step_size: Tensor) -> Any:
+        """`encode`, told the step size d (B,) the velocity is used with (shortcut students only)."""
+        raise NotImplementedError(
+            f"{type(self).__name__} cannot read a step size; the shortcut stage needs a policy that can "
+            "(flow_mlp with step_size_conditioning)."
+        )
 
     def action_target(self, batch: dict[str, Tensor]) -> tuple[Tensor, Tensor | None]:
         """The dataset's normalised action chunk (B, chunk, action_dim) and its validity mask (B, chunk)."""

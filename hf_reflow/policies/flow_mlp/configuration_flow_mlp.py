@@ -9,6 +9,8 @@ from lerobot.configs.types import NormalizationMode
 from lerobot.optim import AdamWConfig, CosineDecayWithWarmupSchedulerConfig
 from lerobot.utils.constants import ACTION, OBS_STATE
 
+from hf_reflow import flow
+
 
 @PreTrainedConfig.register_subclass("flow_mlp")
 @dataclass
@@ -27,6 +29,10 @@ class FlowMLPConfig(PreTrainedConfig):
             when it has two or more (`task_conditioning`); empty = task-blind. Saved in `config.json`, so a
             stock `from_pretrained` restores the vocabulary.
         task_conditioning: read the frame's task when the training dataset has several.
+        step_size_conditioning: the velocity also reads the step size d = 1 / num_steps it is sampled with
+            (a `shortcut` student; its input layer starts at zero, so it starts as its teacher).
+        shortcut_min_step: the smallest step size such a student knows (its plain flow); more steps than
+            1 / shortcut_min_step run at this level.
     """
 
     n_obs_steps: int = 1
@@ -38,6 +44,8 @@ class FlowMLPConfig(PreTrainedConfig):
     time_embed_dim: int = 64
     tasks: list[str] = field(default_factory=list)
     task_conditioning: bool = True
+    step_size_conditioning: bool = False
+    shortcut_min_step: float = 0.125
 
     normalization_mapping: dict[str, NormalizationMode] = field(
         default_factory=lambda: {
@@ -64,6 +72,8 @@ class FlowMLPConfig(PreTrainedConfig):
             )
         if len(set(self.tasks)) != len(self.tasks):
             raise ValueError(f"tasks must be distinct, got {self.tasks}.")
+        if self.step_size_conditioning:
+            flow.shortcut_levels(self.shortcut_min_step)  # raises on a step that is not 1 / 2^n
         if self.num_steps < 1:
             raise ValueError(f"num_steps must be >= 1, got {self.num_steps}.")
 

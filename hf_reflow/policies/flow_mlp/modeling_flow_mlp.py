@@ -56,16 +56,23 @@ class FlowMLP(nn.Module):
         self.state_encoder = nn.Sequential(nn.Linear(state_dim, width), nn.SiLU(), nn.Linear(width, width))
         # One learned vector per known task, added to the state's condition (absent when task-blind).
         self.task_embedding = nn.Embedding(len(config.tasks), width) if config.tasks else None
+        self.step_mlp = None
+        if config.step_size_conditioning:  # a shortcut student: d enters the condition, from zero
+            self.step_mlp = nn.Sequential(nn.Linear(config.time_embed_dim, width), nn.SiLU(), nn.Linear(width, width))
+            nn.init.zeros_(self.step_mlp[-1].weight)
+            nn.init.zeros_(self.step_mlp[-1].bias)
         self.time_mlp = nn.Sequential(nn.Linear(config.time_embed_dim, width), nn.SiLU(), nn.Linear(width, width))
         self.action_in = nn.Linear(flat, width)
         self.blocks = nn.ModuleList(FiLMBlock(width) for _ in range(config.num_blocks))
         self.action_out = nn.Sequential(nn.LayerNorm(width), nn.Linear(width, flat))
 
-    def encode(self, state: Tensor, task_index: Tensor | None = None) -> Tensor:
-        """(B, state_dim) normalised state [+ (B,) task index] -> (B, hidden) condition, once per ODE solve."""
+    def encode(self, state: Tensor, task_index: Tensor | None = None, step_size: Tensor | None = None) -> Tensor:
+        """(B, state_dim) state [+ (B,) task index, (B,) step size] -> (B, hidden) condition, once per solve."""
         cond = self.state_encoder(state)
         if self.task_embedding is not None:
             cond = cond + self.task_embedding(task_index)
+        if self.step_mlp is not None:
+            cond = cond + self.step_mlp(time_embedding(step_size, self.config.time_embed_dim).to(cond.dtype))
         return cond
 
     def velocity(self, x_t: Tensor, t: Tensor, cond: Tensor) -> Tensor:
@@ -122,10 +129,17 @@ class FlowMLPPolicy(PreTrainedPolicy):
         lookup = {task: i for i, task in enumerate(self.config.tasks)}
         return torch.tensor([lookup[task] for task in tasks], device=state.device)
 
-    def condition(self, batch: dict[str, Any]) -> Tensor:
-        """The velocity field's condition (B, hidden) from the batch's state and task."""
+    def condition(self, batch: dict[str, Any], step_size: Tensor | None = None) -> Tensor:
+        """The velocity field's condition (B, hidden) from the batch's state and task.
+
+        A step-size-conditioned (shortcut) policy is told d = `step_size` (B,), by default the step it is
+        sampled with now, `flow.shortcut_step_size(config.num_steps, ...)`.
+        """
         state = self._state(batch)
-        return self.model.encode(state, self.task_index(batch, state))
+        if self.config.step_size_conditioning and step_size is None:
+            d = flow.shortcut_step_size(self.config.num_steps, self.config.shortcut_min_step)
+            step_size = torch.full((state.shape[0],), d, device=state.device)
+        return self.model.encode(state, self.task_index(batch, state), step_size)
 
     def forward(
         self, batch: dict[str, Tensor], noise: Tensor | None = None, time: Tensor | None = None
