@@ -99,6 +99,9 @@ class ReflowTrainer:
             )
         mine = {k: v for k, v in self.config.to_dict().items() if k not in _IGNORED_ON_RESUME}
         theirs = {k: v for k, v in json.loads(saved.read_text()).items() if k not in _IGNORED_ON_RESUME}
+        for key, default in TrainConfig().to_dict().items():  # a section added since that run: its default
+            if key in mine and key not in theirs:
+                theirs[key] = default
         if mine != theirs:
             changed = sorted(k for k in mine.keys() | theirs.keys() if mine.get(k) != theirs.get(k))
             raise CheckpointError(
