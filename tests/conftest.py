@@ -81,3 +81,28 @@ def teacher_1rf(tmp_path_factory, toy_dataset) -> Path:
     config = train_config(steps=400, batch_size=64, output_dir=str(out), dataset__root=str(toy_dataset), optim__warmup_steps=20)
     ReflowTrainer(config).train()
     return out
+
+
+@pytest.fixture(scope="session")
+def image_dataset(tmp_path_factory) -> Path:
+    """A tiny LeRobotDataset with one 64-px camera, a 4-d state, 4-d actions and task strings (VLA policies)."""
+    from hf_reflow.testing import tiny_smolvla
+
+    return tiny_smolvla.write_image_dataset(tmp_path_factory.mktemp("data") / "images")
+
+
+@pytest.fixture(scope="session")
+def paligemma_home(tmp_path_factory) -> Path:
+    """An HF_HOME whose Hub cache holds a small stand-in for the gated `google/paligemma-3b-pt-224` tokenizer."""
+    from hf_reflow.testing import tiny_pi0
+
+    return tiny_pi0.write_paligemma_tokenizer(tmp_path_factory.mktemp("hf_home"))
+
+
+@pytest.fixture(scope="session")
+def pi0_env(tmp_path_factory, paligemma_home) -> dict[str, str]:
+    """Environment for subprocesses that run pi0 / pi0.5: offline, `paligemma_home` as HF_HOME, tiny sizes."""
+    from hf_reflow.testing import tiny_pi0
+
+    hook = tiny_pi0.write_size_hook(tmp_path_factory.mktemp("pi0_size_hook"))
+    return tiny_pi0.subprocess_env(paligemma_home, hook)
