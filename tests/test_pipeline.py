@@ -33,7 +33,8 @@ def test_tiny_pipeline_writes_every_stage_and_column(tiny_run):
     out, stdout = tiny_run
     results = json.loads((out / "results.json").read_text())
     names = [row["name"] for row in results["rows"]]
-    assert names == ["1-RF", "1-RF", "2-RF", "2-RF", "2-RF distilled"]  # distilled: its own step count only
+    # distilled: its own step count only; the shortcut student at every step count
+    assert names == ["1-RF", "1-RF", "2-RF", "2-RF", "2-RF distilled", "2-RF shortcut", "2-RF shortcut"]
     for row in results["rows"]:
         assert set(row) >= ROW_COLUMNS, ROW_COLUMNS - set(row)
         assert row["episodes"] == 4 and set(row["per_task"]) == {"reach-v3", "push-v3"}
@@ -52,8 +53,9 @@ def test_tiny_pipeline_writes_every_stage_and_column(tiny_run):
 def test_each_stage_is_a_stock_checkpoint_with_lineage(tiny_run):
     out, _ = tiny_run
     index = json.loads((out / "pipeline.json").read_text())
-    assert [s["name"] for s in index["stages"]] == ["1-RF", "2-RF", "2-RF distilled"]
-    expected = {"1-RF": ("flow_matching", 10), "2-RF": ("reflow", 2), "2-RF distilled": ("distill", 1)}
+    assert [s["name"] for s in index["stages"]] == ["1-RF", "2-RF", "2-RF distilled", "2-RF shortcut"]
+    expected = {"1-RF": ("flow_matching", 10), "2-RF": ("reflow", 2), "2-RF distilled": ("distill", 1),
+                "2-RF shortcut": ("shortcut", 1)}
     for stage in index["stages"]:
         checkpoint = out / stage["path"]
         config = json.loads((checkpoint / "config.json").read_text())
@@ -72,7 +74,7 @@ def test_rerun_skips_finished_stages(tiny_run):
     before = [p.stat().st_mtime_ns for p in weights]
     result = run_cli("pipeline", f"--config={TINY}", f"--output_dir={out}", "--eval.workers=1")
     assert result.returncode == 0, result.stderr[-2000:]
-    assert result.stdout.count("finished, skipping") == 3
+    assert result.stdout.count("finished, skipping") == 4
     assert "reusing it" in result.stdout and "closed loop" not in result.stdout  # eval cached too
     assert [p.stat().st_mtime_ns for p in weights] == before
 
