@@ -151,7 +151,7 @@ def run_job(job: RolloutJob) -> list[dict[str, Any]]:
     adapter_for(policy).num_steps = job.nfe
     env = metaworld.make_env(
         job.task, layout_seed=metaworld.EVAL_LAYOUT_SEED, mode=job.mode,
-        max_steps=job.max_steps or metaworld.DEFAULT_MAX_STEPS,
+        max_steps=job.max_steps or metaworld.default_max_steps(job.task),
     )  # fmt: skip
     controller = PolicyController(policy, pre, post, metaworld.task_prompt(job.task, job.mode))
     episodes = []

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from hf_reflow.configs import DatasetConfig, PipelineConfig, stage_k
+from hf_reflow.configs import PIPELINE_STAGES, DatasetConfig, PipelineConfig, stage_k
 from hf_reflow.errors import ConfigError
 
 # Recipe sections whose change makes an existing run a different run (eval settings may change freely,
@@ -85,7 +85,11 @@ def check_output_dir(cfg: PipelineConfig, out: Path) -> None:
     mine, defaults = dataclasses.asdict(cfg), dataclasses.asdict(PipelineConfig())
     if saved.is_file():
         theirs = json.loads(saved.read_text())  # a key added since that run was made holds its default
-        changed = [k for k in _RUN_DEFINING if theirs.get(k, defaults.get(k)) != mine.get(k)]
+        # A stage kind's section defines the run only once such a stage was trained: adding a shortcut
+        # stage (and its section) to a finished chain trains it without redoing the rest.
+        trained = set(theirs.get("stages", []))
+        defining = [k for k in _RUN_DEFINING if k not in PIPELINE_STAGES or k in trained]
+        changed = [k for k in defining if theirs.get(k, defaults.get(k)) != mine.get(k)]
         if changed:
             raise ConfigError(
                 f"output_dir {str(out)!r} holds a different recipe's run (differs in {', '.join(changed)}); "

@@ -73,9 +73,68 @@ def test_multimodal_expert_succeeds_on_both_sides(task):
         assert np.all(np.abs(ep.actions) <= 1.0)
         assert ep.side_taken == ep.side
         assert ep.min_obstacle_distance > mw.OBSTACLE_RADIUS_M
-        assert ep.steps <= mw.DEFAULT_MAX_STEPS
+        assert ep.steps <= mw.default_max_steps(task)
         assert np.all(ep.states[:, -2:] == ep.states[0, -2:])  # the obstacle stays put in an episode
     assert {ep.side for ep in episodes} == {mw.LEFT, mw.RIGHT}
+
+
+NEW_DETOUR_TASKS = tuple(t for t in mw.TASKS_MULTIMODAL if t not in ("reach-v3", "push-v3"))
+# Per side and layout set, on top of SEEDS (2 per side), which the tests above already run on demo
+# (expert) and eval (rollout_policy) layouts. Kept small for CPU time: measured over 100 seeds per
+# layout set, every new task's expert succeeds without collision 100 % per side (coffee-push: 56/57
+# on the right on eval layouts, a timeout on one layout), so every episode here must succeed.
+EPISODES_PER_SIDE = 5
+
+
+def _seeds_per_side(env: mw.MetaWorldEnv, n: int, start: int) -> list[int]:
+    """The first `n` episode seeds >= `start` of each detour side (a reset is cheap next to a rollout)."""
+    seeds: dict[int, list[int]] = {mw.LEFT: [], mw.RIGHT: []}
+    seed = start
+    while min(len(v) for v in seeds.values()) < n:
+        env.reset(seed)
+        if len(seeds[env.side]) < n:
+            seeds[env.side].append(seed)
+        seed += 1
+    return seeds[mw.LEFT] + seeds[mw.RIGHT]
+
+
+@pytest.mark.parametrize("task", NEW_DETOUR_TASKS)
+def test_new_detour_task_expert_succeeds_on_both_sides_and_layout_sets(task):
+    horizon = mw.default_max_steps(task)
+    for layout_seed in (mw.DEMO_LAYOUT_SEED, mw.EVAL_LAYOUT_SEED):
+        with mw.make_env(task, layout_seed=layout_seed) as env:
+            assert env.max_steps == horizon
+            seeds = _seeds_per_side(env, EPISODES_PER_SIDE, start=max(SEEDS) + 1)
+            for seed in seeds:
+                ep = mw.rollout_expert(task, seed, layout_seed=layout_seed, env=env)  # default horizon
+                where = (layout_seed, seed, mw.SIDE_NAMES[ep.side], ep.steps)
+                assert ep.success and not ep.collided, where
+                assert ep.side_taken == ep.side, where
+                assert ep.min_obstacle_distance > mw.OBSTACLE_RADIUS_M, where
+                # The first target is far enough from the hand start for the detour to matter.
+                assert np.linalg.norm(env.target_xy - env.hand_start_xy) > 0.14, where
+                np.testing.assert_allclose(env.target_xy, mw.first_target_xy(task, ep.states[0]), atol=1e-6)
+
+
+def test_every_detour_task_has_first_target_horizon_and_prompts():
+    assert mw.default_max_steps("reach-v3") == mw.default_max_steps("push-v3") == mw.DEFAULT_MAX_STEPS == 120
+    assert mw.default_max_steps("pick-place-v3") == mw.DEFAULT_MAX_STEPS  # scripted-only task
+    assert len(NEW_DETOUR_TASKS) >= 6
+    for task in mw.TASKS_MULTIMODAL:
+        source, offset = mw._FIRST_TARGET[task]
+        assert source in ("goal", "object") and len(offset) == 2
+        horizon = mw.default_max_steps(task)
+        assert horizon == mw._MAX_STEPS[task] and horizon % 10 == 0 and 1 <= horizon <= mw.MAX_ENV_STEPS
+        assert mw.task_prompt(task, "multimodal").endswith("around the obstacle")
+        assert not mw.task_prompt(task, "scripted").startswith("solve the")  # a written prompt
+    with pytest.raises(ValueError, match="Unknown Meta-World task"):
+        mw.default_max_steps("reach-v9")
+    # An object-plus-offset target reads obs[4:6] and adds the scripted expert's approach offset.
+    obs = np.zeros(mw.OBS_DIM)
+    obs[4:6], obs[36:38] = (0.1, 0.7), (0.3, 0.8)
+    np.testing.assert_allclose(mw.first_target_xy("window-open-v3", obs), [0.07, 0.67])
+    np.testing.assert_allclose(mw.first_target_xy("reach-v3", obs), [0.3, 0.8])
+    np.testing.assert_allclose(mw.first_target_xy("push-v3", obs), [0.1, 0.7])
 
 
 def test_side_and_layout_are_deterministic_per_seed():

@@ -180,3 +180,19 @@ def test_metaworld_recipes_parse(recipe):
 
     cfg = parse_pipeline_config([f"--config={recipe}"])
     assert cfg.stages[0] == "flow_matching" and cfg.eval.nfe
+
+
+def test_a_new_stage_section_extends_a_finished_chain_but_a_trained_one_may_not_change(tmp_path):
+    from hf_reflow.configs import parse_pipeline_config
+    from hf_reflow.errors import ConfigError
+    from hf_reflow.pipeline import check_output_dir
+
+    out = tmp_path / "run"
+    base = [f"--config={TINY}", f"--output_dir={out}", "--stages=[flow_matching,reflow]"]
+    check_output_dir(parse_pipeline_config(base), out)
+    extended = parse_pipeline_config([*base[:2], "--stages=[flow_matching,reflow,shortcut]", "--shortcut.steps=7"])
+    check_output_dir(extended, out)  # accepted: no shortcut stage was trained before
+    with pytest.raises(ConfigError, match="differs in shortcut"):
+        check_output_dir(parse_pipeline_config([*base[:2], "--stages=[flow_matching,reflow,shortcut]"]), out)
+    with pytest.raises(ConfigError, match="differs in reflow"):
+        check_output_dir(parse_pipeline_config([*base, "--reflow.steps=7"]), out)

@@ -3,10 +3,12 @@
 Why this exists: reflow must keep a teacher's *modes*. A single scripted Meta-World expert is
 unimodal, so a student that averages modes would look perfect on it. Here every episode of the
 `multimodal` mode puts a virtual vertical cylinder (radius 0.04 m, in xy) on the midpoint of the
-straight xy line from the hand's start to its first target (the goal for reach, the puck for push).
-The expert first detours through a via point 0.10 m to the left or right of that midpoint (50/50 per
-episode, recorded), then the stock scripted expert takes over. Demonstrations therefore contain two
-modes for the same observation; a policy that averages them drives into the cylinder and fails.
+straight xy line from the hand's start to its first target: the goal for reach, the puck for push,
+and for the other detour tasks in `TASKS_MULTIMODAL` the point above the handle/button/object that
+the stock scripted expert heads for first (see `_FIRST_TARGET`). The expert first detours through a
+via point 0.10 m to the left or right of that midpoint (50/50 per episode, recorded), then the stock
+scripted expert takes over. Demonstrations therefore contain two modes for the same observation; a
+policy that averages them drives into the cylinder and fails.
 
 State = Meta-World's 39-d observation (MT1, so the goal is visible) + the obstacle centre (x, y) = 41-d.
 Actions are Meta-World's: Box(-1, 1, (4,)) = hand xyz velocity + gripper effort.
@@ -17,7 +19,9 @@ Layouts: in Meta-World v3 a reset seed does not change the object/goal layout; a
 episode seed picks the layout and the detour side, deterministically.
 
 `scripted` mode: no detour and no collision check (the obstacle centre is still appended so states
-have the same shape); any task with a scripted expert works (some need max_steps above the default).
+have the same shape); any task with a scripted expert works (tasks outside `TASKS_MULTIMODAL` may need
+max_steps above the default). The step limit defaults to `default_max_steps(task)`: 120 for reach and
+push, a horizon measured from the expert's longest multimodal episode for the other detour tasks.
 
 Bad arguments raise `hf_reflow.errors.ConfigError` (a ValueError); an occupied dataset root raises
 `DataError` (also a ValueError). Images need an offscreen OpenGL context (EGL when headless).
@@ -57,7 +61,19 @@ from hf_reflow.errors import ConfigError, DataError  # noqa: E402
 
 Mode = Literal["multimodal", "scripted"]
 MODES: tuple[str, ...] = ("multimodal", "scripted")
-TASKS_MULTIMODAL: tuple[str, ...] = ("reach-v3", "push-v3")
+TASKS_MULTIMODAL: tuple[str, ...] = (
+    "reach-v3",
+    "push-v3",
+    "button-press-topdown-v3",
+    "coffee-push-v3",
+    "dial-turn-v3",
+    "faucet-close-v3",
+    "faucet-open-v3",
+    "plate-slide-v3",
+    "sweep-into-v3",
+    "sweep-v3",
+    "window-open-v3",
+)
 
 LEFT, RIGHT = 0, 1
 SIDE_NAMES: tuple[str, str] = ("left", "right")
@@ -72,7 +88,8 @@ DETOUR_GAIN = 10.0  # P gain of the detour controller (actions saturate at +-1)
 
 # Longest multimodal expert episode measured over 500 episodes per task (5 layout sets x 100 seeds)
 # was 102 steps (reach; push 98); 120 keeps expert success at 100 % with ~20 % margin while keeping
-# episodes, and failed policy rollouts, short. Other tasks in scripted mode may need more.
+# episodes, and failed policy rollouts, short. The other detour tasks have their own horizon
+# (`_MAX_STEPS`, `default_max_steps`); tasks without one (scripted mode only) may need more.
 DEFAULT_MAX_STEPS = 120
 MAX_ENV_STEPS = 500  # Meta-World raises past its own horizon
 DEFAULT_FPS = 80  # Meta-World control period: frame_skip 5 x timestep 0.0025 s = 0.0125 s
@@ -85,16 +102,81 @@ OBS_DIM = 39
 IMAGE_KEY = "observation.images.corner"
 EPISODE_SEED_STRIDE = 1_000_000  # episode seeds of run `seed` are seed * stride + i
 
-# Where the hand heads first. Push's default hand start sits right above the puck's range, too close
-# for a detour, so push starts at the arm's lower y-limit instead.
-_FIRST_TARGET: dict[str, str] = {"reach-v3": "goal", "push-v3": "object"}
-_HAND_START: dict[str, tuple[float, float, float]] = {"push-v3": (0.0, 0.40, 0.2)}
+# Where the hand heads first, per task: (source, (dx, dy)). The source is "goal" (obs[36:38]) or
+# "object" (obs[4:6], the main object/handle/button), and (dx, dy) is the fixed xy offset the stock
+# scripted expert (`metaworld/policies/sawyer_<task>_policy.py`) adds to it for its first approach
+# point, read from its `_desired_pos`. Tasks not listed (scripted mode only) default to the object.
+_FIRST_TARGET_SOURCES: dict[str, slice] = {"goal": slice(36, 38), "object": slice(4, 6)}
+_FIRST_TARGET: dict[str, tuple[str, tuple[float, float]]] = {
+    "reach-v3": ("goal", (0.0, 0.0)),
+    "push-v3": ("object", (0.0, 0.0)),
+    # Hovers over the button (button + (0, 0, 0.1)), then presses straight down.
+    "button-press-topdown-v3": ("object", (0.0, 0.0)),
+    # Goes above the mug (mug + (0.01, 0, 0.25)), drops onto it, then pushes it to the goal.
+    "coffee-push-v3": ("object", (0.01, 0.0)),
+    # Goes above the dial's rim (dial + (0.05, 0.02), z 0.2), drops, then turns it towards -x.
+    "dial-turn-v3": ("object", (0.05, 0.02)),
+    # Goes above the handle's end (faucet + (+0.04 close / -0.04 open, 0, 0.13)), drops, turns it.
+    "faucet-close-v3": ("object", (0.04, 0.0)),
+    "faucet-open-v3": ("object", (-0.04, 0.0)),
+    # Goes above the plate's front edge (plate + (0, -0.055), z + 0.13), drops, slides it into +y.
+    "plate-slide-v3": ("object", (0.0, -0.055)),
+    # Goes above the puck (sweep-into: puck + (-0.005, 0)), drops on it, then sweeps it to the goal.
+    "sweep-into-v3": ("object", (-0.005, 0.0)),
+    "sweep-v3": ("object", (0.0, 0.0)),
+    # Goes above the window handle's front corner (handle + (-0.03, -0.03, 0.22)), drops, then
+    # slides the window towards +x.
+    "window-open-v3": ("object", (-0.03, -0.03)),
+}
+# Hand starts (xyz) that replace Meta-World's, in both modes. Meta-World starts these hands at
+# (0, 0.6, 0.2), on top of (or within ~0.05-0.2 m of) the first target, too close for a detour, so
+# they start at the arm's lower y-limit (y 0.40, where reach, coffee-push, faucet-* and window-open
+# start) instead: first targets are then 0.145 m (plate-slide, whose plate never moves) to 0.27 m
+# (dial-turn) away.
+_HAND_START: dict[str, tuple[float, float, float]] = {
+    "push-v3": (0.0, 0.40, 0.2),
+    "dial-turn-v3": (0.0, 0.40, 0.2),
+    "plate-slide-v3": (0.0, 0.40, 0.2),
+    "sweep-into-v3": (0.0, 0.40, 0.2),
+    "sweep-v3": (0.0, 0.40, 0.2),
+}
+# Step limit per detour task: the longest successful multimodal expert episode, measured over
+# DEMO_LAYOUT_SEED and EVAL_LAYOUT_SEED x (episode seeds 0-99, and seeds covering all 50 layouts x
+# both sides), + ~20 %, rounded up to a multiple of 10 (longest in brackets). reach/push keep
+# DEFAULT_MAX_STEPS (see above).
+_MAX_STEPS: dict[str, int] = {
+    "reach-v3": DEFAULT_MAX_STEPS,
+    "push-v3": DEFAULT_MAX_STEPS,
+    "button-press-topdown-v3": 110,  # (89)
+    "coffee-push-v3": 90,  # (74)
+    "dial-turn-v3": 170,  # (135)
+    "faucet-close-v3": 100,  # (79)
+    "faucet-open-v3": 90,  # (74)
+    "plate-slide-v3": 90,  # (75)
+    "sweep-into-v3": 120,  # (97)
+    "sweep-v3": 180,  # (150)
+    "window-open-v3": 130,  # (108)
+}
 _PROMPTS: dict[tuple[str, str], str] = {
     ("reach-v3", "multimodal"): "reach the goal around the obstacle",
     ("push-v3", "multimodal"): "push the puck to the goal around the obstacle",
     ("reach-v3", "scripted"): "reach the goal",
     ("push-v3", "scripted"): "push the puck to the goal",
 }
+for _task, _instruction in {
+    "button-press-topdown-v3": "press the button from the top",
+    "coffee-push-v3": "push the mug under the coffee machine",
+    "dial-turn-v3": "turn the dial",
+    "faucet-close-v3": "close the faucet",
+    "faucet-open-v3": "open the faucet",
+    "plate-slide-v3": "slide the plate into the cabinet",
+    "sweep-into-v3": "sweep the puck into the hole",
+    "sweep-v3": "sweep the puck off the table",
+    "window-open-v3": "open the window",
+}.items():
+    _PROMPTS[(_task, "multimodal")] = f"{_instruction} around the obstacle"
+    _PROMPTS[(_task, "scripted")] = _instruction
+del _task, _instruction
 
 
 def _observation_names() -> list[str]:
@@ -113,11 +195,18 @@ ACTION_NAMES: tuple[str, ...] = ("hand_dx", "hand_dy", "hand_dz", "gripper_effor
 
 
 def valid_task_names(mode: Mode = "scripted") -> tuple[str, ...]:
-    """Task names usable in `mode`: the two detour tasks, or every MT1 task with a scripted expert."""
+    """Task names usable in `mode`: the detour tasks, or every MT1 task with a scripted expert."""
     _check_mode(mode)
     if mode == "multimodal":
         return TASKS_MULTIMODAL
     return tuple(sorted(set(ENV_POLICY_MAP) & set(metaworld.MT1.ENV_NAMES)))
+
+
+def default_max_steps(task: str) -> int:
+    """The step limit used when none is given: the task's measured horizon (see `_MAX_STEPS`),
+    DEFAULT_MAX_STEPS (120) for reach/push and for tasks without one."""
+    _check_task(task, "scripted")
+    return _MAX_STEPS.get(task, DEFAULT_MAX_STEPS)
 
 
 def task_prompt(task: str, mode: Mode = "multimodal") -> str:
@@ -219,10 +308,11 @@ def side_of_line(start_xy: Any, target_xy: Any, point_xy: Any) -> int:
 
 
 def first_target_xy(task: str, obs: np.ndarray) -> np.ndarray:
-    """Where the hand heads first: the goal (reach) or the main object (push and, by default, others)."""
-    if _FIRST_TARGET.get(task, "object") == "goal":
-        return np.asarray(obs[36:38], dtype=np.float64).copy()
-    return np.asarray(obs[4:6], dtype=np.float64).copy()
+    """Where the hand heads first (xy): the goal (reach) or the main object plus the scripted expert's
+    approach offset (see `_FIRST_TARGET`; tasks not listed there: the main object)."""
+    source, offset = _FIRST_TARGET.get(task, ("object", (0.0, 0.0)))
+    xy = np.asarray(obs[_FIRST_TARGET_SOURCES[source]], dtype=np.float64)
+    return xy + np.asarray(offset, dtype=np.float64)
 
 
 # --------------------------------------------------------------------------- expert
@@ -309,7 +399,7 @@ class MultimodalExpert:
 # --------------------------------------------------------------------------- environment
 
 
-@functools.lru_cache(maxsize=16)
+@functools.lru_cache(maxsize=64)
 def _benchmark(task: str, layout_seed: int) -> metaworld.MT1:
     """MT1 layout set (50 `rand_vec`s) for `task`; cached because building it costs ~0.6 s."""
     return metaworld.MT1(task, seed=layout_seed)
@@ -380,7 +470,8 @@ class MetaWorldEnv:
 
     `reset(episode_seed)` picks the layout and the detour side from `episode_seed`;
     `step(action)` returns (state, success, collided, done), where success means task success and
-    no collision so far, and done means success, collision (multimodal mode) or the step limit.
+    no collision so far, and done means success, collision (multimodal mode) or the step limit
+    (`max_steps`; default `default_max_steps(task)`).
     """
 
     def __init__(
@@ -389,7 +480,7 @@ class MetaWorldEnv:
         *,
         layout_seed: int = DEMO_LAYOUT_SEED,
         mode: Mode = "multimodal",
-        max_steps: int = DEFAULT_MAX_STEPS,
+        max_steps: int | None = None,
         image_size: int = DEFAULT_IMAGE_SIZE,
         camera: str = DEFAULT_CAMERA,
     ):
@@ -397,7 +488,8 @@ class MetaWorldEnv:
         _check_task(task, mode)
         self.task, self.mode = task, mode
         self.layout_seed = _check_int("layout_seed", layout_seed, low=0)
-        self.max_steps = _check_int("max_steps", max_steps, low=1, high=MAX_ENV_STEPS)
+        limit = default_max_steps(task) if max_steps is None else max_steps
+        self.max_steps = _check_int("max_steps", limit, low=1, high=MAX_ENV_STEPS)
         self.image_size = _check_int("image_size", image_size, low=16, high=480)
         self.camera = camera
         self._layouts = _benchmark(task, self.layout_seed).train_tasks
@@ -509,10 +601,13 @@ def make_env(
     *,
     layout_seed: int = DEMO_LAYOUT_SEED,
     mode: Mode = "multimodal",
-    max_steps: int = DEFAULT_MAX_STEPS,
+    max_steps: int | None = None,
     image_size: int = DEFAULT_IMAGE_SIZE,
 ) -> MetaWorldEnv:
-    """A `MetaWorldEnv`; use `EVAL_LAYOUT_SEED` for evaluation so layouts differ from the demos'."""
+    """A `MetaWorldEnv`; use `EVAL_LAYOUT_SEED` for evaluation so layouts differ from the demos'.
+
+    max_steps: step limit per episode; None = `default_max_steps(task)` (120 for reach/push).
+    """
     return MetaWorldEnv(task, layout_seed=layout_seed, mode=mode, max_steps=max_steps, image_size=image_size)
 
 
@@ -557,7 +652,7 @@ def rollout_expert(
     *,
     layout_seed: int = DEMO_LAYOUT_SEED,
     mode: Mode = "multimodal",
-    max_steps: int = DEFAULT_MAX_STEPS,
+    max_steps: int | None = None,
     images: bool = False,
     env: MetaWorldEnv | None = None,
 ) -> Episode:
@@ -568,7 +663,7 @@ def rollout_expert(
         episode_seed: picks the layout and the detour side.
         layout_seed: MT1 seed of the layout set (demos: DEMO_LAYOUT_SEED).
         mode: "multimodal" or "scripted".
-        max_steps: step limit of the episode.
+        max_steps: step limit of the episode; None = `default_max_steps(task)`.
         images: also record a rendered frame per state.
         env: an existing env for `task`/`layout_seed`/`mode` to reuse (saves ~0.1 s per episode).
     """
@@ -579,6 +674,8 @@ def rollout_expert(
             f"env is for ({env.task}, layout_seed={env.layout_seed}, {env.mode}) but the rollout asks for "
             f"({task}, layout_seed={layout_seed}, {mode}); pass a matching env or env=None."
         )
+    if max_steps is None:
+        max_steps = default_max_steps(task)
     start = time.perf_counter()
     expert = env.expert()
     state = env.reset(episode_seed, max_steps=max_steps)
@@ -625,7 +722,8 @@ def rollout_policy(
         env: from `make_env` (use EVAL_LAYOUT_SEED for evaluation).
         select_action: maps a (41,) float32 state to a (4,) action (array-like).
         episode_seed: picks the layout (and the side the expert would have taken, unused here).
-        max_steps: step limit for this episode (default: `env.max_steps`).
+        max_steps: step limit for this episode (default: `env.max_steps`, which defaults to
+            `default_max_steps(env.task)`).
     """
     reset = getattr(select_action, "reset", None)
     if callable(reset):
@@ -704,7 +802,7 @@ def write_dataset(
     mode: Mode = "multimodal",
     seed: int = 0,
     layout_seed: int = DEMO_LAYOUT_SEED,
-    max_steps: int = DEFAULT_MAX_STEPS,
+    max_steps: int | None = None,
     fps: int = DEFAULT_FPS,
     images: bool = False,
     image_size: int = DEFAULT_IMAGE_SIZE,
@@ -725,7 +823,7 @@ def write_dataset(
         mode: "multimodal" or "scripted".
         seed: run seed for the episode seeds (>= 0).
         layout_seed: MT1 layout set; keep the default for demonstrations.
-        max_steps: per-episode step limit.
+        max_steps: per-episode step limit; None = each task's `default_max_steps(task)`.
         fps: dataset frame rate (Meta-World runs at 80 Hz).
         images: also store a rendered `observation.images.corner` per frame.
         image_size: square image side in pixels.
@@ -746,7 +844,8 @@ def write_dataset(
     _check_int("episodes_per_task", episodes_per_task, low=1, high=EPISODE_SEED_STRIDE - 1)
     _check_int("seed", seed, low=0)
     _check_int("layout_seed", layout_seed, low=0)
-    _check_int("max_steps", max_steps, low=1, high=MAX_ENV_STEPS)
+    if max_steps is not None:
+        _check_int("max_steps", max_steps, low=1, high=MAX_ENV_STEPS)
     _check_int("fps", fps, low=1)
     _check_int("image_size", image_size, low=16, high=480)
     _check_root_free(root)  # fail before any rollout
@@ -774,7 +873,8 @@ def write_dataset(
         if written == 0:
             raise DataError(
                 f"Every one of the {episodes_per_task * len(tasks)} expert episodes failed, so there is "
-                f"nothing to write; try a larger max_steps (received {max_steps})."
+                f"nothing to write; try a larger max_steps (received {max_steps}; None means each "
+                "task's default_max_steps)."
             )
         dataset.finalize()
         _check_root_free(root)  # something may have appeared while we were writing
@@ -794,16 +894,19 @@ def _write_task(
     mode: Mode,
     seed: int,
     layout_seed: int,
-    max_steps: int,
+    max_steps: int | None,
     images: bool,
     image_size: int,
     log: Callable[[str], None] | None,
 ) -> dict[str, Any]:
     """Roll out and write one task's episodes; returns its counts."""
+    if max_steps is None:
+        max_steps = default_max_steps(task)
     env = make_env(task, layout_seed=layout_seed, mode=mode, max_steps=max_steps, image_size=image_size)
     prompt = task_prompt(task, mode)
     stats: dict[str, Any] = {"attempted": episodes, "written": 0, "collided": 0, "timed_out": 0, "frames": 0}
     stats.update({"left": 0, "right": 0, "none": 0, "min_obstacle_distance": math.inf, "seconds": 0.0})
+    stats["max_steps"] = max_steps
     try:
         for i in range(episodes):
             ep = rollout_expert(
@@ -836,7 +939,7 @@ def _summary(
     fps: int,
     seed: int,
     layout_seed: int,
-    max_steps: int,
+    max_steps: int | None,
     images: bool,
     per_task: dict[str, dict[str, Any]],
     start: float,
