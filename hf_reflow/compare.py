@@ -547,10 +547,13 @@ def rollout(
     *,
     steps: int,
     seed: int,
-    max_steps: int = 120,
+    max_steps: int | None = None,
     frames: bool = True,
 ) -> RolloutResult:
-    """Run the policy closed-loop at `steps` Euler steps per chunk for one evaluation episode."""
+    """Run the policy closed-loop at `steps` Euler steps per chunk for one evaluation episode.
+
+    `max_steps`: the episode's step limit (Meta-World default: the task's own horizon).
+    """
     parse_step_counts([steps])
     with loaded.lock:
         saved = loaded.adapter.num_steps
@@ -579,10 +582,11 @@ def _toy_rollout(loaded: LoadedPolicy, seed: int) -> RolloutResult:
 
 
 def _metaworld_rollout(
-    loaded: LoadedPolicy, task: str, seed: int, max_steps: int, frames: bool
+    loaded: LoadedPolicy, task: str, seed: int, max_steps: int | None, frames: bool
 ) -> RolloutResult:
     from hf_reflow.envs import metaworld as mw
 
+    max_steps = max_steps or mw.default_max_steps(task)
     image_key = mw.IMAGE_KEY if loaded.needs_image else None
     size = image_size_of(loaded) or mw.DEFAULT_IMAGE_SIZE
     with mw.make_env(task, layout_seed=mw.EVAL_LAYOUT_SEED, max_steps=max_steps, image_size=size) as world:

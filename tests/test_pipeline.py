@@ -103,6 +103,18 @@ def test_eval_cli_runs_metaworld_closed_loop(tiny_run, tmp_path):
     assert row["episodes"] == 2 and "success_rate" in row and "left_share" in row
 
 
+def test_eval_on_a_task_the_policy_never_saw_is_one_line_naming_the_known_ones(tiny_run, tmp_path):
+    out, _ = tiny_run
+    result = run_cli(
+        "eval", f"--policy.path={out / 'seed0' / '2rf'}", f"--dataset.root={out / 'data' / 'heldout'}",
+        "--nfe=1", "--env=metaworld", "--tasks=sweep-v3", "--episodes=1", "--workers=1",
+    )  # fmt: skip
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.startswith("hf-reflow: error:")]
+    assert len(lines) == 1 and "unknown task" in lines[0] and "it knows" in lines[0]
+    assert "reach the goal around the obstacle" in lines[0]
+
+
 def test_parallel_rollouts_match_serial(tiny_run):
     """Episodes are seeded per episode, so spreading them over processes changes nothing."""
     from hf_reflow import closed_loop
