@@ -1,9 +1,18 @@
-"""Typed configuration of a training stage, parsed in exactly one place (`parse_train_config`).
+"""Typed configuration of every command, parsed in exactly one place (`parse_config`).
 
-A recipe is YAML whose keys are these dataclass fields; CLI overrides use LeRobot's dotted style
-(`--teacher.path=outputs/1rf`, `--optim.lr=5e-5`). Unknown keys are rejected with the valid list.
-The seed guide's names are accepted as aliases: `teacher_model_path` -> `teacher.path`,
-`reflow_num_inference_steps` -> `teacher.num_inference_steps`.
+One dataclass per command (`TrainConfig`, `PipelineConfig`, `EvaluateConfig`, `ToyDataConfig`,
+`MetaWorldDataConfig`, `CouplingsGenerateConfig`, `PushConfig`, `SpaceConfig`), with a help string on
+every field (`metadata={"help": ...}`, as TRL's configs) that `hf-reflow <command> --help` lists.
+A recipe (`--config_path=recipe.yaml`, lerobot-train's name, or `--config`) is YAML whose keys are
+the fields (a run's `train_config.json` is one too); CLI overrides use LeRobot's dotted style
+(`--teacher.path=outputs/1rf`, `--optim.lr=5e-5`) and win key by key. Unknown keys, values of the
+wrong type and `--policy.<field>` names that the policy type's LeRobot config class does not define
+fail here, before anything loads, with one line naming the valid keys.
+
+This is hf-reflow's own parser, not LeRobot's draccus-based `lerobot.configs.parser`: pipeline
+recipes hold per-stage sections (plain dicts merged into `TrainConfig`), the policy section is an
+open dict checked against the policy type's class, lists are also written `--nfe=1,2,4` and the
+seed guide's names are aliases (`ALIASES`).
 """
 
 from __future__ import annotations
@@ -11,6 +20,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -26,6 +36,14 @@ from hf_reflow.sampling import SOLVERS
 STAGES = ("flow_matching", "reflow", "distill", "shortcut")
 # Step count written into each stage's final checkpoint unless `num_steps` says otherwise.
 RECOMMENDED_NUM_STEPS = {"flow_matching": 10, "reflow": 2, "distill": 1, "shortcut": 1}
+CONFIG_KEYS = ("config_path", "config")  # lerobot-train's name first; both read a recipe
+HELP_FLAGS = ("-h", "--help")
+# Keys a trainer writes into train_config.json for the record; ignored when that file is read back as a recipe.
+RECORD_KEYS = ("optim_used",)
+TRACKERS = ("tensorboard", "trackio")
+OPTIMIZERS = ("adamw", "adam", "sgd")
+SCHEDULERS = ("warmup_cosine", "cosine_decay_with_warmup", "constant")
+_REPO_ID = re.compile(r"^[\w.-]+/[\w.-]+$")
 
 
 def stage_k(stage: str, teacher_k: int) -> int:
@@ -33,43 +51,68 @@ def stage_k(stage: str, teacher_k: int) -> int:
     teacher's own k for a distilled or shortcut student (the same couplings' flow, sampled in fewer steps)."""
     _choice("stage", stage, STAGES)
     return {"flow_matching": 1, "reflow": teacher_k + 1}.get(stage, teacher_k)
+
+
+# `--name` of the seed guide or of lerobot-train -> the TrainConfig key it sets.
 ALIASES = {
     "teacher_model_path": "teacher.path",
     "reflow_num_inference_steps": "teacher.num_inference_steps",
+    "save_freq": "save_every",
+    "log_freq": "log_every",
+    "num_workers": "dataset.num_workers",
+    "policy.repo_id": "hub_model_id",
+    "policy.push_to_hub": "push_to_hub",
 }
+# Set with an alias unless given: lerobot-train pushes to exactly `policy.repo_id`, not a per-stage name.
+_ALIAS_DEFAULTS = {"policy.repo_id": {"hub_repo_template": "{hub_model_id}"}}
 
 
-def _choice(name: str, value: str, valid: tuple[str, ...]) -> None:
+class HelpRequested(Exception):  # not an error: the CLI prints it and exits 0
+    """`-h` / `--help` was given: `str(self)` is the command's help text."""
+
+
+def _choice(name: str, value: str, valid: tuple[str, ...], hint: str = "") -> None:
     if value not in valid:
-        raise ConfigError(f"{name} must be one of {', '.join(valid)}; got {value!r}.")
+        raise ConfigError(f"{name} must be one of {', '.join(valid)}; got {value!r}{hint}.")
+
+
+def _opt(default: Any = dataclasses.MISSING, help: str = "", *, factory: Any = None) -> Any:
+    """A dataclass field with its `--help` string."""
+    if factory is not None:
+        return field(default_factory=factory, metadata={"help": help})
+    return field(default=default, metadata={"help": help})
 
 
 @dataclass
 class DatasetConfig:
-    """Where the demonstrations come from."""
+    """Where the demonstrations come from (any LeRobotDataset)."""
 
-    repo_id: str = "local/dataset"  # Hub id, or any name when `root` holds the dataset
-    root: str | None = None  # local LeRobotDataset folder; None = Hugging Face cache / Hub
-    episodes: list[int] | None = None  # subset of episode indices; None = all
-    num_workers: int = 0  # DataLoader workers
-    in_memory: str = "auto"  # auto (small datasets without images) | always | never
+    repo_id: str = _opt("local/dataset", "Hub dataset id, or any name when `root` holds the dataset")
+    root: str | None = _opt(None, "local LeRobotDataset folder; null: the Hugging Face cache / Hub")
+    episodes: list[int] | None = _opt(None, "subset of episode indices; null: all")
+    num_workers: int = _opt(0, "DataLoader worker processes")
+    in_memory: str = _opt("auto", "auto (small datasets without images) | always | never: hold the frames in memory")
 
     def __post_init__(self) -> None:
         _choice("dataset.in_memory", self.in_memory, ("auto", "always", "never"))
+        if self.num_workers < 0:
+            raise ConfigError(f"dataset.num_workers must be >= 0, got {self.num_workers}.")
 
 
 @dataclass
 class TeacherConfig:
     """The frozen k-RF teacher whose ODE end points become the student's targets (reflow, distill)."""
 
-    path: str | None = None  # Hub repo id or local checkpoint (the guide's teacher_model_path)
-    revision: str | None = None
-    num_inference_steps: int = 10  # the guide's reflow_num_inference_steps
-    solver: str = "euler"
-    # null (auto): a teacher whose frozen VLM equals the student's (SmolVLA with train_expert_only, student
-    # initialised from it) uses the student's VLM module, and the VLM prefix is computed once per batch;
-    # true: the same, but an error when it cannot be shared; false: the teacher keeps its own VLM copy.
-    shared_backbone: bool | None = None
+    path: str | None = _opt(None, "Hub repo id or local checkpoint / run dir (the guide's teacher_model_path)")
+    revision: str | None = _opt(None, "Hub revision (branch, tag or commit) of the teacher")
+    num_inference_steps: int = _opt(10, "the teacher's ODE steps per coupling (the guide's reflow_num_inference_steps)")
+    solver: str = _opt("euler", "euler (LeRobot's grid) | heun: the teacher's ODE solver")
+    shared_backbone: bool | None = _opt(
+        None,
+        "null (auto): a teacher whose frozen VLM equals the student's (SmolVLA with train_expert_only, student "
+        "initialised from it) uses the student's VLM module and the VLM prefix is computed once per batch; "
+        "true: the same, but an error when it cannot be shared; false: the teacher keeps its own VLM copy",
+    )
 
     def __post_init__(self) -> None:
         _choice("teacher.solver", self.solver, SOLVERS)
@@ -81,19 +124,19 @@ class TeacherConfig:
 class CouplingsConfig:
     """Stored reflow couplings (`hf-reflow couplings generate`) used instead of online generation."""
 
-    path: str | None = None  # couplings folder or Hub dataset repo id; None = couplings made online per batch
-    revision: str | None = None
+    path: str | None = _opt(None, "couplings folder or Hub dataset repo id; null: couplings made online per batch")
+    revision: str | None = _opt(None, "Hub revision of the couplings dataset")
 
 
 @dataclass
 class FlowConfig:
     """How training times are drawn and velocity errors are scored."""
 
-    time_sampler: str = "beta"
-    loss: str = "mse"
-    logit_mean: float = 0.0
-    logit_std: float = 1.0
-    u_shaped_a: float = 4.0
+    time_sampler: str = _opt("beta", f"training-time distribution: {' | '.join(TIME_SAMPLERS)} (beta: SmolVLA's)")
+    loss: str = _opt("mse", f"velocity loss: {' | '.join(LOSSES)}")
+    logit_mean: float = _opt(0.0, "logit_normal sampler: mean")
+    logit_std: float = _opt(1.0, "logit_normal sampler: standard deviation")
+    u_shaped_a: float = _opt(4.0, "u_shaped sampler: concentration at both ends (Lee et al. 2024)")
 
     def __post_init__(self) -> None:
         _choice("flow.time_sampler", self.time_sampler, TIME_SAMPLERS)
@@ -102,18 +145,43 @@ class FlowConfig:
 
 @dataclass
 class OptimConfig:
-    """AdamW with linear warmup then cosine decay to `min_lr_ratio * lr`."""
+    """Optimizer and LR schedule. A field left null takes the policy's own LeRobot preset
+    (`policy.config.get_optimizer_preset()` / `get_scheduler_preset()`, what lerobot-train uses); a value
+    given here wins. `train_config.json` records what was used (`optim_used`)."""
 
-    lr: float = 1e-3
-    weight_decay: float = 1e-4
-    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
-    grad_clip_norm: float | None = 1.0
-    warmup_steps: int = 100
-    min_lr_ratio: float = 0.1
+    lr: float | None = _opt(None, "peak learning rate; null: the preset's")
+    weight_decay: float | None = _opt(None, "weight decay; null: the preset's")
+    betas: list[float] | None = _opt(None, "Adam betas, e.g. [0.9, 0.95]; null: the preset's")
+    eps: float | None = _opt(None, "Adam epsilon; null: the preset's")
+    grad_clip_norm: float | None = _opt(None, "gradient-norm clipping (0 = off); null: the preset's")
+    type: str | None = _opt(None, f"optimizer: {' | '.join(OPTIMIZERS)}; null: the preset's")
+    scheduler: str | None = _opt(
+        None,
+        "LR schedule: warmup_cosine (linear warmup, then cosine to min_lr_ratio x lr at the last step) | "
+        "cosine_decay_with_warmup (LeRobot's, pi0 / SmolVLA presets) | constant; null: the preset's",
+    )
+    warmup_steps: int | None = _opt(None, "linear-warmup steps; null: the preset's")
+    decay_steps: int | None = _opt(None, "cosine_decay_with_warmup: decay steps; null: the preset's")
+    min_lr_ratio: float | None = _opt(None, "final LR / peak LR of the cosine decay; null: the preset's")
 
     def __post_init__(self) -> None:
-        if self.lr <= 0:
+        if self.type is not None:
+            _choice("optim.type", self.type, OPTIMIZERS)
+        if self.scheduler is not None:
+            _choice("optim.scheduler", self.scheduler, SCHEDULERS)
+        if self.lr is not None and not self.lr > 0:
             raise ConfigError(f"optim.lr must be > 0, got {self.lr}.")
+        if self.betas is not None and len(self.betas) != 2:
+            raise ConfigError(f"optim.betas must be two numbers, e.g. [0.9, 0.999]; got {self.betas}.")
+        for name in ("weight_decay", "eps", "grad_clip_norm", "warmup_steps", "min_lr_ratio"):
+            if (getattr(self, name) or 0) < 0:
+                raise ConfigError(f"optim.{name} must be >= 0, got {getattr(self, name)}.")
+        if self.decay_steps is not None and self.decay_steps < 1:
+            raise ConfigError(f"optim.decay_steps must be >= 1, got {self.decay_steps}.")
+
+    def given(self) -> dict[str, Any]:
+        """The fields set (not null): they override the policy's presets."""
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if getattr(self, f.name) is not None}
 
 
 @dataclass
@@ -126,8 +194,8 @@ class ShortcutConfig:
     of 2d = two steps of d of its own velocity, for 2d in 2 min_step .. 1).
     """
 
-    min_step: float = 0.125
-    consistency_weight: float = 1.0
+    min_step: float = _opt(0.125, "smallest step size, 1 / 2^n (its plain flow)")
+    consistency_weight: float = _opt(1.0, "weight of the self-consistency loss")
 
     def __post_init__(self) -> None:
         try:
@@ -140,41 +208,68 @@ class ShortcutConfig:
 
 
 @dataclass
+class WandbConfig:
+    """Weights & Biases, configured as lerobot-train's `--wandb.*` (main process only, Accelerate's tracker)."""
+
+    enable: bool = _opt(False, "log to Weights & Biases (beside log_with's trackers)")
+    project: str = _opt("hf-reflow", "W&B project")
+    entity: str | None = _opt(None, "W&B entity (user or team); null: your default")
+    notes: str | None = _opt(None, "W&B run notes")
+    run_id: str | None = _opt(None, "W&B run id, e.g. to continue a run after --resume=true")
+    mode: str | None = _opt(None, "online | offline (no network; `wandb sync` later) | disabled; null: WANDB_MODE or online")
+
+    def __post_init__(self) -> None:
+        if self.mode is not None:
+            _choice("wandb.mode", self.mode, ("online", "offline", "disabled"))
+
+
+POLICY_HELP = (
+    "the student policy: `type` (a new policy of that LeRobot type), `path` (weights from a checkpoint), and any "
+    "field of that type's LeRobot config class, e.g. --policy.chunk_size=16; `device` (cpu forces CPU). A student "
+    "initialised from its teacher takes the teacher's type. List a type's fields: --policy.type=TYPE --help"
+)
+
+
+@dataclass
 class TrainConfig:
     """One training stage: 1-RF (`flow_matching`), k+1-RF (`reflow`), one-step `distill` or `shortcut` (1-2 steps)."""
 
-    stage: str = "flow_matching"
-    output_dir: str = "outputs/run"
-    seed: int = 0
-    steps: int = 1000  # optimizer steps
-    batch_size: int = 64  # per process and micro-step
-    gradient_accumulation_steps: int = 1
-    mixed_precision: str = "no"  # no | fp16 | bf16 (Accelerate)
-    num_steps: int | None = None  # inference steps saved in the final checkpoint; None = stage default
-    init_from_teacher: bool = True  # reflow / distill: the student starts from the teacher's weights
-    ema_decay: float | None = None  # e.g. 0.999; None disables EMA
-    save_every: int = 0  # also checkpoint every N steps (0 = final only)
-    log_every: int = 50
-    log_with: list[str] = field(default_factory=lambda: ["tensorboard"])  # tensorboard, trackio
-    resume: bool = False
-    push_to_hub: bool = False  # push the final checkpoint + model card; access is checked before training
-    hub_model_id: str | None = None  # namespace/name; each stage goes to hub_repo_template's repo
-    hub_repo_template: str = "{hub_model_id}-{k}rf{suffix}"  # also {stage}; suffix: -distilled
-    hub_private: bool = False
-    hub_revision: str | None = None  # branch to push to (created if missing); None = main
-    policy: dict[str, Any] = field(default_factory=lambda: {"type": "flow_mlp"})  # type / path + config fields
-    dataset: DatasetConfig = field(default_factory=DatasetConfig)
-    teacher: TeacherConfig = field(default_factory=TeacherConfig)
-    couplings: CouplingsConfig = field(default_factory=CouplingsConfig)
-    flow: FlowConfig = field(default_factory=FlowConfig)
-    optim: OptimConfig = field(default_factory=OptimConfig)
-    shortcut: ShortcutConfig = field(default_factory=ShortcutConfig)
+    stage: str = _opt("flow_matching", "flow_matching (1-RF) | reflow (k+1-RF) | distill (1-step student, t = 1) | shortcut")
+    output_dir: str = _opt("outputs/run", "run directory (lerobot-train's layout: checkpoints/<step>, checkpoints/last)")
+    seed: int = _opt(0, "seed of weights, noise, times and batch order")
+    steps: int = _opt(1000, "optimizer steps")
+    batch_size: int = _opt(64, "per process and micro-step")
+    gradient_accumulation_steps: int = _opt(1, "micro-steps per optimizer step")
+    mixed_precision: str = _opt("no", "no | fp16 | bf16 (Accelerate)")
+    num_steps: int | None = _opt(
+        None, "inference steps saved in the final checkpoint; null: the stage's (10 for 1-RF, 2 for reflow, 1 for distill)"
+    )
+    init_from_teacher: bool = _opt(True, "reflow / distill: the student starts from the teacher's weights")
+    ema_decay: float | None = _opt(None, "EMA of the weights in the final checkpoint, e.g. 0.999; null: no EMA")
+    save_every: int = _opt(0, "also checkpoint every N steps (lerobot-train's save_freq); 0: the final one only")
+    log_every: int = _opt(50, "log metrics every N steps (lerobot-train's log_freq)")
+    log_with: list[str] = _opt(help=f"local trackers: {', '.join(TRACKERS)} (wandb: --wandb.enable=true)", factory=lambda: ["tensorboard"])
+    wandb: WandbConfig = _opt(help="Weights & Biases", factory=WandbConfig)
+    job_name: str | None = _opt(None, "run name for the trackers (lerobot-train's job_name); null: the output dir's name")
+    resume: bool = _opt(False, "continue the run in output_dir from its newest checkpoint, bitwise as if uninterrupted")
+    push_to_hub: bool = _opt(False, "push the final checkpoint + model card (access checked before training); = policy.push_to_hub")
+    hub_model_id: str | None = _opt(None, "namespace/name; the repo is hub_repo_template's (= policy.repo_id: exactly this repo)")
+    hub_repo_template: str = _opt("{hub_model_id}-{k}rf{suffix}", "repo name per stage; may use {hub_model_id}, {k}, {stage}, {suffix} (-distilled)")
+    hub_private: bool = _opt(False, "create the Hub repo private")
+    hub_revision: str | None = _opt(None, "branch to push to (created if missing); null: main")
+    policy: dict[str, Any] = _opt(help=POLICY_HELP, factory=lambda: {"type": "flow_mlp"})
+    dataset: DatasetConfig = _opt(help="the demonstrations", factory=DatasetConfig)
+    teacher: TeacherConfig = _opt(help="the frozen teacher", factory=TeacherConfig)
+    couplings: CouplingsConfig = _opt(help="stored couplings", factory=CouplingsConfig)
+    flow: FlowConfig = _opt(help="flow-matching times and loss", factory=FlowConfig)
+    optim: OptimConfig = _opt(help="optimizer and schedule", factory=OptimConfig)
+    shortcut: ShortcutConfig = _opt(help="the shortcut stage", factory=ShortcutConfig)
 
     def __post_init__(self) -> None:
         _choice("stage", self.stage, STAGES)
         _choice("mixed_precision", self.mixed_precision, ("no", "fp16", "bf16"))
         for tracker in self.log_with:
-            _choice("log_with", tracker, ("tensorboard", "trackio"))
+            _choice("log_with", tracker, TRACKERS, " (wandb: --wandb.enable=true)" if tracker == "wandb" else "")
         if self.stage != "flow_matching" and not self.teacher.path:
             raise ConfigError(
                 f"stage {self.stage!r} needs a teacher: set --teacher.path=<k-RF checkpoint dir or Hub repo id>."
@@ -182,12 +277,16 @@ class TrainConfig:
         for name in ("steps", "batch_size", "gradient_accumulation_steps", "log_every"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}.")
+        if self.save_every < 0:
+            raise ConfigError(f"save_every must be >= 0 (0 = final checkpoint only), got {self.save_every}.")
         if self.num_steps is not None and self.num_steps < 1:
             raise ConfigError(f"num_steps must be >= 1, got {self.num_steps}.")
         if self.couplings.path and self.stage == "flow_matching":
             raise ConfigError("couplings.path is for reflow / distill stages; flow_matching trains on the dataset.")
         if self.push_to_hub and not self.hub_model_id:
-            raise ConfigError("push_to_hub needs hub_model_id (namespace/name), e.g. --hub_model_id=you/toy.")
+            raise ConfigError(
+                "push_to_hub needs hub_model_id (namespace/name), e.g. --hub_model_id=you/toy or --policy.repo_id=you/toy-2rf."
+            )
         try:
             self.hub_repo_template.format(hub_model_id="a/b", k=1, stage="reflow", suffix="")
         except (KeyError, IndexError, ValueError) as e:
@@ -209,127 +308,144 @@ class TrainConfig:
         return _build(cls, data)
 
 
-def _build(cls: type, data: dict[str, Any], prefix: str = "") -> Any:
-    """Instantiate dataclass `cls` from a nested dict, rejecting keys it does not define."""
-    if not isinstance(data, dict):
-        raise ConfigError(f"{prefix.rstrip('.') or 'config'} must be a mapping, got {data!r}.")
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - set(fields))
-    if unknown:
-        raise ConfigError(
-            f"unknown config key(s) {', '.join(prefix + k for k in unknown)}; "
-            f"valid keys{' under ' + prefix.rstrip('.') if prefix else ''}: {', '.join(fields)}."
-        )
-    hints = typing.get_type_hints(cls)
-    kwargs = {}
-    for key, value in data.items():
-        hint = hints[key]
-        if dataclasses.is_dataclass(hint):
-            kwargs[key] = _build(hint, value, f"{prefix}{key}.")
-        else:
-            kwargs[key] = _coerce(value, hint, prefix + key)
-    try:
-        return cls(**kwargs)
-    except TypeError as e:
-        raise ConfigError(f"invalid value under {prefix.rstrip('.') or 'config'}: {e}") from None
+# ---------------------------------------------------------------------------------------------
+# The other commands: eval, dataset, couplings, push, space.
 
 
-def _coerce(value: Any, hint: Any, name: str) -> Any:
-    """Check a scalar against its field type; numbers may arrive as strings (YAML reads `1e-4` as text)."""
-    options = typing.get_args(hint) if typing.get_origin(hint) in (typing.Union, types.UnionType) else (hint,)
-    lists = [o for o in options if typing.get_origin(o) is list]
-    if lists and isinstance(value, str | int | float) and not isinstance(value, bool):
-        value = [v.strip() for v in str(value).split(",") if v.strip()]  # --eval.nfe=1,2 or --seeds=0
-    if lists and isinstance(value, list):
-        (item,) = typing.get_args(lists[0]) or (Any,)
-        return [_coerce(v, item, f"{name}[]") if item is not Any else v for v in value]
-    if value is None:
-        if type(None) in options:
-            return None
-        raise ConfigError(f"{name} cannot be null.")
-    for kind in (bool, int, float, str):
-        if kind in options and isinstance(value, kind) and not (kind is not bool and isinstance(value, bool)):
-            return value
-    if float in options and isinstance(value, int | str) and not isinstance(value, bool):
-        try:
-            return float(value)
-        except ValueError:
-            pass
-    if int in options and isinstance(value, str) and value.strip().lstrip("-").isdigit():
-        return int(value)
-    if any(kind in options for kind in (bool, int, float, str)):
-        wanted = " or ".join(k.__name__ for k in options if k is not type(None))
-        raise ConfigError(f"{name} must be {wanted}; got {value!r}.")
-    return value
+@dataclass
+class EvalPolicyConfig:
+    """The checkpoints to evaluate."""
+
+    path: list[str] = _opt(help="checkpoint dirs / run dirs / Hub ids, comma-separated (required)", factory=list)
 
 
-def _set_dotted(data: dict[str, Any], dotted: str, value: Any, *, aliases: bool = True) -> None:
-    if aliases:
-        dotted = ALIASES.get(dotted, dotted)
-    *parents, leaf = dotted.split(".")
-    node = data
-    for part in parents:
-        node = node.setdefault(part, {})
-        if not isinstance(node, dict):
-            raise ConfigError(f"cannot set {dotted!r}: {part!r} is not a section.")
-    node[leaf] = value
+@dataclass
+class EvaluateConfig:
+    """`hf-reflow eval`: offline metrics (and closed loop with --env) of checkpoints at each step count."""
+
+    policy: EvalPolicyConfig = _opt(help="the checkpoints", factory=EvalPolicyConfig)
+    dataset: DatasetConfig = _opt(help="held-out observations (and the toy env's goals)", factory=DatasetConfig)
+    nfe: list[int] = _opt(help="Euler step counts to evaluate, e.g. 1,2,4,10", factory=lambda: [1, 2, 4, 10])
+    num_samples: int = _opt(64, "held-out observations for the offline metrics")
+    env: str = _opt("none", "closed loop: none | toy | metaworld")
+    episodes: int = _opt(50, "closed-loop episodes (per task with metaworld)")
+    seed: int = _opt(0, "seed of noise and episodes")
+    output: str | None = _opt(None, "write the rows as JSON here")
+    tasks: list[str] = _opt(help="metaworld: tasks to roll out", factory=lambda: ["reach-v3", "push-v3"])
+    mode: str = _opt("multimodal", "metaworld: multimodal (detour left / right of an obstacle) | scripted")
+    workers: int = _opt(0, "metaworld: rollout processes; 0 = one per CPU core")
+
+    def __post_init__(self) -> None:
+        if not self.policy.path:
+            raise ConfigError("--policy.path is required (one checkpoint, or several separated by commas).")
+        _choice("env", self.env, ("none", "toy", "metaworld"))
+        if not self.nfe or any(n < 1 for n in self.nfe):
+            raise ConfigError(f"nfe must list step counts >= 1, e.g. --nfe=1,2,4,10; got {self.nfe}.")
+        for name in ("num_samples", "episodes", "workers"):
+            if getattr(self, name) < (1 if name == "num_samples" else 0):
+                raise ConfigError(f"{name} must be >= {1 if name == 'num_samples' else 0}, got {getattr(self, name)}.")
+        if self.env == "metaworld":
+            DemoConfig(tasks=self.tasks, mode=self.mode)  # checks the mode
 
 
-def parse_overrides(args: list[str]) -> list[tuple[str, Any]]:
-    """`--a.b=1 --c 2` -> [("a.b", 1), ("c", 2)], values parsed as YAML scalars/lists."""
-    pairs, i = [], 0
-    while i < len(args):
-        arg = args[i]
-        if not arg.startswith("--"):
-            raise ConfigError(f"unexpected argument {arg!r}; overrides look like --key=value (e.g. --steps=500).")
-        key, sep, raw = arg[2:].partition("=")
-        if not sep:
-            if i + 1 >= len(args):
-                raise ConfigError(f"--{key} needs a value, e.g. --{key}=VALUE.")
-            raw, i = args[i + 1], i + 1
-        pairs.append((key.replace("-", "_"), yaml.safe_load(raw) if raw != "" else None))
-        i += 1
-    return pairs
+@dataclass
+class ToyDataConfig:
+    """`hf-reflow dataset toy`: the 2-D bimodal toy demonstrations as a LeRobotDataset."""
+
+    root: str | None = _opt(None, "folder to write the dataset into (required)")
+    episodes: int = _opt(200, "expert episodes")
+    seed: int = _opt(0, "seed of the episodes")
+    repo_id: str = _opt("local/toy", "dataset repo id written into its metadata")
+
+    def __post_init__(self) -> None:
+        if not self.root:
+            raise ConfigError("--root is required: the folder to write the dataset into.")
+        if self.episodes < 1:
+            raise ConfigError(f"episodes must be >= 1, got {self.episodes}.")
 
 
-def load_recipe(path: str | Path) -> dict[str, Any]:
-    """Read a YAML recipe into a dict (aliases resolved later)."""
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"recipe {str(path)!r} not found; pass --config=<path to a YAML recipe>.")
-    data = yaml.safe_load(path.read_text()) or {}
-    if not isinstance(data, dict):
-        raise ConfigError(f"recipe {str(path)!r} must be a YAML mapping of config keys.")
-    return data
+@dataclass
+class MetaWorldDataConfig:
+    """`hf-reflow dataset metaworld`: Meta-World expert demonstrations as a LeRobotDataset."""
+
+    root: str | None = _opt(None, "folder to write the dataset into (required)")
+    tasks: list[str] = _opt(help="Meta-World tasks, e.g. reach-v3,push-v3", factory=lambda: ["reach-v3", "push-v3"])
+    episodes: int = _opt(100, "expert episodes attempted per task (failed ones are dropped and counted)")
+    mode: str = _opt("multimodal", "multimodal (detour left / right of an obstacle) | scripted")
+    seed: int = _opt(0, "seed of the episodes")
+    images: bool = _opt(False, "also render a camera image per frame (for VLA policies)")
+    image_size: int = _opt(96, "rendered image size in pixels")
+    repo_id: str = _opt("local/metaworld", "dataset repo id written into its metadata")
+    layout: str = _opt("demo", "demo (training layouts) | eval (held-out layouts)")
+
+    def __post_init__(self) -> None:
+        if not self.root:
+            raise ConfigError("--root is required: the folder to write the dataset into.")
+        _choice("layout", self.layout, ("demo", "eval"), " (demo: training layouts, eval: held-out layouts)")
+        if self.image_size < 8:
+            raise ConfigError(f"image_size must be >= 8, got {self.image_size}.")
+        DemoConfig(tasks=self.tasks, episodes=self.episodes, mode=self.mode)  # the recipe's checks
 
 
-def parse_train_config(args: list[str]) -> TrainConfig:
-    """Build a `TrainConfig` from `--config=recipe.yaml` (optional) plus dotted overrides."""
-    overrides = parse_overrides(args)
-    data: dict[str, Any] = {}
-    for key, value in overrides:
-        if key == "config":
-            for k, v in _flatten(load_recipe(value)):
-                _set_dotted(data, k, v)
-    for key, value in overrides:
-        if key != "config":
-            _set_dotted(data, key, value)
-    return _build(TrainConfig, data)
+@dataclass
+class CouplingsGenerateConfig:
+    """`hf-reflow couplings generate`: (noise, teacher end point) couplings written once as a dataset."""
+
+    teacher: TeacherConfig = _opt(help="the frozen teacher (path required)", factory=TeacherConfig)
+    dataset: DatasetConfig = _opt(help="observations to condition on", factory=DatasetConfig)
+    output: str | None = _opt(None, "folder to write the couplings into (required)")
+    num_couplings: int = _opt(10_000, "couplings to generate")
+    block_size: int = _opt(1024, "couplings per stored block")
+    batch_size: int = _opt(256, "teacher batch size")
+    seed: int = _opt(0, "seed of noise and observation order")
+
+    def __post_init__(self) -> None:
+        if not self.teacher.path or not self.output:
+            raise ConfigError("--teacher.path=CHECKPOINT (local or Hub id) and --output=DIR are required.")
+        for name in ("num_couplings", "block_size", "batch_size"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}.")
 
 
-def _flatten(data: dict[str, Any], prefix: str = "") -> list[tuple[str, Any]]:
-    """Nested recipe -> dotted pairs, so recipe sections merge with CLI overrides key by key."""
-    pairs = []
-    for key, value in data.items():
-        if isinstance(value, dict) and value:
-            pairs.extend(_flatten(value, f"{prefix}{key}."))
-        else:
-            pairs.append((f"{prefix}{key}", value))
-    return pairs
+@dataclass
+class PushConfig:
+    """`hf-reflow push`: a checkpoint (+ model card) as a Hub model, or stored couplings as a Hub dataset."""
+
+    checkpoint: str | None = _opt(None, "checkpoint or run dir to push as a model")
+    couplings: str | None = _opt(None, "couplings folder to push as a dataset")
+    repo_id: str | None = _opt(None, "namespace/name (required)")
+    eval: str | None = _opt(None, "results JSON (hf-reflow eval --output) for the model card")
+    private: bool = _opt(False, "create the repo private")
+    revision: str | None = _opt(None, "branch to push to (created if missing); null: main")
+    commit_message: str | None = _opt(None, "commit message; null: a generated one")
+    license: str = _opt("apache-2.0", "license in the card")
+
+    def __post_init__(self) -> None:
+        if not self.repo_id or bool(self.checkpoint) == bool(self.couplings):
+            raise ConfigError(
+                "push needs --repo_id=namespace/name and one of --checkpoint=DIR (a model) or --couplings=DIR (a dataset), "
+                "e.g. --checkpoint=outputs/toy/2rf --repo_id=you/toy-2rf."
+            )
 
 
-def save_config(config: TrainConfig, path: Path) -> None:
-    path.write_text(json.dumps(config.to_dict(), indent=2, sort_keys=True))
+@dataclass
+class SpaceDatasetConfig:
+    """Observations the Space samples from; null: the chain's."""
+
+    root: str | None = _opt(None, "local LeRobotDataset folder")
+    repo_id: str | None = _opt(None, "dataset repo id")
+
+
+@dataclass
+class SpaceConfig:
+    """`hf-reflow space`: serve the Gradio Space on 127.0.0.1, or write it out for deployment."""
+
+    chain: str | None = _opt(None, "a pipeline output dir (its pipeline.json lists the stages)")
+    policies: list[str] | None = _opt(None, "checkpoints to compare instead of a chain, comma-separated")
+    dataset: SpaceDatasetConfig = _opt(help="observations", factory=SpaceDatasetConfig)
+    env: str | None = _opt(None, "closed-loop env: toy | metaworld; null: from the chain")
+    port: int | None = _opt(None, "server port; null: Gradio's default")
+    bundle: str | None = _opt(None, "write a deployable Space to this folder instead of serving")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -342,13 +458,13 @@ PIPELINE_STAGES = ("flow_matching", "reflow", "distill", "shortcut")
 class DemoConfig:
     """Meta-World expert demonstrations written as a LeRobotDataset by the pipeline."""
 
-    tasks: list[str] = field(default_factory=lambda: ["reach-v3", "push-v3"])
-    episodes: int = 100  # expert episodes attempted per task (failed ones are dropped and counted)
-    mode: str = "multimodal"  # multimodal (detour left/right of an obstacle) | scripted
-    seed: int = 0
-    images: bool = False  # also render a small camera image per frame (for VLA policies)
-    image_size: int = 96
-    heldout_episodes: int = 10  # expert episodes per task on evaluation layouts, for offline metrics
+    tasks: list[str] = _opt(help="Meta-World tasks", factory=lambda: ["reach-v3", "push-v3"])
+    episodes: int = _opt(100, "expert episodes attempted per task (failed ones are dropped and counted)")
+    mode: str = _opt("multimodal", "multimodal (detour left/right of an obstacle) | scripted")
+    seed: int = _opt(0, "seed of the episodes")
+    images: bool = _opt(False, "also render a small camera image per frame (for VLA policies)")
+    image_size: int = _opt(96, "rendered image size in pixels")
+    heldout_episodes: int = _opt(10, "expert episodes per task on evaluation layouts, for offline metrics")
 
     def __post_init__(self) -> None:
         _choice("data.mode", self.mode, ("multimodal", "scripted"))
@@ -363,16 +479,19 @@ class DemoConfig:
 class EvalConfig:
     """Evaluation of every stage at every step count."""
 
-    nfe: list[int] = field(default_factory=lambda: [1, 2, 4, 10])
-    episodes: int = 50  # closed-loop episodes per task and cell (stage x step count)
-    num_samples: int = 256  # held-out observations for the offline metrics
-    workers: int = 0  # rollout processes; 0 = one per CPU core
+    nfe: list[int] = _opt(help="Euler step counts", factory=lambda: [1, 2, 4, 10])
+    episodes: int = _opt(50, "closed-loop episodes per task and cell (stage x step count)")
+    num_samples: int = _opt(256, "held-out observations for the offline metrics")
+    workers: int = _opt(0, "rollout processes; 0 = one per CPU core")
 
     def __post_init__(self) -> None:
         if not self.nfe or any(not isinstance(n, int) or not 1 <= n <= 100 for n in self.nfe):
             raise ConfigError(f"eval.nfe must be a list of step counts in 1..100, got {self.nfe!r}.")
         if self.episodes < 0 or self.num_samples < 1:
             raise ConfigError(f"eval.episodes must be >= 0 and eval.num_samples >= 1, got {self.episodes}, {self.num_samples}.")
+
+
+_SECTION_HELP = "TrainConfig fields (any `hf-reflow train` option) for the {} stage, on top of `train`"
 
 
 @dataclass
@@ -384,20 +503,22 @@ class PipelineConfig:
     hold each stage's own fields on top (e.g. steps, optim.lr, flow.time_sampler).
     """
 
-    output_dir: str = "outputs/metaworld"
-    seeds: list[int] = field(default_factory=lambda: [0])  # training seeds; one chain per seed
-    stages: list[str] = field(default_factory=lambda: ["flow_matching", "reflow", "distill"])
-    force: bool = False  # redo finished stages (and the dataset) instead of skipping them
-    # Reflow / distill targets: 0 = couplings made online for every batch by the frozen teacher; N > 0 =
-    # N couplings generated once per stage (`hf-reflow couplings generate`), then trained on like data.
-    num_couplings: int = 0
-    data: DemoConfig = field(default_factory=DemoConfig)
-    eval: EvalConfig = field(default_factory=EvalConfig)
-    train: dict[str, Any] = field(default_factory=dict)
-    flow_matching: dict[str, Any] = field(default_factory=dict)
-    reflow: dict[str, Any] = field(default_factory=dict)
-    distill: dict[str, Any] = field(default_factory=dict)
-    shortcut: dict[str, Any] = field(default_factory=dict)
+    output_dir: str = _opt("outputs/metaworld", "where the data, every stage's run and the report go")
+    seeds: list[int] = _opt(help="training seeds; one chain per seed", factory=lambda: [0])
+    stages: list[str] = _opt(help="the chain in order, flow_matching first", factory=lambda: ["flow_matching", "reflow", "distill"])
+    force: bool = _opt(False, "redo finished stages (and the dataset) instead of skipping them")
+    num_couplings: int = _opt(
+        0,
+        "reflow / distill targets: 0 = couplings made online for every batch by the frozen teacher; N > 0 = "
+        "N couplings generated once per stage (`hf-reflow couplings generate`), then trained on like data",
+    )
+    data: DemoConfig = _opt(help="the demonstrations", factory=DemoConfig)
+    eval: EvalConfig = _opt(help="evaluation of every stage", factory=EvalConfig)
+    train: dict[str, Any] = _opt(help="TrainConfig fields (any `hf-reflow train` option) shared by every stage", factory=dict)
+    flow_matching: dict[str, Any] = _opt(help=_SECTION_HELP.format("flow_matching"), factory=dict)
+    reflow: dict[str, Any] = _opt(help=_SECTION_HELP.format("reflow"), factory=dict)
+    distill: dict[str, Any] = _opt(help=_SECTION_HELP.format("distill"), factory=dict)
+    shortcut: dict[str, Any] = _opt(help=_SECTION_HELP.format("shortcut"), factory=dict)
 
     def __post_init__(self) -> None:
         for stage in self.stages:
@@ -432,15 +553,368 @@ class PipelineConfig:
         return _build(TrainConfig, data, prefix=f"{stage}.")
 
 
-def parse_pipeline_config(args: list[str]) -> PipelineConfig:
-    """Build a `PipelineConfig` from `--config=recipe.yaml` (optional) plus dotted overrides."""
+
+# ---------------------------------------------------------------------------------------------
+# The parser: recipe + dotted overrides -> a typed dataclass; help text from the fields.
+
+
+def _build(cls: type, data: dict[str, Any], prefix: str = "") -> Any:
+    """Instantiate dataclass `cls` from a nested dict, rejecting keys it does not define."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"{prefix.rstrip('.') or 'config'} must be a mapping, got {data!r}.")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - set(fields))
+    if unknown:
+        raise ConfigError(
+            f"unknown config key(s) {', '.join(prefix + k for k in unknown)}; "
+            f"valid keys{' under ' + prefix.rstrip('.') if prefix else ''}: {', '.join(fields)}."
+        )
+    hints = typing.get_type_hints(cls)
+    kwargs = {}
+    for key, value in data.items():
+        hint = hints[key]
+        if dataclasses.is_dataclass(hint):
+            kwargs[key] = _build(hint, value, f"{prefix}{key}.")
+        else:
+            kwargs[key] = _coerce(value, hint, prefix + key)
+    try:
+        return cls(**kwargs)
+    except TypeError as e:
+        raise ConfigError(f"invalid value under {prefix.rstrip('.') or 'config'}: {e}") from None
+
+
+def _coerce(value: Any, hint: Any, name: str) -> Any:
+    """Check a value against its field type; numbers may arrive as strings (YAML reads `1e-4` as text)."""
+    options = typing.get_args(hint) if typing.get_origin(hint) in (typing.Union, types.UnionType) else (hint,)
+    lists = [o for o in options if typing.get_origin(o) is list]
+    if lists and isinstance(value, str | int | float) and not isinstance(value, bool):
+        value = [v.strip() for v in str(value).split(",") if v.strip()]  # --nfe=1,2 or --seeds=0
+    if lists and isinstance(value, list):
+        (item,) = typing.get_args(lists[0]) or (Any,)
+        return [_coerce(v, item, f"{name}[]") if item is not Any else v for v in value]
+    if value is None:
+        if type(None) in options:
+            return None
+        raise ConfigError(f"{name} cannot be null.")
+    for kind in (bool, int, float, str):
+        if kind in options and isinstance(value, kind) and not (kind is not bool and isinstance(value, bool)):
+            return value
+    if float in options and isinstance(value, int | str) and not isinstance(value, bool):
+        try:
+            return float(value)
+        except ValueError:
+            pass
+    if int in options and isinstance(value, str) and value.strip().lstrip("-").isdigit():
+        return int(value)
+    if any(kind in options for kind in (bool, int, float, str)) or lists:
+        wanted = " or ".join(_type_name(k) for k in options if k is not type(None))
+        raise ConfigError(f"{name} must be {wanted}; got {value!r}.")
+    is_dict = dict in options or any(typing.get_origin(o) is dict for o in options)
+    if is_dict and not isinstance(value, dict):
+        raise ConfigError(f"{name} must be a mapping of keys, got {value!r}.")
+    return value
+
+
+def _set_dotted(data: dict[str, Any], dotted: str, value: Any, aliases: dict[str, str] | None = None) -> None:
+    aliases = ALIASES if aliases is None else aliases
+    if dotted in aliases:
+        for key, default in _ALIAS_DEFAULTS.get(dotted, {}).items():
+            data.setdefault(key, default)
+        dotted = aliases[dotted]
+    *parents, leaf = dotted.split(".")
+    node = data
+    for part in parents:
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"cannot set {dotted!r}: {part!r} is not a section.")
+    node[leaf] = value
+
+
+def wants_help(args: list[str]) -> bool:
+    return any(arg in HELP_FLAGS for arg in args)
+
+
+def parse_overrides(args: list[str]) -> list[tuple[str, Any]]:
+    """`--a.b=1 --c 2` -> [("a.b", 1), ("c", 2)], values parsed as YAML scalars/lists."""
+    pairs, i = [], 0
+    while i < len(args):
+        arg = args[i]
+        if not arg.startswith("--"):
+            raise ConfigError(f"unexpected argument {arg!r}; overrides look like --key=value (e.g. --steps=500).")
+        key, sep, raw = arg[2:].partition("=")
+        if not sep:
+            if i + 1 >= len(args):
+                raise ConfigError(f"--{key} needs a value, e.g. --{key}=VALUE.")
+            raw, i = args[i + 1], i + 1
+        pairs.append((key.replace("-", "_"), _yaml_value(raw)))
+        i += 1
+    return pairs
+
+
+def _yaml_value(raw: str) -> Any:
+    """A command-line value as YAML (`true`, `1e-4`, `[a, b]`); text that is not YAML, or a braced name
+    without a colon (`{hub_model_id}-v2`, `{hub_model_id}`), stays text."""
+    if raw == "":
+        return None
+    try:
+        value = yaml.safe_load(raw)
+    except yaml.YAMLError:
+        return raw
+    return raw if isinstance(value, dict) and ":" not in raw else value
+
+
+def load_recipe(path: str | Path) -> dict[str, Any]:
+    """Read a YAML recipe (or a run's train_config.json) into a dict; aliases are resolved later."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"recipe {str(path)!r} not found; pass --config_path=<path to a YAML recipe or train_config.json>.")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"recipe {str(path)!r} is not valid YAML: {' '.join(str(e).split())}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"recipe {str(path)!r} must be a YAML mapping of config keys.")
+    return {k: v for k, v in data.items() if k not in RECORD_KEYS}
+
+
+def _flatten(data: dict[str, Any], prefix: str = "") -> list[tuple[str, Any]]:
+    """Nested recipe -> dotted pairs, so recipe sections merge with CLI overrides key by key."""
+    pairs = []
+    for key, value in data.items():
+        if isinstance(value, dict) and value:
+            pairs.extend(_flatten(value, f"{prefix}{key}."))
+        else:
+            pairs.append((f"{prefix}{key}", value))
+    return pairs
+
+
+def parse_config(cls: type, args: list[str], *, command: str, aliases: dict[str, str] | None = None, policy_help: str | None = None) -> Any:
+    """Build dataclass `cls` from `--config_path=recipe.yaml` (optional) plus dotted overrides.
+
+    `-h` / `--help` anywhere raises `HelpRequested` with the command's help text.
+    """
+    aliases = {} if aliases is None else aliases
+    if wants_help(args):
+        raise HelpRequested(render_help(cls, command, aliases=aliases, policy_type=policy_help))
     overrides = parse_overrides(args)
     data: dict[str, Any] = {}
     for key, value in overrides:
-        if key == "config":
+        if key in CONFIG_KEYS:
             for k, v in _flatten(load_recipe(value)):
-                _set_dotted(data, k, v, aliases=False)
+                _set_dotted(data, k, v, aliases)
     for key, value in overrides:
-        if key != "config":
-            _set_dotted(data, key, value, aliases=False)
-    return _build(PipelineConfig, data)
+        if key not in CONFIG_KEYS:
+            _set_dotted(data, key, value, aliases)
+    return _build(cls, data)
+
+
+def parse_train_config(args: list[str]) -> TrainConfig:
+    """Build a `TrainConfig` from `--config_path=recipe.yaml` (optional) plus dotted overrides; the
+    `--policy.<field>` keys are checked against the policy type's LeRobot config class."""
+    policy_type = next((a.partition("=")[2] for a in args if a.startswith("--policy.type=")), None)
+    config = parse_config(TrainConfig, args, command="train", aliases=ALIASES, policy_help=policy_type)
+    check_policy_section(config)
+    return config
+
+
+def parse_pipeline_config(args: list[str]) -> PipelineConfig:
+    """Build a `PipelineConfig` from `--config_path=recipe.yaml` (optional) plus dotted overrides."""
+    config = parse_config(PipelineConfig, args, command="pipeline")
+    for stage in dict.fromkeys(config.stages):
+        check_policy_section(config.stage_config(stage, seed=0, output_dir="<check>", teacher="<check>", dataset_root="<check>"))
+    return config
+
+
+def save_config(config: TrainConfig, path: Path, record: dict[str, Any] | None = None) -> None:
+    """Write `config` (plus `record`, e.g. `optim_used`, ignored when read back) as JSON: a recipe for --config_path."""
+    data = {**config.to_dict(), **(record or {})}
+    path.write_text(json.dumps(data, indent=2, sort_keys=True))
+
+
+# ---- `--policy.<field>`: checked against LeRobot's config class of the policy type -------------------
+
+
+def checkpoint_policy_type(path: str | None, *, revision: str | None = None) -> str | None:
+    """The `type` in a checkpoint's config.json (that JSON only, no model load); None when not at hand."""
+    if not path:
+        return None
+    local = Path(path)
+    for folder in (local, local / "pretrained_model"):
+        if (folder / "config.json").is_file():
+            return _json_type((folder / "config.json").read_text())
+    if local.exists() or not _REPO_ID.match(str(path)):
+        return None
+    try:
+        from hf_reflow.hub import Hub
+
+        text = Hub(retries=0).read_text(str(path), "config.json", revision=revision)
+    except Exception:  # offline, unknown repo, no access: the trainer reports it when it loads the checkpoint
+        return None
+    return _json_type(text) if text else None
+
+
+def _json_type(text: str) -> str | None:
+    try:
+        value = json.loads(text).get("type")
+    except (ValueError, AttributeError):
+        return None
+    return value if isinstance(value, str) else None
+
+
+def policy_config_class(policy_type: str) -> type:
+    """LeRobot's config class of a policy type (`PreTrainedConfig.get_choice_class`)."""
+    from lerobot.configs.policies import PreTrainedConfig
+
+    import hf_reflow.policies.flow_mlp  # noqa: F401  (registers the built-in policy type)
+
+    try:
+        return PreTrainedConfig.get_choice_class(policy_type)
+    except (KeyError, ValueError):
+        known = ", ".join(sorted(PreTrainedConfig.get_known_choices()))
+        raise ConfigError(f"policy.type {policy_type!r} is not a LeRobot policy type; known types: {known}.") from None
+
+
+def _policy_type(config: TrainConfig) -> str | None:
+    """The type whose config class `config.policy`'s fields go to; None when it cannot be told yet."""
+    explicit = config.policy.get("type")
+    if config.stage != "flow_matching":
+        saved = checkpoint_policy_type(config.teacher.path, revision=config.teacher.revision)
+        if saved and explicit and saved != explicit:
+            return None  # the trainer names this conflict once it reads the teacher
+        return (saved or explicit) if config.init_from_teacher else (explicit or saved)
+    if config.policy.get("path"):
+        return checkpoint_policy_type(config.policy["path"]) or explicit
+    return explicit or "flow_mlp"
+
+
+def check_policy_section(config: TrainConfig) -> None:
+    """Check (and type) `--policy.<field>` keys against the LeRobot config class of the student's type.
+
+    The type is the teacher's for a student initialised from it, `policy.path`'s for a checkpoint, else
+    `policy.type`, read from config.json only. A Hub checkpoint that is not at hand skips the check; the
+    trainer repeats it once the config is loaded.
+    """
+    fields = {k: v for k, v in config.policy.items() if k not in ("type", "path")}
+    if not fields and config.policy.get("type") in (None, "flow_mlp"):
+        return
+    policy_type = _policy_type(config)
+    if policy_type is None:
+        return
+    cls = policy_config_class(policy_type)
+    valid = {f.name for f in dataclasses.fields(cls) if f.init}
+    unknown = sorted(set(fields) - valid)
+    if unknown:
+        raise ConfigError(
+            f"unknown policy key(s) {', '.join('policy.' + k for k in unknown)} for type {policy_type!r}; "
+            f"valid keys: type, path, {', '.join(sorted(valid))}."
+        )
+    try:
+        hints = typing.get_type_hints(cls)
+    except Exception:  # an unresolvable annotation in a plugin's class: names are checked, types are not
+        hints = {}
+    for key, value in fields.items():
+        if key in hints:
+            config.policy[key] = _coerce(value, hints[key], f"policy.{key}")
+
+
+# ---- `hf-reflow <command> --help` ------------------------------------------------------------------
+
+
+def _type_name(hint: Any) -> str:
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        return " | ".join(_type_name(a) for a in args)
+    if hint is type(None):
+        return "None"
+    if hint is Any:
+        return "any"
+    if origin is not None:
+        inner = ", ".join(_type_name(a) for a in args if a is not Ellipsis)
+        return f"{getattr(origin, '__name__', str(origin))}[{inner}]" if inner else getattr(origin, "__name__", str(origin))
+    return getattr(hint, "__name__", str(hint).replace("typing.", ""))
+
+
+def _show(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, list | tuple):
+        return "[" + ", ".join(_show(v) for v in value) + "]"
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{k}: {_show(v)}" for k, v in value.items()) + "}"
+    return str(getattr(value, "value", value))
+
+
+def _default(f: dataclasses.Field) -> Any:
+    if f.default is not dataclasses.MISSING:
+        return f.default
+    if f.default_factory is not dataclasses.MISSING:
+        return f.default_factory()
+    return dataclasses.MISSING
+
+
+def _first_paragraph(cls: type) -> str:
+    return " ".join((cls.__doc__ or "").strip().split("\n\n")[0].split())
+
+
+def _option(name: str, kind: str, default: Any, text: str) -> list[str]:
+    shown = "" if default is dataclasses.MISSING else f", default: {_show(default)}"
+    head = f"  --{name}  ({kind}{shown})"
+    return [head, f"      {text}"] if text else [head]
+
+
+def _options(cls: type, prefix: str = "") -> list[str]:
+    """The option lines of `cls`: its own keys first, then one block per section."""
+    lines: list[str] = []
+    sections: list[str] = []
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        hint, text, name = hints[f.name], f.metadata.get("help", ""), prefix + f.name
+        if dataclasses.is_dataclass(hint):
+            sections += ["", f"{name}: {_first_paragraph(hint)}", *_options(hint, f"{name}.")]
+        elif cls is TrainConfig and f.name == "policy":
+            sections += ["", f"policy: {text}"]
+            sections += _option("policy.type", "str", "flow_mlp", "a new policy of this LeRobot type: flow_mlp, smolvla, pi0, pi05")
+            sections += _option("policy.path", "str", None, "start from this checkpoint (run dir, pretrained_model/ or Hub id)")
+            sections += _option("policy.<field>", "per its LeRobot config class", dataclasses.MISSING, "")
+        elif typing.get_origin(hint) is dict:
+            sections += ["", f"{name}: {text}", *_option(f"{name}.<key>", "section", dataclasses.MISSING, "")]
+        else:
+            lines += _option(name, _type_name(hint), _default(f), text)
+    return lines + sections
+
+
+def _policy_fields(policy_type: str) -> list[str]:
+    cls = policy_config_class(policy_type)
+    hints = typing.get_type_hints(cls)
+    lines = ["", f"policy fields of type {policy_type} ({cls.__module__}.{cls.__name__}):"]
+    for f in sorted((f for f in dataclasses.fields(cls) if f.init), key=lambda f: f.name):
+        lines += _option(f"policy.{f.name}", _type_name(hints.get(f.name, Any)), _default(f), "")
+    return lines
+
+
+def render_help(cls: type, command: str, *, aliases: dict[str, str] | None = None, policy_type: str | None = None) -> str:
+    """The `--help` text of a command: every option with its type, default and help string."""
+    lines = [
+        f"usage: hf-reflow {command} [--config_path=RECIPE.yaml] [--key=value ...]",
+        "",
+        _first_paragraph(cls),
+        "",
+        "Values are YAML (true, null, 1e-4, [a, b]); lists may also be written a,b,c. Unknown keys are rejected.",
+        "",
+        "options:",
+        "  -h, --help",
+        "      show this help and exit",
+        "  --config_path=PATH  (also --config)",
+        "      a YAML recipe (or a run's train_config.json) whose keys are these options; flags after it win key by key",
+    ]
+    lines += _options(cls)
+    if policy_type:
+        lines += _policy_fields(policy_type)
+    if aliases:
+        lines += ["", "aliases (the seed guide's and lerobot-train's names):"]
+        lines += [f"  --{name} = --{target}" for name, target in aliases.items()]
+        if "policy.repo_id" in aliases:
+            lines += ["  (--policy.repo_id also sets hub_repo_template to {hub_model_id} unless given: the exact repo)"]
+    return "\n".join(lines)

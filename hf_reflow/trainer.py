@@ -6,17 +6,27 @@
 - `shortcut`: like reflow, plus the step size as an input and a self-consistency term
   (`hf_reflow/shortcut.py`), so one student serves 1 and 2 steps.
 
-Run layout (`output_dir/`): `train_config.json`; `checkpoints/<step>/pretrained_model/` (LeRobot
-layout) + `checkpoints/<step>/training_state/` (JSON + safetensors, no pickle: `checkpoints.save_training_state`,
-for exact `--resume`);
-`pretrained_model/` the final checkpoint, its `num_steps` set to the stage's recommended count;
-`logs/` trackers.
+Run layout (`output_dir/`), lerobot-train's:
+- `checkpoints/<step>/pretrained_model/`: a stock LeRobot checkpoint + `train_config.json` (the run's config,
+  which reproduces it through `--config_path`); `checkpoints/<step>/training_state/`: JSON + safetensors, no
+  pickle (`checkpoints.save_training_state`), for exact `--resume`. The last step's checkpoint holds the final
+  model (EMA weights when on, `num_steps` set to the stage's recommended count).
+- `checkpoints/last`: a symlink to the newest complete checkpoint, so the final model is
+  `checkpoints/last/pretrained_model/`.
+- `pretrained_model/`: the same final model, where the rest of hf-reflow looks (files hard-linked to the last
+  checkpoint's where the file system allows, else copied); written last, so it marks a finished run.
+- `train_config.json`: the run's config, written when training starts (identifies the run for `--resume`).
+- `logs/`: trackers (tensorboard, trackio, wandb).
+
+Optimizer and scheduler: the policy's LeRobot presets (`get_optimizer_preset()`, `get_scheduler_preset()`),
+with any `optim.*` field given winning (`build_optimizer`); `train_config.json` records them (`optim_used`).
 """
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import json
-import math
 import os
 import shutil
 from dataclasses import dataclass
@@ -36,7 +46,7 @@ from hf_reflow.checkpoints import (
     save_checkpoint,
     save_training_state,
 )
-from hf_reflow.configs import TrainConfig, save_config, stage_k
+from hf_reflow.configs import RECORD_KEYS, OptimConfig, TrainConfig, save_config, stage_k
 from hf_reflow.couplings import OnlineTeacher, check_compatible, load_teacher_lineage
 from hf_reflow.data import StepBatchSampler, load_metadata, make_dataset, policy_features
 from hf_reflow.errors import CheckpointError, ConfigError, DataError, ReflowError, TrainingError
@@ -46,9 +56,12 @@ from hf_reflow.shortcut import ShortcutLoss
 
 CHECKPOINTS = "checkpoints"
 TRAINING_STATE = "training_state"
-# A run dir may be moved, then resumed; Hub settings may change too (e.g. to push a finished run).
+LAST = "last"  # checkpoints/last -> the newest complete checkpoint (lerobot-train's name)
+TRAIN_CONFIG = "train_config.json"
+# A run dir may be moved, then resumed; Hub and tracker settings may change too (e.g. to push a finished run).
 _IGNORED_ON_RESUME = (
-    "resume", "output_dir", "push_to_hub", "hub_model_id", "hub_repo_template", "hub_private", "hub_revision"
+    "resume", "output_dir", "push_to_hub", "hub_model_id", "hub_repo_template", "hub_private", "hub_revision",
+    "wandb", "job_name", *RECORD_KEYS,
 )  # fmt: skip
 
 
@@ -85,11 +98,12 @@ class ReflowTrainer:
         self.teacher: OnlineTeacher | None = None
         self.shared_backbone = False  # the teacher uses the student's frozen backbone (see `_share_backbone`)
         self.history: list[dict[str, float]] = []  # logged metrics, with their step
+        self.optim_used: dict[str, Any] = {}  # the optimizer and schedule used (`build_optimizer`)
 
     # ---- setup -------------------------------------------------------------------------
     def _check_output_dir(self) -> bool:
         """Return True when the run is already finished; raise when the dir holds another run."""
-        saved = self.output_dir / "train_config.json"
+        saved = self.output_dir / TRAIN_CONFIG
         if not self.output_dir.exists() or not any(self.output_dir.iterdir()):
             return False
         if not self.config.resume or not saved.is_file():
@@ -112,7 +126,8 @@ class ReflowTrainer:
 
     def _build_student(self, meta: Any, device: torch.device) -> Student:
         cfg = self.config
-        overrides = {k: v for k, v in cfg.policy.items() if k not in ("type", "path")}
+        # `device` picks the accelerator (`_make_accelerator`); the policy goes where Accelerate puts it.
+        overrides = {k: v for k, v in cfg.policy.items() if k not in ("type", "path", "device")}
         if cfg.stage == "shortcut":  # the student also reads its step size, from a zero-initialised input
             overrides.update(step_size_conditioning=True, shortcut_min_step=cfg.shortcut.min_step)
         if cfg.stage == "flow_matching":
@@ -169,13 +184,34 @@ class ReflowTrainer:
         cfg = self.config
         if "trackio" in cfg.log_with:  # trackio is local-first: keep its SQLite store in the run
             os.environ.setdefault("TRACKIO_DIR", str(self.output_dir / "logs" / "trackio"))
+        trackers: list[Any] = list(cfg.log_with)
+        if cfg.wandb.enable:
+            trackers.append(self._wandb_tracker())
         return Accelerator(
+            cpu=cfg.policy.get("device") == "cpu",  # lerobot-train's --policy.device=cpu
             mixed_precision=cfg.mixed_precision,
             gradient_accumulation_steps=cfg.gradient_accumulation_steps,
-            log_with=cfg.log_with or None,
+            log_with=trackers or None,
             project_config=ProjectConfiguration(project_dir=str(self.output_dir), logging_dir=str(self.output_dir / "logs")),
             kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)],
         )
+
+    def _wandb_tracker(self):
+        """Accelerate's W&B tracker, set up like lerobot-train's `--wandb.*`; it starts on the main process only."""
+        try:
+            import wandb  # noqa: F401
+        except ImportError:
+            raise ConfigError(
+                "--wandb.enable=true needs wandb: pip install 'hf-reflow[tracking]' (or pip install wandb)."
+            ) from None
+        from accelerate.tracking import WandBTracker
+
+        w, logs = self.config.wandb, self.output_dir / "logs"
+        kwargs = {"dir": str(logs), "name": self.config.job_name or self.output_dir.name, "notes": w.notes}
+        kwargs.update({k: v for k, v in (("entity", w.entity), ("mode", w.mode)) if v is not None})
+        if w.run_id:
+            kwargs.update(id=w.run_id, resume="allow")
+        return WandBTracker(w.project, **kwargs)
 
     # ---- the loop ----------------------------------------------------------------------
     def train(self) -> Path:
@@ -237,13 +273,9 @@ class ReflowTrainer:
         loss_module = (
             ShortcutLoss(adapter, cfg.flow, cfg.shortcut) if cfg.stage == "shortcut" else StudentLoss(adapter, cfg.flow)
         )
-        optimizer = torch.optim.AdamW(
-            _trainable(student.policy),
-            lr=cfg.optim.lr,
-            weight_decay=cfg.optim.weight_decay,
-            betas=tuple(cfg.optim.betas),
+        optimizer, scheduler, self.optim_used = build_optimizer(
+            cfg.optim, student.policy.config, _trainable(student.policy), total_steps=cfg.steps
         )
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _warmup_cosine(cfg))
         ema = _make_ema(student.policy, cfg.ema_decay)
         loss_module, optimizer = accelerator.prepare(loss_module, optimizer)
         # The scheduler and EMA are saved by `save_training_state` (JSON + safetensors), not registered with
@@ -251,7 +283,8 @@ class ReflowTrainer:
         start_step = self._resume(accelerator, loss_module, optimizer, scheduler, ema)
         if accelerator.is_main_process:
             self.output_dir.mkdir(parents=True, exist_ok=True)
-            save_config(cfg, self.output_dir / "train_config.json")
+            save_config(cfg, self.output_dir / TRAIN_CONFIG, {"optim_used": self.optim_used})
+            (self.output_dir / "logs").mkdir(exist_ok=True)
         accelerator.init_trackers("hf-reflow", config=_scalar_config(cfg))
         loader = self._loader(dataset, start_step, accelerator)
         state = _LoopState(accelerator, loss_module, optimizer, scheduler, ema, student, adapter)
@@ -307,19 +340,19 @@ class ReflowTrainer:
 
     def train_step(self, state: _LoopState, batch: dict[str, Tensor], step: int) -> dict[str, float]:
         """One micro-batch: targets for the stage, loss, backward; optimizer step when gradients sync."""
-        cfg, accelerator = self.config, state.accelerator
+        accelerator = state.accelerator
         noise, action, t, mask, context = self._targets(state.adapter, batch)
         with accelerator.accumulate(state.loss_module):
             loss = state.loss_module(batch, noise, action, t, mask, context)
             if not torch.isfinite(loss):
                 raise TrainingError(
                     f"the training loss became {loss.item()} at step {step}; lower --optim.lr, keep "
-                    "--optim.grad_clip_norm set, and check the dataset stats (a zero std feature?)."
+                    "gradient clipping on (--optim.grad_clip_norm > 0), and check the dataset stats (a zero std feature?)."
                 )
             accelerator.backward(loss)
-            grad_norm = None
-            if accelerator.sync_gradients and cfg.optim.grad_clip_norm:
-                grad_norm = accelerator.clip_grad_norm_(state.loss_module.parameters(), cfg.optim.grad_clip_norm)
+            grad_norm, clip = None, self.optim_used["optimizer"].get("grad_clip_norm")
+            if accelerator.sync_gradients and clip:
+                grad_norm = accelerator.clip_grad_norm_(state.loss_module.parameters(), clip)
             state.optimizer.step()
             if accelerator.sync_gradients:
                 state.scheduler.step()
@@ -400,14 +433,16 @@ class ReflowTrainer:
         )
         return steps[-1]
 
-    def _save_training_checkpoint(self, state: _LoopState, step: int) -> None:
+    def _save_training_checkpoint(self, state: _LoopState, step: int, *, final: bool = False) -> Path:
+        """Write `checkpoints/<step>/{pretrained_model,training_state}` via a temporary name, then point
+        `checkpoints/last` at it. The final one's model holds the EMA weights and the stage's `num_steps`;
+        its training state holds the trained weights (as every training state does)."""
         accelerator = state.accelerator
-        final = self.output_dir / CHECKPOINTS / f"{step:06d}"
-        tmp = final.with_name(f".{final.name}.tmp")
+        checkpoint = self.output_dir / CHECKPOINTS / f"{step:06d}"
+        tmp = checkpoint.with_name(f".{checkpoint.name}.tmp")
         if accelerator.is_main_process:
             shutil.rmtree(tmp, ignore_errors=True)
         accelerator.wait_for_everyone()
-        self._save_pretrained(state, tmp / PRETRAINED_DIR, num_steps=None)
         save_training_state(
             tmp / TRAINING_STATE,
             accelerator,
@@ -416,17 +451,24 @@ class ReflowTrainer:
             scheduler=state.scheduler,
             ema=state.ema,
         )
+        if final and state.ema is not None:
+            state.ema.copy_to(_trainable(state.student.policy))  # the final model holds the EMA weights
+        self._save_pretrained(state, tmp / PRETRAINED_DIR, num_steps=self.config.final_num_steps if final else None)
         accelerator.wait_for_everyone()
         if accelerator.is_main_process:
-            shutil.rmtree(final, ignore_errors=True)
-            tmp.rename(final)
+            save_config(self.config, tmp / PRETRAINED_DIR / TRAIN_CONFIG, {"optim_used": self.optim_used})
+            shutil.rmtree(checkpoint, ignore_errors=True)
+            tmp.rename(checkpoint)
+            _point_last_at(checkpoint)
         accelerator.wait_for_everyone()
+        return checkpoint
 
     def _save_final(self, state: _LoopState) -> Path:
-        if state.ema is not None:
-            state.ema.copy_to(_trainable(state.student.policy))  # the final checkpoint holds EMA weights
+        """The last step's checkpoint (`checkpoints/last`), then the same model as the run's `pretrained_model/`."""
+        checkpoint = self._save_training_checkpoint(state, self.config.steps, final=True)
         final = self.output_dir / PRETRAINED_DIR
-        self._save_pretrained(state, final, num_steps=self.config.final_num_steps)
+        if state.accelerator.is_main_process:
+            _link_tree(checkpoint / PRETRAINED_DIR, final)
         state.accelerator.wait_for_everyone()
         return final
 
@@ -465,7 +507,7 @@ class ReflowTrainer:
             "train_steps": cfg.steps,
             "batch_size": cfg.batch_size,
             "num_processes": state.accelerator.num_processes,
-            "lr": cfg.optim.lr,
+            "lr": self.optim_used["optimizer"]["lr"],
             "time_sampler": "fixed_t1" if cfg.stage == "distill" else cfg.flow.time_sampler,
             "loss": cfg.flow.loss,
             "seed": cfg.seed,
@@ -542,17 +584,126 @@ def _apply_overrides(policy_cfg: Any, overrides: dict[str, Any]) -> None:
         raise ConfigError(f"invalid policy settings {overrides}: {e}") from None
 
 
-def _warmup_cosine(cfg: TrainConfig):
-    """LR multiplier: linear warmup, then cosine decay to `min_lr_ratio` at the last step."""
-    warmup, total, floor = cfg.optim.warmup_steps, cfg.steps, cfg.optim.min_lr_ratio
+def build_optimizer(optim: OptimConfig, policy_config: Any, params: list[nn.Parameter], *, total_steps: int):
+    """The optimizer and LR scheduler of a run: the policy's LeRobot presets, with every field given in `optim` winning.
 
-    def factor(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / warmup
-        progress = min(1.0, (step - warmup) / max(1, total - warmup))
-        return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
+    Returns (optimizer, scheduler, record); `record` (what was used, and which fields were overridden) goes into
+    train_config.json as `optim_used`. A policy without a scheduler preset, or `optim.scheduler=constant`, gets a
+    constant LR (a LambdaLR, so the training state has the same shape).
+    """
+    opt_cfg, sched_cfg = resolve_optim(optim, policy_config, total_steps=total_steps)
+    optimizer = opt_cfg.build(params)
+    if sched_cfg is None:
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _constant_lr)
+    else:
+        scheduler = sched_cfg.build(optimizer, total_steps)
+    record = {
+        "preset_of": policy_config.type,  # whose get_optimizer_preset / get_scheduler_preset gave the defaults
+        "overridden": sorted(optim.given()),  # optim.* fields given, which won over the presets
+        "optimizer": {"type": opt_cfg.type, **_jsonable(dataclasses.asdict(opt_cfg))},
+        "scheduler": {"type": sched_cfg.type, **_jsonable(dataclasses.asdict(sched_cfg))} if sched_cfg else {"type": "constant"},
+    }
+    return optimizer, scheduler, record
 
-    return factor
+
+def resolve_optim(optim: OptimConfig, policy_config: Any, *, total_steps: int):
+    """(LeRobot OptimizerConfig, LRSchedulerConfig or None): the presets, updated with the `optim.*` fields given."""
+    from lerobot.optim.optimizers import OptimizerConfig
+    from lerobot.optim.schedulers import CosineDecayWithWarmupSchedulerConfig
+
+    from hf_reflow.policies.flow_mlp.configuration_flow_mlp import WarmupCosineSchedulerConfig
+
+    given = optim.given()
+    preset = policy_config.get_optimizer_preset()
+    if "type" in given and given["type"] != preset.type:
+        opt_cfg = OptimizerConfig.get_choice_class(given["type"])()  # that optimizer's LeRobot defaults
+    else:
+        opt_cfg = copy.deepcopy(preset)
+    names = {f.name for f in dataclasses.fields(opt_cfg)}
+    updates = {}
+    for key in ("lr", "weight_decay", "betas", "eps", "grad_clip_norm"):
+        if key in given:
+            if key not in names:
+                raise ConfigError(f"optim.{key} does not apply to the {opt_cfg.type} optimizer; drop it or set optim.type.")
+            updates[key] = tuple(given[key]) if key == "betas" else given[key]
+    opt_cfg = dataclasses.replace(opt_cfg, **updates)
+
+    sched_preset = policy_config.get_scheduler_preset()
+    kind = given.get("scheduler")
+    if kind == "constant":
+        sched_cfg = None
+    elif kind is None or (sched_preset is not None and kind == sched_preset.type):
+        sched_cfg = copy.deepcopy(sched_preset)
+    elif kind == "warmup_cosine":
+        sched_cfg = WarmupCosineSchedulerConfig()
+    else:  # cosine_decay_with_warmup when the preset is another schedule: over the whole run, to 0.1 x lr
+        sched_cfg = CosineDecayWithWarmupSchedulerConfig(
+            num_warmup_steps=0, num_decay_steps=total_steps, peak_lr=opt_cfg.lr, decay_lr=0.1 * opt_cfg.lr
+        )
+    schedule_keys = [k for k in ("warmup_steps", "decay_steps", "min_lr_ratio") if k in given]
+    if sched_cfg is None:
+        if schedule_keys:
+            raise ConfigError(
+                f"optim.{schedule_keys[0]} needs a schedule, but the LR is constant; set --optim.scheduler=warmup_cosine."
+            )
+        return opt_cfg, None
+    return opt_cfg, _update_schedule(sched_cfg, given, lr=opt_cfg.lr)
+
+
+def _update_schedule(sched_cfg: Any, given: dict[str, Any], *, lr: float) -> Any:
+    names = {f.name for f in dataclasses.fields(sched_cfg)}
+    updates: dict[str, Any] = {}
+    if "warmup_steps" in given:
+        updates["num_warmup_steps"] = given["warmup_steps"]
+    if "decay_steps" in given:
+        if "num_decay_steps" not in names:
+            raise ConfigError(f"optim.decay_steps does not apply to the {sched_cfg.type} schedule.")
+        updates["num_decay_steps"] = given["decay_steps"]
+    if "min_lr_ratio" in names:
+        if "min_lr_ratio" in given:
+            updates["min_lr_ratio"] = given["min_lr_ratio"]
+    elif {"peak_lr", "decay_lr"} <= names:  # LeRobot's cosine_decay_with_warmup: decay to decay_lr / peak_lr x lr
+        if "min_lr_ratio" in given or lr != sched_cfg.peak_lr:
+            ratio = given.get("min_lr_ratio", sched_cfg.decay_lr / sched_cfg.peak_lr)
+            updates.update(peak_lr=lr, decay_lr=ratio * lr)
+    elif "min_lr_ratio" in given:
+        raise ConfigError(f"optim.min_lr_ratio does not apply to the {sched_cfg.type} schedule.")
+    return dataclasses.replace(sched_cfg, **updates) if updates else sched_cfg
+
+
+def _constant_lr(step: int) -> float:
+    return 1.0
+
+
+def _jsonable(values: dict[str, Any]) -> dict[str, Any]:
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in values.items()}
+
+
+def _point_last_at(checkpoint: Path) -> None:
+    """`checkpoints/last` -> `checkpoint` (relative), replaced atomically."""
+    link = checkpoint.parent / LAST
+    tmp = checkpoint.parent / f".{LAST}.tmp-{os.getpid()}"
+    if tmp.is_symlink() or tmp.exists():
+        tmp.unlink()
+    os.symlink(checkpoint.name, tmp, target_is_directory=True)
+    os.replace(tmp, link)
+
+
+def _link_tree(src: Path, dst: Path) -> None:
+    """Make `dst` a copy of `src` whose files are hard links where possible (no second copy of the weights)."""
+
+    def link_or_copy(a: str, b: str) -> None:
+        try:
+            os.link(a, b)
+        except OSError:
+            shutil.copy2(a, b)
+
+    tmp = dst.with_name(f".{dst.name}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    shutil.copytree(src, tmp, copy_function=link_or_copy)
+    if dst.exists():
+        shutil.rmtree(dst)
+    tmp.rename(dst)
 
 
 def _make_ema(policy: nn.Module, decay: float | None):

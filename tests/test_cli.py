@@ -116,3 +116,168 @@ def test_eval_prints_a_table_by_step_count(tmp_path, teacher_1rf, toy_dataset):
     assert [r["nfe"] for r in rows] == [1, 2]
     assert {"success_rate", "collision_rate", "left_share", "straightness", "error_vs_10step", "latency_ms"} <= rows[0].keys()
     assert_user_error(run_cli("eval", f"--dataset.root={toy_dataset}"), "--policy.path is required")
+
+
+# ---- issue 11: a LeRobot-native command line ---------------------------------------------------------
+
+HELP_OPTIONS = {
+    ("train",): ["--config_path", "--steps", "--optim.lr", "--policy.type", "--teacher.path", "--wandb.enable",
+                 "--save_every", "--teacher_model_path = --teacher.path", "--save_freq = --save_every"],
+    ("pipeline",): ["--config_path", "--stages", "--seeds", "--eval.nfe", "--train.<key>"],
+    ("eval",): ["--policy.path", "--dataset.root", "--nfe", "--env", "--episodes"],
+    ("dataset",): ["hf-reflow dataset metaworld", "hf-reflow dataset toy", "--tasks", "--root", "--layout"],
+    ("dataset", "toy"): ["--root", "--episodes", "--repo_id"],
+    ("dataset", "metaworld"): ["--root", "--tasks", "--mode", "--images"],
+    ("couplings",): ["--teacher.path", "--output", "--num_couplings"],
+    ("couplings", "generate"): ["--teacher.path", "--output", "--num_couplings"],
+    ("push",): ["--checkpoint", "--couplings", "--repo_id", "--private"],
+    ("space",): ["--chain", "--policies", "--port", "--bundle"],
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("command", list(HELP_OPTIONS), ids=" ".join)
+def test_help_of_every_command_lists_its_options(command, capsys):
+    from hf_reflow import cli
+
+    for flag in ("--help", "-h"):
+        assert cli.main([*command, flag]) == 0
+        out = capsys.readouterr().out
+        for option in HELP_OPTIONS[command]:
+            assert option in out, (flag, option)
+        assert "default:" in out
+
+
+def test_help_through_the_console_script_and_with_other_flags():
+    proc = run_cli("train", "--stepz=1", "-h")  # help wins over a bad key
+    assert proc.returncode == 0 and "--optim.grad_clip_norm" in proc.stdout and not proc.stderr.strip()
+    assert "(float | None, default: null)" in proc.stdout  # name, type, default, then a help line
+    proc = run_cli("--help")
+    assert proc.returncode == 0 and "hf-reflow <command> --help" in proc.stdout
+
+
+def test_train_help_lists_a_policy_types_fields(capsys):
+    from hf_reflow import cli
+
+    assert cli.main(["train", "--policy.type=flow_mlp", "--help"]) == 0
+    out = capsys.readouterr().out
+    assert "policy fields of type flow_mlp" in out and "--policy.hidden_dim  (int, default: 256)" in out
+
+
+@pytest.mark.parametrize(
+    ("args", "fragments"),
+    [
+        (["--stepz=3"], ["unknown config key(s) stepz", "valid keys: stage"]),
+        (["--steps=ten"], ["steps must be int; got 'ten'"]),
+        (["--policy.bogus_field=1"], ["unknown policy key(s) policy.bogus_field for type 'flow_mlp'", "hidden_dim"]),
+        (["--policy.hidden_dim=wide"], ["policy.hidden_dim must be int"]),
+        (["--policy.type=nope"], ["policy.type 'nope' is not a LeRobot policy type", "smolvla"]),
+        (["--optim.lr=fast"], ["optim.lr must be float; got 'fast'"]),
+        (["--wandb.mode=loud"], ["wandb.mode must be one of online, offline, disabled"]),
+    ],
+)
+def test_bad_train_keys_fail_before_anything_loads(args, fragments, tmp_path, toy_dataset, capsys, monkeypatch):
+    """In process, with the trainer replaced by a trap: nothing is built, nothing written, one line, exit 2."""
+    from hf_reflow import cli, trainer
+
+    def trap(*_args, **_kwargs):
+        raise AssertionError("the trainer was built")
+
+    monkeypatch.setattr(trainer.ReflowTrainer, "__init__", trap)
+    out = tmp_path / "run"
+    assert cli.main(["train", f"--dataset.root={toy_dataset}", f"--output_dir={out}", *args]) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("hf-reflow: error: "), lines
+    assert all(fragment in lines[0] for fragment in fragments), lines[0]
+    assert not out.exists()
+
+
+def test_policy_fields_are_checked_against_the_teachers_type(tmp_path, teacher_1rf, toy_dataset):
+    """A reflow student takes its teacher's type, read from the teacher's config.json only (no model load)."""
+    out = tmp_path / "run"
+    proc = run_cli("train", "--stage=reflow", f"--teacher.path={teacher_1rf}", f"--dataset.root={toy_dataset}",
+                   f"--output_dir={out}", "--policy.vlm_model_name=x")  # fmt: skip
+    assert_user_error(proc, "policy.vlm_model_name for type 'flow_mlp'")
+    assert not out.exists()
+
+
+@pytest.mark.parametrize(
+    ("args", "fragment"),
+    [
+        (["eval", "--policy.path=a", "--nfe=1,two"], "nfe[] must be int; got 'two'"),
+        (["eval", "--policy.path=a", "--bogus=1"], "unknown config key(s) bogus; valid keys: policy, dataset, nfe"),
+        (["eval", "--policy.pth=a"], "valid keys under policy: path"),
+        (["eval", "--policy.path=a", "--env=moon"], "env must be one of none, toy, metaworld"),
+        (["dataset", "toy", "--root=R", "--episodes=many"], "episodes must be int"),
+        (["dataset", "metaworld", "--root=R", "--layuot=eval"], "unknown config key(s) layuot"),
+        (["couplings", "generate", "--teacher.path=t", "--output=o", "--num_couplings=1e3x"], "num_couplings must be int"),
+        (["push", "--checkpoint=c", "--repo_id=a/b", "--private=maybe"], "private must be bool"),
+        (["space", "--port=eighty"], "port must be int"),
+        (["pipeline", "--seeds=a,b"], "seeds[] must be int"),
+    ],
+)
+def test_every_command_parses_typed_options(args, fragment, capsys):
+    from hf_reflow import cli
+
+    assert cli.main(args) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and fragment in lines[0], lines
+
+
+LEROBOT_STYLE = [
+    "--policy.device=cpu", "--batch_size=16", "--steps=6", "--save_freq=3", "--log_freq=2", "--num_workers=0",
+    "--log_with=[]", "--wandb.enable=false", "--job_name=toy_2rf", "--teacher.num_inference_steps=3", "--seed=3",
+]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def lerobot_style_2rf(tmp_path_factory, teacher_1rf, toy_dataset):
+    """A toy 2-RF trained from a lerobot-train-style command line (+ the seed guide's teacher flag)."""
+    out = tmp_path_factory.mktemp("lerobot_style") / "2rf"
+    proc = run_cli("train", "--stage=reflow", f"--teacher_model_path={teacher_1rf}", f"--dataset.root={toy_dataset}",
+                   "--dataset.repo_id=local/toy", f"--output_dir={out}", *LEROBOT_STYLE)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return out
+
+
+def test_lerobot_train_style_command_line_trains_a_2rf(lerobot_style_2rf):
+    import json
+
+    out = lerobot_style_2rf
+    checkpoints = out / "checkpoints"
+    assert sorted(p.name for p in checkpoints.iterdir()) == ["000003", "000006", "last"]  # save_freq=3
+    assert (checkpoints / "last").is_symlink() and (checkpoints / "last").resolve() == (checkpoints / "000006").resolve()
+    for step in ("000003", "000006"):
+        assert {p.name for p in (checkpoints / step).iterdir()} == {"pretrained_model", "training_state"}
+        assert (checkpoints / step / "pretrained_model" / "train_config.json").is_file()
+    final = checkpoints / "last" / "pretrained_model"
+    assert (final / "model.safetensors").read_bytes() == (out / "pretrained_model" / "model.safetensors").read_bytes()
+    assert json.loads((final / "reflow.json").read_text())["k"] == 2
+    assert json.loads((final / "config.json").read_text())["num_steps"] == 2  # the final model, saved for 2 steps
+    saved = json.loads((final / "train_config.json").read_text())
+    assert saved["save_every"] == 3 and saved["log_every"] == 2 and saved["policy"]["device"] == "cpu"
+    assert saved["job_name"] == "toy_2rf" and saved["dataset"]["num_workers"] == 0
+    used = saved["optim_used"]  # the flow_mlp presets, nothing overridden
+    assert used["preset_of"] == "flow_mlp" and used["overridden"] == []
+    assert used["optimizer"]["type"] == "adamw" and used["scheduler"]["type"] == "warmup_cosine"
+
+
+def test_train_config_json_reproduces_the_run_bit_for_bit(lerobot_style_2rf, tmp_path):
+    from safetensors.torch import load_file
+
+    out = tmp_path / "again"
+    recipe = lerobot_style_2rf / "checkpoints" / "last" / "pretrained_model" / "train_config.json"
+    proc = run_cli("train", f"--config_path={recipe}", f"--output_dir={out}")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    for path in ("pretrained_model/model.safetensors", "checkpoints/000003/training_state/training_state.safetensors"):
+        a, b = load_file(lerobot_style_2rf / path), load_file(out / path)
+        assert a.keys() == b.keys() and all(a[k].equal(b[k]) for k in a), path
+
+
+def test_wandb_offline_writes_its_run_folder(tmp_path, toy_dataset):
+    pytest.importorskip("wandb")
+    out = tmp_path / "run"
+    proc = run_cli("train", f"--dataset.root={toy_dataset}", f"--output_dir={out}", "--steps=2", *TINY,
+                   "--wandb.enable=true", "--wandb.mode=offline", "--wandb.project=hf-reflow-test")  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    runs = list((out / "logs" / "wandb").glob("offline-run-*"))
+    assert len(runs) == 1 and list(runs[0].glob("run-*.wandb")), runs

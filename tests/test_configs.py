@@ -60,3 +60,68 @@ def test_bad_config_is_explained(args, message):
     with pytest.raises(ConfigError, match=None) as info:
         parse_train_config(args)
     assert message in str(info.value)
+
+
+# ---- issue 11: LeRobot's names, typed options, every recipe parses ---------------------------------------
+
+
+def test_lerobot_train_names_are_accepted():
+    config = parse_train_config(
+        ["--config_path", str(RECIPES / "toy/1rf.yaml"), "--save_freq=7", "--log_freq=3", "--num_workers=2",
+         "--policy.device=cpu", "--policy.repo_id=me/toy-1rf", "--policy.push_to_hub=true", "--wandb.enable=true",
+         "--wandb.project=p", "--wandb.mode=offline", "--job_name=j"]
+    )  # fmt: skip
+    assert config.save_every == 7 and config.log_every == 3 and config.dataset.num_workers == 2
+    assert config.policy["device"] == "cpu" and config.policy["hidden_dim"] == 256  # merged with the recipe's
+    assert config.push_to_hub and config.hub_model_id == "me/toy-1rf"
+    assert config.hub_repo_template == "{hub_model_id}"  # lerobot-train pushes to exactly policy.repo_id
+    assert config.wandb.enable and config.wandb.project == "p" and config.wandb.mode == "offline"
+    assert config.job_name == "j"
+    explicit = parse_train_config(["--hub_repo_template={hub_model_id}-v2", "--policy.repo_id=me/x"])
+    assert explicit.hub_repo_template == "{hub_model_id}-v2"
+
+
+def test_lists_values_and_policy_fields_are_typed():
+    config = parse_train_config(["--policy.hidden_dim=32", "--policy.tasks=a,b", "--dataset.episodes=0,2,3",
+                                 "--optim.betas=0.9,0.95", "--optim.lr=1e-4"])  # fmt: skip
+    assert config.policy["hidden_dim"] == 32 and config.policy["tasks"] == ["a", "b"]
+    assert config.dataset.episodes == [0, 2, 3] and config.optim.betas == [0.9, 0.95]
+    assert config.optim.given() == {"lr": 1e-4, "betas": [0.9, 0.95]}  # the rest comes from the policy's presets
+
+
+def test_train_config_json_is_a_recipe(tmp_path):
+    from hf_reflow.configs import save_config
+
+    config = parse_train_config(["--config_path", str(RECIPES / "toy/2rf.yaml"), "--teacher.path=me/t", "--steps=9"])
+    save_config(config, tmp_path / "train_config.json", {"optim_used": {"optimizer": {"type": "adamw"}}})
+    again = parse_train_config([f"--config_path={tmp_path / 'train_config.json'}"])
+    assert again == config
+
+
+def _train_recipes() -> list[Path]:
+    return sorted(p for p in RECIPES.glob("*/*.yaml") if p.parent.name not in ("accelerate_configs", "metaworld"))
+
+
+@pytest.mark.parametrize("recipe", _train_recipes(), ids=lambda p: f"{p.parent.name}/{p.name}")
+def test_every_train_recipe_parses_and_says_which_optimizer(recipe):
+    config = parse_train_config([f"--config_path={recipe}", "--teacher_model_path=some/teacher"])
+    text = recipe.read_text()
+    assert "--config_path=" in text and "--config=" not in text  # its command line uses the new flag
+    if config.optim.given():  # explicit settings: every field, with the schedule named
+        assert config.optim.scheduler == "warmup_cosine" and config.optim.type == "adamw"
+        assert {"lr", "betas", "eps", "weight_decay", "grad_clip_norm", "warmup_steps", "min_lr_ratio"} <= set(config.optim.given())
+    else:  # the policy's LeRobot presets, said in the recipe
+        assert "presets" in text
+
+
+@pytest.mark.parametrize("recipe", sorted(RECIPES.glob("metaworld/*.yaml")), ids=lambda p: p.name)
+def test_metaworld_recipes_train_as_before(recipe):
+    """Each stage's optimizer is hf-reflow's AdamW + warmup-cosine, set in full (not left to a preset)."""
+    from hf_reflow.configs import parse_pipeline_config
+
+    config = parse_pipeline_config([f"--config_path={recipe}"])
+    for stage in config.stages:
+        optim = config.stage_config(stage, seed=0, output_dir="o", teacher="t", dataset_root="d").optim
+        assert optim.type == "adamw" and optim.scheduler == "warmup_cosine" and optim.grad_clip_norm == 1.0
+        assert optim.betas == [0.9, 0.999] and optim.eps == 1e-8 and optim.weight_decay == 1e-4
+        assert optim.min_lr_ratio == 0.1 and optim.lr is not None and optim.warmup_steps is not None

@@ -100,16 +100,102 @@ def test_resume_reproduces_the_uninterrupted_run(tmp_path, toy_dataset, teacher_
         teacher__path=str(teacher_1rf), ema_decay=0.9, teacher__num_inference_steps=3,
     )  # fmt: skip
     full = ReflowTrainer(train_config(output_dir=str(tmp_path / "full"), **settings)).train()
+    # lerobot-train's layout: checkpoints/<step>/{pretrained_model,training_state}, checkpoints/last -> the final one.
+    checkpoints = tmp_path / "full" / "checkpoints"
+    assert sorted(p.name for p in checkpoints.iterdir()) == ["000004", "000008", "last"]
+    assert os.readlink(checkpoints / "last") == "000008"
+    assert (checkpoints / "last" / "pretrained_model" / "train_config.json").is_file()
+    last = load_file(checkpoints / "last" / "pretrained_model" / "model.safetensors")
     # "Kill" a copy after its step-4 checkpoint: drop everything written later, then resume.
-    shutil.copytree(tmp_path / "full", tmp_path / "resumed")
+    shutil.copytree(tmp_path / "full", tmp_path / "resumed", symlinks=True)
     shutil.rmtree(tmp_path / "resumed" / "pretrained_model")
+    shutil.rmtree(tmp_path / "resumed" / "checkpoints" / "000008")
+    (tmp_path / "resumed" / "checkpoints" / "last").unlink()
     assert sorted(p.name for p in (tmp_path / "resumed" / "checkpoints").iterdir()) == ["000004"]
     resumed = ReflowTrainer(train_config(output_dir=str(tmp_path / "resumed"), resume=True, **settings)).train()
     a, b = load_file(full / "model.safetensors"), load_file(resumed / "model.safetensors")
     assert all(torch.equal(a[k], b[k]) for k in a)
+    assert all(torch.equal(a[k], last[k]) for k in a)  # the final model (EMA weights) is checkpoints/last's
+    assert os.readlink(tmp_path / "resumed" / "checkpoints" / "last") == "000008"
     # Resuming a finished run does nothing and returns its final checkpoint.
     again = ReflowTrainer(train_config(output_dir=str(tmp_path / "resumed"), resume=True, **settings))
     assert again.train() == resumed and again.history == []
+
+
+class _PresetConfig:
+    """A policy config with LeRobot's pi0 / SmolVLA-style presets (AdamW + cosine_decay_with_warmup)."""
+
+    type = "fake"
+
+    def get_optimizer_preset(self):
+        from lerobot.optim import AdamWConfig
+
+        return AdamWConfig(lr=1e-4, betas=(0.9, 0.95), eps=1e-8, weight_decay=1e-10, grad_clip_norm=10.0)
+
+    def get_scheduler_preset(self):
+        from lerobot.optim.schedulers import CosineDecayWithWarmupSchedulerConfig
+
+        return CosineDecayWithWarmupSchedulerConfig(num_warmup_steps=10, num_decay_steps=100, peak_lr=1e-4, decay_lr=2.5e-6)
+
+
+def _lrs(scheduler, steps: int) -> list[float]:
+    lrs = []
+    for _ in range(steps):
+        lrs.append(scheduler.get_last_lr()[0])
+        scheduler.optimizer.step()
+        scheduler.step()
+    return lrs
+
+
+def test_optimizer_and_schedule_default_to_the_policys_presets():
+    import math
+
+    from hf_reflow.configs import OptimConfig
+    from hf_reflow.policies.flow_mlp import FlowMLPConfig
+    from hf_reflow.trainer import build_optimizer
+
+    params = [torch.nn.Parameter(torch.zeros(3))]
+    # flow_mlp's presets are hf-reflow's AdamW + warmup-cosine (what its recipes were tuned with).
+    optimizer, scheduler, used = build_optimizer(OptimConfig(), FlowMLPConfig(), params, total_steps=300)
+    group = optimizer.param_groups[0]
+    assert isinstance(optimizer, torch.optim.AdamW) and group["weight_decay"] == 1e-4 and group["betas"] == (0.9, 0.999)
+    assert used["preset_of"] == "flow_mlp" and used["overridden"] == [] and used["optimizer"]["grad_clip_norm"] == 1.0
+    expected = [1e-3 * ((s + 1) / 100 if s < 100 else 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * (s - 100) / 200)))
+                for s in range(300)]  # fmt: skip
+    assert _lrs(scheduler, 300) == pytest.approx(expected, rel=1e-12)
+    # Each field given wins over the preset; the rest stays the preset's.
+    optimizer, scheduler, used = build_optimizer(
+        OptimConfig(lr=1e-4, warmup_steps=5, min_lr_ratio=0.5), FlowMLPConfig(), params, total_steps=20
+    )
+    assert optimizer.param_groups[0]["weight_decay"] == 1e-4 and used["overridden"] == ["lr", "min_lr_ratio", "warmup_steps"]
+    assert used["scheduler"] == {"type": "warmup_cosine", "num_warmup_steps": 5, "min_lr_ratio": 0.5}
+    assert _lrs(scheduler, 21)[-1] == pytest.approx(0.5e-4, rel=1e-9)  # at the last step: min_lr_ratio x lr
+
+
+def test_lerobot_presets_with_overrides():
+    from hf_reflow.configs import OptimConfig
+    from hf_reflow.errors import ConfigError
+    from hf_reflow.trainer import build_optimizer
+
+    params = [torch.nn.Parameter(torch.zeros(3))]
+    optimizer, scheduler, used = build_optimizer(OptimConfig(), _PresetConfig(), params, total_steps=100)
+    assert optimizer.param_groups[0]["betas"] == (0.9, 0.95) and used["optimizer"]["grad_clip_norm"] == 10.0
+    assert used["scheduler"]["type"] == "cosine_decay_with_warmup" and used["scheduler"]["peak_lr"] == 1e-4
+    assert _lrs(scheduler, 101)[-1] == pytest.approx(2.5e-6)
+    # A new lr keeps the preset's decay ratio; min_lr_ratio and decay_steps map onto LeRobot's fields.
+    _, scheduler, used = build_optimizer(OptimConfig(lr=1e-3, decay_steps=50), _PresetConfig(), params, total_steps=100)
+    assert used["scheduler"]["peak_lr"] == 1e-3 and used["scheduler"]["decay_lr"] == pytest.approx(2.5e-5)
+    assert used["scheduler"]["num_decay_steps"] == 50
+    _, _, used = build_optimizer(OptimConfig(min_lr_ratio=0.5), _PresetConfig(), params, total_steps=100)
+    assert used["scheduler"]["decay_lr"] == pytest.approx(0.5e-4)
+    _, scheduler, used = build_optimizer(OptimConfig(scheduler="constant"), _PresetConfig(), params, total_steps=10)
+    assert used["scheduler"] == {"type": "constant"} and set(_lrs(scheduler, 10)) == {1e-4}
+    optimizer, _, used = build_optimizer(OptimConfig(type="sgd", lr=0.1), _PresetConfig(), params, total_steps=10)
+    assert isinstance(optimizer, torch.optim.SGD) and used["optimizer"]["lr"] == 0.1
+    with pytest.raises(ConfigError, match="optim.betas does not apply to the sgd optimizer"):
+        build_optimizer(OptimConfig(type="sgd", betas=[0.9, 0.9]), _PresetConfig(), params, total_steps=10)
+    with pytest.raises(ConfigError, match="optim.warmup_steps needs a schedule"):
+        build_optimizer(OptimConfig(scheduler="constant", warmup_steps=3), _PresetConfig(), params, total_steps=10)
 
 
 def _free_port() -> int:

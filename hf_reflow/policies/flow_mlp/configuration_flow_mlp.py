@@ -2,14 +2,42 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 from lerobot.configs.policies import PreTrainedConfig
 from lerobot.configs.types import NormalizationMode
-from lerobot.optim import AdamWConfig, CosineDecayWithWarmupSchedulerConfig
+from lerobot.optim import AdamWConfig
+from lerobot.optim.schedulers import LRSchedulerConfig
 from lerobot.utils.constants import ACTION, OBS_STATE
+from torch.optim import Optimizer
+from torch.optim.lr_scheduler import LambdaLR
 
 from hf_reflow import flow
+
+
+@LRSchedulerConfig.register_subclass("warmup_cosine")
+@dataclass
+class WarmupCosineSchedulerConfig(LRSchedulerConfig):
+    """hf-reflow's LR schedule, as a LeRobot scheduler config (so stock lerobot-train can use the preset).
+
+    LR multiplier at optimizer step s: (s + 1) / num_warmup_steps during the warmup, then a cosine decay
+    from 1 to `min_lr_ratio`, reached at the last training step.
+    """
+
+    num_warmup_steps: int | None = 100
+    min_lr_ratio: float = 0.1
+
+    def build(self, optimizer: Optimizer, num_training_steps: int) -> LambdaLR:
+        warmup, total, floor = self.num_warmup_steps or 0, num_training_steps, self.min_lr_ratio
+
+        def factor(step: int) -> float:
+            if step < warmup:
+                return (step + 1) / warmup
+            progress = min(1.0, (step - warmup) / max(1, total - warmup))
+            return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
+
+        return LambdaLR(optimizer, factor)
 
 
 @PreTrainedConfig.register_subclass("flow_mlp")
@@ -56,9 +84,14 @@ class FlowMLPConfig(PreTrainedConfig):
         }
     )
 
+    # The presets (`get_optimizer_preset` / `get_scheduler_preset`): AdamW + hf-reflow's warmup-cosine schedule,
+    # the settings hf-reflow's recipes were tuned with, used by `hf-reflow train` and by stock lerobot-train.
     optimizer_lr: float = 1e-3
     optimizer_weight_decay: float = 1e-4
+    optimizer_grad_clip_norm: float = 1.0
     scheduler_warmup_steps: int = 100
+    scheduler_min_lr_ratio: float = 0.1
+    # Unused since the scheduler preset is `warmup_cosine`; kept so that older config.json files still load.
     scheduler_decay_steps: int = 10_000
     scheduler_decay_lr: float = 1e-5
 
@@ -78,14 +111,17 @@ class FlowMLPConfig(PreTrainedConfig):
             raise ValueError(f"num_steps must be >= 1, got {self.num_steps}.")
 
     def get_optimizer_preset(self) -> AdamWConfig:
-        return AdamWConfig(lr=self.optimizer_lr, weight_decay=self.optimizer_weight_decay)
+        return AdamWConfig(
+            lr=self.optimizer_lr,
+            betas=(0.9, 0.999),
+            eps=1e-8,
+            weight_decay=self.optimizer_weight_decay,
+            grad_clip_norm=self.optimizer_grad_clip_norm,
+        )
 
-    def get_scheduler_preset(self) -> CosineDecayWithWarmupSchedulerConfig:
-        return CosineDecayWithWarmupSchedulerConfig(
-            peak_lr=self.optimizer_lr,
-            decay_lr=self.scheduler_decay_lr,
-            num_warmup_steps=self.scheduler_warmup_steps,
-            num_decay_steps=self.scheduler_decay_steps,
+    def get_scheduler_preset(self) -> WarmupCosineSchedulerConfig:
+        return WarmupCosineSchedulerConfig(
+            num_warmup_steps=self.scheduler_warmup_steps, min_lr_ratio=self.scheduler_min_lr_ratio
         )
 
     def validate_features(self) -> None:
