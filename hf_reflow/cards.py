@@ -1,20 +1,31 @@
-"""Model cards for k-RF checkpoints, rendered from the packaged Jinja template with `ModelCard.from_template`.
+"""Model and dataset cards for k-RF stages and stored couplings, rendered with `ModelCard.from_template`.
 
-Pure text: the facts come from the checkpoint's `reflow.json` / `config.json`, the lineage found by
-`hf_reflow.hub.Hub.lineage` and the rows `hf-reflow eval --output=` writes. Nothing here talks to
-the Hub (`hf_reflow.hub` does), and nothing here calls `RepoCard.validate`.
+The facts come from the checkpoint's `reflow.json` / `config.json` / `train_config.json`, its sources
+(teacher lineage, the checkpoint it started from, couplings), read through a `hf_reflow.hub.Hub`, and
+the rows `hf-reflow eval --output=` writes. Hub metadata names Hub ids only: `base_model` is the stage's
+starting checkpoint, `datasets` the Hub datasets it was trained on (demonstrations, couplings), and
+`model-index` is written only for results on a Hub dataset. The license is the starting checkpoint's.
+Nothing here calls `RepoCard.validate` (it posts to huggingface.co whatever the endpoint).
 """
 
 from __future__ import annotations
 
 import json
+import logging
+import re
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from hf_reflow.errors import HubError
 
+logger = logging.getLogger(__name__)
+
 TEMPLATES = Path(__file__).parent / "templates"
 HUB_URL = "https://huggingface.co"
+DEFAULT_LICENSE = "apache-2.0"
+MAX_LINEAGE = 32
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 # Columns of the evaluation table and of `model-index`, as `hf-reflow eval --output=` names them.
 EVAL_METRICS = {
     "success_rate": "success rate",
@@ -36,10 +47,22 @@ def tags(info: dict[str, Any], policy_type: str) -> list[str]:
     return out + (["distilled"] if info.get("distilled") else [])
 
 
+def hub_id(value: Any) -> str | None:
+    """`value` when it names a Hub repo: `namespace/name`, not an existing local path, not `local/...`."""
+    if (
+        not isinstance(value, str)
+        or not _HUB_ID.match(value)
+        or value.startswith("local/")
+        or Path(value).exists()
+    ):
+        return None
+    return value
+
+
 def hub_datasets(info: dict[str, Any]) -> list[str]:
     """The training dataset as a Hub id, when it came from the Hub (a local `root` has no Hub id)."""
     dataset = info.get("dataset") or {}
-    return [dataset["repo_id"]] if dataset.get("repo_id") and not dataset.get("root") else []
+    return [dataset["repo_id"]] if hub_id(dataset.get("repo_id")) and not dataset.get("root") else []
 
 
 def load_eval_rows(path: str | Path, checkpoint: str | Path) -> list[dict[str, Any]]:
@@ -80,21 +103,162 @@ def _final_folder(path: str | Path) -> Path:
     )
 
 
-def eval_results(rows: list[dict[str, Any]], *, model_name: str, dataset: str) -> list[Any]:
-    """`model-index` entries: one `EvalResult` per (step count, metric) present in the rows."""
+# ---- the facts a card needs from the Hub ------------------------------------------------------
+def source(hub: Any, path: str) -> dict[str, Any]:
+    """A checkpoint named by a local path or a Hub id: repo_id (None if never pushed), commit, path,
+    folder (local), k, stage, teacher and its `reflow.json` as `info`."""
+    from hf_reflow.checkpoints import PRETRAINED_DIR, REFLOW_INFO, read_reflow_info
+    from hf_reflow.hub import read_push_record
+
+    local = Path(path)
+    folder = next((f for f in (local, local / PRETRAINED_DIR) if (f / "config.json").is_file()), None)
+    if folder is not None:
+        info, record = read_reflow_info(folder), read_push_record(folder)
+        row = {"repo_id": record.get("repo_id"), "commit": record.get("commit"), "folder": str(folder)}
+    else:
+        try:
+            info = json.loads(hub.read_text(path, REFLOW_INFO) or "{}")
+            row = {"repo_id": path, "commit": hub.commit_id(path)}
+        except HubError as e:
+            logger.warning("%s is neither a local checkpoint nor readable on the Hub (%s)", path, e)
+            info, row = {}, {"repo_id": None, "commit": None}
+    return {**row, "path": path, "k": info.get("k", "?"), "stage": info.get("stage", "unknown"),
+            "teacher": info.get("teacher"), "info": info}  # fmt: skip
+
+
+def lineage(hub: Any, info: dict[str, Any]) -> list[dict[str, Any]]:
+    """A checkpoint's teachers, oldest first (rows of `source`, commit = the one trained from)."""
+    rows: list[dict[str, Any]] = []
+    child, teacher, seen = info, info.get("teacher"), set()
+    while teacher and teacher not in seen and len(rows) < MAX_LINEAGE:
+        seen.add(teacher)
+        row = source(hub, str(teacher))
+        row["commit"] = child.get("teacher_commit") or row["commit"]
+        rows.insert(0, row)
+        child, teacher = row["info"], row["teacher"]
+    return rows
+
+
+def base_source(
+    hub: Any, folder: Path, info: dict[str, Any], teachers: list[dict[str, Any]]
+) -> dict[str, Any]:
+    """What a stage started from: its teacher; else `reflow.json`'s `base_model` (+ `base_model_commit`),
+    else `policy.path` in the run's train_config.json (beside the checkpoint or one level up); {} for none."""
+    if teachers:
+        return teachers[-1]
+    path = info.get("base_model")
+    for config in (folder / "train_config.json", folder.parent / "train_config.json"):
+        if not path and config.is_file():
+            path = (json.loads(config.read_text()).get("policy") or {}).get("path")
+    if not path:
+        return {}
+    row = source(hub, str(path))
+    return {**row, "commit": info.get("base_model_commit") or row["commit"]}
+
+
+def card_license(hub: Any, row: dict[str, Any]) -> dict[str, str]:
+    """`license` (+ `license_name` / `license_link`) from a source's card: its local README.md, else its
+    Hub repo's; apache-2.0 when neither names one."""
+    from huggingface_hub import ModelCard
+
+    text, local = None, Path(row.get("folder") or "") / "README.md"
+    if row.get("folder") and local.is_file():
+        text = local.read_text()
+    elif row.get("repo_id"):
+        try:
+            text = hub.read_text(row["repo_id"], "README.md", revision=row.get("commit"))
+        except HubError as e:
+            logger.warning(
+                "cannot read the license of %s (%s); the card says %s", row["repo_id"], e, DEFAULT_LICENSE
+            )
+    data = ModelCard(text).data.to_dict() if text else {}
+    if not data.get("license"):
+        return {"license": DEFAULT_LICENSE}
+    return {k: data[k] for k in ("license", "license_name", "license_link") if data.get(k)}
+
+
+def pushed_id(path_or_repo: str | None) -> str | None:
+    """The Hub id of a folder that was pushed (its hub.json), or of a Hub id itself."""
+    from hf_reflow.hub import read_push_record
+
+    if path_or_repo and Path(path_or_repo).is_dir():
+        return read_push_record(path_or_repo).get("repo_id")
+    return hub_id(path_or_repo)
+
+
+@dataclass
+class StageCard:
+    """A rendered model card and what the push needs beside it."""
+
+    folder: Path
+    card: Any
+    label: str
+    teacher_repo: str | None
+
+
+def checkpoint_card(hub: Any, checkpoint: str | Path, repo_id: str, *, eval_rows: list[dict[str, Any]] | None = None,
+                    license: str | None = None) -> StageCard:  # fmt: skip
+    """The card of a local checkpoint about to be pushed to `repo_id` (`license`: override)."""
+    from hf_reflow.checkpoints import read_reflow_info, resolve_checkpoint
+
+    folder = Path(resolve_checkpoint(checkpoint))
+    info = read_reflow_info(folder)
+    policy_config = json.loads((folder / "config.json").read_text())
+    teachers = lineage(hub, info)
+    base = base_source(hub, folder, info, teachers)
+    card = model_card(
+        repo_id=repo_id, info=info, policy_config=policy_config, lineage=teachers, eval_rows=eval_rows,
+        license={"license": license} if license else card_license(hub, base), base_model=base.get("repo_id"),
+        couplings_repo=pushed_id(info.get("couplings_dataset")),
+    )  # fmt: skip
+    label = f"{stage_label(info)} {policy_config.get('type', '')} policy ({info.get('num_steps', '?')} steps)"
+    return StageCard(folder, card, label, teachers[-1].get("repo_id") if teachers else None)
+
+
+def set_new_version(hub: Any, old_repo: str, new_repo: str) -> bool:
+    """Set `new_version: new_repo` in the card of an hf-reflow stage on the Hub (`reflow` tag); True when
+    committed. Only on request; a failure (e.g. no write access to the teacher) only logs a warning.
+    (`metadata_update` would do this, but in huggingface_hub 1.33 it validates on huggingface.co and
+    uploads through the module-level client, whatever `hub`'s endpoint and token.)"""
+    from huggingface_hub import ModelCard
+
+    try:
+        text = hub.read_text(old_repo, "README.md")
+        card = ModelCard(text) if text else None
+        if card is None or "reflow" not in (card.data.tags or []) or card.data.get("new_version") == new_repo:
+            return False
+        card.data.new_version = new_repo
+        with hub.errors(f"update the card of {old_repo}"):
+            hub.api.upload_file(
+                path_or_fileobj=str(card).encode(),
+                path_in_repo="README.md",
+                repo_id=old_repo,
+                commit_message=f"Newer stage: {new_repo}",
+            )
+        return True
+    except HubError as e:
+        logger.warning("could not point %s to its newer stage %s: %s", old_repo, new_repo, e)
+        return False
+
+
+# ---- model card ---------------------------------------------------------------------------------
+def eval_results(rows: list[dict[str, Any]], *, model_name: str, dataset: str | None) -> list[Any]:
+    """`model-index` entries: one `EvalResult` per (step count, metric) of rows measured on a Hub dataset
+    (the row's `dataset`, else `dataset`); rows on a local dataset or path are left out."""
     from huggingface_hub import EvalResult
 
     results = []
     for row in rows:
+        dataset_id = hub_id(row.get("dataset", dataset))
         for key, name in EVAL_METRICS.items():
-            if row.get(key) is None:
+            if row.get(key) is None or dataset_id is None:
                 continue
             results.append(
                 EvalResult(
                     task_type="robotics",
                     task_name="Robot action chunk generation",
-                    dataset_type=row.get("dataset") or dataset,
-                    dataset_name=row.get("env") or row.get("task") or dataset,
+                    dataset_type=dataset_id,
+                    dataset_name=row.get("env") or row.get("task") or dataset_id,
                     metric_type=key,
                     metric_name=f"{name}, {row['nfe']} step{'s' if row['nfe'] != 1 else ''}",
                     metric_value=row[key],
@@ -111,30 +275,43 @@ def model_card(
     policy_config: dict[str, Any],
     lineage: list[dict[str, Any]],
     eval_rows: list[dict[str, Any]] | None = None,
-    license: str = "apache-2.0",
+    license: dict[str, str] | str = DEFAULT_LICENSE,
+    base_model: str | None = None,
+    couplings_repo: str | None = None,
 ) -> Any:
-    """The `ModelCard` of one k-RF stage (`lineage` oldest first; its last entry is the direct teacher)."""
+    """The `ModelCard` of one k-RF stage (`lineage` oldest first; its last entry is the direct teacher).
+
+    `base_model`: the Hub id it started from (teacher, or the 1-RF's `policy.path`); `license`: a
+    license id or the card fields `license` / `license_name` / `license_link`.
+    """
     from huggingface_hub import ModelCard, ModelCardData
 
     policy_type = policy_config.get("type", "unknown")
-    base = lineage[-1].get("repo_id") if lineage else None
-    dataset = (info.get("dataset") or {}).get("repo_id") or "unknown"
+    license = {"license": license} if isinstance(license, str) else license
+    datasets = hub_datasets(info) + ([couplings_repo] if couplings_repo else [])
+    results = eval_results(
+        eval_rows or [], model_name=repo_id.split("/")[-1], dataset=next(iter(hub_datasets(info)), None)
+    )
     data = ModelCardData(
         library_name="lerobot",
         pipeline_tag="robotics",
-        license=license,
+        **license,
         tags=tags(info, policy_type),
-        datasets=hub_datasets(info) or None,
-        base_model=base,
+        datasets=datasets or None,
+        base_model=base_model,
         model_name=repo_id.split("/")[-1],
-        eval_results=eval_results(eval_rows, model_name=repo_id.split("/")[-1], dataset=dataset)
-        if eval_rows
-        else None,
+        eval_results=results or None,
     )
-    if base:
+    if base_model:
         data.base_model_relation = "finetune"
     values = _template_values(repo_id, info, policy_config, lineage, eval_rows or [])
+    values.update(base_model=base_model, couplings_repo=couplings_repo, model_index=bool(results))
     return ModelCard.from_template(data, template_path=str(TEMPLATES / "model_card.md"), **values)
+
+
+def _features(features: dict[str, Any] | None) -> list[dict[str, Any]]:
+    return [{"name": k, "type": str(f.get("type", "")).lower(), "shape": tuple(f.get("shape", ()))}
+            for k, f in (features or {}).items()]  # fmt: skip
 
 
 def _template_values(repo_id, info, policy_config, lineage, eval_rows) -> dict[str, Any]:
@@ -145,6 +322,7 @@ def _template_values(repo_id, info, policy_config, lineage, eval_rows) -> dict[s
         or 10
     )
     distilled, k = bool(info.get("distilled")), info.get("k", 1)
+    dataset = next(iter(hub_datasets(info)), None)
     return {
         "title": repo_id.split("/")[-1],
         "repo_id": repo_id,
@@ -155,6 +333,11 @@ def _template_values(repo_id, info, policy_config, lineage, eval_rows) -> dict[s
         "policy_type": policy_config.get("type", "unknown"),
         "steps_field": "num_inference_steps" if "num_inference_steps" in policy_config else "num_steps",
         "num_steps": num_steps,
+        "inputs": _features(policy_config.get("input_features")),
+        "outputs": _features(policy_config.get("output_features")),
+        "chunk_size": policy_config.get("chunk_size", "?"),
+        "n_action_steps": policy_config.get("n_action_steps", "?"),
+        "dataset_arg": f"--dataset.repo_id={dataset}" if dataset else "--dataset.root=<a LeRobotDataset with the same features>",
         "steps_advice": "this one was distilled for 1 step." if distilled else (
             "a 1-RF usually needs ~10; reflowed stages keep most of their accuracy at 1-2 (see the table)."
         ),
@@ -217,38 +400,61 @@ def _fmt(value: Any) -> str:
     return f"{value:.4g}" if isinstance(value, float) else str(value)
 
 
+# ---- dataset card (stored couplings) ------------------------------------------------------------
+def couplings_card(hub: Any, folder: Path, repo_id: str, *, license: str | None = None) -> tuple[Any, str]:
+    """(the `DatasetCard` of a complete couplings folder about to be pushed to `repo_id`, a commit label)."""
+    from hf_reflow.offline_couplings import check_complete
+
+    spec = check_complete(folder)
+    teacher = source(hub, spec.teacher)
+    teacher_name = teacher.get("repo_id") or spec.teacher
+    card = dataset_card(
+        repo_id=repo_id, spec=spec, teacher_repo=teacher.get("repo_id"),
+        license={"license": license} if license else card_license(hub, teacher),
+    )  # fmt: skip
+    return card, f"{spec.num_couplings} reflow couplings of {teacher_name}"
+
+
 def dataset_card(
-    *, repo_id: str, spec: dict[str, Any], teacher_repo: str | None, license: str = "apache-2.0"
+    *, repo_id: str, spec: Any, teacher_repo: str | None, license: dict[str, str] | str = DEFAULT_LICENSE
 ) -> Any:
-    """The `DatasetCard` of a stored couplings folder (`spec` = its couplings.json)."""
+    """The `DatasetCard` of a stored couplings folder (`spec`: its `CouplingsSpec`)."""
     from huggingface_hub import DatasetCard, DatasetCardData
 
-    hub_dataset = spec["dataset_repo_id"] if not spec.get("dataset_root") else None
+    license = {"license": license} if isinstance(license, str) else license
+    hub_dataset = hub_id(spec.dataset_repo_id) if not spec.dataset_root else None
     data = DatasetCardData(
-        license=license,
+        **license,
         task_categories=["robotics"],
-        tags=["reflow", "rectified-flow", "lerobot", "couplings", spec.get("policy_type", "unknown")],
+        tags=["reflow", "rectified-flow", "lerobot", "couplings", spec.policy_type],
         source_datasets=[hub_dataset] if hub_dataset else None,
-        pretty_name=f"Reflow couplings of {teacher_repo or spec['teacher']}",
+        pretty_name=f"Reflow couplings of {teacher_repo or spec.teacher}",
+        configs=[
+            {"config_name": "default", "data_files": [{"split": "train", "path": "data/train-*.parquet"}]}
+        ],
     )
-    teacher_row = {"repo_id": teacher_repo, "path": spec["teacher"]}
-    info = {"dataset": {"repo_id": spec["dataset_repo_id"], "root": spec.get("dataset_root")}}
+    info = {"dataset": {"repo_id": spec.dataset_repo_id, "root": spec.dataset_root}}
     return DatasetCard.from_template(
         data,
         template_path=str(TEMPLATES / "dataset_card.md"),
         title=repo_id.split("/")[-1],
         repo_id=repo_id,
-        teacher=teacher_repo or spec["teacher"],
-        teacher_link=link(teacher_row),
-        teacher_steps=spec["teacher_num_inference_steps"],
-        solver=spec["teacher_solver"],
-        num_couplings=f"{spec['num_couplings']:,}",
-        num_frames=spec["num_frames"],
-        num_blocks=-(-spec["num_couplings"] // spec["block_size"]),
-        block_size=spec["block_size"],
-        chunk=spec["action_shape"][0],
-        action_dim=spec["action_shape"][1],
-        seed=spec["seed"],
-        dataset=spec["dataset_repo_id"],
+        teacher=teacher_repo or spec.teacher,
+        teacher_link=link({"repo_id": teacher_repo, "path": spec.teacher}),
+        teacher_commit=spec.teacher_commit or "unknown (never pushed)",
+        teacher_sha256=spec.teacher_sha256,
+        teacher_steps=spec.teacher_num_inference_steps,
+        solver=spec.teacher_solver,
+        num_couplings=f"{spec.num_couplings:,}",
+        num_frames=spec.num_frames,
+        num_blocks=spec.num_blocks,
+        block_size=spec.block_size,
+        chunk=spec.action_shape[0],
+        action_dim=spec.action_shape[1],
+        seed=spec.seed,
         dataset_text=_dataset_text(info),
+        dataset_fingerprint=spec.dataset_fingerprint,
+        dataset_arg=f"--dataset.repo_id={hub_dataset}"
+        if hub_dataset
+        else "--dataset.root=<the same LeRobotDataset>",
     )

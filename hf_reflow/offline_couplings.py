@@ -1,25 +1,32 @@
-"""Reflow couplings generated once and stored as a dataset: the alternative to online generation.
+"""Reflow couplings generated once and stored as a Hugging Face dataset: the alternative to online generation.
 
     hf-reflow couplings generate --teacher.path=outputs/toy/1rf --dataset.root=data/toy --output=couplings/toy
-    accelerate launch -m hf_reflow couplings generate ...        # blocks shared across processes
+    accelerate launch -m hf_reflow couplings generate ...        # shards shared across processes
 
-A couplings folder holds `couplings.json` (teacher, its commit, ODE steps and solver, dataset, seed,
-block size, action shape) and `blocks/block-<b>.safetensors`, one per block of `block_size` couplings:
+A couplings folder is a Hub dataset repo as it stands: `couplings.json` (teacher, its commit and the
+sha256 of its weights, ODE steps and solver, source dataset and a fingerprint of its metadata, seed,
+shard size, action shape) and `data/train-<b>.parquet`, one shard per block of `block_size` couplings,
+with the `datasets` features
 
-    noise   (B, chunk, action_dim)  float32, drawn from torch.Generator seeded with block_seed(seed, b)
-    action  (B, chunk, action_dim)  float32, the teacher's ODE end point from that noise (normalised space)
-    index   (B,)                    int64, the dataset frame each coupling was made for (same generator)
+    noise          Array2D (chunk, action_dim) float32, drawn from torch.Generator seeded with block_seed(seed, b)
+    action         Array2D (chunk, action_dim) float32, the teacher's ODE end point from that noise (normalised)
+    row            int64, the row of the dataset (as loaded) the coupling was made for (same generator)
+    episode_index, frame_index   int64, that frame in LeRobot's terms
+    teacher_steps  int32, solver string: how the end point was made
 
-A block depends only on (seed, b, teacher, dataset), so any number of processes produce the same
-folder (process r makes blocks b with b % world_size == r), an interrupted run resumes by skipping
-finished blocks (each written under a temporary name, then renamed), and the noise can be re-derived
-from the seeds. Training reads it with `--couplings.path=DIR` (or a Hub dataset repo id).
+A shard depends only on (seed, b, teacher, dataset), so any number of processes produce the same folder
+(process r makes shards b with b % world_size == r), an interrupted run resumes by skipping finished
+shards (each written under a temporary name, then renamed), and the noise can be re-derived from the
+seeds. Training reads the shards memory-mapped through `datasets` (Arrow; never all in RAM), and refuses
+couplings whose teacher weights or source dataset differ from the stage's.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
+import logging
 import os
 from pathlib import Path
 from typing import Any
@@ -30,10 +37,14 @@ from torch.utils.data import Dataset
 
 from hf_reflow.errors import ConfigError, DataError
 
+logger = logging.getLogger(__name__)
+
 METADATA = "couplings.json"
-BLOCKS = "blocks"
-FORMAT = "hf-reflow-couplings/1"
+SHARDS = "data"
+FORMAT = "hf-reflow-couplings/2"
 NOISE_KEY, ACTION_KEY = "reflow.noise", "reflow.action"  # extra batch keys carrying stored couplings
+COLUMNS = ("noise", "action", "row", "episode_index", "frame_index", "teacher_steps", "solver")
+_CHECKED_ROWS = 32  # couplings whose frame is compared with the training dataset's
 
 
 def block_seed(seed: int, block: int) -> int:
@@ -42,17 +53,18 @@ def block_seed(seed: int, block: int) -> int:
 
 
 def block_path(root: Path, block: int) -> Path:
-    return root / BLOCKS / f"block-{block:06d}.safetensors"
+    """The parquet shard of block `block` (the Hub reads `data/train-*.parquet` as the train split)."""
+    return Path(root) / SHARDS / f"train-{block:05d}.parquet"
 
 
 def draw_block(
     seed: int, block: int, size: int, action_shape: tuple[int, int], num_frames: int
 ) -> tuple[Tensor, Tensor]:
-    """(noise (size, chunk, action_dim), frame index (size,)) of a block, from its seed alone."""
+    """(noise (size, chunk, action_dim), dataset row (size,)) of a block, from its seed alone."""
     generator = torch.Generator().manual_seed(block_seed(seed, block))
     noise = torch.randn(size, *action_shape, generator=generator)
-    index = torch.randint(num_frames, (size,), generator=generator)
-    return noise, index
+    row = torch.randint(num_frames, (size,), generator=generator)
+    return noise, row
 
 
 def _block_sizes(num_couplings: int, block_size: int) -> list[int]:
@@ -62,14 +74,16 @@ def _block_sizes(num_couplings: int, block_size: int) -> list[int]:
 
 @dataclasses.dataclass
 class CouplingsSpec:
-    """What `couplings.json` records: everything a block depends on."""
+    """What `couplings.json` records: everything a shard depends on, and what identifies its sources."""
 
     teacher: str
     teacher_commit: str | None
+    teacher_sha256: str
     teacher_num_inference_steps: int
     teacher_solver: str
     dataset_repo_id: str
     dataset_root: str | None
+    dataset_fingerprint: str
     num_frames: int
     num_couplings: int
     block_size: int
@@ -83,6 +97,37 @@ class CouplingsSpec:
         return len(_block_sizes(self.num_couplings, self.block_size))
 
 
+def features(action_shape: tuple[int, ...]) -> Any:
+    """The `datasets.Features` of a shard."""
+    from datasets import Array2D, Features, Value
+
+    shape = tuple(int(n) for n in action_shape)
+    return Features({
+        "noise": Array2D(shape=shape, dtype="float32"), "action": Array2D(shape=shape, dtype="float32"),
+        "row": Value("int64"), "episode_index": Value("int64"), "frame_index": Value("int64"),
+        "teacher_steps": Value("int32"), "solver": Value("string"),
+    })  # fmt: skip
+
+
+def weights_sha256(checkpoint: str | Path, *, revision: str | None = None) -> str:
+    """sha256 of a checkpoint's `model.safetensors`: which teacher made a set of couplings."""
+    from hf_reflow.checkpoints import resolve_checkpoint
+
+    digest = hashlib.sha256()
+    with open(Path(resolve_checkpoint(str(checkpoint), revision=revision)) / "model.safetensors", "rb") as f:
+        while chunk := f.read(1 << 22):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def dataset_fingerprint(root: str | Path) -> str:
+    """sha256 over a LeRobotDataset's `meta/` files (info, stats, tasks, per-episode metadata and stats)."""
+    digest, meta = hashlib.sha256(), Path(root) / "meta"
+    for file in sorted(p for p in meta.rglob("*") if p.is_file()):
+        digest.update(file.relative_to(meta).as_posix().encode() + b"\0" + file.read_bytes())
+    return digest.hexdigest()
+
+
 # ---- generation ---------------------------------------------------------------------------
 def generate(
     output: str | Path,
@@ -94,12 +139,12 @@ def generate(
     batch_size: int = 256,
     seed: int = 0,
 ) -> Path:
-    """Make (or finish) a couplings folder; this process's share of blocks under Accelerate."""
+    """Make (or finish) a couplings folder; this process's share of shards under Accelerate."""
     from accelerate import PartialState
 
     from hf_reflow.checkpoints import load_processors
     from hf_reflow.couplings import OnlineTeacher
-    from hf_reflow.data import make_dataset
+    from hf_reflow.data import load_metadata, make_dataset
     from hf_reflow.hub import checkpoint_commit
 
     if num_couplings < 1 or block_size < 1 or batch_size < 1:
@@ -112,10 +157,12 @@ def generate(
     spec = CouplingsSpec(
         teacher=str(teacher_cfg.path),
         teacher_commit=checkpoint_commit(teacher_cfg.path, revision=teacher_cfg.revision),
+        teacher_sha256=weights_sha256(teacher_cfg.path, revision=teacher_cfg.revision),
         teacher_num_inference_steps=teacher_cfg.num_inference_steps,
         teacher_solver=teacher_cfg.solver,
         dataset_repo_id=dataset_cfg.repo_id,
         dataset_root=dataset_cfg.root,
+        dataset_fingerprint=dataset_fingerprint(load_metadata(dataset_cfg).root),
         num_frames=len(dataset),
         num_couplings=num_couplings,
         block_size=block_size,
@@ -129,7 +176,7 @@ def generate(
     )
     sizes = _block_sizes(num_couplings, block_size)
     for block in range(state.process_index, len(sizes), state.num_processes):
-        if not block_path(root, block).is_file():  # finished blocks are skipped: resumable
+        if not block_path(root, block).is_file():  # finished shards are skipped: resumable
             _make_block(root, block, sizes[block], spec, teacher, dataset, preprocessor, batch_size)
     state.wait_for_everyone()
     return root
@@ -147,7 +194,7 @@ def _check_or_write_spec(root: Path, spec: CouplingsSpec, state: Any) -> None:
                 "rerun with the same settings to resume, or choose another --output."
             )
     elif state.is_main_process:
-        (root / BLOCKS).mkdir(parents=True, exist_ok=True)
+        (root / SHARDS).mkdir(parents=True, exist_ok=True)
         file.write_text(json.dumps(dataclasses.asdict(spec), indent=2, sort_keys=True))
     state.wait_for_everyone()
 
@@ -156,19 +203,23 @@ def _check_or_write_spec(root: Path, spec: CouplingsSpec, state: Any) -> None:
 def _make_block(
     root: Path, block: int, size: int, spec: CouplingsSpec, teacher, dataset, preprocessor, batch_size
 ) -> None:
-    from safetensors.torch import save_file
+    from datasets import Dataset as ArrowDataset
 
-    noise, index = draw_block(spec.seed, block, size, tuple(spec.action_shape), spec.num_frames)
-    actions = []
+    noise, rows = draw_block(spec.seed, block, size, tuple(spec.action_shape), spec.num_frames)
+    actions, where = [], {"episode_index": [], "frame_index": []}
     for start in range(0, size, batch_size):
-        rows = index[start : start + batch_size].tolist()
-        batch = preprocessor(torch.utils.data.default_collate([dataset[i] for i in rows]))
+        items = [dataset[i] for i in rows[start : start + batch_size].tolist()]
+        for key, values in where.items():
+            values += [int(item[key]) for item in items]
+        batch = preprocessor(torch.utils.data.default_collate(items))
         chunk = noise[start : start + batch_size].to(teacher.device)  # (b, chunk, action_dim)
         actions.append(teacher.end_points(batch, chunk).float().cpu())
+    columns = {
+        "noise": noise.numpy(), "action": torch.cat(actions).numpy(), "row": rows.numpy(), **where,
+        "teacher_steps": [spec.teacher_num_inference_steps] * size, "solver": [spec.teacher_solver] * size,
+    }  # fmt: skip
     tmp = block_path(root, block).with_suffix(f".tmp-{os.getpid()}")
-    save_file(
-        {"noise": noise.contiguous(), "action": torch.cat(actions).contiguous(), "index": index}, str(tmp)
-    )
+    ArrowDataset.from_dict(columns, features=features(spec.action_shape)).to_parquet(str(tmp))
     tmp.rename(block_path(root, block))
 
 
@@ -188,61 +239,125 @@ def resolve_couplings(path_or_repo: str, *, revision: str | None = None) -> Path
     return Hub().download(path_or_repo, revision=revision, repo_type="dataset")
 
 
+def check_complete(root: Path) -> CouplingsSpec:
+    """The spec of a local couplings folder in this format whose shards are all written."""
+    file = Path(root) / METADATA
+    if not file.is_file():
+        raise DataError(
+            f"{str(root)!r} is not a couplings folder (no {METADATA}); make one with `hf-reflow couplings generate`."
+        )
+    saved = json.loads(file.read_text())
+    if saved.get("format") != FORMAT:
+        raise DataError(
+            f"couplings {str(root)!r} are in format {saved.get('format')!r}, this hf-reflow reads {FORMAT!r}; "
+            "regenerate them with `hf-reflow couplings generate`."
+        )
+    spec = CouplingsSpec(**saved)
+    missing = [b for b in range(spec.num_blocks) if not block_path(Path(root), b).is_file()]
+    if missing:
+        raise DataError(
+            f"couplings {str(root)!r} are incomplete ({len(missing)} of {spec.num_blocks} shards missing, e.g. "
+            f"shard {missing[0]}); rerun `hf-reflow couplings generate` with the same settings to finish them."
+        )
+    return spec
+
+
+def open_couplings(path_or_repo: str, *, revision: str | None = None) -> tuple[CouplingsSpec, Any]:
+    """The spec and the shards as one memory-mapped `datasets.Dataset` (torch format), in shard order."""
+    from datasets import Dataset as ArrowDataset
+
+    root = resolve_couplings(path_or_repo, revision=revision)
+    spec = check_complete(root)
+    files = [str(block_path(root, b)) for b in range(spec.num_blocks)]
+    table = ArrowDataset.from_parquet(files, features=features(spec.action_shape), keep_in_memory=False)
+    return spec, table.with_format("torch")
+
+
 def load_couplings(
     path_or_repo: str, *, revision: str | None = None
 ) -> tuple[CouplingsSpec, dict[str, Tensor]]:
-    """The spec and all blocks concatenated: noise (N, chunk, dim), action (N, chunk, dim), index (N,)."""
-    from safetensors.torch import load_file
-
-    root = resolve_couplings(path_or_repo, revision=revision)
-    spec = CouplingsSpec(**json.loads((root / METADATA).read_text()))
-    missing = [b for b in range(spec.num_blocks) if not block_path(root, b).is_file()]
-    if missing:
-        raise DataError(
-            f"couplings {str(root)!r} are incomplete ({len(missing)} of {spec.num_blocks} blocks missing, e.g. "
-            f"block {missing[0]}); rerun `hf-reflow couplings generate` with the same settings to finish them."
-        )
-    blocks = [load_file(str(block_path(root, b))) for b in range(spec.num_blocks)]
-    return spec, {key: torch.cat([b[key] for b in blocks]) for key in ("noise", "action", "index")}
+    """The spec and every coupling in memory (for inspection; training streams them): noise (N, chunk, dim),
+    action (N, chunk, dim), row / episode_index / frame_index (N,)."""
+    spec, table = open_couplings(path_or_repo, revision=revision)
+    columns = table.select_columns(["noise", "action", "row", "episode_index", "frame_index"])[:]
+    return spec, dict(columns)
 
 
 class CouplingDataset(Dataset):
     """Training items: the frame a coupling was made for, plus its stored noise and teacher end point."""
 
-    def __init__(self, frames: Dataset, tensors: dict[str, Tensor]) -> None:
-        self.frames, self.tensors = frames, tensors
+    def __init__(self, frames: Dataset, table: Any) -> None:
+        self.frames, self.table = frames, table.select_columns(["noise", "action", "row"])
 
     def __len__(self) -> int:
-        return len(self.tensors["index"])
+        return len(self.table)
 
     def __getitem__(self, i: int) -> dict[str, Any]:
-        item = dict(self.frames[int(self.tensors["index"][i])])
-        item[NOISE_KEY], item[ACTION_KEY] = self.tensors["noise"][i], self.tensors["action"][i]
-        return item
+        return self.__getitems__([i])[0]
+
+    def __getitems__(self, indices: list[int]) -> list[dict[str, Any]]:
+        """One read of the memory-mapped table per batch (DataLoader calls this with a batch's indices)."""
+        stored = self.table[list(indices)]  # noise / action (B, chunk, dim), row (B,)
+        items = [dict(self.frames[int(r)]) for r in stored["row"]]
+        for j, item in enumerate(items):
+            item[NOISE_KEY], item[ACTION_KEY] = stored["noise"][j], stored["action"][j]
+        return items
 
 
 def training_dataset(
-    couplings_cfg: Any, frames: Dataset, *, teacher: str, action_shape: tuple[int, ...]
-) -> CouplingDataset:
-    """Stored couplings as the dataset of a reflow / distill stage, after checking they fit it."""
-    spec, tensors = load_couplings(couplings_cfg.path, revision=couplings_cfg.revision)
+    couplings_cfg: Any, frames: Dataset, *, teacher: str, action_shape: tuple[int, ...],
+    teacher_revision: str | None = None, dataset_cfg: Any = None,
+) -> CouplingDataset:  # fmt: skip
+    """Stored couplings as the dataset of a reflow / distill stage, after checking they were made by this
+    teacher (same weights) on this dataset (same metadata fingerprint when `dataset_cfg` or the frames
+    name its folder; always the same frame for a sample of couplings)."""
+    spec, table = open_couplings(couplings_cfg.path, revision=couplings_cfg.revision)
+    where = f"couplings {couplings_cfg.path!r}"
     if tuple(spec.action_shape) != tuple(action_shape):
         raise DataError(
-            f"couplings {couplings_cfg.path!r} have action chunks {tuple(spec.action_shape)}, the student needs "
-            f"{tuple(action_shape)}; generate couplings with this student's teacher."
+            f"{where} have action chunks {tuple(spec.action_shape)}, the student needs {tuple(action_shape)}; "
+            "generate couplings with this student's teacher."
         )
     if spec.num_frames != len(frames):
         raise DataError(
-            f"couplings {couplings_cfg.path!r} index a dataset of {spec.num_frames} frames ({spec.dataset_repo_id}), "
-            f"--dataset has {len(frames)}; pass the dataset the couplings were generated on."
+            f"{where} index a dataset of {spec.num_frames} frames ({spec.dataset_repo_id}), --dataset has "
+            f"{len(frames)}; pass the dataset the couplings were generated on."
         )
-    if spec.teacher != teacher:
-        import logging
+    if weights_sha256(teacher, revision=teacher_revision) != spec.teacher_sha256:
+        raise DataError(
+            f"{where} were made by the teacher {spec.teacher!r} (commit {spec.teacher_commit or 'unknown'}), whose "
+            f"weights differ from this stage's teacher {teacher!r}; pass that teacher, or generate couplings with this one."
+        )
+    _check_same_dataset(spec, table, frames, dataset_cfg, where)
+    return CouplingDataset(frames, table)
 
-        logging.getLogger(__name__).warning(
-            "couplings were generated by teacher %s; this stage's teacher.path is %s", spec.teacher, teacher
+
+def _check_same_dataset(spec: CouplingsSpec, table: Any, frames: Any, dataset_cfg: Any, where: str) -> None:
+    from hf_reflow.data import load_metadata
+
+    root = (
+        load_metadata(dataset_cfg).root
+        if dataset_cfg is not None
+        else getattr(getattr(frames, "meta", None), "root", None)
+    )
+    if root is not None and dataset_fingerprint(root) != spec.dataset_fingerprint:
+        raise DataError(
+            f"{where} were generated on another version of the dataset ({spec.dataset_repo_id}, metadata "
+            f"fingerprint {spec.dataset_fingerprint[:12]}); pass that dataset, or generate couplings on this one."
         )
-    return CouplingDataset(frames, tensors)
+    picks = torch.linspace(0, len(table) - 1, min(_CHECKED_ROWS, len(table))).long().tolist()
+    stored = table.select_columns(["row", "episode_index", "frame_index"])[picks]
+    for j, row in enumerate(stored["row"].tolist()):
+        item = frames[row]
+        if (int(item["episode_index"]), int(item["frame_index"])) != (
+            int(stored["episode_index"][j]),
+            int(stored["frame_index"][j]),
+        ):
+            raise DataError(
+                f"{where} were generated on another dataset or episode selection: row {row} is episode "
+                f"{int(stored['episode_index'][j])} frame {int(stored['frame_index'][j])} there, episode "
+                f"{int(item['episode_index'])} frame {int(item['frame_index'])} here; pass the dataset they were made on."
+            )
 
 
 def split_stored(batch: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Tensor]]:

@@ -28,6 +28,11 @@ ROUTES: list[tuple[str, str, re.Pattern]] = [
     (m, name, re.compile(p))
     for m, name, p in [
         ("GET", "whoami", r"^/api/whoami-v2$"),
+        (
+            "GET",
+            "auth_check",
+            r"^/api/(?P<type>models|datasets)/(?P<repo>[^/]+/[^/]+)/auth-check(?P<write>/write)?$",
+        ),
         ("POST", "create_repo", r"^/api/repos/create$"),
         ("POST", "validate_yaml", r"^/api/validate-yaml$"),
         (
@@ -254,6 +259,14 @@ class Handler(BaseHTTPRequestHandler):
         orgs = [{"name": org, "roleInOrg": "admin"} for org in user.get("orgs", [])]
         auth = {"type": "access_token", "accessToken": {"displayName": "test", "role": user["role"]}}
         return 200, {"type": "user", "name": user["name"], "orgs": orgs, "auth": auth}, {}
+
+    def _auth_check(self, groups, query, body):
+        """`HfApi.auth_check`: 401 bad token, 404 unknown (or hidden) repo, 403 no write access."""
+        self._user()
+        self._existing(groups["type"], groups["repo"])
+        if groups.get("write"):
+            self._writable(groups["type"], groups["repo"])
+        return 200, {}, {}
 
     def _create_repo(self, groups, query, body):
         payload = json.loads(body)

@@ -1,7 +1,8 @@
 """Hub integration against the loopback Hub (tests/hub_server.py): no network.
 
 Every test asserts that only the routes the server implements were hit, so a huggingface_hub upgrade
-that adds a call fails here loudly. A live test against the real Hub runs only with HF_TOKEN and
+that adds a call fails here loudly. huggingface_hub's own retry waits are made instant (and counted);
+requests are counted on the server. A live test against the real Hub runs only with HF_TOKEN and
 HF_REFLOW_LIVE_HUB=1.
 """
 
@@ -13,6 +14,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 import uuid
 from pathlib import Path
 
@@ -26,7 +28,17 @@ from hf_reflow.errors import CheckpointError, HubError
 WRITE = "hf_loopbackWRITEtoken0123456789abcdef"
 READ = "hf_loopbackREADtoken0123456789abcdefgh"
 TOKENS = {WRITE: {"name": "alice", "role": "write", "orgs": ["lab"]}, READ: {"name": "bob", "role": "read"}}
-KNOWN = {"whoami", "create_repo", "validate_yaml", "preupload", "commit", "branch", "info", "tree", "resolve"}
+KNOWN = {
+    "auth_check",
+    "create_repo",
+    "validate_yaml",
+    "preupload",
+    "commit",
+    "branch",
+    "info",
+    "tree",
+    "resolve",
+}
 
 
 @pytest.fixture
@@ -37,11 +49,26 @@ def hub_server(tmp_path):
     assert server.routes_hit() <= KNOWN
 
 
+class _InstantTime:
+    """`time` for huggingface_hub's http_backoff: its waits are recorded, not slept."""
+
+    def __init__(self) -> None:
+        self.waits: list[float] = []
+
+    def __getattr__(self, name: str):
+        return getattr(time, name)
+
+    def sleep(self, seconds: float) -> None:
+        self.waits.append(seconds)
+
+
 @pytest.fixture
 def online(monkeypatch, hub_server, tmp_path):
     """This process talks to the loopback Hub with the write token and a fresh cache."""
     from huggingface_hub import constants
+    from huggingface_hub.utils import _http
 
+    monkeypatch.setattr(_http, "time", _InstantTime())
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "cache"))
     monkeypatch.setattr(constants, "HF_TOKEN_PATH", str(tmp_path / "no-saved-token"))
@@ -58,10 +85,14 @@ def checkpoint_1rf(teacher_1rf, tmp_path) -> Path:
     )
 
 
-def fast_hub():
+def fast_hub(retries: int = 2):
     from hf_reflow.hub import Hub
 
-    return Hub(retries=3, backoff_s=0.01)
+    return Hub(retries=retries)
+
+
+def hits(server, route: str) -> int:
+    return sum(name == route for _, name, _ in server.state.hits)
 
 
 def cli_env(hub_server, tmp_path, token: str | None) -> dict[str, str]:
@@ -107,8 +138,8 @@ def test_round_trip_hub_teacher_card_lineage_and_idempotence(
 
     caplog.set_level(logging.DEBUG)
     hub = fast_hub()
-    first = hub.push_checkpoint(checkpoint_1rf, "alice/toy-1rf")
-    assert first.created
+    first = hub.push_checkpoint(checkpoint_1rf, "alice/toy-1rf", license="mit")
+    assert first.created and (checkpoint_1rf / "README.md").is_file()  # the card is also kept locally
     # A 2-RF whose teacher is a Hub id: downloaded from the loopback Hub through the cache.
     config = train_config(
         stage="reflow", steps=10, output_dir=str(tmp_path / "2rf"), dataset__root=str(toy_dataset),
@@ -129,26 +160,71 @@ def test_round_trip_hub_teacher_card_lineage_and_idempotence(
 
     snapshot = Path(hub.api.snapshot_download("alice/toy-2rf", cache_dir=str(tmp_path / "fresh")))
     assert sorted(p.name for p in snapshot.iterdir()) == sorted(
-        [p.name for p in final.iterdir() if p.name != "hub.json"] + ["README.md", ".gitattributes"]
+        [p.name for p in final.iterdir() if p.name != "hub.json"] + [".gitattributes"]
     )
     noise, state = torch.randn(3, 8, 2, generator=torch.Generator().manual_seed(0)), torch.randn(3, 4)
     assert torch.equal(chunk(snapshot, noise, state), chunk(final, noise, state))
 
     card = ModelCard.load(snapshot / "README.md")
     assert card.data.base_model == "alice/toy-1rf" and card.data.base_model_relation == "finetune"
+    assert card.data.license == "mit"  # the teacher's, read from its card on the Hub
     assert {"reflow", "rectified-flow", "lerobot", "flow_mlp", "2-rf"} <= set(card.data.tags)
     assert card.data.library_name == "lerobot" and card.data.pipeline_tag == "robotics"
-    metrics = {(r.metric_type, r.metric_config) for r in card.data.eval_results}
-    assert {("success_rate", "nfe=1"), ("straightness", "nfe=2"), ("latency_ms", "nfe=1")} <= metrics
+    assert card.data.eval_results is None and card.data.datasets is None  # trained on a local dataset
+    assert "not in the card's `model-index`" in card.text and "| 1 |" in card.text
+    assert "## Inputs & Outputs" in card.text and "| `observation.state` | state | `(4,)` |" in card.text
+    assert "lerobot-eval --policy.path=alice/toy-2rf --policy.num_steps=" in card.text
+    assert "hf-reflow eval --policy.path=alice/toy-2rf" in card.text
     assert f"commit/{first.commit}" in card.text  # lineage table links the teacher's commit
     teacher_card = ModelCard(hub.read_text("alice/toy-1rf", "README.md"))
-    assert teacher_card.data.new_version == "alice/toy-2rf"
+    assert teacher_card.data.get("new_version") is None  # never set unless asked
     assert teacher_card.data.base_model is None and "1-rf" in teacher_card.data.tags
+    assert (
+        hub.push_checkpoint(final, "alice/toy-2rf", eval_rows=rows, set_new_version=True).commit
+        == pushed.commit
+    )
+    teacher_card = ModelCard(hub.read_text("alice/toy-1rf", "README.md"))
+    assert teacher_card.data.new_version == "alice/toy-2rf" and teacher_card.data.license == "mit"
 
     written = [p for p in tmp_path.rglob("*") if p.is_file()]
     assert not [p for p in written if WRITE.encode() in p.read_bytes()]
     out, err = capfd.readouterr()
     assert WRITE not in out + err + caplog.text
+
+
+def test_card_of_a_1rf_fine_tuned_from_a_hub_checkpoint(online, checkpoint_1rf, tmp_path):
+    """base_model from the run's policy.path, license inherited, Hub datasets and model-index."""
+    from huggingface_hub import ModelCard
+
+    hub = fast_hub()
+    hub.push_checkpoint(checkpoint_1rf, "lab/base", license="cc-by-4.0")
+    tuned = Path(shutil.copytree(checkpoint_1rf, tmp_path / "tuned" / "pretrained_model"))
+    for name in ("hub.json", "README.md"):
+        (tuned / name).unlink()
+    run_config = json.loads((tuned / "train_config.json").read_text())
+    (tuned / "train_config.json").unlink()  # read from the run dir, one level up, as a run lays it out
+    run_config["policy"]["path"] = "lab/base"
+    (tuned.parent / "train_config.json").write_text(json.dumps(run_config))
+    info = json.loads((tuned / "reflow.json").read_text())
+    info["dataset"] = {"repo_id": "lab/demos", "root": None}
+    (tuned / "reflow.json").write_text(json.dumps(info))
+    rows = [
+        {"nfe": 1, "straightness": 0.5, "latency_ms": 1.0},
+        {"nfe": 10, "straightness": 0.1, "dataset": "local/x"},
+    ]
+    hub.push_checkpoint(tuned, "alice/tuned", eval_rows=rows)
+
+    card = ModelCard(hub.read_text("alice/tuned", "README.md"))
+    assert card.data.base_model == "lab/base" and card.data.license == "cc-by-4.0"
+    assert card.data.datasets == ["lab/demos"]
+    results = {(r.dataset_type, r.metric_type, r.metric_config) for r in card.data.eval_results}
+    assert ("lab/demos", "straightness", "nfe=1") in results and (
+        "lab/demos",
+        "latency_ms",
+        "nfe=1",
+    ) in results
+    assert not [r for r in results if r[2] == "nfe=10"]  # measured on a local dataset: not in model-index
+    assert "**Fine-tuned from:** [lab/base]" in card.text and "not in the card's" not in card.text
 
 
 def test_faults_are_retried_without_duplicate_or_partial_commits(online, checkpoint_1rf):
@@ -157,37 +233,77 @@ def test_faults_are_retried_without_duplicate_or_partial_commits(online, checkpo
     result = hub.push_checkpoint(checkpoint_1rf, "alice/faulty")
     assert result.created and not online.state.faults
     assert len(online.repo("alice/faulty").history()) == 2  # initial + one push
-    # The commit lands but its response is lost: the retry finds identical files and commits nothing.
+    # The commit lands but its response is lost: huggingface_hub's retry of it fails (412, the branch
+    # moved), our one rerun finds identical files and commits nothing.
     online.state.faults.append(("commit", "drop_after"))
     rows = [{"nfe": 1, "straightness": 0.5}]  # a card change, so the push has something to commit
     changed = hub.push_checkpoint(checkpoint_1rf, "alice/faulty", eval_rows=rows)
     history = online.repo("alice/faulty").history()
-    assert len(history) == 3 and changed.commit == history[0]["oid"]
+    assert len(history) == 3 and changed.commit == history[0]["oid"] and changed.created
     # Every attempt fails: an error that names the fix, and the repo is left as it was.
-    online.state.faults += [("commit", "503")] * 2
-    with pytest.raises(HubError, match="could not commit to alice/faulty.*503"):
-        from hf_reflow.hub import Hub
-
-        Hub(retries=1, backoff_s=0.01).push_checkpoint(checkpoint_1rf, "alice/faulty", eval_rows=rows + rows)
+    online.state.faults += [("commit", "503")] * 6
+    with pytest.raises(HubError, match="could not commit to alice/faulty.*503.*rerun safely"):
+        hub.push_checkpoint(checkpoint_1rf, "alice/faulty", eval_rows=rows + rows)
     assert len(online.repo("alice/faulty").history()) == 3
+
+
+def test_retries_are_not_nested(online, checkpoint_1rf, monkeypatch):
+    """One layer of retries per request: huggingface_hub's (counted on the server), ours only where it has none."""
+    from huggingface_hub import constants
+
+    hub = fast_hub(retries=2)
+    hub.push_checkpoint(checkpoint_1rf, "alice/counted")
+    before = len(online.repo("alice/counted").history())
+    rows = [{"nfe": 1, "straightness": 0.25}]
+    # preupload: huggingface_hub tries 1 + 5 times; we add nothing, and nothing is committed.
+    online.state.hits.clear()
+    online.state.faults += [("preupload", "503")] * 6
+    with pytest.raises(HubError, match="503"):
+        hub.push_checkpoint(checkpoint_1rf, "alice/counted", eval_rows=rows)
+    assert hits(online, "preupload") == 6 and hits(online, "commit") == 0 and not online.state.faults
+    # commit (hf_xet installed: upload_folder's pipeline retries it itself): 1 + 5 attempts, none of ours.
+    online.state.hits.clear()
+    online.state.faults += [("commit", "503")] * 6
+    with pytest.raises(HubError, match="503"):
+        hub.push_checkpoint(checkpoint_1rf, "alice/counted", eval_rows=rows)
+    assert hits(online, "commit") == 6 and hits(online, "preupload") == 1
+    assert len(online.repo("alice/counted").history()) == before
+    # without hf_xet huggingface_hub sends the commit once: ours is then the only layer (1 + 2 attempts).
+    monkeypatch.setattr(constants, "HF_HUB_DISABLE_XET", True)
+    online.state.hits.clear()
+    online.state.faults += [("commit", "503")] * 3
+    with pytest.raises(HubError, match="503"):
+        hub.push_checkpoint(checkpoint_1rf, "alice/counted", eval_rows=rows)
+    assert hits(online, "commit") == 3 and hits(online, "preupload") == 3
+    online.state.hits.clear()
+    online.state.faults += [("commit", "503"), ("commit", "drop_after")]
+    assert hub.push_checkpoint(checkpoint_1rf, "alice/counted", eval_rows=rows).created
+    assert hits(online, "commit") == 2 and len(online.repo("alice/counted").history()) == before + 1
 
 
 def test_access_checks(online, monkeypatch):
     from hf_reflow.hub import Hub
 
-    assert fast_hub().check_push_access("lab/model") == "alice"
+    fast_hub().check_push_access("lab/model", create=True)
+    assert online.repo("lab/model").history() and "whoami" not in online.routes_hit()
+    fast_hub().check_push_access("alice/not-yet")  # without create: a new repo passes, nothing is made
+    with pytest.raises(HubError, match="must be a local checkpoint folder"):
+        fast_hub().push_checkpoint("lab/model", "alice/copy")
+    assert not online.repo("alice/not-yet").path.exists()
     for bad in ("no-namespace", "a/b/c", "alice/bad name!"):
         with pytest.raises(HubError, match="invalid Hub repo id"):
             fast_hub().check_push_access(bad)
-    with pytest.raises(HubError, match="cannot create repos under 'bob'"):
-        fast_hub().check_push_access("bob/model")
+    with pytest.raises(HubError, match="get write access to bob/model.*403.*cannot write there"):
+        fast_hub().check_push_access("bob/model", create=True)
     monkeypatch.setenv("HF_TOKEN", READ)
-    with pytest.raises(HubError, match="'read' role") as error:
-        Hub().check_push_access("bob/model")
-    assert READ not in str(error.value)
+    for repo_id in ("bob/model", "lab/model"):  # a new repo (create refused), an existing one (auth_check)
+        with pytest.raises(HubError, match="403.*cannot write there") as error:
+            Hub().check_push_access(repo_id, create=True)
+        assert READ not in str(error.value)
+    assert hits(online, "auth_check") >= 2
     monkeypatch.setenv("HF_TOKEN", "hf_unknown_token_value_123")
     with pytest.raises(HubError, match="rejected the token") as error:
-        Hub().check_push_access("alice/model")
+        Hub().check_push_access("alice/model", create=True)
     assert "hf_unknown_token_value_123" not in str(error.value)
 
 
@@ -219,7 +335,7 @@ def test_cli_fails_fast_before_training(hub_server, toy_dataset, tmp_path):
     cases = [
         (WRITE, "--hub_model_id=alice/bad name", "invalid Hub repo id"),
         (None, "--hub_model_id=alice/toy", "none was found; set HF_TOKEN"),
-        (READ, "--hub_model_id=bob/toy", "'read' role"),
+        (READ, "--hub_model_id=bob/toy", "cannot write there"),
     ]
     for i, (token, model_id, message) in enumerate(cases):
         out = tmp_path / f"run{i}"
@@ -228,6 +344,7 @@ def test_cli_fails_fast_before_training(hub_server, toy_dataset, tmp_path):
         assert message in result.stderr and "Traceback" not in result.stderr
         assert not out.exists()  # nothing trained, nothing written
         assert token is None or token not in result.stdout + result.stderr
+    assert not (hub_server.state.root / "models" / "bob").exists()  # no repo made either
 
 
 def test_cli_push_with_eval_rows(hub_server, checkpoint_1rf, tmp_path):
@@ -248,7 +365,7 @@ def test_cli_push_with_eval_rows(hub_server, checkpoint_1rf, tmp_path):
     assert "pushed: " in result.stdout and WRITE not in result.stdout + result.stderr
     readme = hub_server.repo("alice/cli-1rf")
     card = readme.blob(readme.files("main")["README.md"]).decode()
-    assert "model-index" in card and "| 10 | n/a | 1 | n/a | 1 |" in card
+    assert "| 10 | n/a | 1 | n/a | 1 |" in card and "\nmodel-index:" not in card  # local training data
     result = run_cli(env, *args[:2], "--repo_id=alice/cli-1rf", "--eval=missing.json")
     assert result.returncode == 2 and "cannot read eval results" in result.stderr
 
@@ -265,9 +382,9 @@ def test_live_hub_push_and_load(checkpoint_1rf, monkeypatch, tmp_path):
 
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
     hub = Hub()
-    user = hub.check_push_access(f"{hub.api.whoami()['name']}/x")
-    repo_id = f"{user}/hf-reflow-live-{uuid.uuid4().hex[:8]}"
+    repo_id = f"{hub.api.whoami()['name']}/hf-reflow-live-{uuid.uuid4().hex[:8]}"
     try:
+        hub.check_push_access(repo_id, private=True, create=True)
         result = hub.push_checkpoint(checkpoint_1rf, repo_id, private=True)
         assert result.created and not hub.push_checkpoint(checkpoint_1rf, repo_id, private=True).created
         snapshot = Path(hub.api.snapshot_download(repo_id, cache_dir=str(tmp_path / "cache")))
@@ -278,14 +395,15 @@ def test_live_hub_push_and_load(checkpoint_1rf, monkeypatch, tmp_path):
 
 
 def test_couplings_pushed_as_a_dataset_train_by_repo_id(online, checkpoint_1rf, toy_dataset, tmp_path):
-    from huggingface_hub import DatasetCard
+    from datasets import load_dataset
+    from huggingface_hub import DatasetCard, ModelCard
 
     from hf_reflow.configs import DatasetConfig, TeacherConfig
     from hf_reflow.offline_couplings import generate, load_couplings
     from hf_reflow.trainer import ReflowTrainer
 
     hub = fast_hub()
-    hub.push_checkpoint(checkpoint_1rf, "alice/toy-1rf")
+    teacher = hub.push_checkpoint(checkpoint_1rf, "alice/toy-1rf", license="mit")
     folder = tmp_path / "couplings"
     generate(
         folder,
@@ -297,21 +415,30 @@ def test_couplings_pushed_as_a_dataset_train_by_repo_id(online, checkpoint_1rf, 
     result = hub.push_couplings(folder, "alice/toy-couplings")
     assert result.created and not hub.push_couplings(folder, "alice/toy-couplings").created
     files = online.repo("alice/toy-couplings", "datasets").files("main")
-    assert {
+    assert set(files) == {
+        ".gitattributes",
         "README.md",
         "couplings.json",
-        "blocks/block-000000.safetensors",
-        "blocks/block-000001.safetensors",
-    } <= set(files)
+        "data/train-00000.parquet",
+        "data/train-00001.parquet",
+    }
 
     _, local = load_couplings(str(folder))
     _, remote = load_couplings("alice/toy-couplings")  # a Hub dataset id, through the cache
     assert all(torch.equal(local[k], remote[k]) for k in local)
-    card = DatasetCard.load(Path(hub.download("alice/toy-couplings", repo_type="dataset")) / "README.md")
+    snapshot = Path(hub.download("alice/toy-couplings", repo_type="dataset"))
+    card = DatasetCard.load(snapshot / "README.md")
+    rows = load_dataset(str(snapshot), split="train")  # the card's `configs` name the parquet shards
+    assert len(rows) == 48 and rows.features["noise"].shape == (8, 2)
     assert {"reflow", "couplings", "flow_mlp"} <= set(card.data.tags) and "alice/toy-1rf" in card.text
+    assert card.data.license == "mit" and teacher.commit in card.text
     config = train_config(
         stage="reflow", steps=3, output_dir=str(tmp_path / "2rf"), dataset__root=str(toy_dataset),
         teacher__path=str(checkpoint_1rf), couplings__path="alice/toy-couplings",
     )  # fmt: skip
     final = ReflowTrainer(config).train()
     assert json.loads((final / "reflow.json").read_text())["couplings_dataset"] == "alice/toy-couplings"
+    hub.push_checkpoint(final, "alice/toy-2rf-stored")
+    card = ModelCard(hub.read_text("alice/toy-2rf-stored", "README.md"))
+    assert card.data.datasets == ["alice/toy-couplings"] and card.data.base_model == "alice/toy-1rf"
+    assert "**Trained on stored couplings:** [alice/toy-couplings]" in card.text

@@ -1,9 +1,11 @@
-"""Stored reflow couplings: reproducible from seeds, resumable, identical when sharded, usable for training."""
+"""Stored reflow couplings: a Hugging Face dataset (parquet shards), reproducible from seeds, resumable,
+identical when sharded, read memory-mapped for training, refused for another teacher or dataset."""
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -11,13 +13,20 @@ import sys
 import pytest
 import torch
 from conftest import REPO, train_config
-from safetensors.torch import load_file
 
-from hf_reflow.configs import DatasetConfig, TeacherConfig
+from hf_reflow.configs import CouplingsConfig, DatasetConfig, TeacherConfig
 from hf_reflow.errors import ConfigError, DataError
-from hf_reflow.offline_couplings import block_path, draw_block, generate, load_couplings
+from hf_reflow.offline_couplings import block_path, draw_block, generate, load_couplings, training_dataset
 
 SETTINGS = {"num_couplings": 150, "block_size": 64, "batch_size": 32, "seed": 3}
+
+
+def load_file(path: str) -> dict[str, torch.Tensor]:
+    """One parquet shard as tensors, read with `datasets` (its Array2D features give (B, chunk, dim))."""
+    from datasets import Dataset
+
+    table = Dataset.from_parquet(path).with_format("torch")
+    return {k: v for k, v in table[:].items() if k != "solver"}
 
 
 @pytest.fixture(scope="module")
@@ -28,6 +37,8 @@ def stored(teacher_1rf, toy_dataset, tmp_path_factory):
 
 
 def test_blocks_are_the_teacher_end_points_of_seeded_noise(stored, teacher_1rf, toy_dataset):
+    from datasets import Array2D, Dataset
+
     from hf_reflow.checkpoints import load_config, load_policy, load_processors
     from hf_reflow.data import make_dataset
     from hf_reflow.policies.base import adapter_for
@@ -35,16 +46,23 @@ def test_blocks_are_the_teacher_end_points_of_seeded_noise(stored, teacher_1rf, 
 
     spec, tensors = load_couplings(str(stored))
     assert (spec.num_blocks, tensors["noise"].shape, spec.action_shape) == (3, (150, 8, 2), [8, 2])
-    assert spec.teacher_num_inference_steps == 10 and spec.num_frames > 0
-    block = load_file(str(block_path(stored, 2)))  # the last, partial block: 150 - 2 * 64 = 22
+    assert spec.teacher_num_inference_steps == 10 and spec.num_frames > 0 and len(spec.teacher_sha256) == 64
+    shard = Dataset.from_parquet(str(block_path(stored, 2)))  # the last, partial block: 150 - 2 * 64 = 22
+    assert shard.features["noise"] == Array2D(shape=(8, 2), dtype="float32") == shard.features["action"]
+    assert set(shard["solver"]) == {"euler"} and set(shard["teacher_steps"]) == {10}
+    block = load_file(str(block_path(stored, 2)))
     noise, index = draw_block(spec.seed, 2, 22, (8, 2), spec.num_frames)
-    assert torch.equal(block["noise"], noise) and torch.equal(block["index"], index)
+    assert torch.equal(block["noise"], noise) and torch.equal(block["row"], index)
     config = load_config(str(teacher_1rf))
     adapter = adapter_for(load_policy(str(teacher_1rf), config=config))
     pre, _ = load_processors(str(teacher_1rf), config)
     frames = make_dataset(DatasetConfig(root=str(toy_dataset), in_memory="never"), config)
-    batch = pre(torch.utils.data.default_collate([frames[i] for i in index.tolist()]))
-    expected = sample_policy(adapter, batch, noise, num_steps=10).action
+    items = [frames[i] for i in index.tolist()]
+    assert block["episode_index"].tolist() == [int(item["episode_index"]) for item in items]
+    assert block["frame_index"].tolist() == [int(item["frame_index"]) for item in items]
+    expected = sample_policy(
+        adapter, pre(torch.utils.data.default_collate(items)), noise, num_steps=10
+    ).action
     torch.testing.assert_close(block["action"], expected, rtol=0, atol=1e-6)
 
 
@@ -121,3 +139,57 @@ def test_bad_couplings_inputs(stored, teacher_1rf, toy_dataset, tmp_path):
     )  # fmt: skip
     with pytest.raises(DataError, match="not a couplings folder"):
         ReflowTrainer(config).train()
+    old = tmp_path / "old"  # the safetensors-block format of earlier versions
+    old.mkdir()
+    (old / "couplings.json").write_text(json.dumps({"format": "hf-reflow-couplings/1", "teacher": "x"}))
+    with pytest.raises(DataError, match="format 'hf-reflow-couplings/1'.*regenerate"):
+        load_couplings(str(old))
+
+
+def test_training_reads_memory_mapped_and_refuses_another_teacher_or_dataset(
+    stored, teacher_1rf, toy_dataset, tmp_path
+):
+    from datasets.table import MemoryMappedTable
+    from safetensors.torch import load_file as load_weights
+    from safetensors.torch import save_file
+
+    from hf_reflow.checkpoints import load_config
+    from hf_reflow.data import make_dataset
+    from hf_reflow.offline_couplings import NOISE_KEY, CouplingDataset
+
+    config = load_config(str(teacher_1rf))
+    data = DatasetConfig(root=str(toy_dataset))
+    frames = make_dataset(data, config)
+    couplings, shape = CouplingsConfig(path=str(stored)), (8, 2)
+    dataset = training_dataset(
+        couplings, frames, teacher=str(teacher_1rf), action_shape=shape, dataset_cfg=data
+    )
+    assert isinstance(dataset, CouplingDataset) and isinstance(dataset.table.data, MemoryMappedTable)
+    _, tensors = load_couplings(str(stored))
+    items = dataset.__getitems__([3, 149])
+    assert torch.equal(items[1][NOISE_KEY], tensors["noise"][149]) and len(dataset) == 150
+
+    other = shutil.copytree(teacher_1rf, tmp_path / "other")  # same folder layout, other weights
+    weights = load_weights(str(other / "pretrained_model" / "model.safetensors"))
+    save_file(
+        {k: v + 1e-3 for k, v in weights.items()}, str(other / "pretrained_model" / "model.safetensors")
+    )
+    with pytest.raises(DataError, match="weights differ from this stage's teacher"):
+        training_dataset(couplings, frames, teacher=str(other), action_shape=shape)
+
+    changed = shutil.copytree(toy_dataset, tmp_path / "toy_v2")  # same frames, edited metadata
+    stats = json.loads((changed / "meta" / "stats.json").read_text())
+    (changed / "meta" / "stats.json").write_text(json.dumps({**stats, "edited": True}))
+    with pytest.raises(DataError, match="another version of the dataset"):
+        training_dataset(couplings, frames, teacher=str(teacher_1rf), action_shape=shape,
+                         dataset_cfg=DatasetConfig(root=str(changed)))  # fmt: skip
+
+    class Shifted(torch.utils.data.Dataset):  # same length, other frames at each row; no metadata folder
+        def __len__(self):
+            return len(frames)
+
+        def __getitem__(self, i):
+            return frames[(i + 7) % len(frames)]
+
+    with pytest.raises(DataError, match="another dataset or episode selection"):
+        training_dataset(couplings, Shifted(), teacher=str(teacher_1rf), action_shape=shape)
