@@ -144,13 +144,16 @@ def cmd_push(args: list[str]) -> int:
     from hf_reflow.hub import Hub
 
     hub = Hub()
-    hub.check_push_access(cfg.repo_id)  # before reading anything else
+    hub.check_push_access(cfg.repo_id, repo_type="dataset" if cfg.couplings else "model", private=cfg.private)
     common = {"private": cfg.private, "revision": cfg.revision, "commit_message": cfg.commit_message}
     if cfg.couplings:
         result = hub.push_couplings(cfg.couplings, cfg.repo_id, license=cfg.license, **common)
     else:
         rows = cards.load_eval_rows(cfg.eval, cfg.checkpoint) if cfg.eval else None
-        result = hub.push_checkpoint(cfg.checkpoint, cfg.repo_id, eval_rows=rows, license=cfg.license, **common)
+        result = hub.push_checkpoint(
+            cfg.checkpoint, cfg.repo_id, eval_rows=rows, license=cfg.license, set_new_version=cfg.set_new_version,
+            **common,
+        )
     print(f"{'pushed' if result.created else 'unchanged, no new commit'}: {result.url}")
     return 0
 

@@ -24,6 +24,7 @@ import torch
 from torch import Tensor
 
 from hf_reflow import flow
+from hf_reflow.data import video_backend
 from hf_reflow.errors import CheckpointError, ConfigError, DataError
 from hf_reflow.sampling import sample_policy
 
@@ -230,7 +231,7 @@ def open_dataset(root: str | None, repo_id: str | None) -> Any:
     key = (root, repo_id)
     if key not in _DATASETS:
         try:
-            _DATASETS[key] = LeRobotDataset(repo_id or "local/dataset", root=root)
+            _DATASETS[key] = LeRobotDataset(repo_id or "local/dataset", root=root, video_backend=video_backend())
         except Exception as e:
             raise DataError(
                 f"cannot open the dataset (root={root!r}, repo_id={repo_id!r}): {type(e).__name__}: "

@@ -257,6 +257,7 @@ class TrainConfig:
     hub_repo_template: str = _opt("{hub_model_id}-{k}rf{suffix}", "repo name per stage; may use {hub_model_id}, {k}, {stage}, {suffix} (-distilled)")
     hub_private: bool = _opt(False, "create the Hub repo private")
     hub_revision: str | None = _opt(None, "branch to push to (created if missing); null: main")
+    hub_set_new_version: bool = _opt(False, "point the teacher's card to this stage with new_version")
     policy: dict[str, Any] = _opt(help=POLICY_HELP, factory=lambda: {"type": "flow_mlp"})
     dataset: DatasetConfig = _opt(help="the demonstrations", factory=DatasetConfig)
     teacher: TeacherConfig = _opt(help="the frozen teacher", factory=TeacherConfig)
@@ -418,7 +419,8 @@ class PushConfig:
     private: bool = _opt(False, "create the repo private")
     revision: str | None = _opt(None, "branch to push to (created if missing); null: main")
     commit_message: str | None = _opt(None, "commit message; null: a generated one")
-    license: str = _opt("apache-2.0", "license in the card")
+    license: str | None = _opt(None, "license in the card; null: the starting checkpoint's, else apache-2.0")
+    set_new_version: bool = _opt(False, "also point the teacher's card to this repo with new_version")
 
     def __post_init__(self) -> None:
         if not self.repo_id or bool(self.checkpoint) == bool(self.couplings):

@@ -23,6 +23,20 @@ if TYPE_CHECKING:
     from hf_reflow.configs import DatasetConfig
 
 
+def video_backend() -> str:
+    """torchcodec when its native library loads, else pyav, chosen quietly.
+
+    LeRobot picks torchcodec when the package is installed and logs a long traceback when its FFmpeg
+    libraries are missing before falling back; asking for the working one first keeps a new user's first
+    screen free of what looks like a crash.
+    """
+    try:
+        import torchcodec.decoders  # noqa: F401  (loads libtorchcodec_core*, which needs FFmpeg)
+    except (ImportError, OSError, RuntimeError):
+        return "pyav"
+    return "torchcodec"
+
+
 def load_metadata(cfg: DatasetConfig) -> LeRobotDatasetMetadata:
     """Dataset metadata from `cfg.root` (offline) or the Hub / cache (`cfg.repo_id`)."""
     from lerobot.datasets.lerobot_dataset import LeRobotDatasetMetadata
@@ -79,7 +93,9 @@ def make_dataset(cfg: DatasetConfig, policy_config: Any) -> Dataset:
     meta = load_metadata(cfg)
     check_features(policy_config, meta)
     delta = resolve_delta_timestamps(policy_config, meta)
-    dataset = LeRobotDataset(cfg.repo_id, root=cfg.root, episodes=cfg.episodes, delta_timestamps=delta)
+    dataset = LeRobotDataset(
+        cfg.repo_id, root=cfg.root, episodes=cfg.episodes, delta_timestamps=delta, video_backend=video_backend()
+    )
     has_images = any(f["dtype"] in ("image", "video") for f in meta.features.values())
     if cfg.in_memory == "never" or (cfg.in_memory == "auto" and (has_images or len(dataset) > IN_MEMORY_MAX_FRAMES)):
         return dataset

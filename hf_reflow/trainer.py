@@ -61,6 +61,7 @@ TRAIN_CONFIG = "train_config.json"
 # A run dir may be moved, then resumed; Hub and tracker settings may change too (e.g. to push a finished run).
 _IGNORED_ON_RESUME = (
     "resume", "output_dir", "push_to_hub", "hub_model_id", "hub_repo_template", "hub_private", "hub_revision",
+    "hub_set_new_version",
     "wandb", "job_name", *RECORD_KEYS,
 )  # fmt: skip
 
@@ -267,8 +268,9 @@ class ReflowTrainer:
         dataset = make_dataset(cfg.dataset, student.policy.config)
         if cfg.couplings.path:  # stored couplings instead of online generation
             dataset = offline_couplings.training_dataset(
-                cfg.couplings, dataset, teacher=str(cfg.teacher.path), action_shape=adapter.action_shape
-            )
+                cfg.couplings, dataset, teacher=str(cfg.teacher.path), action_shape=adapter.action_shape,
+                teacher_revision=cfg.teacher.revision, dataset_cfg=cfg.dataset,
+            )  # fmt: skip
         student.policy.train()
         loss_module = (
             ShortcutLoss(adapter, cfg.flow, cfg.shortcut) if cfg.stage == "shortcut" else StudentLoss(adapter, cfg.flow)
@@ -501,6 +503,11 @@ class ReflowTrainer:
             else None,
             "teacher_num_inference_steps": cfg.teacher.num_inference_steps if cfg.stage != "flow_matching" else None,
             "teacher_solver": cfg.teacher.solver if cfg.stage != "flow_matching" else None,
+            # The checkpoint a 1-RF was fine-tuned from (the model card's base_model) and its commit.
+            "base_model": cfg.policy.get("path") if cfg.stage == "flow_matching" else None,
+            "base_model_commit": checkpoint_commit(cfg.policy["path"])
+            if cfg.stage == "flow_matching" and cfg.policy.get("path")
+            else None,
             "couplings_seen": samples if cfg.stage != "flow_matching" else 0,
             "couplings_dataset": cfg.couplings.path,  # stored couplings; None = made online
             "dataset": {"repo_id": cfg.dataset.repo_id, "root": cfg.dataset.root},

@@ -110,6 +110,8 @@ def test_eval_prints_a_table_by_step_count(tmp_path, teacher_1rf, toy_dataset):
         "--episodes=3", "--num_samples=16", f"--output={out}",
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-2000:]
+    # Loading a checkpoint and its dataset prints no traceback (LeRobot's torchcodec fallback is avoided).
+    assert "Traceback" not in proc.stderr and "torchcodec" not in proc.stderr, proc.stderr[-2000:]
     import json
 
     rows = json.loads(out.read_text())
