@@ -30,7 +30,8 @@ commands:
   push      push a checkpoint (+ model card) to the Hub: --checkpoint=DIR --repo_id=user/name-2rf [--eval=results.json]
             or stored couplings as a Hub dataset: --couplings=DIR --repo_id=user/name-couplings
   couplings generate reflow couplings once: generate --teacher.path=CKPT --dataset.root=DIR --output=DIR
-  space     serve the Gradio Space on 127.0.0.1: --chain=outputs/metaworld [--port=7860]; --bundle=DIR to deploy
+  space     serve the Gradio Space on 127.0.0.1: --chain=outputs/metaworld [--port=7860]; --bundle=DIR to deploy;
+            --push --repo_id=user/space [--chain=DIR or Hub ids] [--private] to push it as a Gradio Space
 """
 
 
@@ -179,14 +180,29 @@ def cmd_couplings(args: list[str]) -> int:
     return 0
 
 
+SPACE_SWITCHES = ("--push", "--private")  # `hf-reflow space --push --private`: bare switches mean true
+
+
 def cmd_space(args: list[str]) -> int:
     from hf_reflow.configs import SpaceConfig, parse_config
 
+    args = [f"{arg}=true" if arg in SPACE_SWITCHES and (i + 1 == len(args) or args[i + 1].startswith("--")) else arg
+            for i, arg in enumerate(args)]  # fmt: skip
     cfg = parse_config(SpaceConfig, args, command="space")
     from hf_reflow import space
 
     if cfg.bundle:
         print(f"Space written: {space.bundle(cfg.bundle)}")
+        return 0
+    if cfg.push:
+        from hf_reflow.hub import Hub, check_repo_id
+
+        check_repo_id(cfg.repo_id)
+        chain = space.hub_chain(cfg.chain, cfg.policies, env=cfg.env, dataset_repo_id=cfg.dataset.repo_id)
+        hub = Hub()
+        result = space.push(cfg.repo_id, chain, private=cfg.private, hub=hub)
+        print(f"{'pushed' if result.created else 'unchanged, no new commit'}: {space.space_url(hub, cfg.repo_id)} "
+              f"showing {', '.join(chain.models)}")  # fmt: skip
         return 0
     demo = space.load_app().build_demo(
         cfg.policies or cfg.chain, dataset_root=cfg.dataset.root, dataset_repo_id=cfg.dataset.repo_id, env=cfg.env

@@ -440,7 +440,7 @@ class SpaceDatasetConfig:
 
 @dataclass
 class SpaceConfig:
-    """`hf-reflow space`: serve the Gradio Space on 127.0.0.1, or write it out for deployment."""
+    """`hf-reflow space`: serve the Gradio Space on 127.0.0.1, write it out for deployment, or push it to the Hub."""
 
     chain: str | None = _opt(None, "a pipeline output dir (its pipeline.json lists the stages)")
     policies: list[str] | None = _opt(None, "checkpoints to compare instead of a chain, comma-separated")
@@ -448,6 +448,19 @@ class SpaceConfig:
     env: str | None = _opt(None, "closed-loop env: toy | metaworld; null: from the chain")
     port: int | None = _opt(None, "server port; null: Gradio's default")
     bundle: str | None = _opt(None, "write a deployable Space to this folder instead of serving")
+    push: bool = _opt(False, "push a Gradio Space showing the chain (Hub ids: pushed stages or --chain=a/x-1rf,a/x-2rf) to repo_id")
+    repo_id: str | None = _opt(None, "the Space to push to, namespace/name (with --push=true)")
+    private: bool = _opt(False, "create the Space private (with --push=true)")
+
+    def __post_init__(self) -> None:
+        if self.push and not self.repo_id:
+            raise ConfigError("--push=true needs --repo_id=namespace/name of the Space, e.g. --repo_id=you/reflow-compare.")
+        if self.repo_id and not self.push:
+            raise ConfigError("--repo_id names the Space to push to; add --push=true (or drop --repo_id to serve locally).")
+        if self.push and self.bundle:
+            raise ConfigError("choose one of --push=true (push the Space) or --bundle=DIR (write it to a folder).")
+        if self.push and self.dataset.root:
+            raise ConfigError("a pushed Space cannot read a local --dataset.root; pass a Hub dataset as --dataset.repo_id.")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -493,6 +506,32 @@ class EvalConfig:
             raise ConfigError(f"eval.episodes must be >= 0 and eval.num_samples >= 1, got {self.episodes}, {self.num_samples}.")
 
 
+@dataclass
+class PipelinePushConfig:
+    """After evaluation, push the first seed's stages (cards, lineage, eval table) to the Hub, then a Gradio
+    Space showing that chain; write access to every repo is checked before anything trains."""
+
+    hub_model_id: str | None = _opt(None, "namespace/name the stage repos are named from (hub_repo_template); null: push nothing")
+    hub_repo_template: str = _opt("{hub_model_id}-{k}rf{suffix}", "repo name per stage, as train's: {hub_model_id}, {k}, {stage}, {suffix} (-distilled, -shortcut)")
+    space_id: str | None = _opt(None, "namespace/name of a Gradio Space showing the pushed chain; null: no Space")
+    private: bool = _opt(False, "create the model repos and the Space private")
+
+    def __post_init__(self) -> None:
+        if self.space_id and not self.hub_model_id:
+            raise ConfigError("push.space_id shows the pushed chain: also set push.hub_model_id=namespace/name.")
+        for name in ("hub_model_id", "space_id"):
+            value = getattr(self, name)
+            if value is not None and not _REPO_ID.match(value):
+                raise ConfigError(f"push.{name} must be namespace/name, got {value!r}.")
+        try:
+            self.hub_repo_template.format(hub_model_id="a/b", k=1, stage="reflow", suffix="")
+        except (KeyError, IndexError, ValueError) as e:
+            raise ConfigError(
+                f"push.hub_repo_template {self.hub_repo_template!r} is invalid ({e!r}); it may use {{hub_model_id}}, "
+                "{k}, {stage} and {suffix}, e.g. '{hub_model_id}-{k}rf{suffix}'."
+            ) from None
+
+
 _SECTION_HELP = "TrainConfig fields (any `hf-reflow train` option) for the {} stage, on top of `train`"
 
 
@@ -516,6 +555,7 @@ class PipelineConfig:
     )
     data: DemoConfig = _opt(help="the demonstrations", factory=DemoConfig)
     eval: EvalConfig = _opt(help="evaluation of every stage", factory=EvalConfig)
+    push: PipelinePushConfig = _opt(help="push the chain and a Space to the Hub", factory=PipelinePushConfig)
     train: dict[str, Any] = _opt(help="TrainConfig fields (any `hf-reflow train` option) shared by every stage", factory=dict)
     flow_matching: dict[str, Any] = _opt(help=_SECTION_HELP.format("flow_matching"), factory=dict)
     reflow: dict[str, Any] = _opt(help=_SECTION_HELP.format("reflow"), factory=dict)

@@ -8,7 +8,8 @@ validate cards on huggingface.co whatever the endpoint). Access: `create_repo(ex
 skips unchanged files, so a repeated push makes no commit. The commit carries `parent_commit`: if it lands
 but its answer is lost, its retry fails (412) instead of committing twice, and our one retry layer, around
 the commit only, reruns the upload, which finds nothing left to change. It also retries a transient
-commit failure when huggingface_hub sends the commit once (no hf_xet), never otherwise.
+commit failure when huggingface_hub sends the commit once (no hf_xet), never otherwise. A Space is a repo
+of type "space" created with its sdk (`create_repo(..., space_sdk="gradio")`), pushed the same way.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ logger = logging.getLogger(__name__)
 PUSH_RECORD = "hub.json"  # where a pushed folder remembers its repo and commit (never uploaded)
 CARD = "README.md"
 HIDDEN = (".*", "*/.*")  # hidden files and folders are never uploaded
+SPACE_SDK = "gradio"
 TRANSIENT_STATUS = (408, 429, 500, 502, 503, 504)
 HINTS = {
     401: "the Hub rejected the token; set a valid HF_TOKEN or run `hf auth login`.",
@@ -67,9 +69,10 @@ class Hub:
         self.retries = retries
 
     def check_push_access(self, repo_id: str, *, repo_type: str = "model", private: bool = False,
-                          create: bool = False) -> None:  # fmt: skip
+                          create: bool = False, space_sdk: str | None = None) -> None:  # fmt: skip
         """Fail fast unless the token may write to `repo_id`; `create` makes the repo first (exist_ok),
-        else a repo that does not exist yet passes (the push creates it, or fails there)."""
+        else a repo that does not exist yet passes (the push creates it, or fails there). A Space is
+        created with `space_sdk` (e.g. gradio)."""
         from huggingface_hub import constants
         from huggingface_hub.errors import RepositoryNotFoundError
 
@@ -82,7 +85,10 @@ class Hub:
                            "found; set HF_TOKEN or run `hf auth login`.")  # fmt: skip
         with self.errors(f"get write access to {repo_id}"):
             if create:
-                self.api.create_repo(repo_id, repo_type=repo_type, private=private or None, exist_ok=True)
+                space = {"space_sdk": space_sdk} if repo_type == "space" else {}
+                self.api.create_repo(
+                    repo_id, repo_type=repo_type, private=private or None, exist_ok=True, **space
+                )
             try:
                 self.api.auth_check(repo_id, repo_type=repo_type, write=True)
             except RepositoryNotFoundError:
@@ -90,9 +96,11 @@ class Hub:
                     raise
 
     def push_folder(self, folder: str | Path, repo_id: str, *, repo_type: str = "model", private: bool = False,
-                    revision: str | None = None, commit_message: str) -> PushResult:  # fmt: skip
+                    revision: str | None = None, commit_message: str, space_sdk: str | None = None) -> PushResult:  # fmt: skip
         """Create the repo (an existing one is fine) and upload `folder`, less hidden files and hub.json."""
-        self.check_push_access(repo_id, repo_type=repo_type, private=private, create=True)
+        self.check_push_access(
+            repo_id, repo_type=repo_type, private=private, create=True, space_sdk=space_sdk
+        )
         if revision and revision != "main":
             with self.errors(f"create branch {revision} in {repo_id}"):
                 self.api.create_branch(repo_id, branch=revision, repo_type=repo_type, exist_ok=True)
@@ -149,6 +157,17 @@ class Hub:
                                   commit_message=commit_message or f"Upload {label}")  # fmt: skip
         _write_push_record(Path(folder), result, revision)
         return result
+
+    def push_space(self, folder: str | Path, repo_id: str, *, private: bool = False,
+                   commit_message: str = "Upload the hf-reflow Space") -> PushResult:  # fmt: skip
+        """Push a Space folder (README.md header, app, requirements.txt, packages.txt) as a Gradio Space."""
+        return self.push_folder(folder, repo_id, repo_type="space", private=private, commit_message=commit_message,
+                                space_sdk=SPACE_SDK)  # fmt: skip
+
+    def model_info(self, repo_id: str) -> Any:
+        """A model repo's info (`sha`, `private`); a one-line `HubError` when it cannot be read."""
+        with self.errors(f"read model {repo_id}"):
+            return self.api.repo_info(repo_id, repo_type="model")
 
     def commit_id(self, repo_id: str, *, revision: str | None = None, repo_type: str = "model") -> str:
         """The commit a revision (default main) of a repo points to."""
@@ -289,15 +308,20 @@ def _write_text(file: Path, text: str) -> None:
 
 
 # ---- training hooks (`push_to_hub: true` in a TrainConfig) ----------------------------------
+def repo_for_stage(template: str, hub_model_id: str, *, k: int, stage: str) -> str:
+    """`template` (e.g. `{hub_model_id}-{k}rf{suffix}`) filled for a stage of kind `stage` and its k."""
+    suffix = {"distill": "-distilled", "shortcut": "-shortcut"}.get(stage, "")
+    return template.format(hub_model_id=hub_model_id, k=k, stage=stage, suffix=suffix)
+
+
 def stage_repo_id(config: Any) -> str:
     """The repo a stage pushes to: `hub_repo_template` filled with hub_model_id, k, stage, suffix."""
     from hf_reflow.configs import stage_k
     from hf_reflow.couplings import load_teacher_lineage
 
     teacher_k = load_teacher_lineage(config.teacher.path).get("k", 1) if config.teacher.path else 0
-    suffix = {"distill": "-distilled", "shortcut": "-shortcut"}.get(config.stage, "")
-    return config.hub_repo_template.format(hub_model_id=config.hub_model_id, k=stage_k(config.stage, teacher_k),
-                                           stage=config.stage, suffix=suffix)  # fmt: skip
+    return repo_for_stage(config.hub_repo_template, config.hub_model_id, k=stage_k(config.stage, teacher_k),
+                          stage=config.stage)  # fmt: skip
 
 
 def check_stage_push(config: Any) -> str:

@@ -11,7 +11,9 @@ Layout of `output_dir/`:
     results.json, report.md, *.png      every row, the summary with 95 % CIs, plots
     pipeline.json                       the chain (stage names and checkpoint paths) for the Space
 
-Re-running skips finished stages and evaluations; `--force=true` redoes everything.
+Re-running skips finished stages and evaluations; `--force=true` redoes everything. With
+`--push.hub_model_id=you/mw` (+ `--push.space_id=you/space`) the first seed's stages, then a Space showing
+them, are pushed after the report; write access to every repo is checked before anything is written.
 """
 
 from __future__ import annotations
@@ -192,6 +194,7 @@ def run(cfg: PipelineConfig) -> dict[str, Any]:
     chain(cfg.stages)  # a bad chain or task name fails before anything is written
     for task in cfg.data.tasks:
         metaworld.task_prompt(task, cfg.data.mode)
+    targets = check_push(cfg)  # write access to every repo, before anything is written or trained
     check_output_dir(cfg, out)
     demos, heldout = write_datasets(cfg, out)
     trained = {seed: train_chain(cfg, out, seed, demos) for seed in cfg.seeds}
@@ -203,7 +206,53 @@ def run(cfg: PipelineConfig) -> dict[str, Any]:
     results = report.write(out, cfg, rows, log=_log)
     print(report.format_summary(results["summary"]))
     _log(f"report: {out / 'report.md'}  results: {out / 'results.json'}")
+    if targets:
+        push_chain(cfg, trained[cfg.seeds[0]], rows, targets)
     return results
+
+
+def check_push(cfg: PipelineConfig) -> list[str]:
+    """With `push.hub_model_id`: each stage's repo (and `push.space_id`'s Space) created now, write access
+    confirmed; returns the stage repos in chain order ([] when nothing is pushed)."""
+    if not cfg.push.hub_model_id:
+        return []
+    from hf_reflow.hub import SPACE_SDK, Hub, repo_for_stage
+
+    p = cfg.push
+    repos = [repo_for_stage(p.hub_repo_template, p.hub_model_id, k=s.k, stage=s.kind) for s in chain(cfg.stages)]
+    if len(set(repos)) != len(repos):
+        raise ConfigError(f"push.hub_repo_template {p.hub_repo_template!r} names the same repo for several stages "
+                          f"({', '.join(repos)}); use {{k}} and {{suffix}}, e.g. '{{hub_model_id}}-{{k}}rf{{suffix}}'.")  # fmt: skip
+    hub = Hub()
+    for repo in repos:
+        hub.check_push_access(repo, private=p.private, create=True)
+    if p.space_id:
+        hub.check_push_access(p.space_id, repo_type="space", private=p.private, create=True, space_sdk=SPACE_SDK)
+    _log(f"will push {', '.join(repos)}{f' and the Space {p.space_id}' if p.space_id else ''} after evaluation")
+    return repos
+
+
+def push_chain(cfg: PipelineConfig, stages: list[tuple[Stage, Path]], rows: list[dict], repos: list[str]) -> None:
+    """Push the first seed's stages in chain order (each card links its pushed teacher and holds its
+    evaluation rows), then the Space showing them. A failure says how to retry: rerun, nothing retrains."""
+    from hf_reflow import space
+    from hf_reflow.errors import HubError
+    from hf_reflow.hub import Hub
+
+    hub, seed, shown = Hub(), cfg.seeds[0], []
+    try:
+        for (stage, checkpoint), repo in zip(stages, repos, strict=True):
+            mine = sorted((r for r in rows if r.get("seed") == seed and r.get("run") == stage.name), key=lambda r: r["nfe"])
+            result = hub.push_checkpoint(checkpoint, repo, private=cfg.push.private, eval_rows=mine)
+            _log(f"pushed {stage.label} -> {result.url}{'' if result.created else ' (unchanged)'}")
+            shown.append((stage.label, repo))
+        if cfg.push.space_id:
+            hub_chain = space.HubChain(stages=shown, env="metaworld", tasks=list(cfg.data.tasks))
+            result = space.push(cfg.push.space_id, hub_chain, private=cfg.push.private, hub=hub)
+            _log(f"pushed the Space -> {space.space_url(hub, cfg.push.space_id)}{'' if result.created else ' (unchanged)'}")
+    except HubError as e:
+        raise HubError(f"{e} Every stage and the report are saved; rerun the same command to retry the push "
+                       "(finished stages and evaluations are skipped, unchanged files make no commit).") from None
 
 
 def write_chain_index(out: Path, cfg: PipelineConfig, stages: list[tuple[Stage, Path]], demos: Path) -> None:

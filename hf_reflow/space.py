@@ -1,21 +1,38 @@
-"""The Gradio Space from the command line: serve `space/app.py`, or bundle it for deployment.
+"""The Gradio Space from the command line: serve `space/app.py`, bundle it for deployment, or push it.
 
-`space/` lives in the repository, not in the package, so both need a checkout (an editable install).
+`space/` lives in the repository, not in the package, so all three need a checkout (an editable install).
 A bundle is `space/`'s files plus a copy of the `hf_reflow` package, a folder that deploys as a Space
-as is (its `requirements.txt` lists the third-party packages).
+as is (`requirements.txt` lists the third-party packages, `packages.txt` the Debian ones that MuJoCo's
+EGL rendering needs on a CPU Space).
+
+A pushed Space shows a chain of Hub models: the bundle plus `chain.json` (the stages as Hub ids, read by
+`app.py`) and a README header whose `models` and `preload_from_hub` list them, so the Hub links them
+and the Space downloads them at build time. A local stage counts once it was pushed (its `hub.json`).
+
+    hf-reflow space --push=true --repo_id=you/reflow-compare --chain=outputs/metaworld
+    hf-reflow space --push=true --repo_id=you/reflow-compare --chain=1-RF=you/mw-1rf,2-RF=you/mw-2rf
 """
 
 from __future__ import annotations
 
 import importlib.util
+import json
+import logging
 import shutil
+import tempfile
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
+from typing import Any
 
 from hf_reflow.errors import ConfigError
 
+logger = logging.getLogger(__name__)
+
 SPACE_DIR = Path(__file__).resolve().parents[1] / "space"
-SPACE_FILES = ("app.py", "figures.py", "README.md", "requirements.txt")
+SPACE_FILES = ("app.py", "figures.py", "README.md", "requirements.txt", "packages.txt")
+CHAIN_FILE = "chain.json"  # the chain a pushed Space shows, as Hub ids (read by app.py)
+HUB_URL = "https://huggingface.co"
 
 
 def load_app() -> ModuleType:
@@ -43,3 +60,141 @@ def bundle(destination: str | Path) -> Path:
     package = Path(__file__).resolve().parent
     shutil.copytree(package, destination / "hf_reflow", ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
     return destination
+
+
+# ---- the chain a pushed Space shows -------------------------------------------------------------
+@dataclass
+class HubChain:
+    """Stages as (display name, Hub model id), plus the env, its tasks and an optional Hub dataset."""
+
+    stages: list[tuple[str, str]]
+    env: str = "metaworld"
+    tasks: list[str] = field(default_factory=lambda: ["reach-v3", "push-v3"])
+    dataset_repo_id: str | None = None
+
+    @property
+    def models(self) -> list[str]:
+        return list(dict.fromkeys(repo for _, repo in self.stages))
+
+    def to_json(self) -> str:
+        return json.dumps(
+            {"env": self.env, "tasks": self.tasks, "dataset_repo_id": self.dataset_repo_id,
+             "stages": [{"name": name, "repo_id": repo} for name, repo in self.stages]}, indent=2,
+        )  # fmt: skip
+
+
+def read_chain_file(file: str | Path) -> Any:
+    """A pushed Space's `chain.json` as a `compare.Chain` of Hub ids (what `app.py` shows)."""
+    from hf_reflow import compare
+
+    try:
+        data = json.loads(Path(file).read_text())
+        stages = [compare.PolicySpec(s["name"], s["repo_id"]) for s in data["stages"]]
+    except (OSError, json.JSONDecodeError, KeyError, TypeError) as e:
+        raise ConfigError(
+            f"{str(file)!r} is not a valid Space chain file ({type(e).__name__}: {e})."
+        ) from None
+    return compare.Chain(
+        stages=stages, dataset_repo_id=data.get("dataset_repo_id"), env=data.get("env") or "metaworld",
+        tasks=list(data.get("tasks") or ["reach-v3"]),
+    )  # fmt: skip
+
+
+def hub_chain(chain: str | None = None, policies: list[str] | None = None, *, env: str | None = None,
+              dataset_repo_id: str | None = None) -> HubChain:  # fmt: skip
+    """The chain to push as Hub ids: `policies`, else `chain` (a pipeline output dir, or `name=repo`
+    items separated by commas), else `outputs/metaworld`. A local stage must have been pushed (its
+    `hub.json` names the repo); otherwise one `ConfigError` names every unpushed stage."""
+    from hf_reflow import compare
+    from hf_reflow.cards import hub_id
+
+    if policies:
+        specs, spec_chain = compare.parse_policy_lines("\n".join(policies)), compare.Chain(stages=[])
+    elif chain and (Path(chain) / compare.PIPELINE_FILE).is_file():
+        spec_chain = compare.read_chain(chain)
+        specs = spec_chain.stages
+    elif chain:
+        specs, spec_chain = compare.parse_policy_lines(chain), compare.Chain(stages=[])
+    elif (Path(compare.DEFAULT_CHAIN_DIR) / compare.PIPELINE_FILE).is_file():
+        spec_chain = compare.read_chain(compare.DEFAULT_CHAIN_DIR)
+        specs = spec_chain.stages
+    else:
+        raise ConfigError(
+            f"no chain to push: {compare.DEFAULT_CHAIN_DIR!r} holds no {compare.PIPELINE_FILE}; pass "
+            "--chain=<pipeline output dir whose stages were pushed> or --chain=<Hub ids, e.g. you/mw-1rf,you/mw-2rf>."
+        )
+    if not specs:
+        raise ConfigError("the chain to push lists no stage; pass --chain=you/mw-1rf,you/mw-2rf.")
+    stages, unpushed = [], []
+    for spec in specs:
+        repo = _pushed_repo(spec.source) if Path(spec.source).exists() else hub_id(spec.source)
+        if repo is None:
+            unpushed.append(f"{spec.name} ({spec.source})" if spec.name != spec.source else spec.source)
+        stages.append((spec.name if spec.name != spec.source else repo or spec.source, repo))
+    if unpushed:
+        raise ConfigError(
+            f"a Space shows Hub models, and {', '.join(unpushed)} {'was' if len(unpushed) == 1 else 'were'} never "
+            "pushed to the Hub: push them first (`hf-reflow push --checkpoint=DIR --repo_id=you/name-1rf`, or the "
+            "pipeline with --push.hub_model_id=you/name), or pass --chain with Hub ids (--chain=you/name-1rf,you/name-2rf)."
+        )
+    root = spec_chain.dataset_root
+    dataset = dataset_repo_id or (hub_id(spec_chain.dataset_repo_id) if not root else None)
+    return HubChain(stages=stages, env=env or spec_chain.env, tasks=spec_chain.tasks, dataset_repo_id=dataset)
+
+
+def _pushed_repo(path: str) -> str | None:
+    """The Hub repo a local checkpoint (run dir or its pretrained_model/) was pushed to, per its hub.json."""
+    from hf_reflow.checkpoints import PRETRAINED_DIR
+    from hf_reflow.hub import read_push_record
+
+    for folder in (Path(path), Path(path) / PRETRAINED_DIR):
+        if (folder / "config.json").is_file():
+            return read_push_record(folder).get("repo_id")
+    return None
+
+
+# ---- build and push -----------------------------------------------------------------------------
+def build(destination: str | Path, chain: HubChain) -> Path:
+    """A bundle that shows `chain`: the header names its models (and preloads them), `chain.json` lists them."""
+    from huggingface_hub import SpaceCard
+
+    folder = bundle(destination)
+    card = SpaceCard.load(folder / "README.md")
+    card.data.models = chain.models
+    card.data.preload_from_hub = chain.models  # downloaded into the Space's Hub cache at build time
+    if chain.dataset_repo_id:
+        card.data.datasets = [chain.dataset_repo_id]
+    rows = "\n".join(f"| {name} | [{repo}]({HUB_URL}/{repo}) |" for name, repo in chain.stages)
+    card.text = (
+        f"{card.text.rstrip()}\n\n## The chain this Space shows\n\n| stage | model |\n|---|---|\n{rows}\n"
+    )
+    (folder / "README.md").write_text(str(card))
+    (folder / CHAIN_FILE).write_text(chain.to_json())
+    return folder
+
+
+def push(repo_id: str, chain: HubChain, *, private: bool = False, hub: Any = None) -> Any:
+    """Push a Gradio Space showing `chain` to `repo_id`; returns the `PushResult`.
+
+    Before anything is built: every model must be readable on the Hub and the token must write to the
+    Space (created now, `exist_ok`). A private model is only a warning: the Space then needs a token secret.
+    """
+    from hf_reflow.hub import SPACE_SDK, Hub, check_repo_id
+
+    check_repo_id(repo_id)
+    hub = hub or Hub()
+    for name, model in chain.stages:
+        if getattr(hub.model_info(model), "private", False):
+            logger.warning(
+                "%s (%s) is private: give the Space an HF_TOKEN secret that can read it", model, name
+            )
+    hub.check_push_access(repo_id, repo_type="space", private=private, create=True, space_sdk=SPACE_SDK)
+    with tempfile.TemporaryDirectory(prefix="hf-reflow-space-") as tmp:
+        folder = build(Path(tmp) / "space", chain)
+        names = ", ".join(name for name, _ in chain.stages)
+        return hub.push_space(folder, repo_id, private=private, commit_message=f"hf-reflow Space: {names}")
+
+
+def space_url(hub: Any, repo_id: str) -> str:
+    """The Space's page on the Hub the client talks to."""
+    return f"{hub.api.endpoint.rstrip('/')}/spaces/{repo_id}"

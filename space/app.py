@@ -1,6 +1,7 @@
 """Gradio Space: compare the action chunks and ODE paths of k-RF policies across step counts.
 
     python space/app.py --chain=outputs/metaworld          # the chain `hf-reflow pipeline` wrote
+    python app.py                                          # a pushed Space: the Hub chain in chain.json
     python space/app.py --policies=a/1rf,b/2rf --dataset-root=data/metaworld --env=metaworld
     hf-reflow space --chain=outputs/metaworld
 
@@ -28,6 +29,7 @@ import pandas as pd  # noqa: E402
 
 from hf_reflow import compare  # noqa: E402
 from hf_reflow.errors import ConfigError, ReflowError  # noqa: E402
+from hf_reflow.space import CHAIN_FILE, read_chain_file  # noqa: E402
 
 logger = logging.getLogger("hf_reflow.space")
 SOURCES = ("dataset", "env reset")
@@ -56,6 +58,8 @@ def _user_errors(handler):
 
 
 def _as_chain(chain: str | Path | list[str] | compare.Chain | None) -> compare.Chain:
+    if chain is None and (HERE / CHAIN_FILE).is_file():  # a pushed Space: its chain as Hub ids
+        return read_chain_file(HERE / CHAIN_FILE)
     if chain is None:
         return compare.default_chain()
     if isinstance(chain, compare.Chain):

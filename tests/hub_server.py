@@ -1,9 +1,10 @@
 """A loopback Hugging Face Hub for tests: the HTTP routes huggingface_hub 1.33 uses to push and pull repos.
 
-Runs in a thread on 127.0.0.1 (random port) and stores repos on disk (`root/<type>s/<owner>/<name>/`:
-`blobs/<git oid>`, `commits.json`, `refs.json`, `meta.json`). Every request is recorded in `hits` as
-(method, route name, path); a request no route matches gets a 404 naming it and lands in `unknown`,
-so a client upgrade that adds a call fails loudly. `faults` injects failures into the next matching
+Runs in a thread on 127.0.0.1 (random port) and stores repos (models, datasets, and Spaces, which are
+created with an sdk) on disk (`root/<type>s/<owner>/<name>/`: `blobs/<git oid>`, `commits.json`,
+`refs.json`, `meta.json`). Every request is recorded in `hits` as (method, route name, path); a request
+no route matches gets a 404 naming it and lands in `unknown`, so a client upgrade that adds a call fails
+loudly. `faults` injects failures into the next matching
 requests: `"503"` (answer 503, change nothing), `"drop"` (close the connection without an answer,
 change nothing) or `"drop_after"` (apply the request, then close without an answer: a lost response).
 
@@ -31,26 +32,34 @@ ROUTES: list[tuple[str, str, re.Pattern]] = [
         (
             "GET",
             "auth_check",
-            r"^/api/(?P<type>models|datasets)/(?P<repo>[^/]+/[^/]+)/auth-check(?P<write>/write)?$",
+            r"^/api/(?P<type>models|datasets|spaces)/(?P<repo>[^/]+/[^/]+)/auth-check(?P<write>/write)?$",
         ),
         ("POST", "create_repo", r"^/api/repos/create$"),
         ("POST", "validate_yaml", r"^/api/validate-yaml$"),
         (
             "POST",
             "preupload",
-            r"^/api/(?P<type>models|datasets)/(?P<repo>[^/]+/[^/]+)/preupload/(?P<rev>[^/]+)$",
+            r"^/api/(?P<type>models|datasets|spaces)/(?P<repo>[^/]+/[^/]+)/preupload/(?P<rev>[^/]+)$",
         ),
-        ("POST", "commit", r"^/api/(?P<type>models|datasets)/(?P<repo>[^/]+/[^/]+)/commit/(?P<rev>[^/]+)$"),
-        ("POST", "branch", r"^/api/(?P<type>models|datasets)/(?P<repo>[^/]+/[^/]+)/branch/(?P<rev>[^/]+)$"),
+        (
+            "POST",
+            "commit",
+            r"^/api/(?P<type>models|datasets|spaces)/(?P<repo>[^/]+/[^/]+)/commit/(?P<rev>[^/]+)$",
+        ),
+        (
+            "POST",
+            "branch",
+            r"^/api/(?P<type>models|datasets|spaces)/(?P<repo>[^/]+/[^/]+)/branch/(?P<rev>[^/]+)$",
+        ),
         (
             "GET",
             "info",
-            r"^/api/(?P<type>models|datasets)/(?P<repo>[^/]+/[^/]+)(?:/revision/(?P<rev>[^/]+))?$",
+            r"^/api/(?P<type>models|datasets|spaces)/(?P<repo>[^/]+/[^/]+)(?:/revision/(?P<rev>[^/]+))?$",
         ),
         (
             "GET",
             "tree",
-            r"^/api/(?P<type>models|datasets)/(?P<repo>[^/]+/[^/]+)/tree/(?P<rev>[^/]+)(?:/(?P<path>.*))?$",
+            r"^/api/(?P<type>models|datasets|spaces)/(?P<repo>[^/]+/[^/]+)/tree/(?P<rev>[^/]+)(?:/(?P<path>.*))?$",
         ),
         (
             "HEAD",
@@ -65,6 +74,12 @@ ROUTES: list[tuple[str, str, re.Pattern]] = [
     ]
 ]
 INITIAL_FILES = {".gitattributes": b"*.safetensors filter=lfs diff=lfs merge=lfs -text\n"}
+SPACE_SDKS = ("gradio", "docker", "static", "streamlit")
+
+
+def _url_prefix(repo_type: str) -> str:
+    """The web URL prefix of a repo type: none for models, `datasets/`, `spaces/`."""
+    return "" if repo_type == "models" else f"{repo_type}/"
 
 
 def git_oid(content: bytes) -> str:
@@ -272,17 +287,23 @@ class Handler(BaseHTTPRequestHandler):
         payload = json.loads(body)
         repo_type = (payload.get("type") or "model") + "s"
         repo_id = f"{payload['organization']}/{payload['name']}"
-        url = f"{self._base()}/{'datasets/' if repo_type == 'datasets' else ''}{repo_id}"
+        url = f"{self._base()}/{_url_prefix(repo_type)}{repo_id}"
         repo = self.state.repo(repo_type, repo_id)
         if (repo.path / "meta.json").is_file():
             return 409, {"error": "You already created this repo", "url": url}, {}
         user = self._user()
         if user["role"] != "write" or payload["organization"] not in (user["name"], *user.get("orgs", [])):
             raise HubError(403, f"You don't have the rights to create a repo under {payload['organization']}")
+        if repo_type == "spaces" and payload.get("sdk") not in SPACE_SDKS:
+            raise HubError(
+                400, f"a Space needs an sdk, one of {', '.join(SPACE_SDKS)}; got {payload.get('sdk')!r}"
+            )
         repo.path.mkdir(parents=True)
         repo.write("commits.json", {})
         repo.write("refs.json", {})
-        repo.write("meta.json", {"private": payload.get("visibility") == "private"})
+        repo.write(
+            "meta.json", {"private": payload.get("visibility") == "private", "sdk": payload.get("sdk")}
+        )
         repo.commit("main", "initial commit", INITIAL_FILES, [])
         return 200, {"url": url, "name": repo_id}, {}
 
@@ -326,7 +347,7 @@ class Handler(BaseHTTPRequestHandler):
             else:
                 raise HubError(400, f"hub_server: unsupported commit operation {line['key']}")
         oid = repo.commit(groups["rev"], header["summary"], files, deleted)
-        prefix = "datasets/" if groups["type"] == "datasets" else ""
+        prefix = _url_prefix(groups["type"])
         return (
             200,
             {
@@ -350,6 +371,7 @@ class Handler(BaseHTTPRequestHandler):
                 "private": repo.meta["private"],
                 "siblings": siblings,
                 "tags": [],
+                **({"sdk": repo.meta.get("sdk")} if groups["type"] == "spaces" else {}),
             },
             {},
         )

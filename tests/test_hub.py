@@ -442,3 +442,179 @@ def test_couplings_pushed_as_a_dataset_train_by_repo_id(online, checkpoint_1rf, 
     card = ModelCard(hub.read_text("alice/toy-2rf-stored", "README.md"))
     assert card.data.datasets == ["alice/toy-couplings"] and card.data.base_model == "alice/toy-1rf"
     assert "**Trained on stored couplings:** [alice/toy-couplings]" in card.text
+
+
+# ---- the Space: `hf-reflow space --push` and the pipeline's one-flag push --------------------------
+TINY = str(REPO / "recipes" / "metaworld" / "tiny.yaml")
+EGL_PACKAGES = {"libegl1", "libegl-mesa0", "libgl1-mesa-dri", "libopengl0", "libgl1", "libgles2"}
+
+
+def space_files(server, repo_id: str) -> dict[str, bytes]:
+    repo = server.repo(repo_id, "spaces")
+    return {path: repo.blob(oid) for path, oid in repo.files("main").items()}
+
+
+def space_header(files: dict[str, bytes]) -> dict:
+    import yaml
+
+    return yaml.safe_load(files["README.md"].decode().split("---\n")[1])
+
+
+def yaml_header(readme: Path) -> dict:
+    return space_header({"README.md": readme.read_bytes()})
+
+
+def test_space_push_refuses_unpushed_stages_then_names_and_preloads_the_chain(
+    online, checkpoint_1rf, tmp_path
+):
+    from hf_reflow import space
+
+    student = Path(shutil.copytree(checkpoint_1rf, tmp_path / "2rf" / "pretrained_model"))
+    chain = tmp_path / "chain"
+    chain.mkdir()
+    stages = [{"name": "1-RF", "stage": "flow_matching", "k": 1, "path": str(checkpoint_1rf)},
+              {"name": "2-RF", "stage": "reflow", "k": 2, "path": str(student)}]  # fmt: skip
+    (chain / "pipeline.json").write_text(json.dumps({
+        "env": "metaworld", "tasks": ["reach-v3"], "stages": stages,
+        "dataset": {"root": "data", "repo_id": "local/metaworld"},
+    }))  # fmt: skip
+    fast_hub().push_checkpoint(checkpoint_1rf, "alice/toy-1rf")
+    env = cli_env(online, tmp_path, WRITE)
+    args = ["space", "--push", "--repo_id=alice/compare", f"--chain={chain}"]
+    refused = run_cli(env, *args)
+    assert refused.returncode == 2 and refused.stderr.count("hf-reflow: error:") == 1, refused.stderr
+    error = refused.stderr.strip().splitlines()[-1]
+    assert (
+        f"2-RF ({student})" in error
+        and "never pushed" in error
+        and "--chain" in error
+        and "1-RF" not in error
+    )
+    assert "Traceback" not in refused.stderr and not online.repo("alice/compare", "spaces").path.exists()
+
+    fast_hub().push_checkpoint(student, "alice/toy-2rf")
+    result = run_cli(env, *args)
+    assert result.returncode == 0, result.stderr
+    assert (
+        f"pushed: {online.url}/spaces/alice/compare" in result.stdout
+        and WRITE not in result.stdout + result.stderr
+    )
+    files = space_files(online, "alice/compare")
+    header = space_header(files)
+    models = ["alice/toy-1rf", "alice/toy-2rf"]
+    assert header["models"] == header["preload_from_hub"] == models
+    template = yaml_header(REPO / "space" / "README.md")
+    assert (header["sdk"], header["sdk_version"], header["app_file"]) == (
+        "gradio",
+        template["sdk_version"],
+        "app.py",
+    )
+    assert header["python_version"] == "3.12" and header["short_description"] == template["short_description"]
+    assert "| 2-RF | [alice/toy-2rf](https://huggingface.co/alice/toy-2rf) |" in files["README.md"].decode()
+    assert files["requirements.txt"] == (REPO / "space" / "requirements.txt").read_bytes()
+    assert (
+        b"lerobot[smolvla,dataset]==0.6.1" in files["requirements.txt"]
+        and b"mujoco==3.3.0" in files["requirements.txt"]
+    )
+    assert set(files["packages.txt"].decode().split()) == EGL_PACKAGES
+    assert {"app.py", "figures.py", "chain.json", "hf_reflow/compare.py", "hf_reflow/space.py"} <= set(files)
+    assert not [p for p in files if "__pycache__" in p or p.endswith("hub.json")]
+    assert online.repo("alice/compare", "spaces").meta["sdk"] == "gradio"
+
+    folder = tmp_path / "deployed"  # what the Space's app.py shows: the chain as Hub ids, no local dataset
+    for path, content in files.items():
+        (folder / path).parent.mkdir(parents=True, exist_ok=True)
+        (folder / path).write_bytes(content)
+    shown = space.read_chain_file(folder / space.CHAIN_FILE)
+    assert [(s.name, s.source) for s in shown.stages] == list(zip(["1-RF", "2-RF"], models, strict=True))
+    assert (shown.env, shown.tasks, shown.dataset_root, shown.dataset_repo_id) == (
+        "metaworld",
+        ["reach-v3"],
+        None,
+        None,
+    )
+
+    commits = len(online.repo("alice/compare", "spaces").history())
+    by_id = space.hub_chain("1-RF=alice/toy-1rf,2-RF=alice/toy-2rf")  # --chain with Hub ids: the same Space
+    by_id.tasks = ["reach-v3"]
+    assert not space.push("alice/compare", by_id, hub=fast_hub()).created
+    assert len(online.repo("alice/compare", "spaces").history()) == commits
+    with pytest.raises(HubError, match="alice/missing.*not found"):  # checked before the Space is made
+        space.push("alice/other", space.HubChain(stages=[("x", "alice/missing")]), hub=fast_hub())
+    assert not online.repo("alice/other", "spaces").path.exists()
+
+
+def test_pipeline_push_flag_pushes_every_stage_then_the_space(hub_server, tmp_path):
+    from huggingface_hub import ModelCard
+
+    out = tmp_path / "run"
+    small = ["--data.tasks=[reach-v3]", "--data.episodes=2", "--data.heldout_episodes=1", "--num_couplings=64",
+             "--stages=[flow_matching,reflow,distill]", "--flow_matching.steps=5", "--reflow.steps=5",
+             "--distill.steps=5", "--eval.episodes=0", "--eval.num_samples=4", "--eval.nfe=[1]"]  # fmt: skip
+    args = ["pipeline", f"--config={TINY}", f"--output_dir={out}", *small]
+    denied = run_cli(cli_env(hub_server, tmp_path, READ), *args, "--push.hub_model_id=bob/mw")
+    assert denied.returncode == 2 and "cannot write there" in denied.stderr, denied.stderr[-2000:]
+    assert not out.exists()  # refused before anything was written or trained
+
+    push = ["--push.hub_model_id=alice/mw", "--push.space_id=alice/mw-compare"]
+    result = run_cli(cli_env(hub_server, tmp_path, WRITE), *args, *push)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert WRITE not in result.stdout + result.stderr
+    repos = {"1rf": "alice/mw-1rf", "2rf": "alice/mw-2rf", "2rf-distill": "alice/mw-2rf-distilled"}
+    for run, repo_id in repos.items():
+        files = hub_server.repo(repo_id).files("main")
+        assert {"README.md", "config.json", "model.safetensors", "reflow.json"} <= set(files), repo_id
+        record = json.loads((out / "seed0" / run / "pretrained_model" / "hub.json").read_text())
+        assert (
+            record["repo_id"] == repo_id
+            and record["commit"] == hub_server.repo(repo_id).read("refs.json")["main"]
+        )
+    card = ModelCard(
+        hub_server.repo("alice/mw-2rf")
+        .blob(hub_server.repo("alice/mw-2rf").files("main")["README.md"])
+        .decode()
+    )
+    assert card.data.base_model == "alice/mw-1rf" and "| 1 |" in card.text  # lineage, and its evaluation row
+    distilled = hub_server.repo("alice/mw-2rf-distilled")
+    assert (
+        ModelCard(distilled.blob(distilled.files("main")["README.md"]).decode()).data.base_model
+        == "alice/mw-2rf"
+    )
+    header = space_header(space_files(hub_server, "alice/mw-compare"))
+    assert header["models"] == header["preload_from_hub"] == list(repos.values())
+    chain = json.loads(space_files(hub_server, "alice/mw-compare")["chain.json"])
+    assert [s["name"] for s in chain["stages"]] == ["1-RF", "2-RF", "2-RF distilled"] and chain["tasks"] == [
+        "reach-v3"
+    ]
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["space", "--push"], "--push=true needs --repo_id"),
+        (["space", "--repo_id=alice/compare"], "add --push=true"),
+        (["space", "--push", "--repo_id=alice/compare", "--bundle=x"], "choose one of --push=true"),
+        (
+            ["space", "--push", "--repo_id=alice/compare", "--dataset.root=x"],
+            "pass a Hub dataset as --dataset.repo_id",
+        ),
+        (["space", "--push", "--repo_id=alice/bad name!"], "invalid Hub repo id"),
+        (["pipeline", "--push.space_id=alice/compare"], "also set push.hub_model_id"),
+        (["pipeline", "--push.hub_model_id=no-namespace"], "push.hub_model_id must be namespace/name"),
+        (
+            ["pipeline", "--push.hub_model_id=alice/mw", "--push.hub_repo_template={hub_model_id}-{x}"],
+            "is invalid",
+        ),
+        (
+            ["pipeline", "--push.hub_model_id=alice/mw", "--push.hub_repo_template={hub_model_id}"],
+            "same repo for several",
+        ),
+    ],
+)
+def test_space_and_pipeline_push_bad_input(args, message, tmp_path, capsys):
+    from hf_reflow import cli
+
+    assert cli.main([*args, f"--output_dir={tmp_path / 'run'}"] if args[0] == "pipeline" else args) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1, err
+    assert not (tmp_path / "run").exists()

@@ -276,12 +276,34 @@ def test_bundle_is_a_deployable_space(tmp_path):
         "figures.py",
         "README.md",
         "requirements.txt",
+        "packages.txt",
         "hf_reflow/compare.py",
         "hf_reflow/sampling.py",
     ):
         assert (tmp_path / "bundle" / name).is_file(), name
+    assert "libegl1" in (tmp_path / "bundle" / "packages.txt").read_text().split()  # MuJoCo's EGL, headless
     again = run_cli("space", f"--bundle={tmp_path / 'bundle'}", timeout=120)
     assert again.returncode == 2 and "is not empty" in again.stderr
+
+
+def test_a_pushed_space_shows_its_hub_chain(tmp_path, monkeypatch):
+    """The folder `hf-reflow space --push` uploads: its app.py, run with no argument, shows chain.json's Hub ids."""
+    import importlib.util
+    import sys
+
+    from hf_reflow import space
+
+    chain = space.HubChain(stages=[("1-RF", "alice/mw-1rf"), ("2-RF", "alice/mw-2rf")], tasks=["reach-v3"])
+    folder = space.build(tmp_path / "space", chain)
+    header = yaml.safe_load((folder / "README.md").read_text().split("---\n")[1])
+    assert header["models"] == header["preload_from_hub"] == ["alice/mw-1rf", "alice/mw-2rf"]
+    monkeypatch.setattr(sys, "path", list(sys.path))  # app.py puts its folder first
+    spec = importlib.util.spec_from_file_location("pushed_space_app", folder / "app.py")
+    app = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(app)
+    demo = app.build_demo()  # as the Space runs it: `python app.py`
+    assert demo.space_app.sources == {"1-RF": "alice/mw-1rf", "2-RF": "alice/mw-2rf"}
+    assert not demo.space_app.has_dataset and demo.space_app.chain.tasks == ["reach-v3"]
 
 
 def test_toy_env_observation_and_rollout(tmp_path):
