@@ -136,11 +136,14 @@ def sample_policy(
         batch: a preprocessed (normalised, batched, on-device) observation batch.
         noise: (B, chunk, action_dim) in the adapter's `action_shape`.
     """
-    trained, adapter.num_steps = adapter.num_steps, num_steps  # a shortcut policy reads its step size here
-    try:
+    if getattr(adapter, "supports_step_size", False):  # a shortcut policy is told d = 1 / num_steps here
+        trained, adapter.num_steps = adapter.num_steps, num_steps
+        try:
+            condition = adapter.encode(batch)
+        finally:
+            adapter.num_steps = trained
+    else:
         condition = adapter.encode(batch)
-    finally:
-        adapter.num_steps = trained
     return integrate(
         lambda x_t, t: adapter.velocity(x_t, t, condition),
         noise,
