@@ -117,20 +117,24 @@ class PolicyController:
         self.policy.reset()
         self.step, self.hand, self._noise = 0, [], None
 
+    def chunk_seed(self, chunk: int) -> int:
+        """The seed of chunk `chunk` of the current episode: a pure function of (episode seed, chunk index)."""
+        return self.episode_seed * 100_003 + chunk
+
     def chunk_noise(self, chunk: int) -> Any:
-        """(1, chunk, action_dim) standard normal noise, a pure function of (episode seed, chunk index)."""
+        """(1, chunk, action_dim) standard normal noise drawn from `chunk_seed(chunk)`."""
         import torch
 
-        generator = torch.Generator().manual_seed(self.episode_seed * 100_003 + chunk)
-        return torch.randn((1, *self.noise_shape), generator=generator)
+        return torch.randn((1, *self.noise_shape), generator=torch.Generator().manual_seed(self.chunk_seed(chunk)))
 
     def __call__(self, state: np.ndarray) -> np.ndarray:
         import torch
 
         if self.step % self.n_action_steps == 0:  # the policy's queue is empty: a new chunk starts now
-            self._noise = self.chunk_noise(self.step // self.n_action_steps)
+            chunk = self.step // self.n_action_steps
+            self._noise = self.chunk_noise(chunk)
             if not self.takes_noise:
-                torch.manual_seed(self.episode_seed * 100_003 + self.step // self.n_action_steps)
+                torch.manual_seed(self.chunk_seed(chunk))
         self.step += 1
         self.hand.append(np.asarray(state[:3], dtype=np.float64))
         batch = self.preprocessor(

@@ -93,16 +93,20 @@ def toy_closed_loop(policy, preprocessor, postprocessor, *, nfe: int, episodes: 
 
 
 def evaluate_checkpoint(
-    path: str, dataset_cfg: Any, *, nfes: list[int], num_samples: int = 64, episodes: int = 0, env: str = "none", seed: int = 0
-) -> list[dict]:
+    path: str, dataset_cfg: Any, *, nfes: list[int], num_samples: int = 64, episodes: int = 0, env: str = "none",
+    seed: int = 0, own_steps_only: bool = False,
+) -> list[dict]:  # fmt: skip
     """Rows (one per step count) of offline metrics and, with `env="toy"`, closed-loop results.
 
     `error_vs_data` compares the chunk with the demonstration's own chunk (padding included).
+    `own_steps_only`: evaluate at the checkpoint's saved step count instead of `nfes` (a distilled
+    student is trained for that one count; at any other it is not a flow and its numbers would mislead).
     """
     config = load_config(path)
     policy = load_policy(path, config=config)
     preprocessor, postprocessor = load_processors(path, config)
     adapter = adapter_for(policy)
+    nfes = [adapter.num_steps] if own_steps_only else nfes
     info = read_reflow_info(path)
     dataset = make_dataset(dataclasses.replace(dataset_cfg, in_memory="never"), config)  # chunks as trained
     batch = preprocessor(observation_batch(dataset, num_samples, seed))
@@ -140,9 +144,11 @@ def evaluate_chain(
             if cache.is_file() and json.loads(cache.read_text()).get("settings") == settings:
                 rows += json.loads(cache.read_text())["rows"]
                 continue
-            nfes = stage_step_counts(stage.kind, str(checkpoint), eval_cfg.nfe)
-            log(f"evaluating seed {seed} {stage.label} offline at {nfes} steps")
-            stage_rows = evaluate_checkpoint(str(checkpoint), heldout, nfes=nfes, num_samples=eval_cfg.num_samples)
+            own = stage.kind == "distill"
+            log(f"evaluating seed {seed} {stage.label} offline at {'its own step count' if own else eval_cfg.nfe}")
+            stage_rows = evaluate_checkpoint(
+                str(checkpoint), heldout, nfes=eval_cfg.nfe, num_samples=eval_cfg.num_samples, own_steps_only=own
+            )
             for row in stage_rows:
                 row.update({"seed": seed, "name": stage.label, "run": stage.name, "stage": stage.kind, "k": stage.k})
             todo.append((cache, stage_rows))
@@ -153,18 +159,6 @@ def evaluate_chain(
         cache.write_text(json.dumps({"settings": settings, "rows": stage_rows}, indent=2))
         rows += stage_rows
     return rows
-
-
-def stage_step_counts(kind: str, checkpoint: str, nfes: list[int]) -> list[int]:
-    """The step counts a stage is evaluated at: all of `nfes`, but a distilled student only at its own.
-
-    A distilled student is trained for the one step count saved in its config; at any other it is not a
-    flow and its numbers would mislead.
-    """
-    if kind != "distill":
-        return list(nfes)
-    policy = load_policy(checkpoint)
-    return [adapter_for(policy).num_steps]
 
 
 def check_env_compatible(config: Any, path: str) -> None:

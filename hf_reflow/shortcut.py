@@ -43,21 +43,23 @@ class ShortcutLoss(nn.Module):
         self.policy = adapter.policy
         self.adapter, self.flow_cfg, self.shortcut_cfg = adapter, flow_cfg, shortcut_cfg
 
-    def _velocity_at(self, batch: dict[str, Any]):
-        """(x_t, t, d) -> velocity of the student told step size d; shapes (B, chunk, action_dim), (B,), (B,)."""
-        return lambda x_t, t, d: self.adapter.velocity(x_t, t, self.adapter.encode_at_step_size(batch, d))
+    def _velocity_at(self, batch: dict[str, Any], d: Tensor):
+        """(x_t, t, _) -> velocity of the student told step size d (B,); the condition is encoded once."""
+        condition = self.adapter.encode_at_step_size(batch, d)
+        return lambda x_t, t, _d: self.adapter.velocity(x_t, t, condition)
 
     def forward(
         self, batch: dict[str, Tensor], noise: Tensor, action: Tensor, t: Tensor, mask: Tensor | None, context=None
     ) -> Tensor:
         # noise, action: (B, chunk, action_dim) a coupling; t: (B,) from the stage's time sampler.
-        velocity_at, kind = self._velocity_at(batch), self.flow_cfg.loss
+        kind = self.flow_cfg.loss
         d_min = torch.full_like(t, self.shortcut_cfg.min_step)
         x_t = flow.interpolate(noise, action, t)
-        flow_loss = flow.flow_loss(velocity_at(x_t, t, d_min), flow.velocity_target(noise, action), kind=kind, mask=mask)
+        velocity = self._velocity_at(batch, d_min)(x_t, t, d_min)
+        flow_loss = flow.flow_loss(velocity, flow.velocity_target(noise, action), kind=kind, mask=mask)
         t_grid, d = flow.sample_shortcut_pairs(noise.shape[0], self.shortcut_cfg.min_step, device=noise.device)
         x_grid = flow.interpolate(noise, action, t_grid)
-        with torch.no_grad():
-            target = flow.shortcut_target(velocity_at, x_grid, t_grid, d)
-        consistency = flow.flow_loss(velocity_at(x_grid, t_grid, 2 * d), target, kind=kind, mask=mask)
+        with torch.no_grad():  # both half steps run at the same d: one condition serves them
+            target = flow.shortcut_target(self._velocity_at(batch, d), x_grid, t_grid, d)
+        consistency = flow.flow_loss(self._velocity_at(batch, 2 * d)(x_grid, t_grid, 2 * d), target, kind=kind, mask=mask)
         return flow_loss.mean() + self.shortcut_cfg.consistency_weight * consistency.mean()
