@@ -12,8 +12,9 @@ demo: setup
 toy: setup
 	@bash scripts/toy_demo.sh
 
+# Two pytest workers, one file each at a time (module fixtures built once); each worker uses one thread.
 test: setup
-	.venv/bin/python -m pytest -q
+	.venv/bin/python -m pytest -q -n 2 --dist loadfile
 
 lint: setup
 	.venv/bin/ruff check hf_reflow tests benchmarks space

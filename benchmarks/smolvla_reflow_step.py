@@ -71,7 +71,7 @@ def build_policy_fixture(
 
 
 def make_batch(teacher: Path, data: Path, batch_size: int, device: str) -> dict[str, Any]:
-    from hf_reflow.checkpoints import load_config, load_processors
+    from hf_reflow.artifacts.checkpoints import load_config, load_processors
     from hf_reflow.configs import DatasetConfig
     from hf_reflow.data import make_dataset
 
@@ -83,7 +83,7 @@ def make_batch(teacher: Path, data: Path, batch_size: int, device: str) -> dict[
 
 
 def load_student(teacher: Path, device: str, vlm_bf16: bool) -> Any:
-    from hf_reflow.checkpoints import load_policy
+    from hf_reflow.artifacts.checkpoints import load_policy
 
     policy = load_policy(str(teacher), device=device)
     if vlm_bf16:  # as LeRobot loads pretrained SmolVLM weights: VLM in bf16, the rest in float32
@@ -106,9 +106,9 @@ class Variant:
 def make_step(name: str, teacher: Path, device: str, teacher_steps: int, vlm_bf16: bool) -> Variant:
     """Variant `name` ready to run: student, optimizer and (for reflow / naive) the loaded teacher."""
     from hf_reflow.configs import FlowConfig, TeacherConfig
-    from hf_reflow.couplings import OnlineTeacher
-    from hf_reflow.policies.base import adapter_for
-    from hf_reflow.trainer import StudentLoss
+    from hf_reflow.policies.factory import adapter_for
+    from hf_reflow.training.losses import StudentLoss, Targets
+    from hf_reflow.training.teacher import OnlineTeacher
 
     student = load_student(teacher, device, vlm_bf16)
     adapter = adapter_for(student)
@@ -128,11 +128,12 @@ def make_step(name: str, teacher: Path, device: str, teacher_steps: int, vlm_bf1
     def loss_of(batch, noise, t):
         if name == "flow_matching":
             action, mask = adapter.action_target(batch)
-            return loss_module(batch, noise, action, t, mask)
+            return loss_module(batch, Targets(noise, action, t, mask))
         if name == "naive":
             return _naive_loss(student, naive_teacher, batch, noise, t, teacher_steps)
-        context = online.backbone_context(batch) if name == "reflow_shared" else None
-        return loss_module(batch, noise, online.end_points(batch, noise, context), t, None, context)
+        with torch.no_grad():  # the shared frozen VLM's keys / values, reused by teacher and student
+            context = online.adapter.backbone_context(batch) if name == "reflow_shared" else None
+        return loss_module(batch, Targets(noise, online.end_points(batch, noise, context), t, None, context))
 
     def step(batch, noise, t):
         loss = loss_of(batch, noise, t)

@@ -13,6 +13,7 @@ User errors print one line (`hf-reflow: error: ...`) and exit with code 2, witho
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
@@ -39,9 +40,14 @@ def cmd_train(args: list[str]) -> int:
     from hf_reflow.configs import parse_train_config
 
     config = parse_train_config(args)  # every key checked before anything loads
-    from hf_reflow.trainer import ReflowTrainer
+    from hf_reflow.publish.publish import check_stage_push, push_stage_from_main_process
+    from hf_reflow.training.trainer import ReflowTrainer
 
+    # As TRL's scripts: the repo and write access are checked before training, the push comes after it.
+    repo_id = check_stage_push(config) if config.push_to_hub else None
     final = ReflowTrainer(config).train()
+    if repo_id is not None:
+        push_stage_from_main_process(config, final, repo_id)
     print(f"final checkpoint: {final}")
     return 0
 
@@ -116,7 +122,7 @@ def cmd_eval(args: list[str]) -> int:
                 f"{', '.join(valid_task_names(cfg.mode))}."
             )
     from hf_reflow.data import load_metadata
-    from hf_reflow.evaluate import evaluate_checkpoint
+    from hf_reflow.evaluation.offline import evaluate_checkpoint
 
     load_metadata(cfg.dataset)  # a clear error before any checkpoint loads
     rows = []
@@ -126,7 +132,7 @@ def cmd_eval(args: list[str]) -> int:
             env=cfg.env if cfg.env == "toy" else "none", seed=cfg.seed,
         )  # fmt: skip
     if cfg.env == "metaworld" and cfg.episodes > 0:
-        from hf_reflow.evaluate import attach_closed_loop
+        from hf_reflow.evaluation.closed_loop import attach_closed_loop
 
         attach_closed_loop(rows, tasks=cfg.tasks, mode=cfg.mode, episodes=cfg.episodes, workers=cfg.workers)
     print(format_table(rows))
@@ -141,18 +147,18 @@ def cmd_push(args: list[str]) -> int:
     from hf_reflow.configs import PushConfig, parse_config
 
     cfg = parse_config(PushConfig, args, command="push")
-    from hf_reflow import cards
     from hf_reflow.hub import Hub
+    from hf_reflow.publish import cards, publish
 
     hub = Hub()
     hub.check_push_access(cfg.repo_id, repo_type="dataset" if cfg.couplings else "model", private=cfg.private)
     common = {"private": cfg.private, "revision": cfg.revision, "commit_message": cfg.commit_message}
     if cfg.couplings:
-        result = hub.push_couplings(cfg.couplings, cfg.repo_id, license=cfg.license, **common)
+        result = publish.push_couplings(hub, cfg.couplings, cfg.repo_id, license=cfg.license, **common)
     else:
         rows = cards.load_eval_rows(cfg.eval, cfg.checkpoint) if cfg.eval else None
-        result = hub.push_checkpoint(
-            cfg.checkpoint, cfg.repo_id, eval_rows=rows, license=cfg.license, set_new_version=cfg.set_new_version,
+        result = publish.push_checkpoint(
+            hub, cfg.checkpoint, cfg.repo_id, eval_rows=rows, license=cfg.license, set_new_version=cfg.set_new_version,
             **common,
         )
     print(f"{'pushed' if result.created else 'unchanged, no new commit'}: {result.url}")
@@ -170,7 +176,7 @@ def cmd_couplings(args: list[str]) -> int:
             "--teacher.path=outputs/toy/1rf --dataset.root=data/toy --output=couplings/toy)."
         )
     cfg = parse_config(CouplingsGenerateConfig, args[1:], command="couplings generate")
-    from hf_reflow.offline_couplings import generate
+    from hf_reflow.training.couplings import generate
 
     root = generate(
         cfg.output, cfg.teacher, cfg.dataset, num_couplings=cfg.num_couplings, block_size=cfg.block_size,
@@ -265,6 +271,21 @@ def main(argv: list[str] | None = None) -> int:
     except ReflowError as e:
         print(f"hf-reflow: error: {' '.join(str(e).split())}", file=sys.stderr)
         return 2
+    except OSError as e:  # the machine's, not ours: a full disk, a permission, a read-only file system
+        print(f"hf-reflow: error: {_os_error(e)}", file=sys.stderr)
+        return 2
+
+
+def _os_error(error: OSError) -> str:
+    """One line for an operating-system error: what failed, where, and what to do."""
+    where = f" ({error.filename})" if error.filename else ""
+    if error.errno in (errno.ENOSPC, errno.EFBIG, errno.EDQUOT):
+        advice = "out of disk space or file too large; free disk space (or raise the file-size limit) and rerun"
+    elif error.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        advice = "no permission to write there; choose another path or fix its permissions"
+    else:
+        advice = "check the path and rerun"
+    return f"{error.strerror or type(error).__name__}{where}: {advice}."
 
 
 if __name__ == "__main__":

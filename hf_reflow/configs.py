@@ -31,6 +31,7 @@ import yaml
 
 from hf_reflow.errors import ConfigError
 from hf_reflow.flow import LOSSES, TIME_SAMPLERS, shortcut_levels
+from hf_reflow.hub import Hub
 from hf_reflow.sampling import SOLVERS
 
 STAGES = ("flow_matching", "reflow", "distill", "shortcut")
@@ -71,6 +72,26 @@ class HelpRequested(Exception):  # not an error: the CLI prints it and exits 0
     """`-h` / `--help` was given: `str(self)` is the command's help text."""
 
 
+def _at_least(name: str, value: int | float | None, low: int | float) -> None:
+    """Refuse `value` below `low` (None passes: the field's default applies)."""
+    if value is not None and value < low:
+        raise ConfigError(f"{name} must be >= {low}, got {value}.")
+
+
+def _check_new_folder(flag: str, path: str) -> None:
+    """A folder to write a new dataset into: absent or empty, never a file."""
+    folder = Path(path)
+    if folder.exists() and (not folder.is_dir() or any(folder.iterdir())):
+        what = "is a file" if not folder.is_dir() else "already holds files"
+        raise ConfigError(f"{flag} {path!r} {what}; pass a new (or empty) folder for the dataset.")
+
+
+def _output_file(flag: str, path: str | None) -> None:
+    """A file to write at the end: its folder must exist now, not after every metric is computed."""
+    if path and not Path(path).parent.is_dir():
+        raise ConfigError(f"{flag} {path!r}: its folder {str(Path(path).parent)!r} does not exist; create it first.")
+
+
 def _choice(name: str, value: str, valid: tuple[str, ...], hint: str = "") -> None:
     if value not in valid:
         raise ConfigError(f"{name} must be one of {', '.join(valid)}; got {value!r}{hint}.")
@@ -97,6 +118,8 @@ class DatasetConfig:
         _choice("dataset.in_memory", self.in_memory, ("auto", "always", "never"))
         if self.num_workers < 0:
             raise ConfigError(f"dataset.num_workers must be >= 0, got {self.num_workers}.")
+        for episode in self.episodes or []:
+            _at_least("each of dataset.episodes", episode, 0)
 
 
 @dataclass
@@ -141,6 +164,9 @@ class FlowConfig:
     def __post_init__(self) -> None:
         _choice("flow.time_sampler", self.time_sampler, TIME_SAMPLERS)
         _choice("flow.loss", self.loss, LOSSES)
+        for name in ("logit_std", "u_shaped_a"):
+            if not getattr(self, name) > 0:
+                raise ConfigError(f"flow.{name} must be > 0, got {getattr(self, name)}.")
 
 
 @dataclass
@@ -171,8 +197,10 @@ class OptimConfig:
             _choice("optim.scheduler", self.scheduler, SCHEDULERS)
         if self.lr is not None and not self.lr > 0:
             raise ConfigError(f"optim.lr must be > 0, got {self.lr}.")
-        if self.betas is not None and len(self.betas) != 2:
-            raise ConfigError(f"optim.betas must be two numbers, e.g. [0.9, 0.999]; got {self.betas}.")
+        if self.betas is not None and (len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas)):
+            raise ConfigError(f"optim.betas must be two numbers in [0, 1), e.g. [0.9, 0.999]; got {self.betas}.")
+        if self.min_lr_ratio is not None and self.min_lr_ratio > 1:
+            raise ConfigError(f"optim.min_lr_ratio (final LR / peak LR) must be in [0, 1], got {self.min_lr_ratio}.")
         for name in ("weight_decay", "eps", "grad_clip_norm", "warmup_steps", "min_lr_ratio"):
             if (getattr(self, name) or 0) < 0:
                 raise ConfigError(f"optim.{name} must be >= 0, got {getattr(self, name)}.")
@@ -282,6 +310,9 @@ class TrainConfig:
             raise ConfigError(f"save_every must be >= 0 (0 = final checkpoint only), got {self.save_every}.")
         if self.num_steps is not None and self.num_steps < 1:
             raise ConfigError(f"num_steps must be >= 1, got {self.num_steps}.")
+        _at_least("seed", self.seed, 0)
+        if self.ema_decay is not None and not 0 <= self.ema_decay < 1:
+            raise ConfigError(f"ema_decay must be in [0, 1) (e.g. 0.999) or null for no EMA, got {self.ema_decay}.")
         if self.couplings.path and self.stage == "flow_matching":
             raise ConfigError("couplings.path is for reflow / distill stages; flow_matching trains on the dataset.")
         if self.push_to_hub and not self.hub_model_id:
@@ -337,6 +368,7 @@ class EvaluateConfig:
     workers: int = _opt(0, "metaworld: rollout processes; 0 = one per CPU core")
 
     def __post_init__(self) -> None:
+        _at_least("seed", self.seed, 0)
         if not self.policy.path:
             raise ConfigError("--policy.path is required (one checkpoint, or several separated by commas).")
         _choice("env", self.env, ("none", "toy", "metaworld"))
@@ -347,6 +379,7 @@ class EvaluateConfig:
                 raise ConfigError(f"{name} must be >= {1 if name == 'num_samples' else 0}, got {getattr(self, name)}.")
         if self.env == "metaworld":
             DemoConfig(tasks=self.tasks, mode=self.mode)  # checks the mode
+        _output_file("--output", self.output)
 
 
 @dataclass
@@ -359,8 +392,10 @@ class ToyDataConfig:
     repo_id: str = _opt("local/toy", "dataset repo id written into its metadata")
 
     def __post_init__(self) -> None:
+        _at_least("seed", self.seed, 0)
         if not self.root:
             raise ConfigError("--root is required: the folder to write the dataset into.")
+        _check_new_folder("--root", self.root)
         if self.episodes < 1:
             raise ConfigError(f"episodes must be >= 1, got {self.episodes}.")
 
@@ -380,8 +415,10 @@ class MetaWorldDataConfig:
     layout: str = _opt("demo", "demo (training layouts) | eval (held-out layouts)")
 
     def __post_init__(self) -> None:
+        _at_least("seed", self.seed, 0)
         if not self.root:
             raise ConfigError("--root is required: the folder to write the dataset into.")
+        _check_new_folder("--root", self.root)
         _choice("layout", self.layout, ("demo", "eval"), " (demo: training layouts, eval: held-out layouts)")
         if self.image_size < 8:
             raise ConfigError(f"image_size must be >= 8, got {self.image_size}.")
@@ -401,6 +438,7 @@ class CouplingsGenerateConfig:
     seed: int = _opt(0, "seed of noise and observation order")
 
     def __post_init__(self) -> None:
+        _at_least("seed", self.seed, 0)
         if not self.teacher.path or not self.output:
             raise ConfigError("--teacher.path=CHECKPOINT (local or Hub id) and --output=DIR are required.")
         for name in ("num_couplings", "block_size", "batch_size"):
@@ -428,6 +466,12 @@ class PushConfig:
                 "push needs --repo_id=namespace/name and one of --checkpoint=DIR (a model) or --couplings=DIR (a dataset), "
                 "e.g. --checkpoint=outputs/toy/2rf --repo_id=you/toy-2rf."
             )
+        for flag, path in (("--checkpoint", self.checkpoint), ("--couplings", self.couplings)):
+            if path and not Path(path).is_dir():
+                what = "checkpoint" if flag == "--checkpoint" else "couplings folder"
+                raise ConfigError(f"no {what} at {path!r} ({flag} must be a local folder to push).")
+        if self.eval and not Path(self.eval).is_file():
+            raise ConfigError(f"cannot read eval results: --eval file {self.eval!r} not found; pass the JSON written by `hf-reflow eval --output=...`.")
 
 
 @dataclass
@@ -482,6 +526,7 @@ class DemoConfig:
     heldout_episodes: int = _opt(10, "expert episodes per task on evaluation layouts, for offline metrics")
 
     def __post_init__(self) -> None:
+        _at_least("seed", self.seed, 0)
         _choice("data.mode", self.mode, ("multimodal", "scripted"))
         if self.episodes < 1 or self.heldout_episodes < 1:
             raise ConfigError(
@@ -574,6 +619,8 @@ class PipelineConfig:
             raise ConfigError(f"num_couplings must be >= 0 (0 = online couplings), got {self.num_couplings}.")
         if not self.seeds:
             raise ConfigError("seeds must list at least one training seed, e.g. [0] or [0, 1, 2].")
+        for seed in self.seeds:
+            _at_least("each of seeds", seed, 0)
         for stage in PIPELINE_STAGES:  # unknown keys fail now, not after an hour of training
             self.stage_config(stage, seed=0, output_dir="<check>", teacher="<check>", dataset_root="<check>")
 
@@ -638,14 +685,18 @@ def _coerce(value: Any, hint: Any, name: str) -> Any:
         if type(None) in options:
             return None
         raise ConfigError(f"{name} cannot be null.")
-    for kind in (bool, int, float, str):
+    for kind in (bool, int, str):
         if kind in options and isinstance(value, kind) and not (kind is not bool and isinstance(value, bool)):
             return value
-    if float in options and isinstance(value, int | str) and not isinstance(value, bool):
+    if float in options and isinstance(value, int | float | str) and not isinstance(value, bool):
         try:
-            return float(value)
+            number = float(value)
         except ValueError:
-            pass
+            number = None
+        if number is not None:
+            if not math.isfinite(number):  # nan / inf pass every `< 0` check: refuse them once, here
+                raise ConfigError(f"{name} must be a finite number; got {value!r}.")
+            return number
     if int in options and isinstance(value, str) and value.strip().lstrip("-").isdigit():
         return int(value)
     if any(kind in options for kind in (bool, int, float, str)) or lists:
@@ -787,8 +838,6 @@ def checkpoint_policy_type(path: str | None, *, revision: str | None = None) -> 
     if local.exists() or not _REPO_ID.match(str(path)):
         return None
     try:
-        from hf_reflow.hub import Hub
-
         text = Hub(retries=0).read_text(str(path), "config.json", revision=revision)
     except Exception:  # offline, unknown repo, no access: the trainer reports it when it loads the checkpoint
         return None

@@ -7,8 +7,10 @@ uninterrupted run would have seen, and each Accelerate process takes its own sli
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import torch
 from torch import Tensor
 from torch.utils.data import Dataset, Sampler
@@ -37,19 +39,43 @@ def video_backend() -> str:
     return "torchcodec"
 
 
+HINT = ("point --dataset.root at a LeRobotDataset folder (e.g. made by `hf-reflow dataset toy`) or "
+        "--dataset.repo_id at a Hub dataset")
+
+
 def load_metadata(cfg: DatasetConfig) -> LeRobotDatasetMetadata:
-    """Dataset metadata from `cfg.root` (offline) or the Hub / cache (`cfg.repo_id`)."""
+    """Dataset metadata from `cfg.root` (offline) or the Hub / cache (`cfg.repo_id`), checked: the episodes
+    asked for exist. A local root that holds no dataset is said so before any Hub lookup."""
     from lerobot.datasets.lerobot_dataset import LeRobotDatasetMetadata
 
+    if cfg.root is not None and not (Path(cfg.root) / "meta" / "info.json").is_file():
+        found = "no such folder" if not Path(cfg.root).exists() else "not a folder" if not Path(cfg.root).is_dir() else "no meta/info.json in it"
+        raise DataError(f"no dataset at {cfg.root!r} ({found}); {HINT}.")
     try:
-        return LeRobotDatasetMetadata(cfg.repo_id, root=cfg.root)
-    except Exception as e:  # missing folder, no network, not a LeRobot dataset
+        meta = LeRobotDatasetMetadata(cfg.repo_id, root=cfg.root)
+    except Exception as e:  # no network, not a LeRobot dataset, a damaged meta/ folder
         where = f"root {cfg.root!r}" if cfg.root else f"repo_id {cfg.repo_id!r}"
+        raise DataError(f"cannot open the dataset at {where} ({type(e).__name__}: {str(e).splitlines()[0][:200]}); {HINT}.") from None
+    missing = [e for e in cfg.episodes or [] if e >= meta.total_episodes]
+    if missing:
         raise DataError(
-            f"cannot open the dataset at {where} ({type(e).__name__}: {str(e).splitlines()[0][:200]}). "
-            "Point --dataset.root at a LeRobotDataset folder (e.g. made by `hf-reflow dataset toy`) "
-            "or --dataset.repo_id at a Hub dataset."
-        ) from None
+            f"dataset.episodes asks for episode(s) {missing[:5]}, but the dataset has episodes 0..{meta.total_episodes - 1}; "
+            "pick indices in that range or drop dataset.episodes."
+        )
+    return meta
+
+
+def check_stats(policy_config: Any, meta: LeRobotDatasetMetadata) -> None:
+    """Fail before training when a feature the policy normalises has non-finite stats (NaN / inf in the data)."""
+    wanted = {**(policy_config.input_features or {}), **(policy_config.output_features or {})}
+    for key in wanted:
+        for name, value in (meta.stats or {}).get(key, {}).items():
+            array = np.asarray(value, dtype=np.float64)
+            if array.dtype.kind == "f" and not np.isfinite(array).all():
+                raise DataError(
+                    f"dataset {meta.repo_id!r}: the {name} of {key!r} is not finite (the data holds NaN or inf); "
+                    "fix or drop those frames and recompute the stats (meta/stats.json) before training."
+                )
 
 
 def policy_features(meta: LeRobotDatasetMetadata) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -92,6 +118,7 @@ def make_dataset(cfg: DatasetConfig, policy_config: Any) -> Dataset:
 
     meta = load_metadata(cfg)
     check_features(policy_config, meta)
+    check_stats(policy_config, meta)
     delta = resolve_delta_timestamps(policy_config, meta)
     dataset = LeRobotDataset(
         cfg.repo_id, root=cfg.root, episodes=cfg.episodes, delta_timestamps=delta, video_backend=video_backend()

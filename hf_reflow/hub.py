@@ -34,6 +34,7 @@ CARD = "README.md"
 HIDDEN = (".*", "*/.*")  # hidden files and folders are never uploaded
 SPACE_SDK = "gradio"
 TRANSIENT_STATUS = (408, 429, 500, 502, 503, 504)
+RETRY, FIX = "check the network and retry; a push can be rerun safely.", "fix what it names and rerun."
 HINTS = {
     401: "the Hub rejected the token; set a valid HF_TOKEN or run `hf auth login`.",
     403: "the token cannot write there; use a write token (https://huggingface.co/settings/tokens) and a "
@@ -104,7 +105,7 @@ class Hub:
         if revision and revision != "main":
             with self.errors(f"create branch {revision} in {repo_id}"):
                 self.api.create_branch(repo_id, branch=revision, repo_type=repo_type, exist_ok=True)
-        before = parent = self.commit_id(repo_id, revision=revision, repo_type=repo_type)
+        before = parent = self.repo_info(repo_id, revision=revision, repo_type=repo_type).sha
         for attempt in range(self.retries + 1):
             try:
                 info = self.api.upload_folder(
@@ -118,45 +119,8 @@ class Hub:
                 logger.warning(
                     "commit to %s failed (%s); rereading its head and retrying", repo_id, self.short(e)
                 )
-                parent = self.commit_id(repo_id, revision=revision, repo_type=repo_type)
+                parent = self.repo_info(repo_id, revision=revision, repo_type=repo_type).sha
         return PushResult(repo_id, repo_type, info.oid, info.commit_url, created=info.oid != before)
-
-    def push_checkpoint(self, checkpoint: str | Path, repo_id: str, *, private: bool = False,
-                        revision: str | None = None, commit_message: str | None = None,
-                        eval_rows: list[dict[str, Any]] | None = None, license: str | None = None,
-                        set_new_version: bool = False) -> PushResult:  # fmt: skip
-        """Push a local k-RF checkpoint with its model card (also written to the folder as README.md).
-        `license`: default the starting checkpoint's; `set_new_version`: point the teacher's card here."""
-        from hf_reflow import cards
-
-        check_repo_id(repo_id)
-        if not Path(checkpoint).is_dir():  # a Hub id would resolve to a download in the cache
-            raise HubError(
-                f"--checkpoint must be a local checkpoint folder to push, got {str(checkpoint)!r}."
-            )
-        stage = cards.checkpoint_card(self, checkpoint, repo_id, eval_rows=eval_rows, license=license)
-        _write_text(stage.folder / CARD, str(stage.card))
-        message = commit_message or f"Upload {stage.label} with hf-reflow"
-        result = self.push_folder(
-            stage.folder, repo_id, private=private, revision=revision, commit_message=message
-        )
-        _write_push_record(stage.folder, result, revision)
-        if set_new_version and stage.teacher_repo:
-            cards.set_new_version(self, stage.teacher_repo, repo_id)
-        return result
-
-    def push_couplings(self, folder: str | Path, repo_id: str, *, private: bool = False, revision: str | None = None,
-                       commit_message: str | None = None, license: str | None = None) -> PushResult:  # fmt: skip
-        """Push a complete stored-couplings folder as a Hub dataset with its dataset card."""
-        from hf_reflow import cards
-
-        check_repo_id(repo_id)
-        card, label = cards.couplings_card(self, Path(folder), repo_id, license=license)
-        _write_text(Path(folder) / CARD, str(card))
-        result = self.push_folder(folder, repo_id, repo_type="dataset", private=private, revision=revision,
-                                  commit_message=commit_message or f"Upload {label}")  # fmt: skip
-        _write_push_record(Path(folder), result, revision)
-        return result
 
     def push_space(self, folder: str | Path, repo_id: str, *, private: bool = False,
                    commit_message: str = "Upload the hf-reflow Space") -> PushResult:  # fmt: skip
@@ -164,15 +128,10 @@ class Hub:
         return self.push_folder(folder, repo_id, repo_type="space", private=private, commit_message=commit_message,
                                 space_sdk=SPACE_SDK)  # fmt: skip
 
-    def model_info(self, repo_id: str) -> Any:
-        """A model repo's info (`sha`, `private`); a one-line `HubError` when it cannot be read."""
-        with self.errors(f"read model {repo_id}"):
-            return self.api.repo_info(repo_id, repo_type="model")
-
-    def commit_id(self, repo_id: str, *, revision: str | None = None, repo_type: str = "model") -> str:
-        """The commit a revision (default main) of a repo points to."""
-        with self.errors(f"read {repo_id}"):
-            return self.api.repo_info(repo_id, revision=revision, repo_type=repo_type).sha
+    def repo_info(self, repo_id: str, *, revision: str | None = None, repo_type: str = "model") -> Any:
+        """A repo's info: `sha` (the commit `revision`, default main, points to), `private`, ..."""
+        with self.errors(f"read {repo_type} {repo_id}"):
+            return self.api.repo_info(repo_id, revision=revision, repo_type=repo_type)
 
     def read_text(self, repo_id: str, filename: str, *, revision: str | None = None,
                   repo_type: str = "model") -> str | None:  # fmt: skip
@@ -181,11 +140,10 @@ class Hub:
 
         with self.errors(f"read {filename} of {repo_id}"):
             try:
-                return Path(
-                    self.api.hf_hub_download(repo_id, filename, revision=revision, repo_type=repo_type)
-                ).read_text()
+                file = self.api.hf_hub_download(repo_id, filename, revision=revision, repo_type=repo_type)
             except RemoteEntryNotFoundError:
                 return None
+            return Path(file).read_text()
 
     def download(self, repo_id: str, *, revision: str | None = None, repo_type: str = "model") -> Path:
         """A snapshot of a repo in huggingface_hub's cache (no request under HF_HUB_OFFLINE=1)."""
@@ -209,22 +167,16 @@ class Hub:
 
     def short(self, error: Exception) -> str:
         """`Type status: first line`, with the token (if it ever appears) replaced by `***`."""
-        text = f"{type(error).__name__}{f' {_status(error)}' if _status(error) else ''}: {str(error).strip()[:200]}"
-        token = self.api.token
-        return (
-            text.splitlines()[0].replace(token, "***")
-            if isinstance(token, str) and token
-            else text.splitlines()[0]
-        )
+        status, token = _status(error), self.api.token
+        text = f"{type(error).__name__}{f' {status}' if status else ''}: {str(error).strip()[:200]}"
+        text = text.splitlines()[0]
+        return text.replace(token, "***") if isinstance(token, str) and token else text
 
     def describe(self, error: Exception, what: str) -> str:
-        transient = _status(error) in (*TRANSIENT_STATUS, None)
-        retry = (
-            "check the network and retry; a push can be rerun safely."
-            if transient
-            else "fix what it names and rerun."
-        )
-        return f"could not {what}: {self.short(error)}; {HINTS.get(_status(error), retry)}"
+        """`could not <what>: <short>; <advice>`: the status's hint, else retry (transient) or fix it."""
+        status = _status(error)
+        advice = HINTS.get(status, RETRY if status in (*TRANSIENT_STATUS, None) else FIX)
+        return f"could not {what}: {self.short(error)}; {advice}"
 
 
 def check_repo_id(repo_id: str) -> None:
@@ -242,13 +194,10 @@ def check_repo_id(repo_id: str) -> None:
 
 
 def _hub_errors() -> tuple[type[Exception], ...]:
+    """What a Hub call raises: HfHubHTTPError is an OSError, HFValidationError a ValueError."""
     import httpx
 
-    return (
-        OSError,
-        httpx.HTTPError,
-        ValueError,
-    )  # HfHubHTTPError is an OSError, HFValidationError a ValueError
+    return OSError, httpx.HTTPError, ValueError
 
 
 def _status(error: Exception) -> int | None:
@@ -279,77 +228,21 @@ def _library_retries_commit() -> bool:
     return not constants.HF_HUB_DISABLE_XET and importlib.util.find_spec("hf_xet") is not None
 
 
-def checkpoint_commit(path_or_repo: str, *, revision: str | None = None) -> str | None:
-    """The Hub commit a checkpoint comes from: a Hub id's snapshot, or what a pushed local folder recorded."""
-    from hf_reflow.checkpoints import resolve_checkpoint
-
-    folder = Path(resolve_checkpoint(path_or_repo, revision=revision))
-    if folder.parent.name == "snapshots" and len(folder.name) == 40:  # huggingface_hub cache layout
-        return folder.name
-    return read_push_record(folder).get("commit")
-
-
 def read_push_record(folder: str | Path) -> dict[str, Any]:
     """What a push recorded about a local folder ({} if never pushed)."""
     file = Path(folder) / PUSH_RECORD
     return json.loads(file.read_text()) if file.is_file() else {}
 
 
-def _write_push_record(folder: Path, result: PushResult, revision: str | None) -> None:
+def write_push_record(folder: Path, result: PushResult, revision: str | None) -> None:
+    """Remember in `folder/hub.json` where it was pushed (read by cards, the Space and lineage)."""
     record = {"repo_id": result.repo_id, "repo_type": result.repo_type, "commit": result.commit,
               "revision": revision or "main"}  # fmt: skip
-    _write_text(folder / PUSH_RECORD, json.dumps(record, indent=2, sort_keys=True))
+    write_text(folder / PUSH_RECORD, json.dumps(record, indent=2, sort_keys=True))
 
 
-def _write_text(file: Path, text: str) -> None:
+def write_text(file: Path, text: str) -> None:
+    """Replace `file` with `text` atomically (a reader never sees half a file)."""
     tmp = file.with_name(f".{file.name}.tmp-{os.getpid()}")
     tmp.write_text(text)
     tmp.replace(file)
-
-
-# ---- training hooks (`push_to_hub: true` in a TrainConfig) ----------------------------------
-def repo_for_stage(template: str, hub_model_id: str, *, k: int, stage: str) -> str:
-    """`template` (e.g. `{hub_model_id}-{k}rf{suffix}`) filled for a stage of kind `stage` and its k."""
-    suffix = {"distill": "-distilled", "shortcut": "-shortcut"}.get(stage, "")
-    return template.format(hub_model_id=hub_model_id, k=k, stage=stage, suffix=suffix)
-
-
-def stage_repo_id(config: Any) -> str:
-    """The repo a stage pushes to: `hub_repo_template` filled with hub_model_id, k, stage, suffix."""
-    from hf_reflow.configs import stage_k
-    from hf_reflow.couplings import load_teacher_lineage
-
-    teacher_k = load_teacher_lineage(config.teacher.path).get("k", 1) if config.teacher.path else 0
-    return repo_for_stage(config.hub_repo_template, config.hub_model_id, k=stage_k(config.stage, teacher_k),
-                          stage=config.stage)  # fmt: skip
-
-
-def check_stage_push(config: Any) -> str:
-    """Before training: the stage's repo id, once the repo exists (made now, as transformers' Trainer does)
-    and the token may write to it."""
-    repo_id = stage_repo_id(config)
-    Hub().check_push_access(repo_id, private=config.hub_private, create=True)
-    return repo_id
-
-
-def push_stage(config: Any, final: Path, repo_id: str) -> PushResult:
-    """After training: push the final checkpoint; a failure says how to retry without retraining."""
-    try:
-        result = Hub().push_checkpoint(
-            final,
-            repo_id,
-            private=config.hub_private,
-            revision=config.hub_revision,
-            set_new_version=bool(getattr(config, "hub_set_new_version", False)),
-        )
-    except HubError as e:
-        raise HubError(f"{e} The checkpoint is saved; retry the push with `hf-reflow push --checkpoint={final} "
-                       f"--repo_id={repo_id}`.") from None  # fmt: skip
-    logger.warning(
-        "pushed %s to %s (commit %s%s)",
-        final,
-        result.url,
-        result.commit[:8],
-        "" if result.created else ", unchanged",
-    )
-    return result

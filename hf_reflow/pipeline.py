@@ -25,8 +25,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from hf_reflow import space
 from hf_reflow.configs import PIPELINE_STAGES, DatasetConfig, PipelineConfig, stage_k
-from hf_reflow.errors import ConfigError
+from hf_reflow.errors import ConfigError, HubError
+from hf_reflow.evaluation import report
+from hf_reflow.evaluation.chain import evaluate_chain
+from hf_reflow.hub import SPACE_SDK, Hub
+from hf_reflow.publish.publish import push_checkpoint, repo_for_stage
+from hf_reflow.training.couplings import generate
+from hf_reflow.training.trainer import ReflowTrainer
 
 # Recipe sections whose change makes an existing run a different run (eval settings may change freely,
 # seeds and stages may be extended: finished ones are reused).
@@ -140,8 +147,6 @@ def write_datasets(cfg: PipelineConfig, out: Path) -> tuple[Path, Path]:
 
 def train_chain(cfg: PipelineConfig, out: Path, seed: int, demos: Path) -> list[tuple[Stage, Path]]:
     """Train (or skip, when finished) every stage for one seed; returns (stage, checkpoint) pairs."""
-    from hf_reflow.trainer import ReflowTrainer
-
     done, teacher = [], None
     for stage in chain(cfg.stages):
         run_dir = out / f"seed{seed}" / stage.name
@@ -175,8 +180,6 @@ def generate_couplings(
     cfg: PipelineConfig, teacher: str, demos: Path, output: str, seed: int, stage: Stage
 ) -> None:
     """`num_couplings` (noise, teacher end point) pairs made once (resumable), for one reflow / distill stage."""
-    from hf_reflow.offline_couplings import generate
-
     train_cfg = cfg.stage_config(
         stage.kind, seed=seed, output_dir="<unused>", teacher=teacher, dataset_root=str(demos)
     )
@@ -186,10 +189,7 @@ def generate_couplings(
 
 def run(cfg: PipelineConfig) -> dict[str, Any]:
     """Run the whole pipeline; returns the results dict also written to `results.json`."""
-    from hf_reflow import report
     from hf_reflow.envs import metaworld
-    from hf_reflow.evaluate import evaluate_chain
-
     out = Path(cfg.output_dir)
     chain(cfg.stages)  # a bad chain or task name fails before anything is written
     for task in cfg.data.tasks:
@@ -216,8 +216,6 @@ def check_push(cfg: PipelineConfig) -> list[str]:
     confirmed; returns the stage repos in chain order ([] when nothing is pushed)."""
     if not cfg.push.hub_model_id:
         return []
-    from hf_reflow.hub import SPACE_SDK, Hub, repo_for_stage
-
     p = cfg.push
     repos = [repo_for_stage(p.hub_repo_template, p.hub_model_id, k=s.k, stage=s.kind) for s in chain(cfg.stages)]
     if len(set(repos)) != len(repos):
@@ -235,15 +233,11 @@ def check_push(cfg: PipelineConfig) -> list[str]:
 def push_chain(cfg: PipelineConfig, stages: list[tuple[Stage, Path]], rows: list[dict], repos: list[str]) -> None:
     """Push the first seed's stages in chain order (each card links its pushed teacher and holds its
     evaluation rows), then the Space showing them. A failure says how to retry: rerun, nothing retrains."""
-    from hf_reflow import space
-    from hf_reflow.errors import HubError
-    from hf_reflow.hub import Hub
-
     hub, seed, shown = Hub(), cfg.seeds[0], []
     try:
         for (stage, checkpoint), repo in zip(stages, repos, strict=True):
             mine = sorted((r for r in rows if r.get("seed") == seed and r.get("run") == stage.name), key=lambda r: r["nfe"])
-            result = hub.push_checkpoint(checkpoint, repo, private=cfg.push.private, eval_rows=mine)
+            result = push_checkpoint(hub, checkpoint, repo, private=cfg.push.private, eval_rows=mine)
             _log(f"pushed {stage.label} -> {result.url}{'' if result.created else ' (unchanged)'}")
             shown.append((stage.label, repo))
         if cfg.push.space_id:

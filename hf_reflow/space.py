@@ -25,7 +25,11 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
+from hf_reflow.artifacts.checkpoints import PRETRAINED_DIR
 from hf_reflow.errors import ConfigError
+from hf_reflow.evaluation import compare
+from hf_reflow.hub import SPACE_SDK, Hub, check_repo_id, read_push_record
+from hf_reflow.publish.cards import hub_id
 
 logger = logging.getLogger(__name__)
 
@@ -85,8 +89,6 @@ class HubChain:
 
 def read_chain_file(file: str | Path) -> Any:
     """A pushed Space's `chain.json` as a `compare.Chain` of Hub ids (what `app.py` shows)."""
-    from hf_reflow import compare
-
     try:
         data = json.loads(Path(file).read_text())
         stages = [compare.PolicySpec(s["name"], s["repo_id"]) for s in data["stages"]]
@@ -105,9 +107,6 @@ def hub_chain(chain: str | None = None, policies: list[str] | None = None, *, en
     """The chain to push as Hub ids: `policies`, else `chain` (a pipeline output dir, or `name=repo`
     items separated by commas), else `outputs/metaworld`. A local stage must have been pushed (its
     `hub.json` names the repo); otherwise one `ConfigError` names every unpushed stage."""
-    from hf_reflow import compare
-    from hf_reflow.cards import hub_id
-
     if policies:
         specs, spec_chain = compare.parse_policy_lines("\n".join(policies)), compare.Chain(stages=[])
     elif chain and (Path(chain) / compare.PIPELINE_FILE).is_file():
@@ -144,9 +143,6 @@ def hub_chain(chain: str | None = None, policies: list[str] | None = None, *, en
 
 def _pushed_repo(path: str) -> str | None:
     """The Hub repo a local checkpoint (run dir or its pretrained_model/) was pushed to, per its hub.json."""
-    from hf_reflow.checkpoints import PRETRAINED_DIR
-    from hf_reflow.hub import read_push_record
-
     for folder in (Path(path), Path(path) / PRETRAINED_DIR):
         if (folder / "config.json").is_file():
             return read_push_record(folder).get("repo_id")
@@ -179,12 +175,10 @@ def push(repo_id: str, chain: HubChain, *, private: bool = False, hub: Any = Non
     Before anything is built: every model must be readable on the Hub and the token must write to the
     Space (created now, `exist_ok`). A private model is only a warning: the Space then needs a token secret.
     """
-    from hf_reflow.hub import SPACE_SDK, Hub, check_repo_id
-
     check_repo_id(repo_id)
     hub = hub or Hub()
     for name, model in chain.stages:
-        if getattr(hub.model_info(model), "private", False):
+        if getattr(hub.repo_info(model), "private", False):
             logger.warning(
                 "%s (%s) is private: give the Space an HF_TOKEN secret that can read it", model, name
             )

@@ -1,11 +1,12 @@
 """Gradio Space: compare the action chunks and ODE paths of k-RF policies across step counts.
 
     python space/app.py --chain=outputs/metaworld          # the chain `hf-reflow pipeline` wrote
+    python space/app.py                                    # the same: outputs/metaworld (`make demo`)
     python app.py                                          # a pushed Space: the Hub chain in chain.json
     python space/app.py --policies=a/1rf,b/2rf --dataset-root=data/metaworld --env=metaworld
     hf-reflow space --chain=outputs/metaworld
 
-Serves on 127.0.0.1 (a Space sets GRADIO_SERVER_NAME). The logic lives in `hf_reflow.compare`;
+Serves on 127.0.0.1 (a Space sets GRADIO_SERVER_NAME). The logic lives in `hf_reflow.evaluation.compare`;
 this file only lays out the page and turns errors into messages shown in it.
 """
 
@@ -27,8 +28,9 @@ import figures  # noqa: E402
 import gradio as gr  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from hf_reflow import compare  # noqa: E402
+from hf_reflow.artifacts.checkpoints import CheckpointCache  # noqa: E402
 from hf_reflow.errors import ConfigError, ReflowError  # noqa: E402
+from hf_reflow.evaluation import compare  # noqa: E402
 from hf_reflow.space import CHAIN_FILE, read_chain_file  # noqa: E402
 
 logger = logging.getLogger("hf_reflow.space")
@@ -72,7 +74,7 @@ def _as_chain(chain: str | Path | list[str] | compare.Chain | None) -> compare.C
 class SpaceApp:
     """The page's state: the chain, the per-process policy cache and the handlers the page calls."""
 
-    def __init__(self, chain: compare.Chain, cache: compare.PolicyCache) -> None:
+    def __init__(self, chain: compare.Chain, cache: CheckpointCache) -> None:
         self.chain, self.cache = chain, cache
         self.sources = {spec.name: spec.source for spec in chain.stages}
 
@@ -126,7 +128,7 @@ class SpaceApp:
             progress(i / (2 * len(specs)), desc=f"loading {spec.name}")
             loaded.append(self.cache.get(spec.source))
         horizon = max(policy.adapter.action_shape[0] for policy in loaded)
-        image_size = next((compare.image_size_of(p) for p in loaded if p.needs_image), None)
+        image_size = next((size for p in loaded if (size := compare.image_size_of(p))), None)
         observation = self._observation(source, episode, frame, task, env_seed, horizon, image_size)
         comparisons = []
         for i, (spec, policy) in enumerate(zip(specs, loaded, strict=True)):
@@ -177,14 +179,16 @@ def build_demo(
     dataset_root: str | None = None,
     dataset_repo_id: str | None = None,
     env: str | None = None,
-    cache: compare.PolicyCache | None = None,
+    cache: CheckpointCache | None = None,
 ) -> gr.Blocks:
-    """The page for a chain (a pipeline output dir, a list of paths / repo ids, or the default chain)."""
+    """The page for a chain: a pipeline output dir, a list of paths / repo ids, or with None the Hub chain
+    in chain.json beside this file (a pushed Space), else outputs/metaworld (`make demo`); with neither, a
+    `ConfigError` says how to get a chain."""
     chain = _as_chain(chain)
     chain.dataset_root = dataset_root or chain.dataset_root
     chain.dataset_repo_id = dataset_repo_id or chain.dataset_repo_id
     chain.env = env or chain.env
-    app = SpaceApp(chain, cache or compare.PolicyCache())
+    app = SpaceApp(chain, cache or CheckpointCache())
     with gr.Blocks(title="hf-reflow: compare k-RF policies") as demo:
         gr.Markdown(INTRO)
         inputs = _compare_inputs(app)
@@ -262,7 +266,7 @@ def _rollout_section(app: SpaceApp) -> None:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
-        "--chain", default=None, help="output dir of `hf-reflow pipeline` (holds pipeline.json)"
+        "--chain", default=None, help="output dir of `hf-reflow pipeline` (default: outputs/metaworld)"
     )
     parser.add_argument(
         "--policies", default=None, help="comma-separated local paths / Hub ids instead of a chain"

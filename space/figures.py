@@ -7,7 +7,7 @@ from matplotlib import colormaps
 from matplotlib.figure import Figure  # figures made without pyplot are not kept in a global registry
 from matplotlib.patches import Circle
 
-from hf_reflow.compare import REFERENCE_STEPS, PolicyComparison, RolloutResult, project_paths
+from hf_reflow.evaluation.compare import REFERENCE_STEPS, PolicyComparison, RolloutResult, project_paths
 
 EXPERT_STYLE = {"color": "black", "linestyle": "--", "linewidth": 1.5, "label": "expert"}
 REFERENCE_STYLE = {"color": "0.6", "linewidth": 4, "alpha": 0.6, "label": f"{REFERENCE_STEPS}-step reference"}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import atexit
 import logging
 import os
 import subprocess
@@ -10,7 +11,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from cli_forkserver import ForkServer
 
+if os.environ.get("PYTEST_XDIST_WORKER"):  # `make test` runs two workers on two cores: one thread each
+    os.environ["OMP_NUM_THREADS"] = "1"
+    os.environ["MKL_NUM_THREADS"] = "1"
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
@@ -38,8 +43,19 @@ def train_config(**overrides):
     return TrainConfig.from_dict(data)
 
 
-def run_cli(*args: str, timeout: int = 300) -> subprocess.CompletedProcess:
-    """Run `python -m hf_reflow ARGS` in a subprocess (the console script's code path)."""
+_CLI = ForkServer(REPO, {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(REPO)})
+atexit.register(_CLI.close)
+
+
+def run_cli(*args: str, timeout: int = 300, fsize: int | None = None) -> subprocess.CompletedProcess:
+    """Run `hf-reflow ARGS` in its own process: a fork of `cli_forkserver.py` (torch and LeRobot imported once),
+    through `hf_reflow.cli.main` as `python -m hf_reflow` runs it; exit code, stdout and stderr as subprocess.run's.
+    `fsize`: the process's file-size limit in bytes (a full disk)."""
+    return _CLI.run(list(args), env={**os.environ, "HF_HUB_OFFLINE": "1"}, timeout=timeout, fsize=fsize)
+
+
+def run_console_script(*args: str, timeout: int = 300) -> subprocess.CompletedProcess:
+    """Run `python -m hf_reflow ARGS` as a fresh interpreter (for what only a real start exercises)."""
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     return subprocess.run(
         [sys.executable, "-m", "hf_reflow", *args], capture_output=True, text=True, timeout=timeout, env=env, cwd=REPO
@@ -75,7 +91,7 @@ def toy_dataset(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def teacher_1rf(tmp_path_factory, toy_dataset) -> Path:
     """A tiny 1-RF trained on the toy data: good enough that its 10-step flow is curved (bimodal)."""
-    from hf_reflow.trainer import ReflowTrainer
+    from hf_reflow.training.trainer import ReflowTrainer
 
     out = tmp_path_factory.mktemp("runs") / "1rf"
     config = train_config(steps=400, batch_size=64, output_dir=str(out), dataset__root=str(toy_dataset), optim__warmup_steps=20)

@@ -1,4 +1,4 @@
-"""The GPU benchmark script cannot rot: a tiny CPU smoke run in a subprocess, every JSON field checked."""
+"""The benchmark scripts cannot rot: tiny CPU smoke runs in a subprocess, their JSON fields checked."""
 
 from __future__ import annotations
 
@@ -115,3 +115,22 @@ def test_smolvlm2_500m_vlm_folder_round_trips(tmp_path):
     assert {k: getattr(config.vision_config, k) for k in vision} == vision
     assert config.scale_factor == 4 and config.text_config.pad_token_id < 49280
     assert AutoProcessor.from_pretrained(folder).image_seq_len == 64  # (512 / 16)^2 / 4^2 image tokens
+
+
+def test_couplings_memory_benchmark_smoke(tmp_path):
+    """The couplings memory benchmark runs end to end on 2,000 couplings; no memory threshold is asserted."""
+    script = REPO / "benchmarks" / "couplings_memory.py"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
+    out = tmp_path / "out.json"
+    cmd = [sys.executable, str(script), "--num-couplings=2000", "--block-size=256", f"--output={out}"]
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600, env=env)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
+    result = json.loads(out.read_text())
+    assert result["num_couplings"] == 2000 and result["action_shape"] == [4, 2]
+    assert set(result["peak_rss_mb"]) == {"memory_mapped", "in_memory"}
+    assert all(_positive(v) for v in result["peak_rss_mb"].values())
+    assert _positive(result["ratio_in_memory_to_memory_mapped"])
+    for path in ("memory_mapped", "in_memory"):
+        assert result["details"][path]["couplings_read"] == 2000  # every coupling read once
+    assert result["details"]["memory_mapped"]["action_sum"] == result["details"]["in_memory"]["action_sum"]
+    assert "peak RSS, 2,000 couplings: memory-mapped" in proc.stdout.splitlines()[-1]

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from hf_reflow import closed_loop, report
+from hf_reflow.evaluation import closed_loop, report
 
 
 @pytest.mark.parametrize("trials", [1, 2, 3, 7, 10, 50, 99, 100, 101, 500])

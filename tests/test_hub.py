@@ -24,6 +24,7 @@ from conftest import REPO, train_config
 from hub_server import LoopbackHub
 
 from hf_reflow.errors import CheckpointError, HubError
+from hf_reflow.publish import publish
 
 WRITE = "hf_loopbackWRITEtoken0123456789abcdef"
 READ = "hf_loopbackREADtoken0123456789abcdefgh"
@@ -133,28 +134,30 @@ def test_round_trip_hub_teacher_card_lineage_and_idempotence(
 ):
     from huggingface_hub import ModelCard
 
-    from hf_reflow.evaluate import evaluate_checkpoint
-    from hf_reflow.trainer import ReflowTrainer
+    from hf_reflow.evaluation.offline import evaluate_checkpoint
+    from hf_reflow.training.trainer import ReflowTrainer
 
     caplog.set_level(logging.DEBUG)
     hub = fast_hub()
-    first = hub.push_checkpoint(checkpoint_1rf, "alice/toy-1rf", license="mit")
+    first = publish.push_checkpoint(hub, checkpoint_1rf, "alice/toy-1rf", license="mit")
     assert first.created and (checkpoint_1rf / "README.md").is_file()  # the card is also kept locally
     # A 2-RF whose teacher is a Hub id: downloaded from the loopback Hub through the cache.
     config = train_config(
         stage="reflow", steps=10, output_dir=str(tmp_path / "2rf"), dataset__root=str(toy_dataset),
         teacher__path="alice/toy-1rf", push_to_hub=True, hub_model_id="alice/toy",
     )  # fmt: skip
-    final = ReflowTrainer(config).train()  # pushes to alice/toy-2rf (template default)
+    repo_id = publish.check_stage_push(config)  # what `hf-reflow train --push_to_hub=true` does around training
+    final = ReflowTrainer(config).train()
+    publish.push_stage_from_main_process(config, final, repo_id)  # to alice/toy-2rf (template default)
     assert (tmp_path / "cache" / "models--alice--toy-1rf").is_dir()
     info = json.loads((final / "reflow.json").read_text())
     assert info["k"] == 2 and info["teacher"] == "alice/toy-1rf" and info["teacher_commit"] == first.commit
     assert json.loads((final / "hub.json").read_text())["repo_id"] == "alice/toy-2rf"
 
     rows = evaluate_checkpoint(str(final), config.dataset, nfes=[1, 2], num_samples=8, episodes=1, env="toy")
-    pushed = hub.push_checkpoint(final, "alice/toy-2rf", eval_rows=rows)
+    pushed = publish.push_checkpoint(hub, final, "alice/toy-2rf", eval_rows=rows)
     assert pushed.created  # the card gained the evaluation table
-    again = hub.push_checkpoint(final, "alice/toy-2rf", eval_rows=rows)
+    again = publish.push_checkpoint(hub, final, "alice/toy-2rf", eval_rows=rows)
     assert not again.created and again.commit == pushed.commit
     assert len(online.repo("alice/toy-2rf").history()) == 3  # initial, training push, eval push
 
@@ -180,7 +183,7 @@ def test_round_trip_hub_teacher_card_lineage_and_idempotence(
     assert teacher_card.data.get("new_version") is None  # never set unless asked
     assert teacher_card.data.base_model is None and "1-rf" in teacher_card.data.tags
     assert (
-        hub.push_checkpoint(final, "alice/toy-2rf", eval_rows=rows, set_new_version=True).commit
+        publish.push_checkpoint(hub, final, "alice/toy-2rf", eval_rows=rows, set_new_version=True).commit
         == pushed.commit
     )
     teacher_card = ModelCard(hub.read_text("alice/toy-1rf", "README.md"))
@@ -197,7 +200,7 @@ def test_card_of_a_1rf_fine_tuned_from_a_hub_checkpoint(online, checkpoint_1rf, 
     from huggingface_hub import ModelCard
 
     hub = fast_hub()
-    hub.push_checkpoint(checkpoint_1rf, "lab/base", license="cc-by-4.0")
+    publish.push_checkpoint(hub, checkpoint_1rf, "lab/base", license="cc-by-4.0")
     tuned = Path(shutil.copytree(checkpoint_1rf, tmp_path / "tuned" / "pretrained_model"))
     for name in ("hub.json", "README.md"):
         (tuned / name).unlink()
@@ -212,7 +215,7 @@ def test_card_of_a_1rf_fine_tuned_from_a_hub_checkpoint(online, checkpoint_1rf, 
         {"nfe": 1, "straightness": 0.5, "latency_ms": 1.0},
         {"nfe": 10, "straightness": 0.1, "dataset": "local/x"},
     ]
-    hub.push_checkpoint(tuned, "alice/tuned", eval_rows=rows)
+    publish.push_checkpoint(hub, tuned, "alice/tuned", eval_rows=rows)
 
     card = ModelCard(hub.read_text("alice/tuned", "README.md"))
     assert card.data.base_model == "lab/base" and card.data.license == "cc-by-4.0"
@@ -230,20 +233,20 @@ def test_card_of_a_1rf_fine_tuned_from_a_hub_checkpoint(online, checkpoint_1rf, 
 def test_faults_are_retried_without_duplicate_or_partial_commits(online, checkpoint_1rf):
     hub = fast_hub()
     online.state.faults += [("commit", "503"), ("commit", "drop")]
-    result = hub.push_checkpoint(checkpoint_1rf, "alice/faulty")
+    result = publish.push_checkpoint(hub, checkpoint_1rf, "alice/faulty")
     assert result.created and not online.state.faults
     assert len(online.repo("alice/faulty").history()) == 2  # initial + one push
     # The commit lands but its response is lost: huggingface_hub's retry of it fails (412, the branch
     # moved), our one rerun finds identical files and commits nothing.
     online.state.faults.append(("commit", "drop_after"))
     rows = [{"nfe": 1, "straightness": 0.5}]  # a card change, so the push has something to commit
-    changed = hub.push_checkpoint(checkpoint_1rf, "alice/faulty", eval_rows=rows)
+    changed = publish.push_checkpoint(hub, checkpoint_1rf, "alice/faulty", eval_rows=rows)
     history = online.repo("alice/faulty").history()
     assert len(history) == 3 and changed.commit == history[0]["oid"] and changed.created
     # Every attempt fails: an error that names the fix, and the repo is left as it was.
     online.state.faults += [("commit", "503")] * 6
     with pytest.raises(HubError, match="could not commit to alice/faulty.*503.*rerun safely"):
-        hub.push_checkpoint(checkpoint_1rf, "alice/faulty", eval_rows=rows + rows)
+        publish.push_checkpoint(hub, checkpoint_1rf, "alice/faulty", eval_rows=rows + rows)
     assert len(online.repo("alice/faulty").history()) == 3
 
 
@@ -252,20 +255,20 @@ def test_retries_are_not_nested(online, checkpoint_1rf, monkeypatch):
     from huggingface_hub import constants
 
     hub = fast_hub(retries=2)
-    hub.push_checkpoint(checkpoint_1rf, "alice/counted")
+    publish.push_checkpoint(hub, checkpoint_1rf, "alice/counted")
     before = len(online.repo("alice/counted").history())
     rows = [{"nfe": 1, "straightness": 0.25}]
     # preupload: huggingface_hub tries 1 + 5 times; we add nothing, and nothing is committed.
     online.state.hits.clear()
     online.state.faults += [("preupload", "503")] * 6
     with pytest.raises(HubError, match="503"):
-        hub.push_checkpoint(checkpoint_1rf, "alice/counted", eval_rows=rows)
+        publish.push_checkpoint(hub, checkpoint_1rf, "alice/counted", eval_rows=rows)
     assert hits(online, "preupload") == 6 and hits(online, "commit") == 0 and not online.state.faults
     # commit (hf_xet installed: upload_folder's pipeline retries it itself): 1 + 5 attempts, none of ours.
     online.state.hits.clear()
     online.state.faults += [("commit", "503")] * 6
     with pytest.raises(HubError, match="503"):
-        hub.push_checkpoint(checkpoint_1rf, "alice/counted", eval_rows=rows)
+        publish.push_checkpoint(hub, checkpoint_1rf, "alice/counted", eval_rows=rows)
     assert hits(online, "commit") == 6 and hits(online, "preupload") == 1
     assert len(online.repo("alice/counted").history()) == before
     # without hf_xet huggingface_hub sends the commit once: ours is then the only layer (1 + 2 attempts).
@@ -273,11 +276,11 @@ def test_retries_are_not_nested(online, checkpoint_1rf, monkeypatch):
     online.state.hits.clear()
     online.state.faults += [("commit", "503")] * 3
     with pytest.raises(HubError, match="503"):
-        hub.push_checkpoint(checkpoint_1rf, "alice/counted", eval_rows=rows)
+        publish.push_checkpoint(hub, checkpoint_1rf, "alice/counted", eval_rows=rows)
     assert hits(online, "commit") == 3 and hits(online, "preupload") == 3
     online.state.hits.clear()
     online.state.faults += [("commit", "503"), ("commit", "drop_after")]
-    assert hub.push_checkpoint(checkpoint_1rf, "alice/counted", eval_rows=rows).created
+    assert publish.push_checkpoint(hub, checkpoint_1rf, "alice/counted", eval_rows=rows).created
     assert hits(online, "commit") == 2 and len(online.repo("alice/counted").history()) == before + 1
 
 
@@ -288,7 +291,7 @@ def test_access_checks(online, monkeypatch):
     assert online.repo("lab/model").history() and "whoami" not in online.routes_hit()
     fast_hub().check_push_access("alice/not-yet")  # without create: a new repo passes, nothing is made
     with pytest.raises(HubError, match="must be a local checkpoint folder"):
-        fast_hub().push_checkpoint("lab/model", "alice/copy")
+        publish.push_checkpoint(fast_hub(), "lab/model", "alice/copy")
     assert not online.repo("alice/not-yet").path.exists()
     for bad in ("no-namespace", "a/b/c", "alice/bad name!"):
         with pytest.raises(HubError, match="invalid Hub repo id"):
@@ -309,7 +312,7 @@ def test_access_checks(online, monkeypatch):
 
 def test_revision_branch_and_private_repo(online, checkpoint_1rf):
     hub = fast_hub()
-    result = hub.push_checkpoint(checkpoint_1rf, "lab/branchy", revision="v1", private=True)
+    result = publish.push_checkpoint(hub, checkpoint_1rf, "lab/branchy", revision="v1", private=True)
     repo = online.repo("lab/branchy")
     assert repo.meta["private"] and len(repo.history("v1")) == 2 and len(repo.history("main")) == 1
     assert result.commit == repo.read("refs.json")["v1"]
@@ -318,9 +321,9 @@ def test_revision_branch_and_private_repo(online, checkpoint_1rf):
 def test_offline_download_uses_the_cache(online, checkpoint_1rf, monkeypatch):
     from huggingface_hub import constants
 
-    from hf_reflow.checkpoints import resolve_checkpoint
+    from hf_reflow.artifacts.checkpoints import resolve_checkpoint
 
-    fast_hub().push_checkpoint(checkpoint_1rf, "alice/cached")
+    publish.push_checkpoint(fast_hub(), checkpoint_1rf, "alice/cached")
     path = resolve_checkpoint("alice/cached")
     assert (Path(path) / "model.safetensors").is_file()
     hits = len(online.state.hits)
@@ -385,8 +388,8 @@ def test_live_hub_push_and_load(checkpoint_1rf, monkeypatch, tmp_path):
     repo_id = f"{hub.api.whoami()['name']}/hf-reflow-live-{uuid.uuid4().hex[:8]}"
     try:
         hub.check_push_access(repo_id, private=True, create=True)
-        result = hub.push_checkpoint(checkpoint_1rf, repo_id, private=True)
-        assert result.created and not hub.push_checkpoint(checkpoint_1rf, repo_id, private=True).created
+        result = publish.push_checkpoint(hub, checkpoint_1rf, repo_id, private=True)
+        assert result.created and not publish.push_checkpoint(hub, checkpoint_1rf, repo_id, private=True).created
         snapshot = Path(hub.api.snapshot_download(repo_id, cache_dir=str(tmp_path / "cache")))
         noise, state = torch.randn(2, 8, 2), torch.randn(2, 4)
         assert torch.equal(chunk(snapshot, noise, state), chunk(checkpoint_1rf, noise, state))
@@ -398,12 +401,13 @@ def test_couplings_pushed_as_a_dataset_train_by_repo_id(online, checkpoint_1rf, 
     from datasets import load_dataset
     from huggingface_hub import DatasetCard, ModelCard
 
+    from hf_reflow.artifacts.couplings_store import load_couplings
     from hf_reflow.configs import DatasetConfig, TeacherConfig
-    from hf_reflow.offline_couplings import generate, load_couplings
-    from hf_reflow.trainer import ReflowTrainer
+    from hf_reflow.training.couplings import generate
+    from hf_reflow.training.trainer import ReflowTrainer
 
     hub = fast_hub()
-    teacher = hub.push_checkpoint(checkpoint_1rf, "alice/toy-1rf", license="mit")
+    teacher = publish.push_checkpoint(hub, checkpoint_1rf, "alice/toy-1rf", license="mit")
     folder = tmp_path / "couplings"
     generate(
         folder,
@@ -412,8 +416,8 @@ def test_couplings_pushed_as_a_dataset_train_by_repo_id(online, checkpoint_1rf, 
         num_couplings=48,
         block_size=32,
     )
-    result = hub.push_couplings(folder, "alice/toy-couplings")
-    assert result.created and not hub.push_couplings(folder, "alice/toy-couplings").created
+    result = publish.push_couplings(hub, folder, "alice/toy-couplings")
+    assert result.created and not publish.push_couplings(hub, folder, "alice/toy-couplings").created
     files = online.repo("alice/toy-couplings", "datasets").files("main")
     assert set(files) == {
         ".gitattributes",
@@ -438,7 +442,7 @@ def test_couplings_pushed_as_a_dataset_train_by_repo_id(online, checkpoint_1rf, 
     )  # fmt: skip
     final = ReflowTrainer(config).train()
     assert json.loads((final / "reflow.json").read_text())["couplings_dataset"] == "alice/toy-couplings"
-    hub.push_checkpoint(final, "alice/toy-2rf-stored")
+    publish.push_checkpoint(hub, final, "alice/toy-2rf-stored")
     card = ModelCard(hub.read_text("alice/toy-2rf-stored", "README.md"))
     assert card.data.datasets == ["alice/toy-couplings"] and card.data.base_model == "alice/toy-1rf"
     assert "**Trained on stored couplings:** [alice/toy-couplings]" in card.text
@@ -478,7 +482,7 @@ def test_space_push_refuses_unpushed_stages_then_names_and_preloads_the_chain(
         "env": "metaworld", "tasks": ["reach-v3"], "stages": stages,
         "dataset": {"root": "data", "repo_id": "local/metaworld"},
     }))  # fmt: skip
-    fast_hub().push_checkpoint(checkpoint_1rf, "alice/toy-1rf")
+    publish.push_checkpoint(fast_hub(), checkpoint_1rf, "alice/toy-1rf")
     env = cli_env(online, tmp_path, WRITE)
     args = ["space", "--push", "--repo_id=alice/compare", f"--chain={chain}"]
     refused = run_cli(env, *args)
@@ -492,7 +496,7 @@ def test_space_push_refuses_unpushed_stages_then_names_and_preloads_the_chain(
     )
     assert "Traceback" not in refused.stderr and not online.repo("alice/compare", "spaces").path.exists()
 
-    fast_hub().push_checkpoint(student, "alice/toy-2rf")
+    publish.push_checkpoint(fast_hub(), student, "alice/toy-2rf")
     result = run_cli(env, *args)
     assert result.returncode == 0, result.stderr
     assert (
@@ -517,7 +521,7 @@ def test_space_push_refuses_unpushed_stages_then_names_and_preloads_the_chain(
         and b"mujoco==3.3.0" in files["requirements.txt"]
     )
     assert set(files["packages.txt"].decode().split()) == EGL_PACKAGES
-    assert {"app.py", "figures.py", "chain.json", "hf_reflow/compare.py", "hf_reflow/space.py"} <= set(files)
+    assert {"app.py", "figures.py", "chain.json", "hf_reflow/evaluation/compare.py", "hf_reflow/space.py"} <= set(files)
     assert not [p for p in files if "__pycache__" in p or p.endswith("hub.json")]
     assert online.repo("alice/compare", "spaces").meta["sdk"] == "gradio"
 

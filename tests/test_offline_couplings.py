@@ -14,9 +14,10 @@ import pytest
 import torch
 from conftest import REPO, train_config
 
+from hf_reflow.artifacts.couplings_store import block_path, draw_block, load_couplings, training_dataset
 from hf_reflow.configs import CouplingsConfig, DatasetConfig, TeacherConfig
 from hf_reflow.errors import ConfigError, DataError
-from hf_reflow.offline_couplings import block_path, draw_block, generate, load_couplings, training_dataset
+from hf_reflow.training.couplings import generate
 
 SETTINGS = {"num_couplings": 150, "block_size": 64, "batch_size": 32, "seed": 3}
 
@@ -39,9 +40,9 @@ def stored(teacher_1rf, toy_dataset, tmp_path_factory):
 def test_blocks_are_the_teacher_end_points_of_seeded_noise(stored, teacher_1rf, toy_dataset):
     from datasets import Array2D, Dataset
 
-    from hf_reflow.checkpoints import load_config, load_policy, load_processors
+    from hf_reflow.artifacts.checkpoints import load_config, load_policy, load_processors
     from hf_reflow.data import make_dataset
-    from hf_reflow.policies.base import adapter_for
+    from hf_reflow.policies.factory import adapter_for
     from hf_reflow.sampling import sample_policy
 
     spec, tensors = load_couplings(str(stored))
@@ -88,29 +89,30 @@ def _free_port() -> int:
 
 @pytest.mark.slow
 def test_two_processes_write_the_same_couplings(stored, teacher_1rf, toy_dataset, tmp_path):
+    """Two real CPU processes (torchrun, gloo) share the blocks (b % 2 == rank) and write the same folder as
+    one process, byte for byte: every parquet shard and couplings.json."""
     out = tmp_path / "ddp"
     cmd = [
-        sys.executable, "-m", "accelerate.commands.launch", "--config_file", "recipes/accelerate_configs/cpu_ddp.yaml",
-        "--main_process_port", str(_free_port()), "-m", "hf_reflow", "couplings", "generate",
+        sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={_free_port()}",
+        "-m", "hf_reflow", "couplings", "generate",
         f"--teacher.path={teacher_1rf}", f"--dataset.root={toy_dataset}", f"--output={out}",
         *[f"--{k}={v}" for k, v in SETTINGS.items()],
     ]  # fmt: skip
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "ACCELERATE_USE_CPU": "true"}
     proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300, env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    _, single = load_couplings(str(stored))
-    _, sharded = load_couplings(str(out))
-    assert all(torch.equal(single[k], sharded[k]) for k in single)
-    assert json.loads((out / "couplings.json").read_text()) == json.loads(
-        (stored / "couplings.json").read_text()
-    )
+    files = sorted(p.relative_to(stored) for p in stored.rglob("*") if p.is_file() and p.name != "README.md")
+    assert len([f for f in files if f.suffix == ".parquet"]) == 3  # 150 couplings in blocks of 64: both ranks wrote
+    assert files == sorted(p.relative_to(out) for p in out.rglob("*") if p.is_file() and p.name != "README.md")
+    for file in files:
+        assert (out / file).read_bytes() == (stored / file).read_bytes(), file
 
 
 def test_training_on_stored_couplings_never_runs_the_teacher(
     stored, teacher_1rf, toy_dataset, tmp_path, monkeypatch
 ):
-    from hf_reflow.couplings import OnlineTeacher
-    from hf_reflow.trainer import ReflowTrainer
+    from hf_reflow.training.teacher import OnlineTeacher
+    from hf_reflow.training.trainer import ReflowTrainer
 
     def no_teacher(*args, **kwargs):
         raise AssertionError("the teacher ran although couplings are stored")
@@ -129,7 +131,7 @@ def test_training_on_stored_couplings_never_runs_the_teacher(
 
 
 def test_bad_couplings_inputs(stored, teacher_1rf, toy_dataset, tmp_path):
-    from hf_reflow.trainer import ReflowTrainer
+    from hf_reflow.training.trainer import ReflowTrainer
 
     with pytest.raises(ConfigError, match="couplings.path is for reflow"):
         train_config(couplings__path=str(stored))
@@ -153,9 +155,9 @@ def test_training_reads_memory_mapped_and_refuses_another_teacher_or_dataset(
     from safetensors.torch import load_file as load_weights
     from safetensors.torch import save_file
 
-    from hf_reflow.checkpoints import load_config
+    from hf_reflow.artifacts.checkpoints import load_config
+    from hf_reflow.artifacts.couplings_store import NOISE_KEY, CouplingDataset
     from hf_reflow.data import make_dataset
-    from hf_reflow.offline_couplings import NOISE_KEY, CouplingDataset
 
     config = load_config(str(teacher_1rf))
     data = DatasetConfig(root=str(toy_dataset))

@@ -117,7 +117,7 @@ def test_eval_on_a_task_the_policy_never_saw_is_one_line_naming_the_known_ones(t
 
 def test_parallel_rollouts_match_serial(tiny_run):
     """Episodes are seeded per episode, so spreading them over processes changes nothing."""
-    from hf_reflow import closed_loop
+    from hf_reflow.evaluation import closed_loop
 
     out, _ = tiny_run
     checkpoint = str(out / "seed0" / "1rf" / "pretrained_model")
@@ -129,8 +129,8 @@ def test_parallel_rollouts_match_serial(tiny_run):
 
 def test_expert_through_the_eval_path_reproduces_its_success():
     """The closed-loop harness scores the multimodal expert at 100 %, both sides used, no collision."""
-    from hf_reflow import closed_loop
     from hf_reflow.envs import metaworld
+    from hf_reflow.evaluation import closed_loop
 
     for task in metaworld.TASKS_MULTIMODAL:
         episodes = []

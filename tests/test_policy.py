@@ -10,9 +10,9 @@ import pytest
 import torch
 from conftest import REPO
 
-from hf_reflow.checkpoints import load_config, load_policy, load_processors, resolve_checkpoint
-from hf_reflow.errors import CheckpointError
-from hf_reflow.policies.base import adapter_for, supported_policy_types
+from hf_reflow.artifacts.checkpoints import load_config, load_policy, load_processors, resolve_checkpoint
+from hf_reflow.errors import CheckpointError, ConfigError
+from hf_reflow.policies.factory import adapter_for, supported_policy_types
 from hf_reflow.sampling import sample_policy
 
 
@@ -106,8 +106,23 @@ def test_config_and_adapter_errors():
     class Foreign(torch.nn.Module):
         config = type("C", (), {"type": "act"})()
 
-    with pytest.raises(ValueError, match="no hf-reflow adapter. Supported types: flow_mlp"):
+    with pytest.raises(ConfigError, match="'act' has no hf-reflow adapter; supported types: flow_mlp, pi0, pi05, smolvla"):
         adapter_for(Foreign())
+
+
+def test_registered_adapter_is_found_by_type():
+    """`register_adapter` (the name the error points to) adds a policy type without touching the factory."""
+    from hf_reflow.policies import factory
+    from hf_reflow.policies.flow_mlp.adapter import FlowMLPAdapter
+
+    class ActAdapter(FlowMLPAdapter):
+        policy_type = "act"
+
+    factory.register_adapter(ActAdapter)
+    try:
+        assert "act" in factory.supported_policy_types() and factory.adapter_class("act") is ActAdapter
+    finally:
+        factory._REGISTERED.pop("act")
 
 
 def test_checkpoint_resolution(tmp_path, teacher_1rf):
@@ -116,5 +131,5 @@ def test_checkpoint_resolution(tmp_path, teacher_1rf):
         resolve_checkpoint("user/model-2rf")
     with pytest.raises(CheckpointError, match="holds no checkpoint"):
         resolve_checkpoint(str(tmp_path))
-    with pytest.raises(CheckpointError, match="neither a local folder nor a Hub repo id"):
+    with pytest.raises(CheckpointError, match="no checkpoint at"):
         resolve_checkpoint("not a path/or/repo")

@@ -25,7 +25,9 @@ import torch
 from conftest import REPO, run_cli, train_config
 from safetensors.torch import load_file
 
-from hf_reflow.checkpoints import TRAINING_STATE_FILE, check_processor_steps, load_config, load_processors
+from hf_reflow.artifacts.checkpoints import load_config, load_processors
+from hf_reflow.artifacts.processor_safety import check_processor_steps
+from hf_reflow.artifacts.training_state import TRAINING_STATE_FILE
 from hf_reflow.errors import CheckpointError
 
 PAYLOADS = ("os.system", "subprocess.Popen")
@@ -35,7 +37,7 @@ RUN_SETTINGS = dict(steps=4, save_every=2, batch_size=16, ema_decay=0.9, optim__
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory, toy_dataset) -> Path:
     """A tiny finished 1-RF run with a training checkpoint at step 2 (EMA on)."""
-    from hf_reflow.trainer import ReflowTrainer
+    from hf_reflow.training.trainer import ReflowTrainer
 
     out = tmp_path_factory.mktemp("security") / "run"
     ReflowTrainer(train_config(output_dir=str(out), dataset__root=str(toy_dataset), **RUN_SETTINGS)).train()
@@ -106,26 +108,27 @@ def _load_processors_other_file(evil: Path, toy_dataset: Path, out: Path) -> Non
 
 
 def _space_compare(evil: Path, toy_dataset: Path, out: Path) -> None:
-    from hf_reflow import compare
+    from hf_reflow.artifacts.checkpoints import CheckpointCache
 
-    compare.PolicyCache().get(str(evil))
+    CheckpointCache().get(str(evil))  # what the Space loads with
 
 
 def _offline_evaluation(evil: Path, toy_dataset: Path, out: Path) -> None:
     from hf_reflow.configs import DatasetConfig
-    from hf_reflow.evaluate import evaluate_checkpoint
+    from hf_reflow.evaluation.offline import evaluate_checkpoint
 
     evaluate_checkpoint(str(evil), DatasetConfig(root=str(toy_dataset)), nfes=[1], num_samples=4)
 
 
 def _closed_loop_worker(evil: Path, toy_dataset: Path, out: Path) -> None:
-    from hf_reflow import closed_loop
+    from hf_reflow.artifacts.checkpoints import CheckpointCache
+    from hf_reflow.evaluation import closed_loop
 
-    closed_loop._load(str(evil))
+    closed_loop.run_job(closed_loop.RolloutJob(str(evil), 1, "reach-v3", (7_000_000,)), CheckpointCache())
 
 
 def _reflow_teacher(evil: Path, toy_dataset: Path, out: Path) -> None:
-    from hf_reflow.trainer import ReflowTrainer
+    from hf_reflow.training.trainer import ReflowTrainer
 
     config = train_config(
         stage="reflow", steps=2, output_dir=str(out), dataset__root=str(toy_dataset), teacher__path=str(evil)
@@ -134,7 +137,7 @@ def _reflow_teacher(evil: Path, toy_dataset: Path, out: Path) -> None:
 
 
 def _fresh_student_with_teacher_processors(evil: Path, toy_dataset: Path, out: Path) -> None:
-    from hf_reflow.trainer import ReflowTrainer
+    from hf_reflow.training.trainer import ReflowTrainer
 
     config = train_config(
         stage="reflow", steps=2, output_dir=str(out), dataset__root=str(toy_dataset), teacher__path=str(evil),
@@ -145,7 +148,7 @@ def _fresh_student_with_teacher_processors(evil: Path, toy_dataset: Path, out: P
 
 def _couplings_teacher(evil: Path, toy_dataset: Path, out: Path) -> None:
     from hf_reflow.configs import DatasetConfig, TeacherConfig
-    from hf_reflow.offline_couplings import generate
+    from hf_reflow.training.couplings import generate
 
     teacher = TeacherConfig(path=str(evil), num_inference_steps=2)
     generate(out, teacher, DatasetConfig(root=str(toy_dataset)), num_couplings=8, block_size=8, batch_size=8)
@@ -233,7 +236,7 @@ def test_a_trusted_local_checkpoint_may_name_a_class_path(run_dir, tmp_path):
 
 def test_a_hub_checkpoint_is_never_trusted(run_dir, tmp_path, monkeypatch):
     """The trust flag covers a local folder only: a Hub id (here resolved to a local snapshot) is checked."""
-    from hf_reflow import checkpoints
+    from hf_reflow.artifacts import checkpoints
 
     marker = tmp_path / "marker"
     evil = _evil_checkpoint(run_dir, tmp_path, _payload_step("os.system", marker))
@@ -247,10 +250,11 @@ def test_a_hub_checkpoint_is_never_trusted(run_dir, tmp_path, monkeypatch):
 
 
 def test_the_space_has_no_way_to_trust():
-    from hf_reflow import compare
+    from hf_reflow.artifacts.checkpoints import CheckpointCache
 
-    assert "allow_unregistered_processor_steps" not in inspect.signature(compare.load_for_compare).parameters
-    space_sources = [REPO / "space" / "app.py", REPO / "hf_reflow" / "compare.py"]
+    assert list(inspect.signature(CheckpointCache.get).parameters) == ["self", "source"]  # no trust flag to pass
+    space_sources = [REPO / "space" / "app.py", REPO / "hf_reflow" / "evaluation" / "compare.py",
+                     REPO / "hf_reflow" / "artifacts" / "checkpoints.py"]  # fmt: skip
     for file in space_sources:
         assert "allow_unregistered_processor_steps=True" not in file.read_text(), file
 
@@ -309,7 +313,7 @@ def test_training_state_holds_no_pickle(run_dir):
 
 
 def test_resume_refuses_an_old_pickled_training_state(run_dir, toy_dataset, tmp_path):
-    from hf_reflow.trainer import ReflowTrainer
+    from hf_reflow.training.trainer import ReflowTrainer
 
     marker = tmp_path / "marker"
     resumed = _resumed_copy(run_dir, tmp_path)
@@ -332,7 +336,7 @@ def test_resume_refuses_an_old_pickled_training_state(run_dir, toy_dataset, tmp_
 
 
 def test_resume_ignores_pickles_beside_the_safe_state_and_stays_exact(run_dir, toy_dataset, tmp_path):
-    from hf_reflow.trainer import ReflowTrainer
+    from hf_reflow.training.trainer import ReflowTrainer
 
     marker = tmp_path / "marker"
     resumed = _resumed_copy(run_dir, tmp_path)
@@ -345,7 +349,7 @@ def test_resume_ignores_pickles_beside_the_safe_state_and_stays_exact(run_dir, t
 
 
 def test_a_damaged_training_state_is_refused_with_one_line(run_dir, toy_dataset, tmp_path):
-    from hf_reflow.trainer import ReflowTrainer
+    from hf_reflow.training.trainer import ReflowTrainer
 
     resumed = _resumed_copy(run_dir, tmp_path)
     file = resumed / "checkpoints" / "000002" / "training_state" / TRAINING_STATE_FILE

@@ -11,9 +11,9 @@ import torch
 from conftest import REPO, train_config
 
 from hf_reflow import flow
-from hf_reflow.checkpoints import load_config, load_policy, resolve_checkpoint
+from hf_reflow.artifacts.checkpoints import load_config, load_policy, resolve_checkpoint
 from hf_reflow.errors import ConfigError
-from hf_reflow.policies.base import adapter_for
+from hf_reflow.policies.factory import adapter_for
 from hf_reflow.sampling import sample_policy
 
 
@@ -62,7 +62,7 @@ def test_a_shortcut_student_starts_as_its_teacher_at_every_step_size(teacher_1rf
 
 
 def test_shortcut_stage_trains_and_loads_in_stock_lerobot(tmp_path, toy_dataset, teacher_1rf):
-    from hf_reflow.trainer import ReflowTrainer
+    from hf_reflow.training.trainer import ReflowTrainer
 
     cfg = train_config(stage="shortcut", steps=5, output_dir=str(tmp_path / "sc"), dataset__root=str(toy_dataset),
                        teacher__path=str(teacher_1rf), teacher__num_inference_steps=4)  # fmt: skip

@@ -8,10 +8,10 @@ import pytest
 import torch
 
 from hf_reflow import sampling
-from hf_reflow.checkpoints import load_policy, load_processors
+from hf_reflow.artifacts.checkpoints import load_policy, load_processors
 from hf_reflow.configs import DatasetConfig
 from hf_reflow.data import make_dataset
-from hf_reflow.policies.base import adapter_for
+from hf_reflow.policies.factory import adapter_for
 from hf_reflow.policies.smolvla import _lerobot_inputs
 from hf_reflow.sampling import sample_policy
 from hf_reflow.testing import tiny_smolvla
@@ -204,7 +204,7 @@ def test_trainer_shared_backbone_matches_unshared(smolvla_teacher, image_dataset
     from safetensors.torch import load_file
 
     from hf_reflow.configs import parse_train_config
-    from hf_reflow.trainer import ReflowTrainer
+    from hf_reflow.training.trainer import ReflowTrainer
 
     weights = {}
     for shared in (True, False):

@@ -20,7 +20,8 @@ import pytest
 import yaml
 from conftest import REPO, run_cli, train_config
 
-from hf_reflow import compare
+from hf_reflow.artifacts.checkpoints import CheckpointCache
+from hf_reflow.evaluation import compare
 
 STEP_COUNTS = [1, 2, 4, 10]
 ARTIFACTS = REPO / "test-artifacts"
@@ -29,7 +30,7 @@ ARTIFACTS = REPO / "test-artifacts"
 @pytest.fixture(scope="module")
 def chain_dir(tmp_path_factory) -> Path:
     from hf_reflow.envs import metaworld as mw
-    from hf_reflow.trainer import ReflowTrainer
+    from hf_reflow.training.trainer import ReflowTrainer
 
     root = tmp_path_factory.mktemp("space_chain")
     mw.write_dataset(root / "data", tasks=["reach-v3"], episodes_per_task=2, images=True, image_size=64)
@@ -141,7 +142,7 @@ def test_noise_seed_is_shared_and_policies_load_once(server):
 
 
 def test_shared_noise_makes_chunks_comparable(chain_dir):
-    cache = compare.PolicyCache()
+    cache = CheckpointCache()
     observation = compare.env_observation("metaworld", "reach-v3", 2, 8, image_size=64)
     specs = compare.read_chain(chain_dir).stages
     comparisons = [
@@ -188,7 +189,7 @@ def unsupported_checkpoint(tmp_path_factory) -> Path:
         ({"steps": "1,two"}, "step counts must be integers"),
         ({"stages": [], "extra": "nobody/no-such-policy"}, "nobody/no-such-policy"),
         ({"stages": [], "extra": "/no/such/folder"}, "/no/such/folder"),
-        ({"stages": [], "extra": "UNSUPPORTED"}, "'act' policy"),
+        ({"stages": [], "extra": "UNSUPPORTED"}, "'act' has no hf-reflow adapter"),
         ({"stages": []}, "no policy picked"),
         ({"episode": 9}, "episode must be in 0..1; received 9"),
     ],
@@ -264,8 +265,29 @@ def test_space_readme_header_parses_and_names_the_app():
     assert header["sdk_version"] == pinned == gradio.__version__
     assert header["python_version"] == "3.12"
     assert (REPO / "space" / header["app_file"]).is_file()
-    assert header["models"] == [repo for _, repo in compare.DEFAULT_HUB_CHAIN]
+    assert "models" not in header  # no placeholder chain: a pushed Space's header names the chain it shows
     assert "reflow" in header["tags"] and len(header["short_description"]) <= 60
+
+
+def test_no_chain_says_how_to_get_one(tmp_path, monkeypatch, capsys):
+    """No chain given and none in outputs/metaworld: one line on how to get one, no made-up Hub chain."""
+    import sys
+
+    from hf_reflow import cli, space
+    from hf_reflow.errors import ConfigError
+
+    monkeypatch.chdir(tmp_path)  # no outputs/metaworld/pipeline.json here
+    monkeypatch.setattr(sys, "path", list(sys.path))  # app.py puts its folder first
+    with pytest.raises(ConfigError, match="make demo"):
+        compare.default_chain()
+    with pytest.raises(SystemExit) as stopped:  # `python space/app.py`
+        space.load_app().main([])
+    assert cli.main(["space"]) == 2  # `hf-reflow space`
+    for line in (str(stopped.value.code), capsys.readouterr().err.strip()):
+        assert len(line.splitlines()) == 1 and "'outputs/metaworld' has no pipeline.json" in line, line
+        hints = ("make demo", "hf-reflow pipeline", "--chain=", "--policies=")
+        assert all(hint in line for hint in hints), line
+        assert "hf-reflow/flow_mlp" not in line
 
 
 def test_bundle_is_a_deployable_space(tmp_path):
@@ -277,7 +299,7 @@ def test_bundle_is_a_deployable_space(tmp_path):
         "README.md",
         "requirements.txt",
         "packages.txt",
-        "hf_reflow/compare.py",
+        "hf_reflow/evaluation/compare.py",
         "hf_reflow/sampling.py",
     ):
         assert (tmp_path / "bundle" / name).is_file(), name
@@ -308,14 +330,14 @@ def test_a_pushed_space_shows_its_hub_chain(tmp_path, monkeypatch):
 
 def test_toy_env_observation_and_rollout(tmp_path):
     from hf_reflow.envs import toy
-    from hf_reflow.trainer import ReflowTrainer
+    from hf_reflow.training.trainer import ReflowTrainer
 
     data = toy.write_dataset(tmp_path / "toy", episodes=10, seed=0)
     run = tmp_path / "1rf"
     ReflowTrainer(
         train_config(steps=40, output_dir=str(run), dataset__root=str(data), optim__warmup_steps=5)
     ).train()
-    loaded = compare.PolicyCache().get(str(run))
+    loaded = CheckpointCache().get(str(run))
     observation = compare.env_observation("toy", "", 4, horizon=8)
     episode = toy.expert_episode(4)
     np.testing.assert_array_equal(observation.raw["observation.state"][0].numpy(), episode.states[0])

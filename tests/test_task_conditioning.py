@@ -12,7 +12,7 @@ import pytest
 import torch
 from conftest import REPO, train_config
 
-from hf_reflow.checkpoints import load_config, load_policy, load_processors, resolve_checkpoint
+from hf_reflow.artifacts.checkpoints import load_config, load_policy, load_processors, resolve_checkpoint
 from hf_reflow.errors import ConfigError
 
 TASKS = ("push left", "push right")  # same states, opposite actions: only the task tells them apart
@@ -41,7 +41,7 @@ def _two_task_dataset(root: Path) -> Path:
 
 @pytest.fixture(scope="module")
 def two_task_policy(tmp_path_factory) -> str:
-    from hf_reflow.trainer import ReflowTrainer
+    from hf_reflow.training.trainer import ReflowTrainer
 
     root = _two_task_dataset(tmp_path_factory.mktemp("data") / "two_tasks")
     out = tmp_path_factory.mktemp("runs") / "tc"
@@ -74,7 +74,7 @@ def test_unknown_or_missing_task_is_a_one_line_error_naming_the_known_ones(two_t
 
 
 def test_single_task_dataset_or_opt_out_gives_a_task_blind_policy(tmp_path, toy_dataset):
-    from hf_reflow.trainer import ReflowTrainer
+    from hf_reflow.training.trainer import ReflowTrainer
 
     out = ReflowTrainer(train_config(steps=2, output_dir=str(tmp_path / "a"), dataset__root=str(toy_dataset))).train()
     assert load_config(str(out)).tasks == []

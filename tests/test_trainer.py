@@ -14,11 +14,11 @@ import torch
 from conftest import REPO, train_config
 from safetensors.torch import load_file
 
-from hf_reflow.checkpoints import load_config, load_policy, load_processors, read_reflow_info
-from hf_reflow.evaluate import observation_batch
-from hf_reflow.policies.base import adapter_for
+from hf_reflow.artifacts.checkpoints import load_config, load_policy, load_processors, read_reflow_info
+from hf_reflow.evaluation.offline import observation_batch
+from hf_reflow.policies.factory import adapter_for
 from hf_reflow.sampling import sample_policy
-from hf_reflow.trainer import ReflowTrainer
+from hf_reflow.training.trainer import ReflowTrainer
 
 
 def test_flow_matching_loss_falls(teacher_1rf):
@@ -122,6 +122,27 @@ def test_resume_reproduces_the_uninterrupted_run(tmp_path, toy_dataset, teacher_
     assert again.train() == resumed and again.history == []
 
 
+
+def test_resume_falls_back_past_a_damaged_checkpoint_and_removes_leftovers(tmp_path, toy_dataset):
+    """A newest checkpoint truncated by a full disk is skipped for the one before; temporary folders a killed
+    run left (whatever PID wrote them) are removed; the result still equals the uninterrupted run."""
+    settings = dict(steps=6, save_every=2, batch_size=16, dataset__root=str(toy_dataset))
+    full = ReflowTrainer(train_config(output_dir=str(tmp_path / "full"), **settings)).train()
+    run = tmp_path / "resumed"
+    shutil.copytree(tmp_path / "full", run, symlinks=True)
+    shutil.rmtree(run / "pretrained_model")
+    shutil.rmtree(run / "checkpoints" / "000006")
+    state = run / "checkpoints" / "000004" / "training_state" / "training_state.safetensors"
+    state.write_bytes(state.read_bytes()[:64])  # the newest checkpoint is damaged
+    leftovers = [run / ".pretrained_model.tmp-99999", run / "checkpoints" / ".000006.tmp", run / ".pretrained_model.old-7"]
+    for folder in leftovers:
+        folder.mkdir()
+    resumed = ReflowTrainer(train_config(output_dir=str(run), resume=True, **settings)).train()
+    a, b = load_file(full / "model.safetensors"), load_file(resumed / "model.safetensors")
+    assert all(torch.equal(a[k], b[k]) for k in a)  # one machine, one process: the resume guarantee is bitwise
+    assert not any(folder.exists() for folder in leftovers)
+
+
 class _PresetConfig:
     """A policy config with LeRobot's pi0 / SmolVLA-style presets (AdamW + cosine_decay_with_warmup)."""
 
@@ -152,7 +173,7 @@ def test_optimizer_and_schedule_default_to_the_policys_presets():
 
     from hf_reflow.configs import OptimConfig
     from hf_reflow.policies.flow_mlp import FlowMLPConfig
-    from hf_reflow.trainer import build_optimizer
+    from hf_reflow.training.optim import build_optimizer
 
     params = [torch.nn.Parameter(torch.zeros(3))]
     # flow_mlp's presets are hf-reflow's AdamW + warmup-cosine (what its recipes were tuned with).
@@ -175,7 +196,7 @@ def test_optimizer_and_schedule_default_to_the_policys_presets():
 def test_lerobot_presets_with_overrides():
     from hf_reflow.configs import OptimConfig
     from hf_reflow.errors import ConfigError
-    from hf_reflow.trainer import build_optimizer
+    from hf_reflow.training.optim import build_optimizer
 
     params = [torch.nn.Parameter(torch.zeros(3))]
     optimizer, scheduler, used = build_optimizer(OptimConfig(), _PresetConfig(), params, total_steps=100)

@@ -1,4 +1,4 @@
-"""The adapter protocol the trainer and sampler talk to, and the registry keyed by LeRobot's `config.type`.
+"""The adapter protocol the trainer and sampler talk to (`factory.py` finds the adapter of a `config.type`).
 
 An adapter wraps one LeRobot `PreTrainedPolicy` and exposes its flow in hf-reflow's convention:
 
@@ -20,11 +20,9 @@ from torch import Tensor
 
 from hf_reflow import flow
 
-ADAPTERS: dict[str, type[PolicyAdapter]] = {}
-
 
 class PolicyAdapter(ABC):
-    """Flow-matching view of a LeRobot policy. Subclass per policy family and `register_adapter` it."""
+    """Flow-matching view of a LeRobot policy: one subclass per policy family, listed in `factory.py`."""
 
     policy_type: ClassVar[str]
     steps_field: ClassVar[str] = "num_steps"  # the config field holding the inference step count
@@ -107,33 +105,3 @@ def same_weights(module: torch.nn.Module, other: torch.nn.Module) -> bool:
     """True when two modules hold the same tensors under the same names (dtype of `module`)."""
     mine, theirs = module.state_dict(), other.state_dict()
     return mine.keys() == theirs.keys() and all(torch.equal(v, theirs[k].to(v.dtype)) for k, v in mine.items())
-
-
-def register_adapter(cls: type[PolicyAdapter]) -> type[PolicyAdapter]:
-    """Class decorator: make `cls` the adapter for LeRobot policies of `cls.policy_type`."""
-    ADAPTERS[cls.policy_type] = cls
-    return cls
-
-
-def _import_builtin_adapters() -> None:
-    # Imported here, not at module top: each family pulls its own (sometimes heavy) LeRobot modules.
-    import hf_reflow.policies.flow_mlp.adapter  # noqa: F401
-    import hf_reflow.policies.pi0  # noqa: F401
-    import hf_reflow.policies.smolvla  # noqa: F401
-
-
-def supported_policy_types() -> list[str]:
-    _import_builtin_adapters()
-    return sorted(ADAPTERS)
-
-
-def adapter_for(policy: torch.nn.Module) -> PolicyAdapter:
-    """The registered adapter wrapping `policy`, looked up by its `config.type`."""
-    _import_builtin_adapters()
-    policy_type = policy.config.type
-    if policy_type not in ADAPTERS:
-        raise ValueError(
-            f"Policy type {policy_type!r} has no hf-reflow adapter. Supported types: "
-            f"{', '.join(sorted(ADAPTERS))}. Add one with hf_reflow.policies.register_adapter."
-        )
-    return ADAPTERS[policy_type](policy)

@@ -24,9 +24,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from hf_reflow import flow
-from hf_reflow.errors import CheckpointError
-from hf_reflow.policies.base import PolicyAdapter, register_adapter, same_weights
+from hf_reflow.policies.vla import VLAAdapter
 
 
 @dataclass
@@ -38,23 +36,11 @@ class PaliGemmaPrefix:
     state: Tensor | None = None
 
 
-class _PaliGemmaAdapter(PolicyAdapter):
+class _PaliGemmaAdapter(VLAAdapter):
     """Shared by pi0 and pi0.5: prefix prefill as in their `sample_actions`, loss via `model.forward`."""
 
     steps_field = "num_inference_steps"
-
-    @property
-    def action_shape(self) -> tuple[int, int]:
-        return self.config.chunk_size, self.config.max_action_dim
-
-    @property
-    def action_dim(self) -> int:
-        return self.config.output_features["action"].shape[0]
-
-    def action_target(self, batch: dict[str, Tensor]) -> tuple[Tensor, Tensor | None]:
-        """The dataset chunk padded to (B, chunk, max_action_dim) and its (B, chunk) validity mask."""
-        pad = batch.get("action_is_pad")
-        return self.policy.prepare_action(batch), None if pad is None else ~pad
+    backbone_label = "PaliGemma"
 
     def _prefix_inputs(self, batch: dict[str, Tensor]) -> tuple:
         """(images, img_masks, tokens, masks): the arguments of the model's `embed_prefix`."""
@@ -79,64 +65,15 @@ class _PaliGemmaAdapter(PolicyAdapter):
         )
         return pad_masks, cache
 
-    def _squared_error(self, batch: dict[str, Tensor], noise: Tensor, action: Tensor, t: Tensor) -> Tensor:
-        """The model-level forward: element-wise squared velocity error (B, chunk, max_action_dim)."""
-        raise NotImplementedError
-
-    # ---- shared frozen backbone ----------------------------------------------------------
-    def backbone_frozen(self) -> bool:
-        """True when the whole PaliGemma is frozen (`train_expert_only`)."""
-        paligemma = self.policy.model.paligemma_with_expert.paligemma
-        return self.config.train_expert_only and not any(p.requires_grad for p in paligemma.parameters())
-
-    def share_backbone(self, student: PolicyAdapter) -> None:
-        """Make this (teacher) adapter use `student`'s frozen PaliGemma, dropping its own copy."""
-        if type(student) is not type(self) or not student.backbone_frozen():
-            raise CheckpointError(
-                f"the teacher's PaliGemma can only be shared with a {self.policy_type} student whose PaliGemma is "
-                "frozen (policy.train_expert_only=true); set teacher.shared_backbone=false otherwise."
-            )
-        mine = self.policy.model.paligemma_with_expert
-        theirs = student.policy.model.paligemma_with_expert.paligemma
-        if not same_weights(mine.paligemma, theirs):
-            raise CheckpointError(
-                "the student's PaliGemma weights differ from the teacher's, so the backbone cannot be shared; "
-                "initialise the student from the teacher (init_from_teacher=true) or set teacher.shared_backbone=false."
-            )
-        mine.paligemma = theirs
+    def backbone_owner(self) -> tuple[torch.nn.Module, str]:
+        return self.policy.model.paligemma_with_expert, "paligemma"
 
     @torch.no_grad()
     def backbone_context(self, batch: dict[str, Tensor]) -> PaliGemmaPrefix:
         """The whole prefix (pad mask, KV cache): frozen, so the same for the teacher and the student."""
         return PaliGemmaPrefix(*self._prefill(batch))
 
-    def loss(
-        self,
-        batch: dict[str, Tensor],
-        noise: Tensor,
-        action: Tensor,
-        t: Tensor,
-        *,
-        kind: flow.LossKind = "mse",
-        mask: Tensor | None = None,
-        condition: Any = None,
-    ) -> Tensor:
-        """Per-sample loss (B,) from LeRobot's model-level forward, trimmed to the real action dims.
 
-        Args:
-            noise, action: (B, chunk, max_action_dim), action padded. t: (B,).
-            mask: (B, chunk) True for real actions; None = all real (teacher couplings).
-            condition: a prefix from `encode` (shared-backbone path); None = LeRobot's model-level forward.
-        """
-        if condition is None:
-            squared = self._squared_error(batch, noise, action, t)
-        else:  # the shared-backbone path: the action expert on the given prefix cache
-            velocity = self.velocity(flow.interpolate(noise, action, t), t, condition)
-            squared = (flow.velocity_target(noise, action) - velocity).pow(2)
-        return flow.reduce_squared_error(squared[:, :, : self.action_dim], kind=kind, mask=mask)
-
-
-@register_adapter
 class PI0Adapter(_PaliGemmaAdapter):
     """pi0: the state is embedded in the suffix at every denoising step."""
 
@@ -150,12 +87,11 @@ class PI0Adapter(_PaliGemmaAdapter):
         """x_t (B, chunk, max_action_dim), t (B,) -> velocity, same shape (`denoise_step` clones the cache)."""
         return self.policy.model.denoise_step(condition.state, condition.pad_masks, condition.cache, x_t, t)
 
-    def _squared_error(self, batch: dict[str, Tensor], noise: Tensor, action: Tensor, t: Tensor) -> Tensor:
+    def squared_error(self, batch: dict[str, Tensor], noise: Tensor, action: Tensor, t: Tensor) -> Tensor:
         state = self.policy.prepare_state(batch)
         return self.policy.model.forward(*self._prefix_inputs(batch), state, action, noise, t)
 
 
-@register_adapter
 class PI05Adapter(_PaliGemmaAdapter):
     """pi0.5: the state lives in the prompt tokens; the suffix is actions + time only."""
 
@@ -167,5 +103,5 @@ class PI05Adapter(_PaliGemmaAdapter):
     def velocity(self, x_t: Tensor, t: Tensor, condition: PaliGemmaPrefix) -> Tensor:
         return self.policy.model.denoise_step(condition.pad_masks, condition.cache, x_t, t)
 
-    def _squared_error(self, batch: dict[str, Tensor], noise: Tensor, action: Tensor, t: Tensor) -> Tensor:
+    def squared_error(self, batch: dict[str, Tensor], noise: Tensor, action: Tensor, t: Tensor) -> Tensor:
         return self.policy.model.forward(*self._prefix_inputs(batch), action, noise, t)

@@ -22,12 +22,10 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-import torch.nn.functional as F  # noqa: N812
 from torch import Tensor
 
-from hf_reflow import flow
-from hf_reflow.errors import CheckpointError, ConfigError
-from hf_reflow.policies.base import PolicyAdapter, register_adapter, same_weights
+from hf_reflow.errors import ConfigError
+from hf_reflow.policies.vla import VLAAdapter
 
 
 @dataclass
@@ -62,8 +60,7 @@ def _lerobot_inputs(policy: Any, batch: dict[str, Tensor]) -> tuple:
     return images, img_masks, batch[OBS_LANGUAGE_TOKENS], batch[OBS_LANGUAGE_ATTENTION_MASK], state
 
 
-@register_adapter
-class SmolVLAAdapter(PolicyAdapter):
+class SmolVLAAdapter(VLAAdapter):
     """SmolVLA in hf-reflow's convention (t = 1 noise, t = 0 action; LeRobot's own)."""
 
     policy_type = "smolvla"
@@ -77,20 +74,6 @@ class SmolVLAAdapter(PolicyAdapter):
                 "batch in place); train with adapt_to_pi_aloha=false."
             )
         self.model = policy.model  # VLAFlowMatching
-
-    @property
-    def action_shape(self) -> tuple[int, int]:
-        return self.config.chunk_size, self.config.max_action_dim
-
-    @property
-    def action_dim(self) -> int:
-        """The real (unpadded) action width."""
-        return self.config.action_feature.shape[0]
-
-    def action_target(self, batch: dict[str, Tensor]) -> tuple[Tensor, Tensor | None]:
-        """The dataset chunk padded to (B, chunk, max_action_dim) as LeRobot pads it, and its (B, chunk) mask."""
-        pad = batch.get("action_is_pad")
-        return self.policy.prepare_action(batch), None if pad is None else ~pad
 
     # ---- the ODE ---------------------------------------------------------------------------
     def encode(self, batch: dict[str, Tensor], context: SmolVLAContext | None = None) -> SmolVLAPrefix:
@@ -117,58 +100,13 @@ class SmolVLAAdapter(PolicyAdapter):
         """`denoise_step` on the cached prefix: x_t (B, chunk, max_action_dim), t (B,) -> velocity, same shape."""
         return self.model.denoise_step(condition.pad_masks, condition.cache, x_t, t)
 
-    # ---- the loss --------------------------------------------------------------------------
-    def loss(
-        self,
-        batch: dict[str, Tensor],
-        noise: Tensor,
-        action: Tensor,
-        t: Tensor,
-        *,
-        kind: flow.LossKind = "mse",
-        mask: Tensor | None = None,
-        condition: SmolVLAPrefix | None = None,
-    ) -> Tensor:
-        """Per-sample loss (B,): LeRobot's `VLAFlowMatching.forward`, or `denoise_step` on a given prefix.
+    # ---- the loss and the shared frozen backbone (see `VLAAdapter`) ----------------------------
+    def squared_error(self, batch: dict[str, Tensor], noise: Tensor, action: Tensor, t: Tensor) -> Tensor:
+        """`VLAFlowMatching.forward` with our noise and time: (B, chunk, max_action_dim)."""
+        return self.model.forward(*_lerobot_inputs(self.policy, batch), action, noise, t)
 
-        Args:
-            noise, action: (B, chunk, max_action_dim) in normalised action space (action padded).
-            t: (B,) times.
-            mask: (B, chunk) True for real actions (the dataset's `~action_is_pad`); None = all real.
-            condition: a prefix from `encode` (the shared-backbone path); None = LeRobot's joint forward.
-        """
-        if condition is None:
-            squared = self.model.forward(*_lerobot_inputs(self.policy, batch), action, noise, t)
-        else:
-            velocity = self.velocity(flow.interpolate(noise, action, t), t, condition)
-            squared = F.mse_loss(flow.velocity_target(noise, action), velocity, reduction="none")
-        squared = squared[:, :, : self.action_dim]  # (B, chunk, action_dim), as SmolVLAPolicy.forward trims
-        return flow.reduce_squared_error(squared, kind=kind, mask=mask)
-
-    # ---- shared frozen backbone ----------------------------------------------------------
-    def backbone_frozen(self) -> bool:
-        """True when nothing of the VLM trains (SmolVLA's `train_expert_only`)."""
-        vlm = self.model.vlm_with_expert.vlm
-        return self.config.train_expert_only and not any(p.requires_grad for p in vlm.parameters())
-
-    def share_backbone(self, student: PolicyAdapter) -> None:
-        """Make this (teacher) adapter use `student`'s frozen VLM module, dropping its own copy.
-
-        Raises:
-            CheckpointError: the student is not a SmolVLA with a frozen VLM identical to this one.
-        """
-        if not isinstance(student, SmolVLAAdapter) or not student.backbone_frozen():
-            raise CheckpointError(
-                "the teacher's VLM can only be shared with a SmolVLA student whose VLM is frozen "
-                "(policy.train_expert_only=true); set teacher.shared_backbone=false otherwise."
-            )
-        mine, theirs = self.model.vlm_with_expert.vlm, student.model.vlm_with_expert.vlm
-        if not same_weights(mine, theirs):
-            raise CheckpointError(
-                "the student's VLM weights differ from the teacher's, so the backbone cannot be shared; "
-                "initialise the student from the teacher (init_from_teacher=true) or set teacher.shared_backbone=false."
-            )
-        self.model.vlm_with_expert.vlm = theirs
+    def backbone_owner(self) -> tuple[torch.nn.Module, str]:
+        return self.model.vlm_with_expert, "vlm"  # the VLM: vision encoder, connector, text layers
 
     @torch.no_grad()
     def backbone_context(self, batch: dict[str, Tensor]) -> SmolVLAContext:

@@ -4,10 +4,9 @@ from __future__ import annotations
 
 from torch import Tensor
 
-from hf_reflow.policies.base import PolicyAdapter, register_adapter
+from hf_reflow.policies.base import PolicyAdapter
 
 
-@register_adapter
 class FlowMLPAdapter(PolicyAdapter):
     """`encode` is the state encoder; `velocity` the residual MLP. Loss: the base straight-line loss."""
 

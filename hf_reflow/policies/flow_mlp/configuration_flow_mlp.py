@@ -107,8 +107,9 @@ class FlowMLPConfig(PreTrainedConfig):
             raise ValueError(f"tasks must be distinct, got {self.tasks}.")
         if self.step_size_conditioning:
             flow.shortcut_levels(self.shortcut_min_step)  # raises on a step that is not 1 / 2^n
-        if self.num_steps < 1:
-            raise ValueError(f"num_steps must be >= 1, got {self.num_steps}.")
+        for name in ("chunk_size", "num_steps", "hidden_dim", "num_blocks", "time_embed_dim"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}.")
 
     def get_optimizer_preset(self) -> AdamWConfig:
         return AdamWConfig(

@@ -1,4 +1,4 @@
-"""Reflow couplings generated once and stored as a Hugging Face dataset: the alternative to online generation.
+"""Reflow couplings stored as a Hugging Face dataset (the format; `training/couplings.py` makes them).
 
     hf-reflow couplings generate --teacher.path=outputs/toy/1rf --dataset.root=data/toy --output=couplings/toy
     accelerate launch -m hf_reflow couplings generate ...        # shards shared across processes
@@ -27,7 +27,6 @@ import dataclasses
 import hashlib
 import json
 import logging
-import os
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +34,10 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from hf_reflow.errors import ConfigError, DataError
+from hf_reflow.artifacts.checkpoints import resolve_checkpoint
+from hf_reflow.data import load_metadata
+from hf_reflow.errors import DataError
+from hf_reflow.hub import Hub
 
 logger = logging.getLogger(__name__)
 
@@ -67,7 +69,7 @@ def draw_block(
     return noise, row
 
 
-def _block_sizes(num_couplings: int, block_size: int) -> list[int]:
+def block_sizes(num_couplings: int, block_size: int) -> list[int]:
     full, rest = divmod(num_couplings, block_size)
     return [block_size] * full + ([rest] if rest else [])
 
@@ -94,7 +96,7 @@ class CouplingsSpec:
 
     @property
     def num_blocks(self) -> int:
-        return len(_block_sizes(self.num_couplings, self.block_size))
+        return len(block_sizes(self.num_couplings, self.block_size))
 
 
 def features(action_shape: tuple[int, ...]) -> Any:
@@ -111,8 +113,6 @@ def features(action_shape: tuple[int, ...]) -> Any:
 
 def weights_sha256(checkpoint: str | Path, *, revision: str | None = None) -> str:
     """sha256 of a checkpoint's `model.safetensors`: which teacher made a set of couplings."""
-    from hf_reflow.checkpoints import resolve_checkpoint
-
     digest = hashlib.sha256()
     with open(Path(resolve_checkpoint(str(checkpoint), revision=revision)) / "model.safetensors", "rb") as f:
         while chunk := f.read(1 << 22):
@@ -128,101 +128,6 @@ def dataset_fingerprint(root: str | Path) -> str:
     return digest.hexdigest()
 
 
-# ---- generation ---------------------------------------------------------------------------
-def generate(
-    output: str | Path,
-    teacher_cfg: Any,
-    dataset_cfg: Any,
-    *,
-    num_couplings: int,
-    block_size: int = 1024,
-    batch_size: int = 256,
-    seed: int = 0,
-) -> Path:
-    """Make (or finish) a couplings folder; this process's share of shards under Accelerate."""
-    from accelerate import PartialState
-
-    from hf_reflow.checkpoints import load_processors
-    from hf_reflow.couplings import OnlineTeacher
-    from hf_reflow.data import load_metadata, make_dataset
-    from hf_reflow.hub import checkpoint_commit
-
-    if num_couplings < 1 or block_size < 1 or batch_size < 1:
-        raise ConfigError(
-            f"--num_couplings, --block_size and --batch_size must be >= 1, got {num_couplings}, {block_size}, {batch_size}."
-        )
-    state, root = PartialState(), Path(output)
-    teacher = OnlineTeacher(teacher_cfg, device=state.device)
-    dataset = make_dataset(dataset_cfg, teacher.config)  # in memory when small: same items, ~100x faster
-    spec = CouplingsSpec(
-        teacher=str(teacher_cfg.path),
-        teacher_commit=checkpoint_commit(teacher_cfg.path, revision=teacher_cfg.revision),
-        teacher_sha256=weights_sha256(teacher_cfg.path, revision=teacher_cfg.revision),
-        teacher_num_inference_steps=teacher_cfg.num_inference_steps,
-        teacher_solver=teacher_cfg.solver,
-        dataset_repo_id=dataset_cfg.repo_id,
-        dataset_root=dataset_cfg.root,
-        dataset_fingerprint=dataset_fingerprint(load_metadata(dataset_cfg).root),
-        num_frames=len(dataset),
-        num_couplings=num_couplings,
-        block_size=block_size,
-        seed=seed,
-        action_shape=list(teacher.adapter.action_shape),
-        policy_type=teacher.config.type,
-    )
-    _check_or_write_spec(root, spec, state)
-    preprocessor, _ = load_processors(
-        teacher_cfg.path, teacher.config, device=state.device, revision=teacher_cfg.revision
-    )
-    sizes = _block_sizes(num_couplings, block_size)
-    for block in range(state.process_index, len(sizes), state.num_processes):
-        if not block_path(root, block).is_file():  # finished shards are skipped: resumable
-            _make_block(root, block, sizes[block], spec, teacher, dataset, preprocessor, batch_size)
-    state.wait_for_everyone()
-    return root
-
-
-def _check_or_write_spec(root: Path, spec: CouplingsSpec, state: Any) -> None:
-    """A rerun must ask for the same couplings as the run it resumes."""
-    file = root / METADATA
-    if file.is_file():
-        saved = json.loads(file.read_text())
-        changed = sorted(k for k, v in dataclasses.asdict(spec).items() if saved.get(k) != v)
-        if changed:
-            raise ConfigError(
-                f"{str(root)!r} holds couplings made with other settings (differs in {', '.join(changed)}); "
-                "rerun with the same settings to resume, or choose another --output."
-            )
-    elif state.is_main_process:
-        (root / SHARDS).mkdir(parents=True, exist_ok=True)
-        file.write_text(json.dumps(dataclasses.asdict(spec), indent=2, sort_keys=True))
-    state.wait_for_everyone()
-
-
-@torch.no_grad()
-def _make_block(
-    root: Path, block: int, size: int, spec: CouplingsSpec, teacher, dataset, preprocessor, batch_size
-) -> None:
-    from datasets import Dataset as ArrowDataset
-
-    noise, rows = draw_block(spec.seed, block, size, tuple(spec.action_shape), spec.num_frames)
-    actions, where = [], {"episode_index": [], "frame_index": []}
-    for start in range(0, size, batch_size):
-        items = [dataset[i] for i in rows[start : start + batch_size].tolist()]
-        for key, values in where.items():
-            values += [int(item[key]) for item in items]
-        batch = preprocessor(torch.utils.data.default_collate(items))
-        chunk = noise[start : start + batch_size].to(teacher.device)  # (b, chunk, action_dim)
-        actions.append(teacher.end_points(batch, chunk).float().cpu())
-    columns = {
-        "noise": noise.numpy(), "action": torch.cat(actions).numpy(), "row": rows.numpy(), **where,
-        "teacher_steps": [spec.teacher_num_inference_steps] * size, "solver": [spec.teacher_solver] * size,
-    }  # fmt: skip
-    tmp = block_path(root, block).with_suffix(f".tmp-{os.getpid()}")
-    ArrowDataset.from_dict(columns, features=features(spec.action_shape)).to_parquet(str(tmp))
-    tmp.rename(block_path(root, block))
-
-
 # ---- reading --------------------------------------------------------------------------------
 def resolve_couplings(path_or_repo: str, *, revision: str | None = None) -> Path:
     """A local couplings folder, or a Hub dataset repo id downloaded through the cache."""
@@ -234,8 +139,6 @@ def resolve_couplings(path_or_repo: str, *, revision: str | None = None) -> Path
             f"{path_or_repo!r} is not a couplings folder (no {METADATA}); make one with `hf-reflow couplings "
             "generate --output=DIR`, or pass a Hub dataset repo id."
         )
-    from hf_reflow.hub import Hub
-
     return Hub().download(path_or_repo, revision=revision, repo_type="dataset")
 
 
@@ -333,8 +236,6 @@ def training_dataset(
 
 
 def _check_same_dataset(spec: CouplingsSpec, table: Any, frames: Any, dataset_cfg: Any, where: str) -> None:
-    from hf_reflow.data import load_metadata
-
     root = (
         load_metadata(dataset_cfg).root
         if dataset_cfg is not None

@@ -23,6 +23,7 @@ from torch import Tensor, nn
 from hf_reflow import flow
 from hf_reflow.errors import ConfigError
 from hf_reflow.policies.base import PolicyAdapter
+from hf_reflow.training.losses import Targets
 
 
 def check_supported(adapter: PolicyAdapter) -> None:
@@ -48,10 +49,9 @@ class ShortcutLoss(nn.Module):
         condition = self.adapter.encode_at_step_size(batch, d)
         return lambda x_t, t, _d: self.adapter.velocity(x_t, t, condition)
 
-    def forward(
-        self, batch: dict[str, Tensor], noise: Tensor, action: Tensor, t: Tensor, mask: Tensor | None, context=None
-    ) -> Tensor:
+    def forward(self, batch: dict[str, Tensor], targets: Targets) -> Tensor:
         # noise, action: (B, chunk, action_dim) a coupling; t: (B,) from the stage's time sampler.
+        noise, action, t, mask = targets.noise, targets.action, targets.t, targets.mask
         kind = self.flow_cfg.loss
         d_min = torch.full_like(t, self.shortcut_cfg.min_step)
         x_t = flow.interpolate(noise, action, t)

@@ -17,7 +17,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from hf_reflow.artifacts.checkpoints import PRETRAINED_DIR, REFLOW_INFO, read_reflow_info, resolve_checkpoint
+from hf_reflow.artifacts.couplings_store import check_complete
 from hf_reflow.errors import HubError
+from hf_reflow.hub import read_push_record
 
 logger = logging.getLogger(__name__)
 
@@ -107,9 +110,6 @@ def _final_folder(path: str | Path) -> Path:
 def source(hub: Any, path: str) -> dict[str, Any]:
     """A checkpoint named by a local path or a Hub id: repo_id (None if never pushed), commit, path,
     folder (local), k, stage, teacher and its `reflow.json` as `info`."""
-    from hf_reflow.checkpoints import PRETRAINED_DIR, REFLOW_INFO, read_reflow_info
-    from hf_reflow.hub import read_push_record
-
     local = Path(path)
     folder = next((f for f in (local, local / PRETRAINED_DIR) if (f / "config.json").is_file()), None)
     if folder is not None:
@@ -118,7 +118,7 @@ def source(hub: Any, path: str) -> dict[str, Any]:
     else:
         try:
             info = json.loads(hub.read_text(path, REFLOW_INFO) or "{}")
-            row = {"repo_id": path, "commit": hub.commit_id(path)}
+            row = {"repo_id": path, "commit": hub.repo_info(path).sha}
         except HubError as e:
             logger.warning("%s is neither a local checkpoint nor readable on the Hub (%s)", path, e)
             info, row = {}, {"repo_id": None, "commit": None}
@@ -179,8 +179,6 @@ def card_license(hub: Any, row: dict[str, Any]) -> dict[str, str]:
 
 def pushed_id(path_or_repo: str | None) -> str | None:
     """The Hub id of a folder that was pushed (its hub.json), or of a Hub id itself."""
-    from hf_reflow.hub import read_push_record
-
     if path_or_repo and Path(path_or_repo).is_dir():
         return read_push_record(path_or_repo).get("repo_id")
     return hub_id(path_or_repo)
@@ -199,8 +197,6 @@ class StageCard:
 def checkpoint_card(hub: Any, checkpoint: str | Path, repo_id: str, *, eval_rows: list[dict[str, Any]] | None = None,
                     license: str | None = None) -> StageCard:  # fmt: skip
     """The card of a local checkpoint about to be pushed to `repo_id` (`license`: override)."""
-    from hf_reflow.checkpoints import read_reflow_info, resolve_checkpoint
-
     folder = Path(resolve_checkpoint(checkpoint))
     info = read_reflow_info(folder)
     policy_config = json.loads((folder / "config.json").read_text())
@@ -217,9 +213,14 @@ def checkpoint_card(hub: Any, checkpoint: str | Path, repo_id: str, *, eval_rows
 
 def set_new_version(hub: Any, old_repo: str, new_repo: str) -> bool:
     """Set `new_version: new_repo` in the card of an hf-reflow stage on the Hub (`reflow` tag); True when
-    committed. Only on request; a failure (e.g. no write access to the teacher) only logs a warning.
-    (`metadata_update` would do this, but in huggingface_hub 1.33 it validates on huggingface.co and
-    uploads through the module-level client, whatever `hub`'s endpoint and token.)"""
+    committed. Only on request; a failure (e.g. no write access to the teacher) only logs a warning."""
+    # Not `huggingface_hub.metadata_update`: in huggingface_hub 1.33 it cannot use `hub.api`'s endpoint. It
+    # takes a token but no endpoint (and `HfApi` has no such method); it reads the card with `ModelCard.load`,
+    # i.e. the module-level `hf_hub_download` (endpoint: HF_ENDPOINT as read at import), and writes it with
+    # `RepoCard.push_to_hub`, which first POSTs the card to the hard-coded https://huggingface.co/api/validate-yaml
+    # (`RepoCard.validate`) and then uploads through the module-level `upload_file` (an `HfApi()` made at
+    # import). So it would reach huggingface.co from any endpoint. The same steps on `hub.api` instead: read
+    # README.md, set one metadata field, upload README.md.
     from huggingface_hub import ModelCard
 
     try:
@@ -403,8 +404,6 @@ def _fmt(value: Any) -> str:
 # ---- dataset card (stored couplings) ------------------------------------------------------------
 def couplings_card(hub: Any, folder: Path, repo_id: str, *, license: str | None = None) -> tuple[Any, str]:
     """(the `DatasetCard` of a complete couplings folder about to be pushed to `repo_id`, a commit label)."""
-    from hf_reflow.offline_couplings import check_complete
-
     spec = check_complete(folder)
     teacher = source(hub, spec.teacher)
     teacher_name = teacher.get("repo_id") or spec.teacher

@@ -12,9 +12,6 @@ relative to the folder) and its dataset; any policy can also be given as a local
 from __future__ import annotations
 
 import json
-import threading
-import time
-from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,21 +21,18 @@ import torch
 from torch import Tensor
 
 from hf_reflow import flow
+from hf_reflow.artifacts.checkpoints import LoadedCheckpoint
 from hf_reflow.data import video_backend
-from hf_reflow.errors import CheckpointError, ConfigError, DataError
+from hf_reflow.envs import toy
+from hf_reflow.errors import ConfigError, DataError
+from hf_reflow.evaluation.closed_loop import Camera, PolicyController
+from hf_reflow.evaluation.offline import REFERENCE_STEPS, latency_ms
 from hf_reflow.sampling import sample_policy
 
-REFERENCE_STEPS = 10
 MAX_COMPARE_STEPS = 100
 DEFAULT_STEP_COUNTS = (1, 2, 4, 10)
 DEFAULT_CHAIN_DIR = "outputs/metaworld"
 PIPELINE_FILE = "pipeline.json"
-# The k-RF chain the Space shows when no local chain exists (the Hub repos `hf-reflow push` creates).
-DEFAULT_HUB_CHAIN: tuple[tuple[str, str], ...] = (
-    ("1-RF", "hf-reflow/flow_mlp-metaworld-1rf"),
-    ("2-RF", "hf-reflow/flow_mlp-metaworld-2rf"),
-    ("distilled", "hf-reflow/flow_mlp-metaworld-distill"),
-)
 ENVS: tuple[str, ...] = ("metaworld", "toy")
 
 
@@ -96,10 +90,14 @@ def _relative_to(directory: Path, path: str) -> str:
 
 
 def default_chain(directory: str | Path = DEFAULT_CHAIN_DIR) -> Chain:
-    """The local chain at `directory` when it exists, else the default Hub chain."""
+    """The chain `make demo` / `hf-reflow pipeline` wrote at `directory`; there is no built-in Hub chain,
+    so without one a `ConfigError` says in one line how to get or name one."""
     if (Path(directory) / PIPELINE_FILE).is_file():
         return read_chain(directory)
-    return Chain(stages=[PolicySpec(name, repo) for name, repo in DEFAULT_HUB_CHAIN])
+    raise ConfigError(
+        f"no chain to show: {str(directory)!r} has no {PIPELINE_FILE}; run `make demo` (or `hf-reflow pipeline`) to "
+        "train one there, or pass --chain=<pipeline output dir> or --policies=<local paths or Hub ids, comma-separated>."
+    )
 
 
 def parse_policy_lines(text: str) -> list[PolicySpec]:
@@ -131,74 +129,6 @@ def parse_step_counts(text: str | list[int]) -> list[int]:
     if not counts:
         raise ConfigError("give at least one step count, e.g. 1,2,4,10.")
     return counts
-
-
-# --------------------------------------------------------------------------- loading
-
-
-@dataclass
-class LoadedPolicy:
-    """A policy ready to sample: the LeRobot policy, its adapter, processors and lineage."""
-
-    source: str
-    policy: Any
-    adapter: Any
-    preprocessor: Any
-    postprocessor: Any
-    info: dict[str, Any]
-    lock: threading.Lock = field(default_factory=threading.Lock)
-
-    @property
-    def input_keys(self) -> list[str]:
-        return list(self.policy.config.input_features or {})
-
-    @property
-    def needs_image(self) -> bool:
-        return any(
-            getattr(f.type, "name", "") == "VISUAL"
-            for f in (self.policy.config.input_features or {}).values()
-        )
-
-
-def load_for_compare(source: str) -> LoadedPolicy:
-    """Load a checkpoint (local path or Hub id); refuse types without an hf-reflow adapter before the weights."""
-    from hf_reflow.checkpoints import load_config, load_policy, load_processors, read_reflow_info
-    from hf_reflow.policies.base import adapter_for, supported_policy_types
-
-    config = load_config(source)  # CheckpointError for a bad path / repo id
-    if config.type not in supported_policy_types():
-        raise CheckpointError(
-            f"{source!r} is a {config.type!r} policy, which hf-reflow cannot sample step by step; "
-            f"supported types: {', '.join(supported_policy_types())}."
-        )
-    # Before the weights, and never trusted: a visitor may type any Hub id (no processor step it names is imported).
-    pre, post = load_processors(source, config, allow_unregistered_processor_steps=False)
-    policy = load_policy(source, config=config)
-    info = read_reflow_info(source) if Path(source).exists() else {}
-    return LoadedPolicy(source, policy, adapter_for(policy), pre, post, info)
-
-
-class PolicyCache:
-    """Loaded policies keyed by source, least recently used dropped beyond `max_entries` (thread-safe)."""
-
-    def __init__(self, max_entries: int = 8) -> None:
-        self.max_entries = max_entries
-        self._entries: OrderedDict[str, LoadedPolicy] = OrderedDict()
-        self._lock = threading.Lock()
-        self.loads = 0  # how many times a checkpoint was actually read
-
-    def get(self, source: str) -> LoadedPolicy:
-        with self._lock:
-            if source in self._entries:
-                self._entries.move_to_end(source)
-                return self._entries[source]
-        loaded = load_for_compare(source)
-        with self._lock:
-            self.loads += 1
-            self._entries[source] = loaded
-            while len(self._entries) > self.max_entries:
-                self._entries.popitem(last=False)
-        return loaded
 
 
 # --------------------------------------------------------------------------- observations
@@ -277,8 +207,6 @@ def env_observation(
     policies that read images; when rendering fails that is an error only if `image_required`.
     """
     if env == "toy":
-        from hf_reflow.envs import toy
-
         episode = toy.expert_episode(seed)
         raw = {"observation.state": torch.from_numpy(episode.states[:1]), "task": [toy.TASK]}
         return Observation(raw, episode.actions[:horizon], None, f"toy reset, seed {seed}")
@@ -307,7 +235,7 @@ def env_observation(
     return Observation(raw, episode.actions, image, f"{task} reset, seed {seed}")
 
 
-def check_observation(loaded: LoadedPolicy, name: str, observation: Observation) -> None:
+def check_observation(loaded: LoadedCheckpoint, name: str, observation: Observation) -> None:
     """Fail with a clear message when the policy reads a key the observation lacks, or another shape."""
     for key, feature in (loaded.policy.config.input_features or {}).items():
         if key not in observation.raw:
@@ -365,21 +293,8 @@ def shared_noise(action_shape: tuple[int, int], seed: int) -> Tensor:
 
 
 @torch.no_grad()
-def _latency_ms(
-    loaded: LoadedPolicy, batch: dict[str, Any], noise: Tensor, steps: int, repeats: int
-) -> float:
-    """Median wall time of one chunk (encode + `steps` evaluations), after one warm-up call, in ms."""
-    times = []
-    for _ in range(repeats + 1):
-        start = time.perf_counter()
-        sample_policy(loaded.adapter, batch, noise, num_steps=steps)
-        times.append((time.perf_counter() - start) * 1000)
-    return float(np.median(times[1:]))
-
-
-@torch.no_grad()
 def _trajectory(
-    loaded: LoadedPolicy,
+    loaded: LoadedCheckpoint,
     batch: dict[str, Any],
     noise: Tensor,
     steps: int,
@@ -399,7 +314,7 @@ def _trajectory(
         action=chunk,
         path=out.path[:, 0].flatten(1).cpu().numpy(),  # (S + 1, chunk * action_dim)
         times=out.times.cpu().numpy(),
-        latency_ms=_latency_ms(loaded, batch, noise, steps, repeats),
+        latency_ms=latency_ms(loaded.adapter, batch, noise, steps, repeats),
         straightness=float(flow.straightness(out.path, out.times)[0]),
         mse_vs_reference=float((out.action - reference).pow(2).mean()),
         mse_vs_expert=float(np.mean((chunk[:horizon] - expert[:horizon]) ** 2)),
@@ -408,7 +323,7 @@ def _trajectory(
 
 
 def compare_policy(
-    loaded: LoadedPolicy,
+    loaded: LoadedCheckpoint,
     name: str,
     observation: Observation,
     step_counts: list[int],
@@ -504,45 +419,8 @@ class RolloutResult:
     frames: list[np.ndarray]
 
 
-class _Recorder:
-    """`select_action(state)` for an env loop: runs the policy, records the hand xy and some frames."""
-
-    def __init__(
-        self, loaded: LoadedPolicy, prompt: str, render=None, image_key: str | None = None, every: int = 10
-    ):
-        self.loaded, self.prompt, self.render, self.image_key, self.every = (
-            loaded,
-            prompt,
-            render,
-            image_key,
-            every,
-        )
-        self.hand_xy: list[np.ndarray] = []
-        self.frames: list[np.ndarray] = []
-
-    def reset(self) -> None:
-        self.loaded.policy.reset()
-
-    def __call__(self, state: np.ndarray) -> np.ndarray:
-        raw = {
-            "observation.state": torch.from_numpy(np.asarray(state, np.float32)).unsqueeze(0),
-            "task": [self.prompt],
-        }
-        step = len(self.hand_xy)
-        self.hand_xy.append(np.asarray(state[:2], np.float64))
-        if self.render is not None and (self.image_key or step % self.every == 0):
-            image = self.render()
-            if step % self.every == 0:
-                self.frames.append(image)
-            if self.image_key:
-                raw[self.image_key] = torch.from_numpy(image).permute(2, 0, 1).unsqueeze(0).float() / 255
-        with torch.no_grad():
-            action = self.loaded.policy.select_action(self.loaded.preprocessor(raw))
-        return self.loaded.postprocessor(action)[0].cpu().numpy()
-
-
 def rollout(
-    loaded: LoadedPolicy,
+    loaded: LoadedCheckpoint,
     env: str,
     task: str,
     *,
@@ -569,34 +447,36 @@ def rollout(
             loaded.adapter.num_steps = saved
 
 
-def _toy_rollout(loaded: LoadedPolicy, seed: int) -> RolloutResult:
-    from hf_reflow.envs import toy
-
+def _toy_rollout(loaded: LoadedCheckpoint, seed: int) -> RolloutResult:
     start, goal = toy.layout(np.random.default_rng(seed))
-    recorder = _Recorder(loaded, toy.TASK)
-    recorder.reset()
-    result = toy.rollout(recorder, seed)
-    hand = np.stack(recorder.hand_xy)
+    controller = PolicyController(loaded.policy, loaded.preprocessor, loaded.postprocessor, toy.TASK)
+    controller.start(seed)
+    controller.reset()
+    result = toy.rollout(controller, seed)
+    hand = np.stack(controller.hand)[:, :2]
     return RolloutResult(
         result.success, result.collided, result.steps, hand, (start + goal) / 2, toy.OBSTACLE_RADIUS, goal, []
     )
 
 
 def _metaworld_rollout(
-    loaded: LoadedPolicy, task: str, seed: int, max_steps: int | None, frames: bool
+    loaded: LoadedCheckpoint, task: str, seed: int, max_steps: int | None, frames: bool
 ) -> RolloutResult:
     from hf_reflow.envs import metaworld as mw
 
     max_steps = max_steps or mw.default_max_steps(task)
-    image_key = mw.IMAGE_KEY if loaded.needs_image else None
+    image_key = mw.IMAGE_KEY if image_size_of(loaded) else None
     size = image_size_of(loaded) or mw.DEFAULT_IMAGE_SIZE
     with mw.make_env(task, layout_seed=mw.EVAL_LAYOUT_SEED, max_steps=max_steps, image_size=size) as world:
         render = (
             world.render if (frames or image_key) and _can_render(world, required=bool(image_key)) else None
         )
-        recorder = _Recorder(loaded, world.description, render, image_key, every=max(1, max_steps // 8))
-        result = mw.rollout_policy(world, recorder, seed, max_steps=max_steps)
-        hand = np.stack(recorder.hand_xy)
+        camera = Camera(render, image_key, every=max(1, max_steps // 8)) if render else None
+        controller = PolicyController(loaded.policy, loaded.preprocessor, loaded.postprocessor, world.description,
+                                      camera=camera)  # fmt: skip
+        controller.start(seed)
+        result = mw.rollout_policy(world, controller, seed, max_steps=max_steps)
+        hand = np.stack(controller.hand)[:, :2]
         return RolloutResult(
             result.success,
             result.collided,
@@ -605,11 +485,11 @@ def _metaworld_rollout(
             world.obstacle_centre.copy(),
             mw.OBSTACLE_RADIUS_M,
             world.target_xy.copy(),
-            recorder.frames,
+            controller.frames,
         )
 
 
-def image_size_of(loaded: LoadedPolicy) -> int | None:
+def image_size_of(loaded: LoadedCheckpoint) -> int | None:
     """Side of the square camera image the policy reads, or None for a state-only policy."""
     for feature in (loaded.policy.config.input_features or {}).values():
         if getattr(feature.type, "name", "") == "VISUAL":

@@ -1,243 +1,20 @@
-"""Checkpoints in LeRobot's `pretrained_model/` layout: resolve, load, save atomically.
+"""The training state `--resume` continues from: JSON + safetensors, never a pickle.
 
-A checkpoint folder is what stock LeRobot loads (`config.json`, `model.safetensors`, pre/post
-processor JSON + stats) plus `reflow.json`, hf-reflow's lineage metadata, kept out of `config.json`
-because stock loading rejects unknown keys there.
-
-Nothing loaded from a checkpoint runs code: processor steps come only from LeRobot's step registry
-(`check_processor_steps`), and the training state for `--resume` is JSON + safetensors, no pickle
-(`save_training_state` / `load_training_state`).
+`save_training_state` / `load_training_state` write and read the optimizer, scheduler, EMA, grad scaler,
+step counter and random generators of every process, so a resumed run is bitwise equal to an uninterrupted one.
 """
 
 from __future__ import annotations
 
 import json
-import os
-import re
-import shutil
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from hf_reflow.artifacts.io import disk_writes
 from hf_reflow.errors import CheckpointError, ReflowError
 
-REFLOW_INFO = "reflow.json"
-PRETRAINED_DIR = "pretrained_model"
-_REPO_ID = re.compile(r"^[\w.-]+/[\w.-]+$")
-
-
-def resolve_checkpoint(path_or_repo: str | Path, *, revision: str | None = None) -> str:
-    """The local folder of a checkpoint: a folder holding `config.json` (a run dir resolves to its final
-    `pretrained_model/`), or a Hub repo id downloaded through huggingface_hub's cache (`HF_HUB_OFFLINE` honoured).
-    """
-    path = Path(path_or_repo)
-    for candidate in (path, path / PRETRAINED_DIR):
-        if (candidate / "config.json").is_file():
-            return str(candidate)
-    if path.exists():
-        raise CheckpointError(
-            f"{str(path)!r} holds no checkpoint (no config.json in it or in {PRETRAINED_DIR}/); "
-            "pass a training output dir or its pretrained_model/ folder."
-        )
-    if _REPO_ID.match(str(path_or_repo)):
-        from hf_reflow.errors import HubError
-        from hf_reflow.hub import Hub
-
-        try:
-            return str(Hub().download(str(path_or_repo), revision=revision))
-        except HubError as e:
-            raise CheckpointError(f"checkpoint {str(path_or_repo)!r} is no local folder; as a Hub repo id: {e}") from None
-    raise CheckpointError(f"checkpoint {str(path_or_repo)!r} is neither a local folder nor a Hub repo id (user/name).")
-
-
-def load_config(path_or_repo: str, *, revision: str | None = None) -> Any:
-    """The LeRobot policy config of a checkpoint, without loading weights."""
-    from lerobot.configs.policies import PreTrainedConfig
-
-    import hf_reflow.policies.flow_mlp  # noqa: F401  (registers the built-in policy type)
-
-    source = resolve_checkpoint(path_or_repo, revision=revision)
-    try:
-        return PreTrainedConfig.from_pretrained(source)
-    except Exception as e:
-        raise CheckpointError(
-            f"cannot read the policy config of {source!r} ({type(e).__name__}: {str(e).splitlines()[0][:200]}). "
-            "Check the path / repo id, or set HF_HUB_OFFLINE=0 to allow a download."
-        ) from None
-
-
-def load_policy(path_or_repo: str, *, device: torch.device | str = "cpu", revision: str | None = None, config=None):
-    """Load a LeRobot policy (any registered type) from a checkpoint onto `device`, in eval mode."""
-    from lerobot.policies.factory import get_policy_class
-
-    source = resolve_checkpoint(path_or_repo, revision=revision)
-    config = load_config(source) if config is None else config
-    config.device = torch.device(device).type
-    policy = get_policy_class(config.type).from_pretrained(source, config=config)
-    return policy.to(device)
-
-
-def load_processors(
-    path_or_repo: str,
-    config: Any,
-    *,
-    device: torch.device | str = "cpu",
-    revision=None,
-    allow_unregistered_processor_steps: bool = False,
-):
-    """The checkpoint's own (pre, post) processors, with their device step pointed at `device`.
-
-    Every step must be one LeRobot finds in its step registry (see `check_processor_steps`): a checkpoint
-    never gets to name a callable that loading would import and call. `allow_unregistered_processor_steps`
-    (like `trust_remote_code`) lifts that for a local folder the caller trusts; a Hub id is always checked.
-    """
-    from lerobot.policies.factory import make_pre_post_processors
-
-    source = resolve_checkpoint(path_or_repo, revision=revision)
-    trusted = allow_unregistered_processor_steps and Path(path_or_repo).exists()
-    if not trusted:
-        check_processor_steps(source, config, trust_hint=Path(path_or_repo).exists())
-    overrides = {"device_processor": {"device": str(device)}}
-    return make_pre_post_processors(config, pretrained_path=source, preprocessor_overrides=overrides)
-
-
-def check_processor_steps(folder: str | Path, config: Any = None, *, trust_hint: bool = True) -> None:
-    """Refuse processor JSON whose steps would make LeRobot import a path the checkpoint names.
-
-    LeRobot 0.6.1's `DataProcessorPipeline.from_pretrained` resolves a step by its `registry_name` in
-    `ProcessorStepRegistry` or, without one, by importing the `class` path the JSON names and calling it
-    with the JSON's `config` (any importable callable: `subprocess.Popen`, `os.system`, ...). Allowed here:
-    steps whose `registry_name` LeRobot, hf-reflow or an installed `lerobot_policy_*` plugin registered,
-    and no `class` key at all. Raises `CheckpointError` (one line) naming the first offending step.
-    """
-    from lerobot.processor import ProcessorStepRegistry
-
-    folder = Path(folder)
-    _import_step_registrations(config, plugins=False)
-    for filename in PROCESSOR_FILES:
-        file = folder / filename
-        if not file.is_file():
-            continue  # LeRobot reports a missing pipeline file itself
-        try:
-            pipeline = json.loads(file.read_text())
-        except (OSError, UnicodeDecodeError, ValueError) as e:
-            raise CheckpointError(f"{str(file)!r} is not a readable processor JSON ({type(e).__name__}).") from None
-        steps = pipeline.get("steps") if isinstance(pipeline, dict) else None
-        if not isinstance(steps, list):
-            raise CheckpointError(f"{str(file)!r} is not a processor pipeline (no list of steps).")
-        for index, entry in enumerate(steps):
-            name = entry.get("registry_name") if isinstance(entry, dict) else None
-            if isinstance(name, str) and name not in ProcessorStepRegistry.list():
-                _import_step_registrations(config, plugins=True)  # an installed plugin may register it
-            problem = _step_problem(entry, set(ProcessorStepRegistry.list()))
-            if problem is not None:
-                hint = (
-                    "; if you trust this local checkpoint, load it with allow_unregistered_processor_steps=True"
-                    if trust_hint
-                    else ""
-                )
-                raise CheckpointError(
-                    f"refusing processor step {index} of {str(file)!r}: {problem}. hf-reflow only builds steps "
-                    "registered by LeRobot, hf-reflow or an installed lerobot_policy_* plugin (install the plugin "
-                    f"that registers it){hint}."
-                )
-
-
-PROCESSOR_FILES = ("policy_preprocessor.json", "policy_postprocessor.json")
-_PLUGINS_IMPORTED = False
-
-
-def _step_problem(entry: Any, registered: set[str]) -> str | None:
-    """Why a processor step entry is refused, or None when LeRobot would build it from the registry."""
-    if not isinstance(entry, dict):
-        return f"it is a {type(entry).__name__}, not a step object"
-    if "class" in entry:
-        return f"it names the import path {str(entry['class'])[:200]!r} ('class'), which is never imported from a checkpoint"
-    name = entry.get("registry_name")
-    if not isinstance(name, str):
-        return "it has no registry_name"
-    if name not in registered:
-        return f"its registry_name {name[:200]!r} is not a registered processor step"
-    return None
-
-
-def _import_step_registrations(config: Any, *, plugins: bool) -> None:
-    """Import installed code that registers processor steps (never a module a checkpoint names).
-
-    Always: hf-reflow's policy and the `processor_<type>` module of the config's (registered) policy class,
-    the module LeRobot itself imports for that type. With `plugins`: installed `lerobot_policy_*` packages.
-    """
-    global _PLUGINS_IMPORTED
-    import importlib
-    import importlib.util
-
-    import lerobot.processor  # noqa: F401  (LeRobot's own steps)
-
-    import hf_reflow.policies.flow_mlp  # noqa: F401
-
-    if config is not None:
-        module = type(config).__module__.replace("configuration_", "processor_")
-        if module != type(config).__module__:
-            try:
-                found = importlib.util.find_spec(module) is not None
-            except (ImportError, ValueError):
-                found = False
-            if found:
-                importlib.import_module(module)
-    if plugins and not _PLUGINS_IMPORTED:
-        import importlib.metadata
-        import logging
-
-        _PLUGINS_IMPORTED = True
-        for dist in importlib.metadata.distributions():
-            name = dist.metadata.get("Name") or ""
-            if name.replace("-", "_").startswith("lerobot_policy_"):
-                try:
-                    importlib.import_module(name.replace("-", "_"))
-                except Exception:  # a broken plugin must not stop loading checkpoints it does not concern
-                    logging.getLogger(__name__).warning("could not import the LeRobot plugin %s", name, exc_info=True)
-
-
-def read_reflow_info(path: str | Path) -> dict[str, Any]:
-    """`reflow.json` of a local checkpoint ({} for a checkpoint hf-reflow did not train)."""
-    file = Path(resolve_checkpoint(path)) / REFLOW_INFO
-    return json.loads(file.read_text()) if file.is_file() else {}
-
-
-def save_checkpoint(
-    directory: Path,
-    policy: torch.nn.Module,
-    preprocessor: Any,
-    postprocessor: Any,
-    info: dict[str, Any],
-    state_dict: dict[str, torch.Tensor] | None = None,
-) -> Path:
-    """Write a stock-loadable checkpoint to `directory` via a temporary sibling, then rename it in place."""
-    directory = Path(directory)
-    tmp = directory.with_name(f".{directory.name}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    policy.save_pretrained(tmp, state_dict=state_dict)
-    preprocessor.save_pretrained(tmp)
-    postprocessor.save_pretrained(tmp)
-    (tmp / REFLOW_INFO).write_text(json.dumps(info, indent=2, sort_keys=True))
-    _replace_dir(tmp, directory)
-    return directory
-
-
-def _replace_dir(src: Path, dst: Path) -> None:
-    """Move `src` to `dst`, replacing an older `dst` with only a brief window without it."""
-    if dst.exists():
-        old = dst.with_name(f".{dst.name}.old-{os.getpid()}")
-        dst.rename(old)
-        src.rename(dst)
-        shutil.rmtree(old)
-    else:
-        dst.parent.mkdir(parents=True, exist_ok=True)
-        src.rename(dst)
-
-
-# ---- training state (`--resume`): JSON + safetensors, never a pickle -------------------------------------
 TRAINING_STATE_FILE = "training_state.json"
 TRAINING_STATE_FORMAT = "hf-reflow-training-state"
 TRAINING_STATE_VERSION = 1
@@ -280,13 +57,15 @@ def save_training_state(directory: str | Path, accelerator: Any, *, model, optim
             "ema": None if ema is None else _encode(ema.state_dict(), tensors, "ema"),
             "scaler": None if scaler is None else _encode(scaler.state_dict(), tensors, "scaler"),
         }
-        save_file(tensors, str(directory / _STATE_TENSORS))
-        if not fsdp:
-            save_model(accelerator.unwrap_model(model), str(directory / _MODEL_FILE))
+        with disk_writes(directory):
+            save_file(tensors, str(directory / _STATE_TENSORS))
+            if not fsdp:
+                save_model(accelerator.unwrap_model(model), str(directory / _MODEL_FILE))
         (directory / TRAINING_STATE_FILE).write_text(json.dumps(state))
     rng_tensors: dict[str, torch.Tensor] = {}
     rng = _encode(_rng_state(), rng_tensors, "rng")
-    save_file(rng_tensors, str(directory / f"rng_{accelerator.process_index}.safetensors"))
+    with disk_writes(directory):
+        save_file(rng_tensors, str(directory / f"rng_{accelerator.process_index}.safetensors"))
     (directory / f"rng_{accelerator.process_index}.json").write_text(json.dumps(rng))
 
 

@@ -13,10 +13,17 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from hf_reflow.checkpoints import load_config, load_policy
+from hf_reflow.artifacts.checkpoints import (
+    check_weights,
+    load_config,
+    load_policy,
+    resolve_checkpoint,
+    teacher_lineage,
+)
 from hf_reflow.configs import TeacherConfig
 from hf_reflow.errors import CheckpointError
-from hf_reflow.policies.base import PolicyAdapter, adapter_for
+from hf_reflow.policies.base import PolicyAdapter
+from hf_reflow.policies.factory import adapter_for
 from hf_reflow.sampling import integrate, sample_policy
 
 
@@ -49,7 +56,10 @@ class OnlineTeacher:
 
     def __init__(self, cfg: TeacherConfig, *, device: torch.device, dtype: torch.dtype = torch.float32) -> None:
         self.cfg, self.device, self.dtype = cfg, device, dtype
-        self.config = load_config(cfg.path, revision=cfg.revision)  # cheap: no weights yet
+        # Checked now, before any training: its config, lineage and weights file (header only, no weights yet).
+        self.config = load_config(cfg.path, revision=cfg.revision)
+        self.lineage = teacher_lineage(cfg.path)
+        check_weights(resolve_checkpoint(cfg.path, revision=cfg.revision))
         self._adapter: PolicyAdapter | None = None
         self._student: PolicyAdapter | None = None  # set by `share_backbone_with`
 
@@ -72,15 +82,10 @@ class OnlineTeacher:
         self._student = student
 
     @torch.no_grad()
-    def backbone_context(self, batch: dict[str, Tensor]) -> Any:
-        """The shared frozen backbone's output for `batch`, reused by the teacher's ODE and the student's loss."""
-        return self.adapter.backbone_context(batch)
-
-    @torch.no_grad()
     def end_points(self, batch: dict[str, Tensor], noise: Tensor, context: Any = None) -> Tensor:
         """Teacher's ODE end points from `noise` (B, chunk, action_dim), in normalised action space.
 
-        `context`: the shared backbone's output (`backbone_context`), or None to encode from scratch.
+        `context`: the shared backbone's output (`adapter.backbone_context(batch)`), or None to encode from scratch.
         """
         steps, solver = self.cfg.num_inference_steps, self.cfg.solver
         try:
@@ -93,13 +98,3 @@ class OnlineTeacher:
         except RuntimeError as e:
             raise CheckpointError(f"the teacher {self.cfg.path!r} failed on a training batch: {e}") from e
         return out.action.to(noise.dtype)
-
-
-def load_teacher_lineage(path: str) -> dict[str, Any]:
-    """The teacher's `reflow.json` if it is local and has one (for the student's k), else {}."""
-    from hf_reflow.checkpoints import read_reflow_info
-
-    try:
-        return read_reflow_info(path)
-    except CheckpointError:
-        return {}

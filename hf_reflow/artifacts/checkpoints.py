@@ -1,0 +1,300 @@
+"""Checkpoints in LeRobot's `pretrained_model/` layout: resolve, load (`load_checkpoint`), save atomically.
+
+A checkpoint folder is what stock LeRobot loads (`config.json`, `model.safetensors`, pre/post
+processor JSON + stats) plus `reflow.json`, hf-reflow's lineage metadata, kept out of `config.json`
+because stock loading rejects unknown keys there.
+
+Nothing loaded from a checkpoint runs code: processor steps come only from LeRobot's step registry
+(`processor_safety.py`), and the training state for `--resume` is JSON + safetensors (`training_state.py`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from hf_reflow import __version__
+from hf_reflow.artifacts.io import disk_writes
+from hf_reflow.artifacts.processor_safety import check_processor_steps
+from hf_reflow.configs import stage_k
+from hf_reflow.errors import CheckpointError, HubError
+from hf_reflow.hub import Hub, read_push_record
+from hf_reflow.policies.base import PolicyAdapter
+from hf_reflow.policies.factory import adapter_class, adapter_for
+
+REFLOW_INFO = "reflow.json"
+WEIGHTS = "model.safetensors"
+PRETRAINED_DIR = "pretrained_model"
+_REPO_ID = re.compile(r"^[\w.-]+/[\w.-]+$")
+
+
+def resolve_checkpoint(path_or_repo: str | Path, *, revision: str | None = None) -> str:
+    """The local folder of a checkpoint: a folder holding `config.json` (a run dir resolves to its final
+    `pretrained_model/`), or a Hub repo id downloaded through huggingface_hub's cache (`HF_HUB_OFFLINE` honoured).
+    """
+    path = Path(path_or_repo)
+    for candidate in (path, path / PRETRAINED_DIR):
+        if (candidate / "config.json").is_file():
+            return str(candidate)
+    if path.exists():
+        raise CheckpointError(
+            f"{str(path)!r} holds no checkpoint (no config.json in it or in {PRETRAINED_DIR}/); "
+            "pass a training output dir or its pretrained_model/ folder."
+        )
+    if _REPO_ID.match(str(path_or_repo)):
+        try:
+            return str(Hub().download(str(path_or_repo), revision=revision))
+        except HubError as e:
+            raise CheckpointError(f"checkpoint {str(path_or_repo)!r} is no local folder; as a Hub repo id: {e}") from None
+    raise CheckpointError(
+        f"no checkpoint at {str(path_or_repo)!r} (no such folder, and not a Hub repo id like user/name); pass a "
+        "training output dir, its pretrained_model/ folder or a Hub repo id."
+    )
+
+
+def load_config(path_or_repo: str, *, revision: str | None = None) -> Any:
+    """The LeRobot policy config of a checkpoint, without loading weights."""
+    from lerobot.configs.policies import PreTrainedConfig
+
+    import hf_reflow.policies.flow_mlp  # noqa: F401  (registers the built-in policy type)
+
+    source = resolve_checkpoint(path_or_repo, revision=revision)
+    try:
+        return PreTrainedConfig.from_pretrained(source)
+    except Exception as e:
+        raise CheckpointError(
+            f"cannot read the policy config of {source!r} ({type(e).__name__}: {str(e).splitlines()[0][:200]}). "
+            "Check the path / repo id, or set HF_HUB_OFFLINE=0 to allow a download."
+        ) from None
+
+
+def load_policy(path_or_repo: str, *, device: torch.device | str = "cpu", revision: str | None = None, config=None):
+    """Load a LeRobot policy (any registered type) from a checkpoint onto `device`, in eval mode."""
+    from lerobot.policies.factory import get_policy_class
+
+    source = resolve_checkpoint(path_or_repo, revision=revision)
+    config = load_config(source) if config is None else config
+    config.device = torch.device(device).type
+    check_weights(source)
+    try:
+        policy = get_policy_class(config.type).from_pretrained(source, config=config)
+    except Exception as e:  # weights that do not fit the config (shapes, missing tensors)
+        raise CheckpointError(
+            f"cannot load the weights of {source!r} into its {config.type} config ({type(e).__name__}: "
+            f"{str(e).splitlines()[0][:200] if str(e) else ''}); the checkpoint is damaged or its model.safetensors "
+            "and config.json do not belong together: use an intact checkpoint."
+        ) from None
+    return policy.to(device)
+
+
+def check_weights(folder: str | Path) -> None:
+    """Refuse a missing, truncated or foreign `model.safetensors` from its header alone (no weights read)."""
+    from safetensors import safe_open
+
+    file = Path(folder) / WEIGHTS
+    if not file.is_file():
+        raise CheckpointError(f"{str(folder)!r} has no {WEIGHTS}; the checkpoint is incomplete: use an intact one.")
+    try:
+        with safe_open(str(file), framework="pt") as weights:
+            weights.keys()
+    except Exception as e:  # SafetensorError: a bad header, or a file shorter than its header says
+        raise CheckpointError(
+            f"{str(file)!r} is not a readable safetensors file ({type(e).__name__}: {str(e).splitlines()[0][:120] if str(e) else ''}); "
+            "the checkpoint is damaged (e.g. an interrupted copy): use an intact one."
+        ) from None
+
+
+def load_processors(
+    path_or_repo: str,
+    config: Any,
+    *,
+    device: torch.device | str = "cpu",
+    revision=None,
+    allow_unregistered_processor_steps: bool = False,
+):
+    """The checkpoint's own (pre, post) processors, with their device step pointed at `device`.
+
+    Every step must be one LeRobot finds in its step registry (see `check_processor_steps`): a checkpoint
+    never gets to name a callable that loading would import and call. `allow_unregistered_processor_steps`
+    (like `trust_remote_code`) lifts that for a local folder the caller trusts; a Hub id is always checked.
+    """
+    from lerobot.policies.factory import make_pre_post_processors
+
+    source = resolve_checkpoint(path_or_repo, revision=revision)
+    trusted = allow_unregistered_processor_steps and Path(path_or_repo).exists()
+    if not trusted:
+        check_processor_steps(source, config, trust_hint=Path(path_or_repo).exists())
+    overrides = {"device_processor": {"device": str(device)}}
+    return make_pre_post_processors(config, pretrained_path=source, preprocessor_overrides=overrides)
+
+
+@dataclass
+class LoadedCheckpoint:
+    """A checkpoint ready to sample: the LeRobot policy (eval mode), its adapter, processors and lineage."""
+
+    source: str
+    config: Any
+    policy: torch.nn.Module
+    adapter: PolicyAdapter
+    preprocessor: Any
+    postprocessor: Any
+    info: dict[str, Any]  # reflow.json ({} for a checkpoint hf-reflow did not train)
+    lock: threading.Lock = field(default_factory=threading.Lock, repr=False)  # held while sampling with it
+
+
+def load_checkpoint(path_or_repo: str, *, device: torch.device | str = "cpu", revision: str | None = None,
+                    allow_unregistered_processor_steps: bool = False) -> LoadedCheckpoint:  # fmt: skip
+    """Policy + adapter + processors + lineage of a checkpoint (local folder or Hub id).
+
+    The policy type is checked against the adapters before any weight is read, and the processors
+    (never trusted unless asked, see `load_processors`) before the weights.
+    """
+    config = load_config(path_or_repo, revision=revision)  # CheckpointError for a bad path / repo id
+    adapter_class(config.type)  # ConfigError naming the supported types, before the weights
+    pre, post = load_processors(path_or_repo, config, device=device, revision=revision,
+                                allow_unregistered_processor_steps=allow_unregistered_processor_steps)  # fmt: skip
+    policy = load_policy(path_or_repo, device=device, revision=revision, config=config)
+    info = read_reflow_info(path_or_repo) if Path(path_or_repo).exists() else {}
+    return LoadedCheckpoint(str(path_or_repo), config, policy, adapter_for(policy), pre, post, info)
+
+
+class CheckpointCache:
+    """Loaded checkpoints keyed by source, the least recently used dropped beyond `max_entries` (thread-safe).
+
+    Loads through `load_checkpoint` with its defaults: processor steps are never trusted.
+    """
+
+    def __init__(self, max_entries: int = 8) -> None:
+        self.max_entries = max_entries
+        self._entries: OrderedDict[str, LoadedCheckpoint] = OrderedDict()
+        self._lock = threading.Lock()
+        self.loads = 0  # how many times a checkpoint was actually read
+
+    def get(self, source: str) -> LoadedCheckpoint:
+        with self._lock:
+            if source in self._entries:
+                self._entries.move_to_end(source)
+                return self._entries[source]
+        loaded = load_checkpoint(source)
+        with self._lock:
+            self.loads += 1
+            self._entries[source] = loaded
+            while len(self._entries) > self.max_entries:
+                self._entries.popitem(last=False)
+        return loaded
+
+
+def read_reflow_info(path: str | Path) -> dict[str, Any]:
+    """`reflow.json` of a local checkpoint ({} for a checkpoint hf-reflow did not train)."""
+    file = Path(resolve_checkpoint(path)) / REFLOW_INFO
+    if not file.is_file():
+        return {}
+    try:
+        info = json.loads(file.read_text())
+    except (OSError, UnicodeDecodeError, ValueError) as e:
+        raise CheckpointError(f"{str(file)!r} is not readable JSON ({type(e).__name__}); restore it or delete it "
+                              "(the checkpoint then counts as a 1-RF without lineage).") from None  # fmt: skip
+    if not isinstance(info, dict):
+        raise CheckpointError(f"{str(file)!r} is not a JSON object of lineage; restore it or delete it.")
+    return info
+
+
+def teacher_lineage(path: str) -> dict[str, Any]:
+    """The teacher's `reflow.json` (for the student's k): {} when it has none or is a Hub id not at hand;
+    a local one that is damaged is a `CheckpointError`."""
+    try:
+        return read_reflow_info(path)
+    except CheckpointError:
+        if Path(path).exists():
+            raise
+        return {}
+
+
+def stage_lineage(cfg: Any, *, num_processes: int, lr: float) -> dict[str, Any]:
+    """The lineage of a stage trained with `cfg` (a `TrainConfig`), written to `reflow.json` beside the
+    stock checkpoint files: stage, k, teacher and its commit, base model, couplings, data and settings."""
+    teacher_k = teacher_lineage(cfg.teacher.path).get("k", 1) if cfg.teacher.path else 0
+    student_of_teacher = cfg.stage != "flow_matching"
+    base = cfg.policy.get("path") if not student_of_teacher else None  # a 1-RF's starting checkpoint
+    return {
+        "hf_reflow_version": __version__,
+        "stage": cfg.stage,
+        "k": stage_k(cfg.stage, teacher_k),
+        "distilled": cfg.stage == "distill",
+        "teacher": cfg.teacher.path if student_of_teacher else None,
+        "teacher_commit": checkpoint_commit(cfg.teacher.path, revision=cfg.teacher.revision) if cfg.teacher.path else None,
+        "teacher_num_inference_steps": cfg.teacher.num_inference_steps if student_of_teacher else None,
+        "teacher_solver": cfg.teacher.solver if student_of_teacher else None,
+        "base_model": base,  # the model card's base_model
+        "base_model_commit": checkpoint_commit(base) if base else None,
+        "couplings_seen": cfg.steps * cfg.batch_size * cfg.gradient_accumulation_steps * num_processes
+        if student_of_teacher
+        else 0,
+        "couplings_dataset": cfg.couplings.path,  # stored couplings; None = made online
+        "dataset": {"repo_id": cfg.dataset.repo_id, "root": cfg.dataset.root},
+        "train_steps": cfg.steps,
+        "batch_size": cfg.batch_size,
+        "num_processes": num_processes,
+        "lr": lr,
+        "time_sampler": "fixed_t1" if cfg.stage == "distill" else cfg.flow.time_sampler,
+        "loss": cfg.flow.loss,
+        "seed": cfg.seed,
+        "ema_decay": cfg.ema_decay,
+        "num_steps": cfg.final_num_steps,
+    }
+
+
+def checkpoint_commit(path_or_repo: str, *, revision: str | None = None) -> str | None:
+    """The Hub commit a checkpoint comes from: a Hub id's snapshot, or what a pushed local folder recorded."""
+    folder = Path(resolve_checkpoint(path_or_repo, revision=revision))
+    if folder.parent.name == "snapshots" and len(folder.name) == 40:  # huggingface_hub cache layout
+        return folder.name
+    return read_push_record(folder).get("commit")
+
+
+def save_checkpoint(
+    directory: Path,
+    policy: torch.nn.Module,
+    preprocessor: Any,
+    postprocessor: Any,
+    info: dict[str, Any],
+    state_dict: dict[str, torch.Tensor] | None = None,
+) -> Path:
+    """Write a stock-loadable checkpoint to `directory` via a temporary sibling, then rename it in place."""
+    directory = Path(directory)
+    tmp = directory.with_name(f".{directory.name}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        with disk_writes(tmp):
+            policy.save_pretrained(tmp, state_dict=state_dict)
+            preprocessor.save_pretrained(tmp)
+            postprocessor.save_pretrained(tmp)
+        (tmp / REFLOW_INFO).write_text(json.dumps(info, indent=2, sort_keys=True))
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)  # a half-written checkpoint never stays behind
+        raise
+    _replace_dir(tmp, directory)
+    return directory
+
+
+def _replace_dir(src: Path, dst: Path) -> None:
+    """Move `src` to `dst`, replacing an older `dst` with only a brief window without it."""
+    if dst.exists():
+        old = dst.with_name(f".{dst.name}.old-{os.getpid()}")
+        dst.rename(old)
+        src.rename(dst)
+        shutil.rmtree(old)
+    else:
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        src.rename(dst)
+
+

@@ -1,0 +1,332 @@
+"""Closed-loop evaluation: one controller that drives a policy in an env, Meta-World rollouts spread over
+worker processes, the toy env's closed loop, and the episode taxonomy.
+
+One job = (checkpoint, step count, task, episode seeds). A worker loads each checkpoint once (its own
+`CheckpointCache`), sets the policy's step count, and rolls episodes out on evaluation layouts
+(`metaworld.EVAL_LAYOUT_SEED`, never a demonstration layout). Policy noise is a pure function of
+(episode seed, chunk index), so a cell's result does not depend on which worker ran it, and every stage
+and step count meets the same layouts and the same noise (paired evaluation). Each episode is classified
+as success, collision, stall or timeout.
+"""
+
+from __future__ import annotations
+
+import inspect
+import multiprocessing
+import os
+from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import numpy as np
+import torch
+
+from hf_reflow.artifacts.checkpoints import CheckpointCache, load_config
+from hf_reflow.envs import toy
+from hf_reflow.errors import CheckpointError
+from hf_reflow.policies.factory import adapter_for
+
+# Bumped whenever a rollout's result for the same (checkpoint, step count, task, seed) changes, so cached
+# evaluations made under an older protocol are redone.
+PROTOCOL = "paired-noise-per-chunk-v2"
+EPISODE_SEED_BASE = 7_000_000  # evaluation episode seeds: base + i (layouts come from EVAL_LAYOUT_SEED)
+TOY_EPISODE_SEED_BASE = 10_000  # the toy env's evaluation episodes: base + i
+NoiseMode = Literal["per_chunk", "per_episode"]
+
+
+@dataclass(frozen=True)
+class RolloutJob:
+    checkpoint: str
+    nfe: int
+    task: str
+    episode_seeds: tuple[int, ...]
+    mode: str = "multimodal"
+    max_steps: int | None = None
+
+
+@dataclass
+class Camera:
+    """Frames for a policy that reads images (`image_key`) and / or for display (one every `every` steps).
+
+    `render() -> (H, W, 3) uint8`.
+    """
+
+    render: Callable[[], np.ndarray]
+    image_key: str | None = None
+    every: int = 10
+
+
+# Failure taxonomy (why an episode that is not a success failed).
+OUTCOMES: tuple[str, ...] = ("success", "collision", "stall", "timeout")
+STALL_WINDOW = 20  # env steps (0.25 s at 80 Hz): a failed episode whose hand stayed ...
+STALL_RADIUS_M = 0.01  # ... within 1 cm of its final position over that window stalled
+SIDE_MARGIN_M = 0.01  # a hand closer than this to the start -> target line is on neither side
+
+
+def classify_episode(hand_xyz: np.ndarray, *, success: bool, collided: bool) -> str:
+    """success, collision, stall (hand nearly still for the last STALL_WINDOW steps) or timeout (moving).
+
+    Args:
+        hand_xyz: (T, 3) hand positions the policy saw, one per env step.
+    """
+    if success:
+        return "success"
+    if collided:
+        return "collision"
+    tail = np.asarray(hand_xyz, dtype=np.float64)[-STALL_WINDOW:]
+    if len(tail) >= STALL_WINDOW and float(np.linalg.norm(tail - tail[-1], axis=1).max()) < STALL_RADIUS_M:
+        return "stall"
+    return "timeout"
+
+
+def side_switches(hand_xy: np.ndarray, start_xy: np.ndarray, target_xy: np.ndarray, *, stride: int) -> int:
+    """How often the hand changes side of the start -> target line from one chunk to the next.
+
+    The hand is sampled at each chunk start (every `stride` steps) while it is between start and target
+    along the line and more than SIDE_MARGIN_M off it; a mode-averaging or mode-hopping policy switches,
+    a committed one does not. hand_xy: (T, 2).
+    """
+    hand_xy = np.asarray(hand_xy, dtype=np.float64)[::stride, :2]
+    start, line = np.asarray(start_xy, dtype=np.float64), np.asarray(target_xy, dtype=np.float64) - start_xy
+    length = float(np.linalg.norm(line))
+    if length < 1e-6:
+        return 0
+    direction = line / length
+    offset = hand_xy - start  # (T', 2)
+    along = offset @ direction
+    across = offset[:, 0] * direction[1] * -1 + offset[:, 1] * direction[0]  # left of the line > 0
+    sides = np.sign(across[(along > 0) & (along < length) & (np.abs(across) > SIDE_MARGIN_M)])
+    return int(np.count_nonzero(sides[1:] != sides[:-1]))
+
+
+class PolicyController:
+    """state -> action through a checkpoint's processors and the policy's `select_action` queue.
+
+    Noise (`noise`):
+    - "per_chunk" (paired evaluation): the initial noise of chunk c of episode e is drawn from a generator
+      seeded with (e, c) alone, so every stage and step count sees the same noise for the same episode and chunk;
+    - "per_episode": torch's global generator is seeded with the episode seed when the episode starts.
+    It records the hand positions the policy saw (`hand`, (3,) each: the failure taxonomy, the Space's
+    paths) and, with a `camera`, the frames it showed the policy or the viewer.
+    """
+
+    def __init__(self, policy: Any, preprocessor: Any, postprocessor: Any, task: str | None, *,
+                 noise: NoiseMode = "per_chunk", camera: Camera | None = None) -> None:  # fmt: skip
+        self.policy, self.preprocessor, self.postprocessor, self.task = policy, preprocessor, postprocessor, task
+        self.noise, self.camera = noise, camera
+        self.noise_shape = adapter_for(policy).action_shape  # (chunk, action_dim) the ODE starts from
+        self.n_action_steps = int(policy.config.n_action_steps)
+        # pi0 / pi0.5 `select_action` takes no noise: seed torch's generator per chunk instead.
+        self.takes_noise = "noise" in inspect.signature(policy.select_action).parameters
+        self.episode_seed, self.step, self.hand, self.frames, self._noise = 0, 0, [], [], None
+
+    def start(self, episode_seed: int) -> None:
+        """Set the episode whose noise the next rollout uses (the rollout then calls `reset`)."""
+        self.episode_seed = int(episode_seed)
+        if self.noise == "per_episode":
+            torch.manual_seed(self.episode_seed)
+
+    def reset(self) -> None:
+        self.policy.reset()
+        self.step, self.hand, self.frames, self._noise = 0, [], [], None
+
+    def chunk_seed(self, chunk: int) -> int:
+        """The seed of chunk `chunk` of the current episode: a pure function of (episode seed, chunk index)."""
+        return self.episode_seed * 100_003 + chunk
+
+    def chunk_noise(self, chunk: int) -> torch.Tensor:
+        """(1, chunk, action_dim) standard normal noise drawn from `chunk_seed(chunk)`."""
+        return torch.randn((1, *self.noise_shape), generator=torch.Generator().manual_seed(self.chunk_seed(chunk)))
+
+    def __call__(self, state: np.ndarray) -> np.ndarray:
+        paired = self.noise == "per_chunk"
+        if paired and self.step % self.n_action_steps == 0:  # the policy's queue is empty: a new chunk starts
+            chunk = self.step // self.n_action_steps
+            self._noise = self.chunk_noise(chunk)
+            if not self.takes_noise:
+                torch.manual_seed(self.chunk_seed(chunk))
+        raw = {"observation.state": torch.from_numpy(np.asarray(state, np.float32)).unsqueeze(0)}
+        if self.task is not None:
+            raw["task"] = self.task
+        self._look(raw)
+        self.step += 1
+        self.hand.append(np.asarray(state[:3], dtype=np.float64))
+        batch = self.preprocessor(raw)
+        noise = {"noise": self._noise.to(batch["observation.state"])} if paired and self.takes_noise else {}
+        with torch.no_grad():
+            action = self.policy.select_action(batch, **noise)
+        return self.postprocessor(action).squeeze(0).cpu().numpy()
+
+    def _look(self, raw: dict[str, Any]) -> None:
+        """Render when the policy reads images or a display frame is due; image (1, 3, H, W) in [0, 1]."""
+        camera = self.camera
+        if camera is None or not (camera.image_key or self.step % camera.every == 0):
+            return
+        image = camera.render()  # (H, W, 3) uint8
+        if self.step % camera.every == 0:
+            self.frames.append(image)
+        if camera.image_key:
+            raw[camera.image_key] = torch.from_numpy(image).permute(2, 0, 1).unsqueeze(0).float() / 255
+
+
+# ---- the toy env ------------------------------------------------------------------------------
+def toy_closed_loop(loaded: Any, *, nfe: int, episodes: int, seed: int = TOY_EPISODE_SEED_BASE) -> dict:
+    """Success (goal reached, no collision), collision rate, left share and mean steps on the toy env."""
+    loaded.adapter.num_steps = nfe
+    controller = PolicyController(loaded.policy, loaded.preprocessor, loaded.postprocessor, None, noise="per_episode")
+    results = []
+    for episode in range(episodes):
+        controller.reset()
+        controller.start(seed + episode)
+        results.append(toy.rollout(controller, seed + episode))
+    successes = [r for r in results if r.success]
+    return {
+        "episodes": episodes,
+        "success_rate": float(np.mean([r.success for r in results])),
+        "collision_rate": float(np.mean([r.collided for r in results])),
+        "left_share": float(np.mean([r.side == 0 for r in results])),
+        "mean_steps": float(np.mean([r.steps for r in successes])) if successes else None,
+    }
+
+
+# ---- Meta-World, over worker processes --------------------------------------------------------
+def run_job(job: RolloutJob, cache: CheckpointCache) -> list[dict[str, Any]]:
+    """Roll out `job`'s episodes; one dict per episode (seed, success, outcome, side switches, ...)."""
+    from hf_reflow.envs import metaworld  # Meta-World is an optional extra: imported when it is used
+
+    loaded = cache.get(job.checkpoint)
+    loaded.adapter.num_steps = job.nfe
+    env = metaworld.make_env(
+        job.task, layout_seed=metaworld.EVAL_LAYOUT_SEED, mode=job.mode,
+        max_steps=job.max_steps or metaworld.default_max_steps(job.task),
+    )  # fmt: skip
+    prompt = metaworld.task_prompt(job.task, job.mode)
+    controller = PolicyController(loaded.policy, loaded.preprocessor, loaded.postprocessor, prompt)
+    episodes = []
+    try:
+        for seed in job.episode_seeds:
+            controller.start(seed)
+            result = metaworld.rollout_policy(env, controller, seed)
+            hand = np.stack(controller.hand)  # (T, 3)
+            episodes.append({
+                "episode_seed": seed, "success": result.success, "collided": result.collided,
+                "outcome": classify_episode(hand, success=result.success, collided=result.collided),
+                "side_taken": result.side_taken, "steps": result.steps,
+                "side_switches": side_switches(hand[:, :2], env.hand_start_xy, env.target_xy,
+                                               stride=controller.n_action_steps),
+                "min_obstacle_distance": result.min_obstacle_distance,
+            })  # fmt: skip
+    finally:
+        env.close()
+    return episodes
+
+
+_WORKER_CACHE: CheckpointCache | None = None  # one per worker process, made by `_init_worker`
+
+
+def _init_worker() -> None:
+    global _WORKER_CACHE
+    torch.set_num_threads(1)  # one core per worker; the pool is the parallelism
+    _WORKER_CACHE = CheckpointCache()
+
+
+def _run_in_worker(job: RolloutJob) -> list[dict[str, Any]]:
+    return run_job(job, _WORKER_CACHE)
+
+
+def run_jobs(jobs: list[RolloutJob], *, workers: int = 0, progress: Any = None) -> list[list[dict[str, Any]]]:
+    """Run jobs over `workers` processes (0 = one per core, 1 = in this process); results in job order."""
+    workers = workers or os.cpu_count() or 1
+    if workers == 1 or len(jobs) <= 1:
+        cache, results = CheckpointCache(), []
+        for job in jobs:
+            results.append(run_job(job, cache))
+            if progress is not None:
+                progress.update(len(job.episode_seeds))
+        return results
+    # spawn, not fork: a forked child inherits torch's thread pools and can deadlock.
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(max_workers=workers, mp_context=context, initializer=_init_worker) as executor:
+        futures = [executor.submit(_run_in_worker, job) for job in jobs]
+        results = []
+        for job, future in zip(jobs, futures, strict=True):
+            results.append(future.result())
+            if progress is not None:
+                progress.update(len(job.episode_seeds))
+    return results
+
+
+def check_env_compatible(config: Any, path: str) -> None:
+    """Fail before any rollout when a checkpoint's state/action shapes are not the Meta-World env's."""
+    from hf_reflow.envs.metaworld import ACTION_DIM, STATE_DIM
+
+    state = config.input_features.get("observation.state")
+    action = config.output_features.get("action")
+    got = (tuple(state.shape) if state else None, tuple(action.shape) if action else None)
+    if got != ((STATE_DIM,), (ACTION_DIM,)):
+        raise CheckpointError(
+            f"checkpoint {path!r} reads state {got[0]} and writes action {got[1]}, but the Meta-World env gives a "
+            f"({STATE_DIM},) state and takes a ({ACTION_DIM},) action; evaluate a policy trained on "
+            "`hf-reflow dataset metaworld` data."
+        )
+
+
+def attach_closed_loop(rows: list[dict], *, tasks: list[str], mode: str, episodes: int, workers: int, log: Any = print) -> None:
+    """Add Meta-World closed-loop results (pooled over tasks, and `per_task`) to rows with checkpoint + nfe."""
+    from tqdm.auto import tqdm
+
+    if not rows or episodes < 1:
+        return
+    for path in dict.fromkeys(row["checkpoint"] for row in rows):
+        check_env_compatible(load_config(path), path)
+    seeds = episode_seeds(episodes)
+    jobs = [RolloutJob(row["checkpoint"], row["nfe"], task, seeds, mode) for row in rows for task in tasks]
+    log(f"closed loop: {len(jobs)} cells (checkpoint x steps x task) x {episodes} episodes on evaluation layouts")
+    with tqdm(total=len(jobs) * episodes, desc="rollouts", unit="ep") as bar:
+        results = iter(run_jobs(jobs, workers=workers, progress=bar))
+    for row in rows:
+        per_task = {task: summarise(next(results)) for task in tasks}
+        row.update(pool(list(per_task.values())))
+        row["per_task"] = per_task
+
+
+def summarise(episodes: list[dict[str, Any]]) -> dict[str, Any]:
+    """Success (task success and no collision), failure taxonomy, left share, side switches, steps.
+
+    `episode_success` keeps each episode's result in episode-seed order, for paired comparisons.
+    """
+    from hf_reflow.envs.metaworld import LEFT  # optional extra
+
+    successes = [e for e in episodes if e["success"]]
+    outcomes = [e["outcome"] for e in episodes]
+    return {
+        "episodes": len(episodes),
+        "successes": len(successes),
+        "success_rate": float(np.mean([e["success"] for e in episodes])),
+        "collision_rate": float(np.mean([e["collided"] for e in episodes])),
+        **{f"{o}_rate": outcomes.count(o) / len(episodes) for o in OUTCOMES[2:]},
+        "left_share": float(np.mean([e["side_taken"] == LEFT for e in episodes])),
+        "side_switches": float(np.mean([e["side_switches"] for e in episodes])),
+        "mean_steps": float(np.mean([e["steps"] for e in successes])) if successes else None,
+        "episode_seeds": [int(e["episode_seed"]) for e in episodes],
+        "episode_success": [int(e["success"]) for e in episodes],
+    }
+
+
+def episode_seeds(count: int) -> tuple[int, ...]:
+    return tuple(EPISODE_SEED_BASE + i for i in range(count))
+
+
+def pool(per_task: list[dict]) -> dict:
+    """Episode-weighted pooling of per-task closed-loop summaries."""
+    episodes = sum(s["episodes"] for s in per_task)
+    successes = sum(s["successes"] for s in per_task)
+    steps = [s["mean_steps"] * s["successes"] for s in per_task if s["mean_steps"] is not None]
+    rates = ("success_rate", "collision_rate", "stall_rate", "timeout_rate", "left_share", "side_switches")
+    return {
+        "episodes": episodes,
+        "successes": successes,
+        **{key: sum(s[key] * s["episodes"] for s in per_task) / episodes for key in rates},
+        "mean_steps": sum(steps) / successes if successes else None,
+    }

@@ -1,0 +1,92 @@
+"""Offline evaluation by step count: straightness, error vs the 10-step chunk, latency per chunk.
+
+Offline metrics use held-out dataset observations and one noise tensor shared by every step count, so
+differences come from the step count, not the noise. `evaluate_checkpoint` adds the toy env's closed loop
+when asked (`closed_loop.py`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from typing import Any
+
+import numpy as np
+import torch
+
+from hf_reflow import flow
+from hf_reflow.artifacts.checkpoints import load_checkpoint
+from hf_reflow.data import make_dataset
+from hf_reflow.evaluation.closed_loop import toy_closed_loop
+from hf_reflow.policies.base import PolicyAdapter
+from hf_reflow.sampling import sample_policy
+
+REFERENCE_STEPS = 10  # the step count every other is compared with (the policies' default)
+
+
+def observation_batch(dataset: Any, num_samples: int, seed: int) -> dict[str, Any]:
+    """A collated batch of `num_samples` frames drawn without replacement from `dataset`."""
+    generator = torch.Generator().manual_seed(seed)
+    indices = torch.randperm(len(dataset), generator=generator)[:num_samples].tolist()
+    return torch.utils.data.default_collate([dataset[i] for i in indices])
+
+
+@torch.no_grad()
+def offline_metrics(adapter: PolicyAdapter, batch: dict[str, Any], nfes: list[int], seed: int = 0) -> list[dict]:
+    """Per step count: straightness of the Euler path, MSE vs the 10-step chunk, ms per chunk call."""
+    action, _ = adapter.action_target(batch)
+    generator = torch.Generator().manual_seed(seed)
+    noise = torch.randn(action.shape[0], *adapter.action_shape, generator=generator).to(action)
+    reference = sample_policy(adapter, batch, noise, num_steps=REFERENCE_STEPS).action
+    rows = []
+    for nfe in nfes:
+        out = sample_policy(adapter, batch, noise, num_steps=nfe, return_path=True)
+        latency = latency_ms(adapter, first_observation(batch), noise[:1], nfe)
+        rows.append(
+            {
+                "nfe": nfe,
+                "straightness": float(flow.straightness(out.path, out.times).mean()),
+                "error_vs_10step": float((out.action - reference).pow(2).mean()),
+                "error_vs_data": float((out.action - action).pow(2).mean()),
+                "latency_ms": latency,
+            }
+        )
+    return rows
+
+
+@torch.no_grad()
+def latency_ms(adapter: PolicyAdapter, batch: dict[str, Any], noise: torch.Tensor, num_steps: int, repeats: int = 5) -> float:
+    """Median wall time of one chunk for `batch` (encode + `num_steps` evaluations) after a warm-up call, in ms."""
+    times = []
+    for _ in range(repeats + 1):
+        start = time.perf_counter()
+        sample_policy(adapter, batch, noise, num_steps=num_steps)
+        times.append((time.perf_counter() - start) * 1000)
+    return float(np.median(times[1:]))  # the first call warms caches
+
+
+def first_observation(batch: dict[str, Any]) -> dict[str, Any]:
+    """The batch cut to its first observation (B = 1): what one control step sees."""
+    return {k: v[:1] if torch.is_tensor(v) or isinstance(v, list) else v for k, v in batch.items()}
+
+
+def evaluate_checkpoint(
+    path: str, dataset_cfg: Any, *, nfes: list[int], num_samples: int = 64, episodes: int = 0, env: str = "none",
+    seed: int = 0, own_steps_only: bool = False,
+) -> list[dict]:  # fmt: skip
+    """Rows (one per step count) of offline metrics and, with `env="toy"`, closed-loop results.
+
+    `error_vs_data` compares the chunk with the demonstration's own chunk (padding included).
+    `own_steps_only`: evaluate at the checkpoint's saved step count instead of `nfes` (a distilled
+    student is trained for that one count; at any other it is not a flow and its numbers would mislead).
+    """
+    loaded = load_checkpoint(path)
+    nfes = [loaded.adapter.num_steps] if own_steps_only else nfes
+    dataset = make_dataset(dataclasses.replace(dataset_cfg, in_memory="never"), loaded.config)  # chunks as trained
+    batch = loaded.preprocessor(observation_batch(dataset, num_samples, seed))
+    rows = offline_metrics(loaded.adapter, batch, nfes, seed=seed)
+    for row in rows:
+        row.update({"checkpoint": str(path), "stage": loaded.info.get("stage", "unknown"), "k": loaded.info.get("k")})
+        if env == "toy" and episodes > 0:
+            row.update(toy_closed_loop(loaded, nfe=row["nfe"], episodes=episodes))
+    return rows

@@ -1,0 +1,102 @@
+"""Publishing to the Hub: a k-RF checkpoint with its model card, stored couplings with their dataset card,
+and the hooks `hf-reflow train` / `pipeline` call around training (`check_stage_push`, `push_stage`).
+
+The transport (access checks, retries, uploads) is `hf_reflow.hub.Hub`; this module decides what goes
+where: the card, the repo id of a stage (`hub_repo_template`), and the push record written beside the folder.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+from hf_reflow.artifacts.checkpoints import teacher_lineage
+from hf_reflow.configs import stage_k
+from hf_reflow.errors import HubError, ReflowError
+from hf_reflow.hub import CARD, Hub, PushResult, check_repo_id, write_push_record, write_text
+from hf_reflow.publish import cards
+
+logger = logging.getLogger(__name__)
+
+
+def push_checkpoint(hub: Hub, checkpoint: str | Path, repo_id: str, *, private: bool = False,
+                    revision: str | None = None, commit_message: str | None = None,
+                    eval_rows: list[dict[str, Any]] | None = None, license: str | None = None,
+                    set_new_version: bool = False) -> PushResult:  # fmt: skip
+    """Push a local k-RF checkpoint with its model card (also written to the folder as README.md).
+    `license`: default the starting checkpoint's; `set_new_version`: point the teacher's card here."""
+    check_repo_id(repo_id)
+    if not Path(checkpoint).is_dir():  # a Hub id would resolve to a download in the cache
+        raise HubError(f"--checkpoint must be a local checkpoint folder to push, got {str(checkpoint)!r}.")
+    stage = cards.checkpoint_card(hub, checkpoint, repo_id, eval_rows=eval_rows, license=license)
+    write_text(stage.folder / CARD, str(stage.card))
+    message = commit_message or f"Upload {stage.label} with hf-reflow"
+    result = hub.push_folder(stage.folder, repo_id, private=private, revision=revision, commit_message=message)
+    write_push_record(stage.folder, result, revision)
+    if set_new_version and stage.teacher_repo:
+        cards.set_new_version(hub, stage.teacher_repo, repo_id)
+    return result
+
+
+def push_couplings(hub: Hub, folder: str | Path, repo_id: str, *, private: bool = False, revision: str | None = None,
+                   commit_message: str | None = None, license: str | None = None) -> PushResult:  # fmt: skip
+    """Push a complete stored-couplings folder as a Hub dataset with its dataset card."""
+    check_repo_id(repo_id)
+    card, label = cards.couplings_card(hub, Path(folder), repo_id, license=license)
+    write_text(Path(folder) / CARD, str(card))
+    result = hub.push_folder(folder, repo_id, repo_type="dataset", private=private, revision=revision,
+                             commit_message=commit_message or f"Upload {label}")  # fmt: skip
+    write_push_record(Path(folder), result, revision)
+    return result
+
+
+# ---- around training (`push_to_hub: true` in a TrainConfig) ---------------------------------
+def repo_for_stage(template: str, hub_model_id: str, *, k: int, stage: str) -> str:
+    """`template` (e.g. `{hub_model_id}-{k}rf{suffix}`) filled for a stage of kind `stage` and its k."""
+    suffix = {"distill": "-distilled", "shortcut": "-shortcut"}.get(stage, "")
+    return template.format(hub_model_id=hub_model_id, k=k, stage=stage, suffix=suffix)
+
+
+def stage_repo_id(config: Any) -> str:
+    """The repo a stage pushes to: `hub_repo_template` filled with hub_model_id, k, stage, suffix."""
+    teacher_k = teacher_lineage(config.teacher.path).get("k", 1) if config.teacher.path else 0
+    return repo_for_stage(config.hub_repo_template, config.hub_model_id, k=stage_k(config.stage, teacher_k),
+                          stage=config.stage)  # fmt: skip
+
+
+def check_stage_push(config: Any) -> str:
+    """Before training: the stage's repo id, once the repo exists (made now, as transformers' Trainer does)
+    and the token may write to it."""
+    repo_id = stage_repo_id(config)
+    Hub().check_push_access(repo_id, private=config.hub_private, create=True)
+    return repo_id
+
+
+def push_stage_from_main_process(config: Any, final: Path, repo_id: str) -> None:
+    """`push_stage` on the main process of an Accelerate launch while the others wait; the main process
+    raises a failed push's error only after the barrier, so no process hangs there."""
+    from accelerate import PartialState
+
+    state, error = PartialState(), None
+    if state.is_main_process:
+        try:
+            push_stage(config, final, repo_id)
+        except ReflowError as e:  # let the other processes leave the barrier first
+            error = e
+    state.wait_for_everyone()
+    if error is not None:
+        raise error
+
+
+def push_stage(config: Any, final: Path, repo_id: str) -> PushResult:
+    """After training: push the final checkpoint; a failure says how to retry without retraining."""
+    try:
+        result = push_checkpoint(Hub(), final, repo_id, private=config.hub_private, revision=config.hub_revision,
+                                 set_new_version=bool(getattr(config, "hub_set_new_version", False)))  # fmt: skip
+    except HubError as e:
+        raise HubError(f"{e} The checkpoint is saved; retry the push with `hf-reflow push --checkpoint={final} "
+                       f"--repo_id={repo_id}`.") from None  # fmt: skip
+    unchanged = "" if result.created else ", unchanged"
+    logger.warning("pushed %s to %s (commit %s%s)", final, result.url, result.commit[:8], unchanged)
+    return result
