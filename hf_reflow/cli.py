@@ -94,16 +94,18 @@ def _dataset_metaworld(args: list[str]) -> int:
 
     cfg = parse_config(MetaWorldDataConfig, args, command="dataset metaworld")
     from hf_reflow.envs import metaworld
+    from hf_reflow.evaluation.closed_loop import controllers_of
 
+    policy = controllers_of(cfg.policy_path) if cfg.policy_path else None  # loaded and checked before any rollout
     summary = metaworld.write_dataset(
         cfg.root, tasks=cfg.tasks, episodes_per_task=cfg.episodes, mode=cfg.mode, seed=cfg.seed,
         layout_seed=metaworld.DEMO_LAYOUT_SEED if cfg.layout == "demo" else metaworld.EVAL_LAYOUT_SEED,
-        images=cfg.images, image_size=cfg.image_size, repo_id=cfg.repo_id,
+        images=cfg.images, image_size=cfg.image_size, repo_id=cfg.repo_id, policy=policy,
     )  # fmt: skip
+    kept = "all kept (policy rollouts)" if policy else "failed expert episodes dropped"
     print(
         f"dataset written: {summary['root']} ({summary['episodes_written']}/{summary['episodes_attempted']} episodes, "
-        f"{summary['episodes_failed']} failed expert episodes dropped, {summary['frames']} frames, "
-        f"sides {summary['side_counts']})"
+        f"{summary['episodes_failed']} failed, {kept}, {summary['frames']} frames, sides {summary['side_counts']})"
     )
     return 0
 

@@ -72,6 +72,9 @@ class HelpRequested(Exception):  # not an error: the CLI prints it and exits 0
     """`-h` / `--help` was given: `str(self)` is the command's help text."""
 
 
+COUPLING_STATES = ("demonstrations", "closed_loop")
+
+
 def _at_least(name: str, value: int | float | None, low: int | float) -> None:
     """Refuse `value` below `low` (None passes: the field's default applies)."""
     if value is not None and value < low:
@@ -413,6 +416,10 @@ class MetaWorldDataConfig:
     image_size: int = _opt(96, "rendered image size in pixels")
     repo_id: str = _opt("local/metaworld", "dataset repo id written into its metadata")
     layout: str = _opt("demo", "demo (training layouts) | eval (held-out layouts)")
+    policy_path: str | None = _opt(
+        None, "roll out this checkpoint (local or Hub id) instead of the expert, keeping every episode: the states "
+        "a frozen teacher visits in closed loop, for reflow couplings (`hf-reflow couplings generate` on them)"
+    )
 
     def __post_init__(self) -> None:
         _at_least("seed", self.seed, 0)
@@ -598,6 +605,12 @@ class PipelineConfig:
         "reflow / distill targets: 0 = couplings made online for every batch by the frozen teacher; N > 0 = "
         "N couplings generated once per stage (`hf-reflow couplings generate`), then trained on like data",
     )
+    coupling_states: str = _opt(
+        "demonstrations",
+        "the observations the teacher's couplings are made at: demonstrations (the dataset's frames) | closed_loop "
+        "(the states the frozen teacher visits when it acts, on demonstration layouts: `data.episodes` rollouts "
+        "per task, failures kept)",
+    )
     data: DemoConfig = _opt(help="the demonstrations", factory=DemoConfig)
     eval: EvalConfig = _opt(help="evaluation of every stage", factory=EvalConfig)
     push: PipelinePushConfig = _opt(help="push the chain and a Space to the Hub", factory=PipelinePushConfig)
@@ -617,6 +630,7 @@ class PipelineConfig:
             )
         if self.num_couplings < 0:
             raise ConfigError(f"num_couplings must be >= 0 (0 = online couplings), got {self.num_couplings}.")
+        _choice("coupling_states", self.coupling_states, COUPLING_STATES)
         if not self.seeds:
             raise ConfigError("seeds must list at least one training seed, e.g. [0] or [0, 1, 2].")
         for seed in self.seeds:

@@ -30,6 +30,7 @@ from hf_reflow.configs import PIPELINE_STAGES, DatasetConfig, PipelineConfig, st
 from hf_reflow.errors import ConfigError, HubError
 from hf_reflow.evaluation import report
 from hf_reflow.evaluation.chain import evaluate_chain
+from hf_reflow.evaluation.closed_loop import controllers_of
 from hf_reflow.hub import SPACE_SDK, Hub
 from hf_reflow.publish.publish import push_checkpoint, repo_for_stage
 from hf_reflow.training.couplings import generate
@@ -37,7 +38,7 @@ from hf_reflow.training.trainer import ReflowTrainer
 
 # Recipe sections whose change makes an existing run a different run (eval settings may change freely,
 # seeds and stages may be extended: finished ones are reused).
-_RUN_DEFINING = ("data", "train", "flow_matching", "reflow", "distill", "shortcut", "num_couplings")
+_RUN_DEFINING = ("data", "train", "flow_matching", "reflow", "distill", "shortcut", "num_couplings", "coupling_states")
 _LEAVES = {"distill": "distilled", "shortcut": "shortcut"}  # students of a k-RF that no later stage uses
 
 
@@ -147,22 +148,21 @@ def write_datasets(cfg: PipelineConfig, out: Path) -> tuple[Path, Path]:
 
 def train_chain(cfg: PipelineConfig, out: Path, seed: int, demos: Path) -> list[tuple[Stage, Path]]:
     """Train (or skip, when finished) every stage for one seed; returns (stage, checkpoint) pairs."""
-    done, teacher = [], None
+    done, teacher, teacher_stage = [], None, None
     for stage in chain(cfg.stages):
         run_dir = out / f"seed{seed}" / stage.name
         finished = (run_dir / "pretrained_model" / "config.json").is_file()
-        couplings = None
+        frames, couplings = demos, None
+        if stage.kind != "flow_matching" and cfg.coupling_states == "closed_loop":
+            frames = out / f"seed{seed}" / "states" / teacher_stage.name  # one set per teacher
+            if not finished:
+                write_teacher_states(cfg, teacher, frames, seed, stage)
         if stage.kind != "flow_matching" and cfg.num_couplings > 0:
             couplings = str(out / f"seed{seed}" / "couplings" / stage.name)
             if not finished:
-                generate_couplings(cfg, teacher, demos, couplings, seed, stage)
+                generate_couplings(cfg, teacher, frames, couplings, seed, stage)
         train_cfg = cfg.stage_config(
-            stage.kind,
-            seed=seed,
-            output_dir=str(run_dir),
-            teacher=teacher,
-            dataset_root=str(demos),
-            couplings=couplings,
+            stage.kind, seed=seed, output_dir=str(run_dir), teacher=teacher, dataset_root=str(frames), couplings=couplings
         )
         _log(
             f"seed {seed} {stage.label} ({stage.kind}): {'finished, skipping' if finished else 'training'} -> {run_dir}"
@@ -172,8 +172,25 @@ def train_chain(cfg: PipelineConfig, out: Path, seed: int, demos: Path) -> list[
         done.append((stage, checkpoint))
         # A distilled or shortcut student is a leaf: the next reflow round takes the last k-RF as its teacher.
         if stage.kind not in _LEAVES:
-            teacher = str(checkpoint)
+            teacher, teacher_stage = str(checkpoint), stage
     return done
+
+
+def write_teacher_states(cfg: PipelineConfig, teacher: str, root: Path, seed: int, stage: Stage) -> None:
+    """The states the frozen `teacher` visits acting in closed loop (at its saved step count, paired noise per
+    episode and chunk) on the demonstrations' layouts and episode seeds, every episode kept (made once)."""
+    from hf_reflow.envs import metaworld  # Meta-World is an optional extra
+
+    if (root / "meta" / "info.json").is_file():
+        return
+    shutil.rmtree(root, ignore_errors=True)  # an interrupted write left nothing usable
+    d = cfg.data
+    _log(f"seed {seed} {stage.label}: {d.episodes} closed-loop episodes per task of {teacher} -> {root}")
+    summary = metaworld.write_dataset(
+        root, tasks=d.tasks, episodes_per_task=d.episodes, mode=d.mode, seed=d.seed, layout_seed=metaworld.DEMO_LAYOUT_SEED,
+        images=d.images, image_size=d.image_size, policy=controllers_of(teacher),
+    )  # fmt: skip
+    _log(f"  {summary['frames']} states, {summary['episodes_failed']}/{summary['episodes_attempted']} episodes failed")
 
 
 def generate_couplings(

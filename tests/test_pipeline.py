@@ -208,3 +208,26 @@ def test_a_new_stage_section_extends_a_finished_chain_but_a_trained_one_may_not_
         check_output_dir(parse_pipeline_config([*base[:2], "--stages=[flow_matching,reflow,shortcut]"]), out)
     with pytest.raises(ConfigError, match="differs in reflow"):
         check_output_dir(parse_pipeline_config([*base, "--reflow.steps=7"]), out)
+
+
+def test_couplings_at_the_teachers_closed_loop_states(tmp_path):
+    """`coupling_states: closed_loop`: the 1-RF acts on the demonstrations' layouts, every episode is kept, and
+    the 2-RF's couplings and training frames are those states (`hf-reflow dataset metaworld --policy_path` too)."""
+    out = tmp_path / "run"
+    args = ["pipeline", f"--config={TINY}", f"--output_dir={out}", "--stages=[flow_matching,reflow]",
+            "--coupling_states=closed_loop", "--data.tasks=[reach-v3]", "--data.episodes=3", "--eval.episodes=1"]  # fmt: skip
+    result = run_cli(*args, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    states = out / "seed0" / "states" / "1rf"
+    summary = json.loads((states / "meta" / "info.json").read_text())
+    assert summary["total_episodes"] == 3  # all three rollouts, failed ones included
+    train = json.loads((out / "seed0" / "2rf" / "train_config.json").read_text())
+    assert train["dataset"]["root"] == str(states)
+    couplings = json.loads((out / "seed0" / "couplings" / "2rf" / "couplings.json").read_text())
+    assert couplings["dataset_root"] == str(states)
+    rows = json.loads((out / "results.json").read_text())["rows"]
+    assert [row["name"] for row in rows] == ["1-RF", "1-RF", "2-RF", "2-RF"]
+    # The same rollouts from the command line: the teacher's states as a dataset.
+    cli = run_cli("dataset", "metaworld", f"--policy_path={out / 'seed0' / '1rf'}", "--tasks=reach-v3", "--episodes=2",
+                  f"--root={tmp_path / 'states'}")  # fmt: skip
+    assert cli.returncode == 0 and "2/2 episodes" in cli.stdout and "all kept" in cli.stdout, cli.stderr[-2000:]

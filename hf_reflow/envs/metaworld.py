@@ -29,6 +29,7 @@ Bad arguments raise `hf_reflow.errors.ConfigError` (a ValueError); an occupied d
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import sys
 
@@ -676,21 +677,30 @@ def rollout_expert(
         )
     if max_steps is None:
         max_steps = default_max_steps(task)
+    expert = env.expert()  # made before the reset, as the expert reads the episode's side at its first call
+    return record_episode(env, expert, episode_seed, max_steps=max_steps, images=images)
+
+
+def record_episode(env: MetaWorldEnv, select_action: Callable[[np.ndarray], Any], episode_seed: int, *,
+                   max_steps: int, images: bool = False) -> Episode:  # fmt: skip
+    """Run `select_action` (the expert, or a policy) for one episode of `env`, recording states and actions.
+
+    `side` is the env's drawn detour side (the expert's plan); `side_taken` the side the hand passed.
+    """
     start = time.perf_counter()
-    expert = env.expert()
     state = env.reset(episode_seed, max_steps=max_steps)
     states, actions, frames = [], [], []
     done = False
     while not done:
         if images:
             frames.append(env.render())
-        action = expert(state)
+        action = select_action(state)  # (4,), as returned: the expert's are stepped unrounded
         states.append(state)
         actions.append(action)
         state, _success, _collided, done = env.step(action)
     return Episode(
-        task=task,
-        mode=mode,
+        task=env.task,
+        mode=env.mode,
         episode_seed=env.episode_seed,
         layout_seed=env.layout_seed,
         layout_index=env.layout_index,
@@ -808,8 +818,14 @@ def write_dataset(
     image_size: int = DEFAULT_IMAGE_SIZE,
     repo_id: str = DEFAULT_REPO_ID,
     log: Callable[[str], None] | None = None,
+    policy: Callable[[str, str], Callable[[np.ndarray], Any]] | None = None,
 ) -> dict[str, Any]:
     """Roll out expert episodes and write the successful ones as a LeRobotDataset (v3) at `root`.
+
+    With `policy(task, prompt) -> select_action`, that policy acts instead of the expert and every episode
+    is written, failed ones too (the states a policy visits in closed loop, e.g. a frozen teacher's, for
+    reflow couplings); `detour_side` is then the side the hand took. `select_action.start(episode_seed)`,
+    when it exists, is called before each episode (paired noise), `reset()` too.
 
     Episode i of a task uses episode seed `seed * EPISODE_SEED_STRIDE + i`, so datasets are
     reproducible. Failed episodes (collision or step limit) are dropped and counted. The dataset is
@@ -829,6 +845,7 @@ def write_dataset(
         image_size: square image side in pixels.
         repo_id: LeRobot repo id written into the metadata.
         log: optional callback for one line per episode.
+        policy: makes the `select_action` of a task (None: the detour expert).
 
     Returns:
         A summary dict: counts of attempted/written/failed episodes, frames, side counts, per task.
@@ -867,7 +884,7 @@ def write_dataset(
         )
         for task in tasks:
             per_task[task] = _write_task(
-                dataset, task, episodes_per_task, mode, seed, layout_seed, max_steps, images, image_size, log
+                dataset, task, episodes_per_task, mode, seed, layout_seed, max_steps, images, image_size, log, policy
             )
         written = sum(s["written"] for s in per_task.values())
         if written == 0:
@@ -898,8 +915,9 @@ def _write_task(
     images: bool,
     image_size: int,
     log: Callable[[str], None] | None,
+    policy: Callable[[str, str], Callable[[np.ndarray], Any]] | None = None,
 ) -> dict[str, Any]:
-    """Roll out and write one task's episodes; returns its counts."""
+    """Roll out and write one task's episodes (the expert's successful ones, or all of `policy`'s); returns its counts."""
     if max_steps is None:
         max_steps = default_max_steps(task)
     env = make_env(task, layout_seed=layout_seed, mode=mode, max_steps=max_steps, image_size=image_size)
@@ -908,11 +926,9 @@ def _write_task(
     stats.update({"left": 0, "right": 0, "none": 0, "min_obstacle_distance": math.inf, "seconds": 0.0})
     stats["max_steps"] = max_steps
     try:
+        select = policy(task, prompt) if policy is not None else None
         for i in range(episodes):
-            ep = rollout_expert(
-                task, seed * EPISODE_SEED_STRIDE + i, layout_seed=layout_seed, mode=mode,
-                max_steps=max_steps, images=images, env=env,
-            )  # fmt: skip
+            ep = _episode(env, select, seed * EPISODE_SEED_STRIDE + i, max_steps, images)
             stats["seconds"] += ep.seconds
             if log is not None:
                 outcome = "ok" if ep.success else ("collision" if ep.collided else "timeout")
@@ -921,7 +937,8 @@ def _write_task(
                 )
             if not ep.success:
                 stats["collided" if ep.collided else "timed_out"] += 1
-                continue
+                if select is None:  # an expert's failure is dropped; a policy's visited states are the point
+                    continue
             _add_episode(dataset, ep, prompt)
             stats["written"] += 1
             stats["frames"] += ep.steps
@@ -930,6 +947,18 @@ def _write_task(
     finally:
         env.close()
     return stats
+
+
+def _episode(env: MetaWorldEnv, select: Any, episode_seed: int, max_steps: int, images: bool) -> Episode:
+    """The expert's episode (`select` None), or `select`'s with `side` set to the side its hand took."""
+    if select is None:
+        return rollout_expert(env.task, episode_seed, layout_seed=env.layout_seed, mode=env.mode,
+                              max_steps=max_steps, images=images, env=env)  # fmt: skip
+    for hook in ("start", "reset"):
+        if callable(getattr(select, hook, None)):
+            getattr(select, hook)(*((episode_seed,) if hook == "start" else ()))
+    episode = record_episode(env, select, episode_seed, max_steps=max_steps, images=images)
+    return dataclasses.replace(episode, side=episode.side_taken)
 
 
 def _summary(

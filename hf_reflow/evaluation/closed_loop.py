@@ -170,6 +170,14 @@ class PolicyController:
             raw[camera.image_key] = torch.from_numpy(image).permute(2, 0, 1).unsqueeze(0).float() / 255
 
 
+def controllers_of(checkpoint: str) -> Callable[[str, str], PolicyController]:
+    """`make(task, prompt)`: controllers of one Meta-World checkpoint (loaded once, shapes checked), each
+    with paired noise per (episode seed, chunk); what `metaworld.write_dataset(policy=...)` rolls out."""
+    loaded = CheckpointCache().get(checkpoint)
+    check_env_compatible(loaded.config, checkpoint)
+    return lambda task, prompt: PolicyController(loaded.policy, loaded.preprocessor, loaded.postprocessor, prompt)
+
+
 # ---- the toy env ------------------------------------------------------------------------------
 def toy_closed_loop(loaded: Any, *, nfe: int, episodes: int, seed: int = TOY_EPISODE_SEED_BASE) -> dict:
     """Success (goal reached, no collision), collision rate, left share and mean steps on the toy env."""
