@@ -139,7 +139,7 @@ def measure(path: str, root: Path, batch_size: int) -> dict[str, Any]:
     frames = Frames(spec.num_frames)
     if path == "memory_mapped":
         _, table = couplings_store.open_couplings(str(root))
-        dataset = couplings_store.CouplingDataset(frames, table)
+        dataset = couplings_store.CouplingDataset(frames, table, spec.action_shape)
     else:
         _, tensors = couplings_store.load_couplings(str(root))
         dataset = InMemoryCouplings(frames, tensors)

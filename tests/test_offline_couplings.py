@@ -170,6 +170,9 @@ def test_training_reads_memory_mapped_and_refuses_another_teacher_or_dataset(
     _, tensors = load_couplings(str(stored))
     items = dataset.__getitems__([3, 149])
     assert torch.equal(items[1][NOISE_KEY], tensors["noise"][149]) and len(dataset) == 150
+    order = [149, 3, 77, 3, 0]  # a batch's order, unsorted (read sorts for Arrow, then restores it)
+    read = dataset.read(order)
+    assert all(torch.equal(read[k], tensors[k][order]) for k in ("noise", "action", "row"))
 
     other = shutil.copytree(teacher_1rf, tmp_path / "other")  # same folder layout, other weights
     weights = load_weights(str(other / "pretrained_model" / "model.safetensors"))
