@@ -143,6 +143,20 @@ def test_resume_falls_back_past_a_damaged_checkpoint_and_removes_leftovers(tmp_p
     assert not any(folder.exists() for folder in leftovers)
 
 
+
+def test_a_finished_run_from_before_a_field_existed_is_still_this_run(tmp_path, toy_dataset):
+    """A `train_config.json` written before a field was added (here optim.type / optim.eps) reads as that field's
+    default, so rerunning the same command finds the run finished instead of refusing it."""
+    settings = dict(steps=3, batch_size=16, dataset__root=str(toy_dataset), output_dir=str(tmp_path / "run"))
+    final = ReflowTrainer(train_config(**settings)).train()
+    saved = tmp_path / "run" / "train_config.json"
+    old = json.loads(saved.read_text())
+    del old["optim"]["type"], old["optim"]["eps"], old["shortcut"]
+    saved.write_text(json.dumps(old))
+    again = ReflowTrainer(train_config(resume=True, **settings))
+    assert again.train() == final and again.history == []
+
+
 class _PresetConfig:
     """A policy config with LeRobot's pi0 / SmolVLA-style presets (AdamW + cosine_decay_with_warmup)."""
 

@@ -58,10 +58,8 @@ def check_run_dir(config: TrainConfig) -> bool:
             "or choose another --output_dir."
         )
     mine = {k: v for k, v in config.to_dict().items() if k not in IGNORED_ON_RESUME}
-    theirs = {k: v for k, v in _read_saved_config(saved).items() if k not in IGNORED_ON_RESUME}
-    for key, default in TrainConfig().to_dict().items():  # a section added since that run: its default
-        if key in mine and key not in theirs:
-            theirs[key] = default
+    theirs = _with_defaults(_read_saved_config(saved), TrainConfig().to_dict())
+    theirs = {k: v for k, v in theirs.items() if k not in IGNORED_ON_RESUME}
     if mine != theirs:
         changed = sorted(k for k in mine.keys() | theirs.keys() if mine.get(k) != theirs.get(k))
         raise CheckpointError(
@@ -85,6 +83,17 @@ def _check_writable(output_dir: Path) -> None:
             f"output dir {str(output_dir)!r} is not writable (creating a file in {str(existing)!r} failed: "
             f"{e.strerror}); choose another --output_dir or fix its permissions."
         ) from None
+
+
+def _with_defaults(saved: dict, defaults: dict) -> dict:
+    """`saved` with every key added since that run (a section, or a field of one) at its default value."""
+    merged = dict(saved)
+    for key, default in defaults.items():
+        if key not in merged:
+            merged[key] = default
+        elif key != "policy" and isinstance(default, dict) and isinstance(merged[key], dict):  # policy: free-form
+            merged[key] = _with_defaults(merged[key], default)
+    return merged
 
 
 def _read_saved_config(saved: Path) -> dict:
