@@ -23,6 +23,8 @@ from hf_reflow.training.teacher import OnlineTeacher, check_compatible
 
 @dataclass
 class Student:
+    """The policy being trained and the processors its checkpoints are saved with."""
+
     policy: nn.Module
     preprocessor: Any
     postprocessor: Any
