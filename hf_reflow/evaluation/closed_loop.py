@@ -22,7 +22,7 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
-from hf_reflow.artifacts.checkpoints import CheckpointCache, load_config
+from hf_reflow.artifacts.checkpoints import CheckpointCache, load_checkpoint, load_config
 from hf_reflow.envs import toy
 from hf_reflow.errors import CheckpointError
 from hf_reflow.policies.factory import adapter_for
@@ -173,7 +173,7 @@ class PolicyController:
 def controllers_of(checkpoint: str) -> Callable[[str, str], PolicyController]:
     """`make(task, prompt)`: controllers of one Meta-World checkpoint (loaded once, shapes checked), each
     with paired noise per (episode seed, chunk); what `metaworld.write_dataset(policy=...)` rolls out."""
-    loaded = CheckpointCache().get(checkpoint)
+    loaded = load_checkpoint(checkpoint)
     check_env_compatible(loaded.config, checkpoint)
     return lambda task, prompt: PolicyController(loaded.policy, loaded.preprocessor, loaded.postprocessor, prompt)
 
