@@ -139,6 +139,9 @@ class TeacherConfig:
         "initialised from it) uses the student's VLM module and the VLM prefix is computed once per batch; "
         "true: the same, but an error when it cannot be shared; false: the teacher keeps its own VLM copy",
     )
+    compile: bool = _opt(
+        False, "torch.compile the teacher's velocity call (first batches pay the compile; same couplings within 1e-5)"
+    )
 
     def __post_init__(self) -> None:
         _choice("teacher.solver", self.solver, SOLVERS)
@@ -275,6 +278,11 @@ class TrainConfig:
     num_steps: int | None = _opt(
         None, "inference steps saved in the final checkpoint; null: the stage's (10 for 1-RF, 2 for reflow, 1 for distill)"
     )
+    coupling_reuse: int = _opt(
+        1,
+        "student updates per batch of (noise, target) pairs, each with fresh t: online reflow solves the teacher "
+        "once per r updates (1: every update); steps and save_every must be multiples of it",
+    )
     init_from_teacher: bool = _opt(True, "reflow / distill: the student starts from the teacher's weights")
     ema_decay: float | None = _opt(None, "EMA of the weights in the final checkpoint, e.g. 0.999; null: no EMA")
     save_every: int = _opt(0, "also checkpoint every N steps (lerobot-train's save_freq); 0: the final one only")
@@ -311,6 +319,7 @@ class TrainConfig:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}.")
         if self.save_every < 0:
             raise ConfigError(f"save_every must be >= 0 (0 = final checkpoint only), got {self.save_every}.")
+        self._check_reuse()
         if self.num_steps is not None and self.num_steps < 1:
             raise ConfigError(f"num_steps must be >= 1, got {self.num_steps}.")
         _at_least("seed", self.seed, 0)
@@ -329,6 +338,18 @@ class TrainConfig:
                 f"hub_repo_template {self.hub_repo_template!r} is invalid ({e!r}); it may use {{hub_model_id}}, {{k}}, "
                 "{stage} and {suffix}, e.g. '{hub_model_id}-{k}rf{suffix}'."
             ) from None
+
+    def _check_reuse(self) -> None:
+        # Checkpoints fall on the first update of a batch, so a resumed run needs no couplings it did not save.
+        r = self.coupling_reuse
+        if r < 1:
+            raise ConfigError(f"coupling_reuse must be >= 1 (1 = one update per batch), got {r}.")
+        for name in ("steps", "save_every"):
+            if getattr(self, name) % r:
+                raise ConfigError(
+                    f"{name}={getattr(self, name)} is not a multiple of coupling_reuse={r}: each batch of couplings "
+                    f"serves {r} updates and checkpoints fall between batches; set {name} to a multiple of {r}."
+                )
 
     @property
     def final_num_steps(self) -> int:

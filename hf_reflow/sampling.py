@@ -125,6 +125,7 @@ def sample_policy(
     num_steps: int = 10,
     solver: Solver = "euler",
     return_path: bool = False,
+    velocity: Callable[[Tensor, Tensor, Any], Tensor] | None = None,
 ) -> SampleOutput:
     """Sample action chunks from a policy through its adapter.
 
@@ -135,7 +136,9 @@ def sample_policy(
         adapter: the policy's adapter.
         batch: a preprocessed (normalised, batched, on-device) observation batch.
         noise: (B, chunk, action_dim) in the adapter's `action_shape`.
+        velocity: `adapter.velocity` or a stand-in with its signature (e.g. a compiled one); None: the adapter's.
     """
+    velocity = adapter.velocity if velocity is None else velocity
     if getattr(adapter, "supports_step_size", False):  # a shortcut policy is told d = 1 / num_steps here
         trained, adapter.num_steps = adapter.num_steps, num_steps
         try:
@@ -145,7 +148,7 @@ def sample_policy(
     else:
         condition = adapter.encode(batch)
     return integrate(
-        lambda x_t, t: adapter.velocity(x_t, t, condition),
+        lambda x_t, t: velocity(x_t, t, condition),
         noise,
         num_steps=num_steps,
         solver=solver,

@@ -15,9 +15,11 @@ from conftest import REPO, train_config
 from safetensors.torch import load_file
 
 from hf_reflow.artifacts.checkpoints import load_config, load_policy, load_processors, read_reflow_info
+from hf_reflow.data import StepBatchSampler
 from hf_reflow.evaluation.offline import observation_batch
 from hf_reflow.policies.factory import adapter_for
 from hf_reflow.sampling import sample_policy
+from hf_reflow.training.teacher import OnlineTeacher
 from hf_reflow.training.trainer import ReflowTrainer
 
 
@@ -94,10 +96,11 @@ def test_distill_stage_is_trained_at_t1_and_saved_for_one_step(tmp_path, toy_dat
     assert load_config(final).num_steps == 1
 
 
-def test_resume_reproduces_the_uninterrupted_run(tmp_path, toy_dataset, teacher_1rf):
+@pytest.mark.parametrize("reuse", [1, 2])
+def test_resume_reproduces_the_uninterrupted_run(tmp_path, toy_dataset, teacher_1rf, reuse):
     settings = dict(
         stage="reflow", steps=8, save_every=4, batch_size=16, dataset__root=str(toy_dataset),
-        teacher__path=str(teacher_1rf), ema_decay=0.9, teacher__num_inference_steps=3,
+        teacher__path=str(teacher_1rf), ema_decay=0.9, teacher__num_inference_steps=3, coupling_reuse=reuse,
     )  # fmt: skip
     full = ReflowTrainer(train_config(output_dir=str(tmp_path / "full"), **settings)).train()
     # lerobot-train's layout: checkpoints/<step>/{pretrained_model,training_state}, checkpoints/last -> the final one.
@@ -121,6 +124,49 @@ def test_resume_reproduces_the_uninterrupted_run(tmp_path, toy_dataset, teacher_
     again = ReflowTrainer(train_config(output_dir=str(tmp_path / "resumed"), resume=True, **settings))
     assert again.train() == resumed and again.history == []
 
+
+
+
+def _recorded_updates(monkeypatch, **settings) -> tuple[list[tuple], list[int]]:
+    """Train with `settings`; return (frames, noise, t, action) of every update and the teacher's solve count."""
+    updates, solves = [], []
+    train_step, end_points = ReflowTrainer.train_step, OnlineTeacher.end_points
+
+    def recording_step(self, state, batch, targets, step):
+        updates.append((batch["index"].clone(), targets.noise.clone(), targets.t.clone(), targets.action.clone()))
+        return train_step(self, state, batch, targets, step)
+
+    def counting_solve(self, batch, noise, context=None):
+        solves.append(len(noise))
+        return end_points(self, batch, noise, context)
+
+    monkeypatch.setattr(ReflowTrainer, "train_step", recording_step)
+    monkeypatch.setattr(OnlineTeacher, "end_points", counting_solve)
+    ReflowTrainer(train_config(**settings)).train()
+    return updates, solves
+
+
+@pytest.mark.parametrize("reuse", [1, 3])
+def test_coupling_reuse_serves_each_batch_r_updates_with_fresh_times(tmp_path, toy_dataset, teacher_1rf, monkeypatch, reuse):
+    updates, solves = _recorded_updates(
+        monkeypatch, stage="reflow", steps=6, batch_size=16, output_dir=str(tmp_path / "run"), coupling_reuse=reuse,
+        dataset__root=str(toy_dataset), teacher__path=str(teacher_1rf), teacher__num_inference_steps=3,
+    )  # fmt: skip
+    assert len(updates) == 6 and solves == [16] * (6 // reuse)  # one teacher solve per batch of couplings
+    for first in range(0, 6, reuse):
+        group = updates[first : first + reuse]
+        frames, noise, _, action = group[0]
+        for other in group[1:]:  # the same frames and coupling (noise -> teacher end point) ...
+            assert torch.equal(other[0], frames) and torch.equal(other[1], noise) and torch.equal(other[3], action)
+        times = torch.stack([update[2] for update in group])  # ... at times drawn afresh for every update
+        assert all(not torch.equal(times[i], times[j]) for i in range(reuse) for j in range(i))
+    batches = updates[::reuse]  # a new batch: the sampler's next frames and new noise
+    frames = json.loads((toy_dataset / "meta" / "info.json").read_text())["total_frames"]
+    sampler = iter(StepBatchSampler(frames, 16, seed=0))
+    assert [update[0].tolist() for update in batches] == [next(sampler) for _ in batches]
+    assert all(not torch.equal(a[1], b[1]) for a, b in zip(batches, batches[1:], strict=False))
+    info = read_reflow_info(tmp_path / "run" / "pretrained_model")
+    assert info["coupling_reuse"] == reuse and info["couplings_seen"] == 6 // reuse * 16
 
 
 def test_resume_falls_back_past_a_damaged_checkpoint_and_removes_leftovers(tmp_path, toy_dataset):
@@ -271,3 +317,21 @@ def test_torchrun_trains_with_two_cpu_processes(tmp_path, toy_dataset):
     assert proc.returncode == 0, proc.stderr[-3000:]
     info = json.loads((out / "pretrained_model" / "reflow.json").read_text())
     assert info["num_processes"] == 2 and info["batch_size"] == 8
+
+
+def test_a_compiled_teacher_makes_the_eager_couplings(toy_dataset, teacher_1rf):
+    """`teacher.compile=true` (torch.compile of the velocity call) changes speed, not the couplings."""
+    from hf_reflow.configs import DatasetConfig, TeacherConfig
+    from hf_reflow.data import make_dataset
+
+    config = load_config(str(teacher_1rf))
+    pre, _ = load_processors(str(teacher_1rf), config)
+    dataset = make_dataset(DatasetConfig(repo_id="local/toy", root=str(toy_dataset), in_memory="never"), config)
+    batch = pre(observation_batch(dataset, 64, seed=1))
+    noise = torch.randn(64, *adapter_for(load_policy(str(teacher_1rf))).action_shape)
+    cpu = torch.device("cpu")
+    eager = OnlineTeacher(TeacherConfig(path=str(teacher_1rf)), device=cpu).end_points(batch, noise)
+    compiled_teacher = OnlineTeacher(TeacherConfig(path=str(teacher_1rf), compile=True), device=cpu)
+    compiled = compiled_teacher.end_points(batch, noise)
+    assert compiled_teacher._velocity is not compiled_teacher.adapter.velocity  # it did go through torch.compile
+    assert torch.allclose(compiled, eager, rtol=0, atol=1e-5), (compiled - eager).abs().max()

@@ -61,6 +61,7 @@ class OnlineTeacher:
         self.lineage = teacher_lineage(cfg.path)
         check_weights(resolve_checkpoint(cfg.path, revision=cfg.revision))
         self._adapter: PolicyAdapter | None = None
+        self._velocity: Any = None  # the adapter's velocity call, compiled with `teacher.compile`
         self._student: PolicyAdapter | None = None  # set by `share_backbone_with`
 
     @property
@@ -75,6 +76,9 @@ class OnlineTeacher:
             self._adapter = adapter_for(policy)
             if self._student is not None:
                 self._adapter.share_backbone(self._student)  # drops the teacher's own backbone copy
+            # Only the per-step call is compiled: it runs num_inference_steps times per batch; encoding once.
+            velocity = self._adapter.velocity
+            self._velocity = torch.compile(velocity) if self.cfg.compile else velocity
         return self._adapter
 
     def share_backbone_with(self, student: PolicyAdapter) -> None:
@@ -87,13 +91,14 @@ class OnlineTeacher:
 
         `context`: the shared backbone's output (`adapter.backbone_context(batch)`), or None to encode from scratch.
         """
-        steps, solver = self.cfg.num_inference_steps, self.cfg.solver
+        steps, solver, adapter = self.cfg.num_inference_steps, self.cfg.solver, self.adapter
         try:
             if context is None:
-                out = sample_policy(self.adapter, batch, noise.to(self.dtype), num_steps=steps, solver=solver)
+                out = sample_policy(adapter, batch, noise.to(self.dtype), num_steps=steps, solver=solver,
+                                    velocity=self._velocity)  # fmt: skip
             else:
-                condition = self.adapter.encode(batch, context)
-                velocity_fn = lambda x_t, t: self.adapter.velocity(x_t, t, condition)  # noqa: E731
+                condition = adapter.encode(batch, context)
+                velocity_fn = lambda x_t, t: self._velocity(x_t, t, condition)  # noqa: E731
                 out = integrate(velocity_fn, noise.to(self.dtype), num_steps=steps, solver=solver)
         except RuntimeError as e:
             raise CheckpointError(f"the teacher {self.cfg.path!r} failed on a training batch: {e}") from e

@@ -16,6 +16,7 @@ with any `optim.*` field given winning (`build_optimizer`); `train_config.json` 
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import shutil
 from dataclasses import dataclass
@@ -171,7 +172,7 @@ class ReflowTrainer:
             len(dataset),
             cfg.batch_size,
             seed=cfg.seed,
-            start_step=start_step * cfg.gradient_accumulation_steps,
+            start_step=start_step // cfg.coupling_reuse * cfg.gradient_accumulation_steps,
             rank=accelerator.process_index,
             world_size=accelerator.num_processes,
         )
@@ -198,10 +199,20 @@ class ReflowTrainer:
             mininterval=2.0,
             disable=not accelerator.is_main_process,
         )
+        lines: list[tuple[dict[str, Tensor], Targets]] = []  # this batch's micro-batches and their lines
         for step in progress:
-            for _ in range(cfg.gradient_accumulation_steps):
-                batch, stored = couplings_store.split_stored(next(batches))  # processors never see them
-                metrics = self.train_step(state, {**state.student.preprocessor(batch), **stored}, step)
+            fresh = step % cfg.coupling_reuse == 0  # resumed runs start here too (checkpoints fall on it)
+            lines = [] if fresh else lines
+            for micro in range(cfg.gradient_accumulation_steps):
+                if fresh:  # new data, couplings (the teacher's solve) and times
+                    batch, stored = couplings_store.split_stored(next(batches))  # processors never see them
+                    batch = {**state.student.preprocessor(batch), **stored}
+                    targets = self.make_targets(state.adapter, batch)
+                    lines.append((batch, targets))
+                else:  # the same noise -> end point lines, new times
+                    batch, targets = lines[micro]
+                    targets = self.retime(targets)
+                metrics = self.train_step(state, batch, targets, step)
             if state.ema is not None:
                 state.ema.step(trainable(state.student.policy))
             if (step + 1) % cfg.log_every == 0 or step + 1 == cfg.steps:
@@ -211,10 +222,9 @@ class ReflowTrainer:
             if cfg.save_every and (step + 1) % cfg.save_every == 0 and step + 1 < cfg.steps:
                 self._save_training_checkpoint(state, step + 1)
 
-    def train_step(self, state: _LoopState, batch: dict[str, Tensor], step: int) -> dict[str, float]:
-        """One micro-batch: targets for the stage, loss, backward; optimizer step when gradients sync."""
+    def train_step(self, state: _LoopState, batch: dict[str, Tensor], targets: Targets, step: int) -> dict[str, float]:
+        """One micro-batch: loss on `targets`, backward; optimizer step when gradients sync."""
         accelerator = state.accelerator
-        targets = self.make_targets(state.adapter, batch)
         with accelerator.accumulate(state.loss_module):
             loss = state.loss_module(batch, targets)
             if not torch.isfinite(loss):
@@ -254,13 +264,19 @@ class ReflowTrainer:
             action, mask = batch[couplings_store.ACTION_KEY].to(noise), None
         else:
             action, mask = self.teacher.end_points(batch, noise, context), None  # teacher chunks have no padding
-        if cfg.stage == "distill":
-            _, t, _ = flow.distillation_inputs(noise, action)
-        else:
-            f = cfg.flow
-            t = flow.sample_time(batch_size, f.time_sampler, device=noise.device, logit_mean=f.logit_mean,
-                                 logit_std=f.logit_std, u_shaped_a=f.u_shaped_a)  # fmt: skip
-        return Targets(noise, action, t, mask, context)
+        return Targets(noise, action, self._sample_time(noise), mask, context)
+
+    def retime(self, targets: Targets) -> Targets:
+        """The same lines at fresh times (`coupling_reuse` > 1): no new data, noise or teacher solve."""
+        return dataclasses.replace(targets, t=self._sample_time(targets.noise))
+
+    def _sample_time(self, noise: Tensor) -> Tensor:
+        """(B,) training times for lines starting at `noise` (B, chunk, action_dim); t = 1 for distill."""
+        if self.config.stage == "distill":
+            return flow.distillation_inputs(noise, noise)[1]
+        f = self.config.flow
+        return flow.sample_time(noise.shape[0], f.time_sampler, device=noise.device, logit_mean=f.logit_mean,
+                                logit_std=f.logit_std, u_shaped_a=f.u_shaped_a)  # fmt: skip
 
     def _share_backbone(self, adapter: PolicyAdapter) -> bool:
         """Whether the teacher uses the student's frozen backbone (`teacher.shared_backbone`: null = when possible)."""
