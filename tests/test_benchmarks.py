@@ -134,3 +134,24 @@ def test_couplings_memory_benchmark_smoke(tmp_path):
         assert result["details"][path]["couplings_read"] == 2000  # every coupling read once
     assert result["details"]["memory_mapped"]["action_sum"] == result["details"]["in_memory"]["action_sum"]
     assert "peak RSS, 2,000 couplings: memory-mapped" in proc.stdout.splitlines()[-1]
+
+
+def test_reflow_step_options_benchmark_smoke(tmp_path, toy_dataset, teacher_1rf):
+    """The cheaper-reflow-step benchmark runs on the toy teacher; per-update times and the end-point
+    errors are there (no time threshold is asserted)."""
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    try:
+        import reflow_step_options
+    finally:
+        sys.path.remove(str(REPO / "benchmarks"))
+    options = ["reuse_r2", "euler3", "heun2", "euler3_r8"]
+    result = reflow_step_options.main([f"--teacher={teacher_1rf}", f"--dataset-root={toy_dataset}", "--batch-size=16",
+                                       "--repeats=1", f"--options={','.join(options)}", f"--output={tmp_path / 'o.json'}"])  # fmt: skip
+    assert json.loads((tmp_path / "o.json").read_text()) == result
+    names = {"flow_matching", "reflow", *options}
+    assert set(result["ms_per_update"]) == names and all(_positive(v) for v in result["ms_per_update"].values())
+    assert result["ratio_vs_flow_matching"]["flow_matching"] == 1.0
+    errors = result["end_point_error_vs_euler10"]
+    assert set(errors) == {"euler10", "euler3", "heun2"} and errors["euler10"]["rms_error"] == 0.0
+    assert (errors["euler3"]["nfe"], errors["heun2"]["nfe"]) == (3, 3)
+    assert all(_positive(errors[k]["rms_error"]) and _positive(errors[k]["ode_error"]) for k in ("euler3", "heun2"))
