@@ -155,3 +155,19 @@ def test_reflow_step_options_benchmark_smoke(tmp_path, toy_dataset, teacher_1rf)
     assert set(errors) == {"euler10", "euler3", "heun2"} and errors["euler10"]["rms_error"] == 0.0
     assert (errors["euler3"]["nfe"], errors["heun2"]["nfe"]) == (3, 3)
     assert all(_positive(errors[k]["rms_error"]) and _positive(errors[k]["ode_error"]) for k in ("euler3", "heun2"))
+
+
+def test_reflow_end_to_end_benchmark_smoke(tmp_path, toy_dataset, teacher_1rf):
+    """Every way to a 2-RF runs end to end on the toy teacher (no time threshold is asserted)."""
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    try:
+        import reflow_end_to_end
+    finally:
+        sys.path.remove(str(REPO / "benchmarks"))
+    result = reflow_end_to_end.main([f"--teacher={teacher_1rf}", f"--dataset-root={toy_dataset}", "--updates=4",
+                                     "--batch-size=8", "--reuse=2", "--cheap-steps=3", f"--output={tmp_path / 'o.json'}"])  # fmt: skip
+    assert json.loads((tmp_path / "o.json").read_text()) == result
+    assert set(result["seconds"]) == {"online_shared", "online_cheap", "stored"}  # flow_mlp: nothing to share
+    assert all(_positive(t["total_s"]) for t in result["seconds"].values())
+    assert _positive(result["seconds"]["stored"]["generate_s"])
+    assert result["ratio_vs_online_shared"]["online_shared"] == 1.0
