@@ -6,6 +6,10 @@
 - `shortcut`: like reflow, plus the step size as an input and a self-consistency term
   (`shortcut.py`), so one student serves 1 and 2 steps.
 
+`coupling_reuse` r: each batch's lines (noise -> target, i.e. one teacher solve online) serve r
+consecutive optimizer steps, each at freshly drawn t; r = 1 is one batch per step. Checkpoints fall on
+batch boundaries (`steps`, `save_every` are multiples of r), so a resumed run needs no saved couplings.
+
 The run directory's layout (lerobot-train's) is `artifacts/run_dir.py`; the student is built in
 `student.py`, the optimizer in `optim.py`, the teacher's couplings in `teacher.py`. Pushing to the Hub is
 the caller's: `hf-reflow train` and the pipeline call `publish.push_stage` around `ReflowTrainer.train()`.
