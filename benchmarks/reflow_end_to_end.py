@@ -8,8 +8,8 @@ built as `smolvla_reflow_step.py` builds it), each way runs hf-reflow's own code
 - `online_unshared`: the same with `teacher.shared_backbone=false`: a second full model, as the seed
   guide's naive approach (its own sampler aside) holds it; only run for a policy with a shareable backbone;
 - `online_cheap`: `--coupling_reuse` r with a `--cheap-steps` Euler teacher (default r = 8, 5 steps);
-- `stored`: `couplings.generate` of updates x batch size / `--stored-reuse` couplings, then
-  `ReflowTrainer` on them (`couplings.path`).
+- `stored`: `couplings.generate` of `--stored-couplings` couplings (default: updates x batch size, each
+  seen once), then `ReflowTrainer` on them (`couplings.path`).
 
 Every way trains `--updates` optimizer steps at `--batch-size` from the teacher's weights with the same
 settings otherwise (seed 0, no checkpoints but the final one, no trackers), after one short untimed warm-up run. Reported: seconds per way
@@ -64,7 +64,7 @@ def run_way(args, way: str, out: Path) -> dict[str, float]:
         start = time.perf_counter()
         couplings = generate(
             out / "couplings", TeacherConfig(path=args.teacher), DatasetConfig(repo_id="local/bench", root=args.dataset_root),
-            num_couplings=args.updates * args.batch_size // args.stored_reuse, batch_size=args.batch_size, seed=0,
+            num_couplings=args.stored_couplings or args.updates * args.batch_size, batch_size=args.batch_size, seed=0,
         )  # fmt: skip
         timings["generate_s"] = time.perf_counter() - start
     start = time.perf_counter()
@@ -91,7 +91,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--reuse", type=int, default=8, help="online_cheap: coupling_reuse")
     parser.add_argument("--cheap-steps", type=int, default=5, help="online_cheap: the teacher's Euler steps")
-    parser.add_argument("--stored-reuse", type=int, default=1, help="stored: updates per stored coupling")
+    parser.add_argument("--stored-couplings", type=int, default=0, help="stored: couplings generated; 0: updates x batch")
     parser.add_argument("--output", help="also write the JSON here")
     args = parser.parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -120,7 +120,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     result = {
         "teacher": args.teacher, "policy_type": args.policy_type, "updates": args.updates,
         "batch_size": args.batch_size, "reuse": args.reuse, "cheap_steps": args.cheap_steps,
-        "stored_reuse": args.stored_reuse, "shared_backbone_possible": shareable, "seconds": seconds,
+        "stored_couplings": args.stored_couplings or args.updates * args.batch_size, "shared_backbone_possible": shareable, "seconds": seconds,
         "ratio_vs_online_shared": {way: t["total_s"] / base for way, t in seconds.items()},
     }  # fmt: skip
     text = json.dumps(result, indent=2)
