@@ -622,3 +622,12 @@ def test_space_and_pipeline_push_bad_input(args, message, tmp_path, capsys):
     err = capsys.readouterr().err
     assert message in err and err.count("\n") == 1, err
     assert not (tmp_path / "run").exists()
+
+
+def test_card_says_how_many_updates_each_coupling_served():
+    from hf_reflow.publish import cards
+
+    info = {"stage": "reflow", "k": 2, "couplings_seen": 1000, "coupling_reuse": 4, "dataset": {"repo_id": "a/d", "root": None}}
+    assert cards._template_values("a/b", info, {}, [], [])["couplings_seen"] == "1,000 (made online), each for 4 updates"
+    info["coupling_reuse"] = 1
+    assert cards._template_values("a/b", info, {}, [], [])["couplings_seen"] == "1,000 (made online)"

@@ -346,6 +346,7 @@ def _template_values(repo_id, info, policy_config, lineage, eval_rows) -> dict[s
         "teacher_link": link(lineage[-1]) if lineage else "none (trained on demonstrations)",
         "couplings_seen": (
             f"{info['couplings_seen']:,}" + (f" (stored: `{info['couplings_dataset']}`)" if info.get("couplings_dataset") else " (made online)")
+            + (f", each for {info['coupling_reuse']} updates" if info.get("coupling_reuse", 1) > 1 else "")
             if info.get("couplings_seen") else "none (1-RF: dataset actions)"
         ),
         "teacher_steps": (
