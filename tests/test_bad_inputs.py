@@ -78,6 +78,8 @@ CASES = [
     Case("ema_above_one", [*TRAIN, "--ema_decay=1.5"], "ema_decay"),
     Case("ema_negative", [*TRAIN, "--ema_decay=-0.1"], "ema_decay"),
     Case("ema_nan", [*TRAIN, "--ema_decay=nan"], "ema_decay"),
+    Case("coupling_reuse_zero", [*TRAIN, "--coupling_reuse=0"], "coupling_reuse must be >= 1"),
+    Case("coupling_reuse_not_dividing_steps", [*TRAIN, "--coupling_reuse=3", "--steps=10"], "not a multiple of coupling_reuse=3"),
     Case("num_workers_negative", [*TRAIN, "--dataset.num_workers=-1"], "num_workers must be >= 0"),
     Case("in_memory_unknown", [*TRAIN, "--dataset.in_memory=sometimes"], "in_memory"),
     Case("policy_field_text", [*TRAIN, "--policy.hidden_dim=abc"], "policy.hidden_dim"),
