@@ -330,8 +330,11 @@ def test_a_compiled_teacher_makes_the_eager_couplings(toy_dataset, teacher_1rf):
     batch = pre(observation_batch(dataset, 64, seed=1))
     noise = torch.randn(64, *adapter_for(load_policy(str(teacher_1rf))).action_shape)
     cpu = torch.device("cpu")
-    eager = OnlineTeacher(TeacherConfig(path=str(teacher_1rf)), device=cpu).end_points(batch, noise)
+    eager_teacher = OnlineTeacher(TeacherConfig(path=str(teacher_1rf)), device=cpu)
+    eager = eager_teacher.end_points(batch, noise)
     compiled_teacher = OnlineTeacher(TeacherConfig(path=str(teacher_1rf), compile=True), device=cpu)
     compiled = compiled_teacher.end_points(batch, noise)
-    assert compiled_teacher._velocity is not compiled_teacher.adapter.velocity  # it did go through torch.compile
+    compiled_fn = getattr(compiled_teacher._velocity, "_torchdynamo_orig_callable", None)  # set by torch.compile
+    assert compiled_fn == compiled_teacher.adapter.velocity  # the solve did go through the compiled call
+    assert eager_teacher._velocity == eager_teacher.adapter.velocity  # plain bound method, not compiled
     assert torch.allclose(compiled, eager, rtol=0, atol=1e-5), (compiled - eager).abs().max()
