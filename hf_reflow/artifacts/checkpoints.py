@@ -236,7 +236,7 @@ def stage_lineage(cfg: Any, *, num_processes: int, lr: float) -> dict[str, Any]:
         "teacher_solver": cfg.teacher.solver if student_of_teacher else None,
         "base_model": base,  # the model card's base_model
         "base_model_commit": checkpoint_commit(base) if base else None,
-        # distinct couplings: each batch of them serves `coupling_reuse` updates
+        # couplings drawn (online: made): each batch of them serves `coupling_reuse` updates
         "couplings_seen": cfg.steps // cfg.coupling_reuse * cfg.batch_size * cfg.gradient_accumulation_steps * num_processes
         if student_of_teacher
         else 0,
