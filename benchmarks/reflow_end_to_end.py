@@ -23,7 +23,6 @@ the README's closed-loop table gives it for the built-in policy (full-length run
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
 import sys
@@ -33,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from smolvla_reflow_step import report_json  # noqa: E402
 
 
 def train_config(args, way: str, out: Path, couplings: Path | None = None) -> Any:
@@ -123,11 +123,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "stored_couplings": args.stored_couplings or args.updates * args.batch_size, "shared_backbone_possible": shareable, "seconds": seconds,
         "ratio_vs_online_shared": {way: t["total_s"] / base for way, t in seconds.items()},
     }  # fmt: skip
-    text = json.dumps(result, indent=2)
-    print(text)
-    if args.output:
-        Path(args.output).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.output).write_text(text + "\n")
+    report_json(result, args.output)
     return result
 
 

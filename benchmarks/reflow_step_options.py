@@ -26,7 +26,6 @@ field is not a trained one, so its errors say little.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import tempfile
@@ -39,6 +38,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from smolvla_reflow_step import report_json  # noqa: E402
 
 # name -> (teacher solver, teacher steps, reuse r, compiled)
 OPTIONS: dict[str, tuple[str, int, int, bool]] = {
@@ -206,11 +206,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "ms_per_update": ms, "ratio_vs_flow_matching": {k: v / ms["flow_matching"] for k, v in ms.items()},
         "end_point_error_vs_euler10": end_point_errors(setup),
     }  # fmt: skip
-    text = json.dumps(result, indent=2)
-    print(text)
-    if args.output:
-        Path(args.output).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.output).write_text(text + "\n")
+    report_json(result, args.output)
     return result
 
 

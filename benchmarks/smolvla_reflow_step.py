@@ -299,6 +299,15 @@ def _device_name(device: str) -> str:
     return f"cpu ({os.cpu_count()} cores, {torch.get_num_threads()} torch threads)"
 
 
+def report_json(result: dict[str, Any], output: str | None) -> None:
+    """Print `result` as indented JSON and, with `output`, write it there too (folders made as needed)."""
+    text = json.dumps(result, indent=2)
+    print(text)
+    if output:
+        Path(output).parent.mkdir(parents=True, exist_ok=True)
+        Path(output).write_text(text + "\n")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size", default="tiny", choices=["tiny", "small", "smolvlm2_500m"])
@@ -318,11 +327,7 @@ def main() -> None:
         print(json.dumps(measure_memory(args, Path(args.teacher), Path(args.data))))
         return
     result = run(args)
-    text = json.dumps(result, indent=2)
-    print(text)
-    if args.output:
-        Path(args.output).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.output).write_text(text + "\n")
+    report_json(result, args.output)
 
 
 if __name__ == "__main__":

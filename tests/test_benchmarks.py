@@ -152,7 +152,7 @@ def test_reflow_step_options_benchmark_smoke(tmp_path, toy_dataset, teacher_1rf)
     assert set(result["ms_per_update"]) == names and all(_positive(v) for v in result["ms_per_update"].values())
     assert result["ratio_vs_flow_matching"]["flow_matching"] == 1.0
     errors = result["end_point_error_vs_euler10"]
-    assert set(errors) == {"euler10", "euler3", "heun2"} and errors["euler10"]["rms_error"] == 0.0
+    assert set(errors) == {"euler10", "euler3", "heun2"} and errors["euler10"]["rms_error"] < 1e-6
     assert (errors["euler3"]["nfe"], errors["heun2"]["nfe"]) == (3, 3)
     assert all(_positive(errors[k]["rms_error"]) and _positive(errors[k]["ode_error"]) for k in ("euler3", "heun2"))
     assert errors["euler10"]["ode_error"] > 0 and errors["euler3"]["ode_error"] != errors["euler3"]["rms_error"]
