@@ -1,18 +1,17 @@
-"""Typed configuration of every command, parsed in exactly one place (`parse_config`).
+"""Typed configuration of every command: one dataclass per command, decoded by draccus.
 
-One dataclass per command (`TrainConfig`, `PipelineConfig`, `EvaluateConfig`, `ToyDataConfig`,
-`MetaWorldDataConfig`, `CouplingsGenerateConfig`, `PushConfig`, `SpaceConfig`), with a help string on
-every field (`metadata={"help": ...}`, as TRL's configs) that `hf-reflow <command> --help` lists.
-A recipe (`--config_path=recipe.yaml`, lerobot-train's name, or `--config`) is YAML whose keys are
-the fields (a run's `train_config.json` is one too); CLI overrides use LeRobot's dotted style
-(`--teacher.path=outputs/1rf`, `--optim.lr=5e-5`) and win key by key. Unknown keys, values of the
-wrong type and `--policy.<field>` names that the policy type's LeRobot config class does not define
-fail here, before anything loads, with one line naming the valid keys.
+`TrainConfig`, `PipelineConfig`, `EvaluateConfig`, `ToyDataConfig`, `MetaWorldDataConfig`,
+`CouplingsGenerateConfig`, `PushConfig` and `SpaceConfig` carry a help string on every field
+(`metadata={"help": ...}`, as TRL's configs) that `hf-reflow <command> --help` lists. A recipe
+(`--config_path=recipe.yaml`, lerobot-train's flag, or `--config`) is YAML whose keys are the fields (a
+run's `train_config.json` is one too); flags use LeRobot's dotted style (`--teacher.path=outputs/1rf`,
+`--optim.lr=5e-5`) and win key by key. `hf_reflow.parsing` turns both into draccus's input.
 
-This is hf-reflow's own parser, not LeRobot's draccus-based `lerobot.configs.parser`: pipeline
-recipes hold per-stage sections (plain dicts merged into `TrainConfig`), the policy section is an
-open dict checked against the policy type's class, lists are also written `--nfe=1,2,4` and the
-seed guide's names are aliases (`ALIASES`).
+The student's `policy` is a LeRobot `PreTrainedConfig`, resolved at parse time as lerobot-train resolves
+`--policy.path` (`policy_config` below): a checkpoint's config.json (`--policy.path`, or the teacher of a
+student initialised from it) or a new config of `--policy.type`, with the `--policy.<field>` flags decoded
+against that type's config class. Unknown keys, ill-typed values and unknown policy fields fail here, before
+any model or dataset loads, with one line.
 """
 
 from __future__ import annotations
@@ -21,26 +20,38 @@ import dataclasses
 import json
 import math
 import re
-import types
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
+import draccus
+from lerobot.configs.policies import PreTrainedConfig
 
 from hf_reflow.errors import ConfigError
 from hf_reflow.flow import LOSSES, TIME_SAMPLERS, shortcut_levels
 from hf_reflow.hub import Hub
+from hf_reflow.parsing import (
+    DEFAULT_POLICY_TYPE,
+    RECORD_KEYS,
+    HelpRequested,
+    Pair,
+    check_policy_keys,
+    command_line,
+    decode,
+    decode_policy,
+    flatten,
+    policy_config_class,
+    rename,
+    render_help,
+    wants_help,
+)
 from hf_reflow.sampling import SOLVERS
+
+__all__ = ["RECORD_KEYS", "HelpRequested", "render_help"]  # re-exported for the CLI and the run dir
 
 STAGES = ("flow_matching", "reflow", "distill", "shortcut")
 # Step count written into each stage's final checkpoint unless `num_steps` says otherwise.
 RECOMMENDED_NUM_STEPS = {"flow_matching": 10, "reflow": 2, "distill": 1, "shortcut": 1}
-CONFIG_KEYS = ("config_path", "config")  # lerobot-train's name first; both read a recipe
-HELP_FLAGS = ("-h", "--help")
-# Keys a trainer writes into train_config.json for the record; ignored when that file is read back as a recipe.
-RECORD_KEYS = ("optim_used",)
 TRACKERS = ("tensorboard", "trackio")
 OPTIMIZERS = ("adamw", "adam", "sgd")
 SCHEDULERS = ("warmup_cosine", "cosine_decay_with_warmup", "constant")
@@ -66,10 +77,6 @@ ALIASES = {
 }
 # Set with an alias unless given: lerobot-train pushes to exactly `policy.repo_id`, not a per-stage name.
 _ALIAS_DEFAULTS = {"policy.repo_id": {"hub_repo_template": "{hub_model_id}"}}
-
-
-class HelpRequested(Exception):  # not an error: the CLI prints it and exits 0
-    """`-h` / `--help` was given: `str(self)` is the command's help text."""
 
 
 COUPLING_STATES = ("demonstrations", "closed_loop")
@@ -297,7 +304,9 @@ class TrainConfig:
     hub_private: bool = _opt(False, "create the Hub repo private")
     hub_revision: str | None = _opt(None, "branch to push to (created if missing); null: main")
     hub_set_new_version: bool = _opt(False, "point the teacher's card to this stage with new_version")
-    policy: dict[str, Any] = _opt(help=POLICY_HELP, factory=lambda: {"type": "flow_mlp"})
+    # Not a constructor argument: `policy_config` resolves it after the rest is decoded (and draccus, which
+    # would register every LeRobot policy type's fields for it, taking ~0.3 s a parse, skips it).
+    policy: PreTrainedConfig | None = field(default=None, init=False, metadata={"help": POLICY_HELP})
     dataset: DatasetConfig = _opt(help="the demonstrations", factory=DatasetConfig)
     teacher: TeacherConfig = _opt(help="the frozen teacher", factory=TeacherConfig)
     couplings: CouplingsConfig = _opt(help="stored couplings", factory=CouplingsConfig)
@@ -356,12 +365,13 @@ class TrainConfig:
         return self.num_steps if self.num_steps is not None else RECOMMENDED_NUM_STEPS[self.stage]
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        """JSON-ready, as draccus encodes it (the policy with its `type`): a recipe for `--config_path`."""
+        return draccus.encode(self)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
-        """Build from a nested dict (a parsed recipe), rejecting unknown keys."""
-        return _build(cls, data)
+        """Build from a nested dict (a parsed recipe), as a recipe file would be read."""
+        return train_config(flatten(data))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -656,200 +666,74 @@ class PipelineConfig:
             raise ConfigError("seeds must list at least one training seed, e.g. [0] or [0, 1, 2].")
         for seed in self.seeds:
             _at_least("each of seeds", seed, 0)
-        for stage in PIPELINE_STAGES:  # unknown keys fail now, not after an hour of training
-            self.stage_config(stage, seed=0, output_dir="<check>", teacher="<check>", dataset_root="<check>")
+        self.check_stages()
+
+    def check_stages(self) -> None:
+        """Build every stage's config now (unknown keys fail before an hour of training). Later stages'
+        policy settings are checked against the 1-RF's policy config, which stands in for their teachers."""
+        check = {"seed": 0, "output_dir": "<check>", "dataset_root": "<check>"}
+        first = self.stage_config("flow_matching", teacher=None, **check)
+        stand_in = draccus.encode(first.policy, PreTrainedConfig)
+        for stage in PIPELINE_STAGES[1:]:
+            self.stage_config(stage, teacher="<check>", teacher_config=stand_in, **check)
 
     def stage_config(
-        self, stage: str, *, seed: int, output_dir: str, teacher: str | None, dataset_root: str, couplings: str | None = None
-    ) -> TrainConfig:
-        """The `TrainConfig` of one stage: `train` + the stage's section + what the pipeline decides."""
-        data: dict[str, Any] = {}
-        for section in (self.train, getattr(self, stage)):
-            for key, value in _flatten(section):
-                _set_dotted(data, key, value)
-        for key, value in (("stage", stage), ("seed", seed), ("output_dir", output_dir), ("resume", True),
-                           ("dataset.root", dataset_root), ("dataset.repo_id", "local/metaworld")):  # fmt: skip
-            _set_dotted(data, key, value)
+        self, stage: str, *, seed: int, output_dir: str, teacher: str | None, dataset_root: str,
+        couplings: str | None = None, teacher_config: dict[str, Any] | None = None,
+    ) -> TrainConfig:  # fmt: skip
+        """The `TrainConfig` of one stage: `train` + the stage's section + what the pipeline decides.
+        `teacher_config` (a config.json's mapping) stands in for the teacher's when it does not exist yet."""
+        decided = {"stage": stage, "seed": seed, "output_dir": output_dir, "resume": True,
+                   "dataset.root": dataset_root, "dataset.repo_id": "local/metaworld"}  # fmt: skip
         if stage != "flow_matching":
-            _set_dotted(data, "teacher.path", teacher)
+            decided["teacher.path"] = teacher
         if couplings is not None:
-            _set_dotted(data, "couplings.path", couplings)
-        return _build(TrainConfig, data, prefix=f"{stage}.")
-
+            decided["couplings.path"] = couplings
+        pairs = rename(flatten(self.train) + flatten(getattr(self, stage)), ALIASES)
+        pairs += [Pair(key, value, raw=False) for key, value in decided.items()]
+        try:
+            return train_config(pairs, teacher_config=teacher_config)
+        except ConfigError as e:
+            raise ConfigError(f"stage {stage}: {e}") from None
 
 
 # ---------------------------------------------------------------------------------------------
-# The parser: recipe + dotted overrides -> a typed dataclass; help text from the fields.
+# Parsing: the command line (+ recipe) of each command -> its dataclass.
 
 
-def _build(cls: type, data: dict[str, Any], prefix: str = "") -> Any:
-    """Instantiate dataclass `cls` from a nested dict, rejecting keys it does not define."""
-    if not isinstance(data, dict):
-        raise ConfigError(f"{prefix.rstrip('.') or 'config'} must be a mapping, got {data!r}.")
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - set(fields))
-    if unknown:
-        raise ConfigError(
-            f"unknown config key(s) {', '.join(prefix + k for k in unknown)}; "
-            f"valid keys{' under ' + prefix.rstrip('.') if prefix else ''}: {', '.join(fields)}."
-        )
-    hints = typing.get_type_hints(cls)
-    kwargs = {}
-    for key, value in data.items():
-        hint = hints[key]
-        if dataclasses.is_dataclass(hint):
-            kwargs[key] = _build(hint, value, f"{prefix}{key}.")
-        else:
-            kwargs[key] = _coerce(value, hint, prefix + key)
-    try:
-        return cls(**kwargs)
-    except TypeError as e:
-        raise ConfigError(f"invalid value under {prefix.rstrip('.') or 'config'}: {e}") from None
-
-
-def _coerce(value: Any, hint: Any, name: str) -> Any:
-    """Check a value against its field type; numbers may arrive as strings (YAML reads `1e-4` as text)."""
-    options = typing.get_args(hint) if typing.get_origin(hint) in (typing.Union, types.UnionType) else (hint,)
-    lists = [o for o in options if typing.get_origin(o) is list]
-    if lists and isinstance(value, str | int | float) and not isinstance(value, bool):
-        value = [v.strip() for v in str(value).split(",") if v.strip()]  # --nfe=1,2 or --seeds=0
-    if lists and isinstance(value, list):
-        (item,) = typing.get_args(lists[0]) or (Any,)
-        return [_coerce(v, item, f"{name}[]") if item is not Any else v for v in value]
-    if value is None:
-        if type(None) in options:
-            return None
-        raise ConfigError(f"{name} cannot be null.")
-    for kind in (bool, int, str):
-        if kind in options and isinstance(value, kind) and not (kind is not bool and isinstance(value, bool)):
-            return value
-    if float in options and isinstance(value, int | float | str) and not isinstance(value, bool):
-        try:
-            number = float(value)
-        except ValueError:
-            number = None
-        if number is not None:
-            if not math.isfinite(number):  # nan / inf pass every `< 0` check: refuse them once, here
-                raise ConfigError(f"{name} must be a finite number; got {value!r}.")
-            return number
-    if int in options and isinstance(value, str) and value.strip().lstrip("-").isdigit():
-        return int(value)
-    if any(kind in options for kind in (bool, int, float, str)) or lists:
-        wanted = " or ".join(_type_name(k) for k in options if k is not type(None))
-        raise ConfigError(f"{name} must be {wanted}; got {value!r}.")
-    is_dict = dict in options or any(typing.get_origin(o) is dict for o in options)
-    if is_dict and not isinstance(value, dict):
-        raise ConfigError(f"{name} must be a mapping of keys, got {value!r}.")
-    return value
-
-
-def _set_dotted(data: dict[str, Any], dotted: str, value: Any, aliases: dict[str, str] | None = None) -> None:
-    aliases = ALIASES if aliases is None else aliases
-    if dotted in aliases:
-        for key, default in _ALIAS_DEFAULTS.get(dotted, {}).items():
-            data.setdefault(key, default)
-        dotted = aliases[dotted]
-    *parents, leaf = dotted.split(".")
-    node = data
-    for part in parents:
-        node = node.setdefault(part, {})
-        if not isinstance(node, dict):
-            raise ConfigError(f"cannot set {dotted!r}: {part!r} is not a section.")
-    node[leaf] = value
-
-
-def wants_help(args: list[str]) -> bool:
-    return any(arg in HELP_FLAGS for arg in args)
-
-
-def parse_overrides(args: list[str]) -> list[tuple[str, Any]]:
-    """`--a.b=1 --c 2` -> [("a.b", 1), ("c", 2)], values parsed as YAML scalars/lists."""
-    pairs, i = [], 0
-    while i < len(args):
-        arg = args[i]
-        if not arg.startswith("--"):
-            raise ConfigError(f"unexpected argument {arg!r}; overrides look like --key=value (e.g. --steps=500).")
-        key, sep, raw = arg[2:].partition("=")
-        if not sep:
-            if i + 1 >= len(args):
-                raise ConfigError(f"--{key} needs a value, e.g. --{key}=VALUE.")
-            raw, i = args[i + 1], i + 1
-        pairs.append((key.replace("-", "_"), _yaml_value(raw)))
-        i += 1
-    return pairs
-
-
-def _yaml_value(raw: str) -> Any:
-    """A command-line value as YAML (`true`, `1e-4`, `[a, b]`); text that is not YAML, or a braced name
-    without a colon (`{hub_model_id}-v2`, `{hub_model_id}`), stays text."""
-    if raw == "":
-        return None
-    try:
-        value = yaml.safe_load(raw)
-    except yaml.YAMLError:
-        return raw
-    return raw if isinstance(value, dict) and ":" not in raw else value
-
-
-def load_recipe(path: str | Path) -> dict[str, Any]:
-    """Read a YAML recipe (or a run's train_config.json) into a dict; aliases are resolved later."""
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"recipe {str(path)!r} not found; pass --config_path=<path to a YAML recipe or train_config.json>.")
-    try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as e:
-        raise ConfigError(f"recipe {str(path)!r} is not valid YAML: {' '.join(str(e).split())}") from None
-    if not isinstance(data, dict):
-        raise ConfigError(f"recipe {str(path)!r} must be a YAML mapping of config keys.")
-    return {k: v for k, v in data.items() if k not in RECORD_KEYS}
-
-
-def _flatten(data: dict[str, Any], prefix: str = "") -> list[tuple[str, Any]]:
-    """Nested recipe -> dotted pairs, so recipe sections merge with CLI overrides key by key."""
-    pairs = []
-    for key, value in data.items():
-        if isinstance(value, dict) and value:
-            pairs.extend(_flatten(value, f"{prefix}{key}."))
-        else:
-            pairs.append((f"{prefix}{key}", value))
-    return pairs
-
-
-def parse_config(cls: type, args: list[str], *, command: str, aliases: dict[str, str] | None = None, policy_help: str | None = None) -> Any:
-    """Build dataclass `cls` from `--config_path=recipe.yaml` (optional) plus dotted overrides.
+def parse_config(cls: type, args: list[str], *, command: str) -> Any:
+    """Build dataclass `cls` from `--config_path=recipe.yaml` (optional) plus dotted flags.
 
     `-h` / `--help` anywhere raises `HelpRequested` with the command's help text.
     """
-    aliases = {} if aliases is None else aliases
     if wants_help(args):
-        raise HelpRequested(render_help(cls, command, aliases=aliases, policy_type=policy_help))
-    overrides = parse_overrides(args)
-    data: dict[str, Any] = {}
-    for key, value in overrides:
-        if key in CONFIG_KEYS:
-            for k, v in _flatten(load_recipe(value)):
-                _set_dotted(data, k, v, aliases)
-    for key, value in overrides:
-        if key not in CONFIG_KEYS:
-            _set_dotted(data, key, value, aliases)
-    return _build(cls, data)
+        raise HelpRequested(render_help(cls, command))
+    return decode(cls, command_line(args)).config
 
 
 def parse_train_config(args: list[str]) -> TrainConfig:
-    """Build a `TrainConfig` from `--config_path=recipe.yaml` (optional) plus dotted overrides; the
-    `--policy.<field>` keys are checked against the policy type's LeRobot config class."""
-    policy_type = next((a.partition("=")[2] for a in args if a.startswith("--policy.type=")), None)
-    config = parse_config(TrainConfig, args, command="train", aliases=ALIASES, policy_help=policy_type)
-    check_policy_section(config)
-    return config
+    """A `TrainConfig` from `--config_path=recipe.yaml` (optional) plus flags, its policy resolved."""
+    if wants_help(args):
+        policy_type = next((a.partition("=")[2] for a in args if a.startswith("--policy.type=")), None)
+        raise HelpRequested(render_help(TrainConfig, "train", aliases=ALIASES, policy_type=policy_type))
+    pairs = command_line(args)
+    given = {p.key for p in pairs}
+    for alias, defaults in _ALIAS_DEFAULTS.items():
+        if alias in given:
+            pairs = [Pair(k, v, raw=False) for k, v in defaults.items() if k not in given] + pairs
+    return train_config(rename(pairs, ALIASES))
 
 
 def parse_pipeline_config(args: list[str]) -> PipelineConfig:
-    """Build a `PipelineConfig` from `--config_path=recipe.yaml` (optional) plus dotted overrides."""
-    config = parse_config(PipelineConfig, args, command="pipeline")
-    for stage in dict.fromkeys(config.stages):
-        check_policy_section(config.stage_config(stage, seed=0, output_dir="<check>", teacher="<check>", dataset_root="<check>"))
+    """A `PipelineConfig` from `--config_path=recipe.yaml` (optional) plus flags; every stage checked."""
+    return parse_config(PipelineConfig, args, command="pipeline")
+
+
+def train_config(pairs: list[Pair], *, teacher_config: dict[str, Any] | None = None) -> TrainConfig:
+    """Decode settings into a `TrainConfig`, then resolve its policy (`policy_config`)."""
+    parsed = decode(TrainConfig, pairs)
+    config = parsed.config
+    config.policy = policy_config(config, parsed.policy_section, parsed.policy_args, teacher_config=teacher_config)
     return config
 
 
@@ -859,188 +743,98 @@ def save_config(config: TrainConfig, path: Path, record: dict[str, Any] | None =
     path.write_text(json.dumps(data, indent=2, sort_keys=True))
 
 
-# ---- `--policy.<field>`: checked against LeRobot's config class of the policy type -------------------
+# ---- The student's policy: a checkpoint's config or a new one, with the `--policy.<field>` settings ------
 
 
-def checkpoint_policy_type(path: str | None, *, revision: str | None = None) -> str | None:
-    """The `type` in a checkpoint's config.json (that JSON only, no model load); None when not at hand."""
-    if not path:
-        return None
-    local = Path(path)
-    for folder in (local, local / "pretrained_model"):
-        if (folder / "config.json").is_file():
-            return _json_type((folder / "config.json").read_text())
-    if local.exists() or not _REPO_ID.match(str(path)):
-        return None
-    try:
-        text = Hub(retries=0).read_text(str(path), "config.json", revision=revision)
-    except Exception:  # offline, unknown repo, no access: the trainer reports it when it loads the checkpoint
-        return None
-    return _json_type(text) if text else None
+def policy_config(
+    cfg: TrainConfig, section: dict[str, Any], args: list[str], *, teacher_config: dict[str, Any] | None = None
+) -> PreTrainedConfig:
+    """The student's LeRobot policy config, as lerobot-train resolves `--policy.path` / `--policy.type`.
 
-
-def _json_type(text: str) -> str | None:
-    try:
-        value = json.loads(text).get("type")
-    except (ValueError, AttributeError):
-        return None
-    return value if isinstance(value, str) else None
-
-
-def policy_config_class(policy_type: str) -> type:
-    """LeRobot's config class of a policy type (`PreTrainedConfig.get_choice_class`)."""
-    from lerobot.configs.policies import PreTrainedConfig
-
-    import hf_reflow.policies.flow_mlp  # noqa: F401  (registers the built-in policy type)
-
-    try:
-        return PreTrainedConfig.get_choice_class(policy_type)
-    except (KeyError, ValueError):
-        known = ", ".join(sorted(PreTrainedConfig.get_known_choices()))
-        raise ConfigError(f"policy.type {policy_type!r} is not a LeRobot policy type; known types: {known}.") from None
-
-
-def _policy_type(config: TrainConfig) -> str | None:
-    """The type whose config class `config.policy`'s fields go to; None when it cannot be told yet."""
-    explicit = config.policy.get("type")
-    if config.stage != "flow_matching":
-        saved = checkpoint_policy_type(config.teacher.path, revision=config.teacher.revision)
-        if saved and explicit and saved != explicit:
-            return None  # the trainer names this conflict once it reads the teacher
-        return (saved or explicit) if config.init_from_teacher else (explicit or saved)
-    if config.policy.get("path"):
-        return checkpoint_policy_type(config.policy["path"]) or explicit
-    return explicit or "flow_mlp"
-
-
-def check_policy_section(config: TrainConfig) -> None:
-    """Check (and type) `--policy.<field>` keys against the LeRobot config class of the student's type.
-
-    The type is the teacher's for a student initialised from it, `policy.path`'s for a checkpoint, else
-    `policy.type`, read from config.json only. A Hub checkpoint that is not at hand skips the check; the
-    trainer repeats it once the config is loaded.
+    The starting point is a checkpoint's config.json: `policy.path` for a 1-RF, the teacher's for a student
+    initialised from it (the teacher is an implicit `policy.path`); else a new config of `policy.type` (the
+    teacher's type for a new reflow student, flow_mlp for a 1-RF). The recipe's `policy:` keys and the
+    `--policy.<field>` flags go on top, checked against that type's config class. `pretrained_path` records
+    where the weights come from.
     """
-    fields = {k: v for k, v in config.policy.items() if k not in ("type", "path")}
-    if not fields and config.policy.get("type") in (None, "flow_mlp"):
-        return
-    policy_type = _policy_type(config)
-    if policy_type is None:
-        return
+    section = dict(section)
+    flags = dict(arg[2:].partition("=")[::2] for arg in args)
+    path = flags.pop("path", None) or section.pop("path", None)  # the flag wins over the recipe's
+    wanted = flags.pop("type", None) or section.pop("type", None)
+    section.pop("path", None), section.pop("type", None)
+    recorded = section.pop("pretrained_path", None)  # a run's train_config.json read back as a recipe
+    args = [f"--{k}={v}" for k, v in flags.items()]
+    teacher = None
+    if cfg.stage != "flow_matching":
+        if path:
+            raise ConfigError(
+                f"policy.path is for a flow_matching stage; a {cfg.stage} student starts from its teacher "
+                f"(teacher.path), or new with init_from_teacher=false; drop --policy.path={path}."
+            )
+        teacher = teacher_config or read_checkpoint_config(cfg.teacher.path, "teacher.path", cfg.teacher.revision)
+    source = (path or recorded) if cfg.stage == "flow_matching" else (cfg.teacher.path if cfg.init_from_teacher else None)
+    base = dict(teacher) if teacher is not None and cfg.init_from_teacher else {}
+    if cfg.stage == "flow_matching" and source:
+        base = read_checkpoint_config(str(source), "policy.path")
+    policy_type = _student_type(cfg, base.pop("type", None), wanted, teacher)
     cls = policy_config_class(policy_type)
-    valid = {f.name for f in dataclasses.fields(cls) if f.init}
-    unknown = sorted(set(fields) - valid)
-    if unknown:
-        raise ConfigError(
-            f"unknown policy key(s) {', '.join('policy.' + k for k in unknown)} for type {policy_type!r}; "
-            f"valid keys: type, path, {', '.join(sorted(valid))}."
-        )
+    check_policy_keys(cls, policy_type, [*section, *flags])
+    if base and "device" not in section and "device" not in flags:
+        base["device"] = None  # a checkpoint's saved device is not this machine's: auto-select, as a new config
     try:
-        hints = typing.get_type_hints(cls)
-    except Exception:  # an unresolvable annotation in a plugin's class: names are checked, types are not
-        hints = {}
-    for key, value in fields.items():
-        if key in hints:
-            config.policy[key] = _coerce(value, hints[key], f"policy.{key}")
+        policy = decode_policy(cls, {**base, **section}, args)
+    except ConfigError as e:
+        if not base:
+            raise
+        flag = "policy.path" if cfg.stage == "flow_matching" else "teacher.path"
+        where = source if cfg.stage == "flow_matching" else cfg.teacher.path
+        raise ConfigError(f"{e} (the student's config: the config.json of {flag} {where!r}, then the policy settings)") from None
+    policy.pretrained_path = Path(source) if source else None
+    return policy
 
 
-# ---- `hf-reflow <command> --help` ------------------------------------------------------------------
+def _student_type(cfg: TrainConfig, base_type: str | None, wanted: str | None, teacher: dict | None) -> str:
+    """The student's policy type, refusing a `policy.type` that contradicts its starting checkpoint."""
+    if base_type and wanted and wanted != base_type:
+        whose = f"the teacher {cfg.teacher.path!r}" if cfg.stage != "flow_matching" else "the policy.path checkpoint"
+        raise ConfigError(
+            f"{whose} is a {base_type} policy, but policy.type is {wanted!r} and the student is initialised from it; "
+            f"pass a {wanted} checkpoint, or drop policy.type (the student is a {base_type} copy of it)."
+        )
+    teacher_type = teacher.get("type") if teacher else None
+    student = base_type or wanted or teacher_type or DEFAULT_POLICY_TYPE
+    if teacher and student != teacher_type:  # a new student keeps the teacher's processors
+        padded = teacher.get("max_action_dim")
+        space = f" and its padded action space (max_action_dim={padded})" if padded else ""
+        raise ConfigError(
+            f"the teacher {cfg.teacher.path!r} is a {teacher_type} policy, but policy.type is {student!r}: a new "
+            f"student (init_from_teacher=false) keeps the teacher's processors (tokenizer, prompt format, "
+            f"normalisation stats){space}, so it must be a {teacher_type} policy; set --policy.type={teacher_type}."
+        )
+    return student
 
 
-def _type_name(hint: Any) -> str:
-    origin, args = typing.get_origin(hint), typing.get_args(hint)
-    if origin in (typing.Union, types.UnionType):
-        return " | ".join(_type_name(a) for a in args)
-    if hint is type(None):
-        return "None"
-    if hint is Any:
-        return "any"
-    if origin is not None:
-        inner = ", ".join(_type_name(a) for a in args if a is not Ellipsis)
-        return f"{getattr(origin, '__name__', str(origin))}[{inner}]" if inner else getattr(origin, "__name__", str(origin))
-    return getattr(hint, "__name__", str(hint).replace("typing.", ""))
-
-
-def _show(value: Any) -> str:
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return str(value).lower()
-    if isinstance(value, list | tuple):
-        return "[" + ", ".join(_show(v) for v in value) + "]"
-    if isinstance(value, dict):
-        return "{" + ", ".join(f"{k}: {_show(v)}" for k, v in value.items()) + "}"
-    return str(getattr(value, "value", value))
-
-
-def _default(f: dataclasses.Field) -> Any:
-    if f.default is not dataclasses.MISSING:
-        return f.default
-    if f.default_factory is not dataclasses.MISSING:
-        return f.default_factory()
-    return dataclasses.MISSING
-
-
-def _first_paragraph(cls: type) -> str:
-    return " ".join((cls.__doc__ or "").strip().split("\n\n")[0].split())
-
-
-def _option(name: str, kind: str, default: Any, text: str) -> list[str]:
-    shown = "" if default is dataclasses.MISSING else f", default: {_show(default)}"
-    head = f"  --{name}  ({kind}{shown})"
-    return [head, f"      {text}"] if text else [head]
-
-
-def _options(cls: type, prefix: str = "") -> list[str]:
-    """The option lines of `cls`: its own keys first, then one block per section."""
-    lines: list[str] = []
-    sections: list[str] = []
-    hints = typing.get_type_hints(cls)
-    for f in dataclasses.fields(cls):
-        hint, text, name = hints[f.name], f.metadata.get("help", ""), prefix + f.name
-        if dataclasses.is_dataclass(hint):
-            sections += ["", f"{name}: {_first_paragraph(hint)}", *_options(hint, f"{name}.")]
-        elif cls is TrainConfig and f.name == "policy":
-            sections += ["", f"policy: {text}"]
-            sections += _option("policy.type", "str", "flow_mlp", "a new policy of this LeRobot type: flow_mlp, smolvla, pi0, pi05")
-            sections += _option("policy.path", "str", None, "start from this checkpoint (run dir, pretrained_model/ or Hub id)")
-            sections += _option("policy.<field>", "per its LeRobot config class", dataclasses.MISSING, "")
-        elif typing.get_origin(hint) is dict:
-            sections += ["", f"{name}: {text}", *_option(f"{name}.<key>", "section", dataclasses.MISSING, "")]
-        else:
-            lines += _option(name, _type_name(hint), _default(f), text)
-    return lines + sections
-
-
-def _policy_fields(policy_type: str) -> list[str]:
-    cls = policy_config_class(policy_type)
-    hints = typing.get_type_hints(cls)
-    lines = ["", f"policy fields of type {policy_type} ({cls.__module__}.{cls.__name__}):"]
-    for f in sorted((f for f in dataclasses.fields(cls) if f.init), key=lambda f: f.name):
-        lines += _option(f"policy.{f.name}", _type_name(hints.get(f.name, Any)), _default(f), "")
-    return lines
-
-
-def render_help(cls: type, command: str, *, aliases: dict[str, str] | None = None, policy_type: str | None = None) -> str:
-    """The `--help` text of a command: every option with its type, default and help string."""
-    lines = [
-        f"usage: hf-reflow {command} [--config_path=RECIPE.yaml] [--key=value ...]",
-        "",
-        _first_paragraph(cls),
-        "",
-        "Values are YAML (true, null, 1e-4, [a, b]); lists may also be written a,b,c. Unknown keys are rejected.",
-        "",
-        "options:",
-        "  -h, --help",
-        "      show this help and exit",
-        "  --config_path=PATH  (also --config)",
-        "      a YAML recipe (or a run's train_config.json) whose keys are these options; flags after it win key by key",
-    ]
-    lines += _options(cls)
-    if policy_type:
-        lines += _policy_fields(policy_type)
-    if aliases:
-        lines += ["", "aliases (the seed guide's and lerobot-train's names):"]
-        lines += [f"  --{name} = --{target}" for name, target in aliases.items()]
-        if "policy.repo_id" in aliases:
-            lines += ["  (--policy.repo_id also sets hub_repo_template to {hub_model_id} unless given: the exact repo)"]
-    return "\n".join(lines)
+def read_checkpoint_config(path: str | None, flag: str, revision: str | None = None) -> dict[str, Any]:
+    """The config.json of a checkpoint (its folder, a run dir, or a Hub repo id) as a mapping; that file only."""
+    if not path:
+        raise ConfigError(f"{flag} is empty; pass a checkpoint dir, a run dir or a Hub model id.")
+    local = Path(path)
+    found = next((f / "config.json" for f in (local, local / "pretrained_model") if (f / "config.json").is_file()), None)
+    if found is not None:
+        text = found.read_text()
+    elif local.exists() or not _REPO_ID.match(str(path)):
+        raise ConfigError(
+            f"{flag} {path!r} holds no checkpoint (no config.json in it or in its pretrained_model/); pass a "
+            "checkpoint dir, a run dir or a Hub model id."
+        )
+    else:
+        text = Hub(retries=0).read_text(str(path), "config.json", revision=revision)
+        if text is None:
+            raise ConfigError(f"{flag} {path!r}: the Hub repo has no config.json; pass a LeRobot policy checkpoint.")
+    try:
+        data = json.loads(text)
+    except ValueError:
+        data = None
+    if not isinstance(data, dict) or not isinstance(data.get("type"), str):
+        raise ConfigError(f"{flag} {path!r}: its config.json is not a LeRobot policy config (no \"type\").")
+    return data

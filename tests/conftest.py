@@ -29,6 +29,21 @@ REPO = Path(__file__).resolve().parents[1]
 TINY_POLICY = {"type": "flow_mlp", "chunk_size": 8, "n_action_steps": 4, "hidden_dim": 64, "num_blocks": 2}
 
 
+def fake_checkpoint(folder: Path, policy_type: str = "flow_mlp", **fields) -> str:
+    """A folder holding only a policy's config.json: enough to parse a config that starts from it."""
+    import json
+
+    import draccus
+    from lerobot.configs.policies import PreTrainedConfig
+
+    import hf_reflow.configs  # noqa: F401  (registers flow_mlp)
+
+    config = PreTrainedConfig.get_choice_class(policy_type)(**fields)
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "config.json").write_text(json.dumps(draccus.encode(config, PreTrainedConfig)))
+    return str(folder)
+
+
 def train_config(**overrides):
     """A TrainConfig for tests: tiny policy, tensorboard off, small batches."""
     from hf_reflow.configs import TrainConfig

@@ -39,7 +39,7 @@ class Case:
 
 CASES = [
     # ---- recipes and the command line
-    Case("yaml_list_unclosed", [*TRAIN, "--steps=[unclosed"], "steps must be"),
+    Case("yaml_list_unclosed", [*TRAIN, "--steps=[unclosed"], "is not a valid YAML list"),
     Case("recipe_bad_yaml", [*TRAIN, "--config_path={bad_yaml}"], "not valid YAML"),
     Case("recipe_not_mapping", [*TRAIN, "--config_path={list_yaml}"], "must be a YAML mapping"),
     Case("recipe_missing", [*TRAIN, "--config_path={missing}/r.yaml"], "not found"),
@@ -115,7 +115,7 @@ CASES = [
     Case("output_dir_on_proc", ["train", "--dataset.root={data}", "--output_dir=/proc/hf-reflow-run", *TINY], "not writable"),
     Case("disk_full", TRAIN, "free disk space", fsize=4096),
     # ---- the teacher
-    Case("teacher_missing", [*REFLOW, "--teacher.path={missing}"], "no checkpoint at"),
+    Case("teacher_missing", [*REFLOW, "--teacher.path={missing}"], "holds no checkpoint"),
     Case("teacher_is_a_dataset", [*REFLOW, "--teacher.path={data}"], "holds no checkpoint"),
     Case("teacher_truncated_weights", [*REFLOW, "--teacher.path={bad_truncated}"], "model.safetensors"),
     Case("teacher_random_weights", [*REFLOW, "--teacher.path={bad_random}"], "model.safetensors"),

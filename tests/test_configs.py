@@ -6,32 +6,41 @@ from pathlib import Path
 
 import pytest
 
+import yaml
+from conftest import fake_checkpoint
+
 from hf_reflow.configs import RECOMMENDED_NUM_STEPS, parse_train_config
 from hf_reflow.errors import ConfigError
 
 RECIPES = Path(__file__).resolve().parents[1] / "recipes"
 
 
-def test_recipe_then_overrides_merge_key_by_key():
-    config = parse_train_config(["--config", str(RECIPES / "toy/2rf.yaml"), "--teacher.path=me/teacher", "--optim.lr=1e-4"])
-    assert config.stage == "reflow" and config.teacher.path == "me/teacher"
+@pytest.fixture
+def teacher(tmp_path):
+    """A flow_mlp checkpoint's config.json (hidden_dim 48): what a student initialised from it starts as."""
+    return fake_checkpoint(tmp_path / "teacher", hidden_dim=48)
+
+
+def test_recipe_then_overrides_merge_key_by_key(teacher):
+    config = parse_train_config(["--config", str(RECIPES / "toy/2rf.yaml"), f"--teacher.path={teacher}", "--optim.lr=1e-4"])
+    assert config.stage == "reflow" and config.teacher.path == teacher
     assert config.teacher.num_inference_steps == 10  # kept from the recipe's teacher section
     assert config.optim.lr == 1e-4 and config.optim.warmup_steps == 100
     assert config.flow.time_sampler == "u_shaped" and config.flow.loss == "pseudo_huber"
 
 
-def test_seed_guide_names_are_aliases():
+def test_seed_guide_names_are_aliases(teacher):
     config = parse_train_config(
-        ["--stage=reflow", "--teacher_model_path=lerobot/smolvla_base", "--reflow_num_inference_steps=20", "--num_steps=3"]
+        ["--stage=reflow", f"--teacher_model_path={teacher}", "--reflow_num_inference_steps=20", "--num_steps=3"]
     )
-    assert config.teacher.path == "lerobot/smolvla_base" and config.teacher.num_inference_steps == 20
+    assert config.teacher.path == teacher and config.teacher.num_inference_steps == 20
     assert config.final_num_steps == 3
 
 
-def test_recommended_num_steps_per_stage():
+def test_recommended_num_steps_per_stage(teacher):
     assert parse_train_config([]).final_num_steps == RECOMMENDED_NUM_STEPS["flow_matching"] == 10
-    assert parse_train_config(["--stage=reflow", "--teacher.path=a/b"]).final_num_steps == 2
-    assert parse_train_config(["--stage=distill", "--teacher.path=a/b"]).final_num_steps == 1
+    assert parse_train_config(["--stage=reflow", f"--teacher.path={teacher}"]).final_num_steps == 2
+    assert parse_train_config(["--stage=distill", f"--teacher.path={teacher}"]).final_num_steps == 1
 
 
 def test_numbers_written_as_text_are_numbers():
@@ -44,18 +53,25 @@ def test_numbers_written_as_text_are_numbers():
     [
         (["--nope=1"], "unknown config key(s) nope; valid keys: stage"),
         (["--optim.lrr=1"], "valid keys under optim: lr"),
-        (["--steps=ten"], "steps must be int"),
+        (["--steps=ten"], "steps must be int; got 'ten'"),
         (["--steps=0"], "steps must be >= 1"),
         (["--stage=rf3"], "stage must be one of flow_matching, reflow, distill"),
         (["--stage=reflow"], "needs a teacher"),
         (["--teacher.solver=rk4", "--stage=reflow", "--teacher.path=a/b"], "teacher.solver must be one of euler, heun"),
+        (["--stage=reflow", "--teacher.path=/no/such/dir"], "teacher.path '/no/such/dir' holds no checkpoint"),
+        (["--policy.hidden_dim=big"], "policy.hidden_dim must be int; got 'big'"),
+        (["--policy.chunk_size=4"], "n_action_steps must be in 1..chunk_size (4), got 8"),
+        (["--policy.type=nope"], "policy.type 'nope' is not a LeRobot policy type; known types: act"),
+        (["--optim=3"], "optim must be a mapping of keys"),
+        (["--steps.x=1"], "cannot set steps.x: steps is a value, not a section"),
         (["--mixed_precision=fp8"], "mixed_precision must be one of"),
         (["--coupling_reuse=0"], "coupling_reuse must be >= 1"),
         (["--coupling_reuse=4", "--steps=10"], "steps=10 is not a multiple of coupling_reuse=4"),
         (["--coupling_reuse=2", "--save_every=5", "--steps=10"], "save_every=5 is not a multiple of coupling_reuse=2"),
         (["--log_with=[wandb]"], "log_with must be one of tensorboard, trackio"),
         (["--dataset=3"], "dataset must be a mapping"),
-        (["steps=3"], "overrides look like --key=value"),
+        (["--flow.logit_std=1e999"], "flow.logit_std must be a finite number"),
+        (["steps=3"], "settings look like --key=value"),
         (["--steps"], "--steps needs a value"),
     ],
 )
@@ -75,7 +91,7 @@ def test_lerobot_train_names_are_accepted():
          "--wandb.project=p", "--wandb.mode=offline", "--job_name=j"]
     )  # fmt: skip
     assert config.save_every == 7 and config.log_every == 3 and config.dataset.num_workers == 2
-    assert config.policy["device"] == "cpu" and config.policy["hidden_dim"] == 256  # merged with the recipe's
+    assert config.policy.device == "cpu" and config.policy.hidden_dim == 256  # merged with the recipe's
     assert config.push_to_hub and config.hub_model_id == "me/toy-1rf"
     assert config.hub_repo_template == "{hub_model_id}"  # lerobot-train pushes to exactly policy.repo_id
     assert config.wandb.enable and config.wandb.project == "p" and config.wandb.mode == "offline"
@@ -87,15 +103,16 @@ def test_lerobot_train_names_are_accepted():
 def test_lists_values_and_policy_fields_are_typed():
     config = parse_train_config(["--policy.hidden_dim=32", "--policy.tasks=a,b", "--dataset.episodes=0,2,3",
                                  "--optim.betas=0.9,0.95", "--optim.lr=1e-4"])  # fmt: skip
-    assert config.policy["hidden_dim"] == 32 and config.policy["tasks"] == ["a", "b"]
+    assert config.policy.hidden_dim == 32 and config.policy.tasks == ["a", "b"]
     assert config.dataset.episodes == [0, 2, 3] and config.optim.betas == [0.9, 0.95]
     assert config.optim.given() == {"lr": 1e-4, "betas": [0.9, 0.95]}  # the rest comes from the policy's presets
 
 
-def test_train_config_json_is_a_recipe(tmp_path):
+def test_train_config_json_is_a_recipe(tmp_path, teacher):
     from hf_reflow.configs import save_config
 
-    config = parse_train_config(["--config_path", str(RECIPES / "toy/2rf.yaml"), "--teacher.path=me/t", "--steps=9"])
+    config = parse_train_config(["--config_path", str(RECIPES / "toy/2rf.yaml"), f"--teacher.path={teacher}", "--steps=9"])
+    assert config.policy.hidden_dim == 48 and str(config.policy.pretrained_path) == teacher  # the teacher's config
     save_config(config, tmp_path / "train_config.json", {"optim_used": {"optimizer": {"type": "adamw"}}})
     again = parse_train_config([f"--config_path={tmp_path / 'train_config.json'}"])
     assert again == config
@@ -106,8 +123,12 @@ def _train_recipes() -> list[Path]:
 
 
 @pytest.mark.parametrize("recipe", _train_recipes(), ids=lambda p: f"{p.parent.name}/{p.name}")
-def test_every_train_recipe_parses_and_says_which_optimizer(recipe):
-    config = parse_train_config([f"--config_path={recipe}", "--teacher_model_path=some/teacher"])
+def test_every_train_recipe_parses_and_says_which_optimizer(recipe, tmp_path):
+    policy = yaml.safe_load(recipe.read_text()).get("policy", {})
+    checkpoint = fake_checkpoint(tmp_path / "ckpt", policy.get("type", "flow_mlp"))  # the teacher, or policy.path
+    args = ["--policy.path=" + checkpoint] if policy.get("path") else []
+    config = parse_train_config([f"--config_path={recipe}", f"--teacher_model_path={checkpoint}", *args])
+    assert config.policy.type == policy.get("type", "flow_mlp")
     text = recipe.read_text()
     assert "--config_path=" in text and "--config=" not in text  # its command line uses the new flag
     if config.optim.given():  # explicit settings: every field, with the schedule named
@@ -118,13 +139,13 @@ def test_every_train_recipe_parses_and_says_which_optimizer(recipe):
 
 
 @pytest.mark.parametrize("recipe", sorted(RECIPES.glob("metaworld/*.yaml")), ids=lambda p: p.name)
-def test_metaworld_recipes_train_as_before(recipe):
+def test_metaworld_recipes_train_as_before(recipe, teacher):
     """Each stage's optimizer is hf-reflow's AdamW + warmup-cosine, set in full (not left to a preset)."""
     from hf_reflow.configs import parse_pipeline_config
 
     config = parse_pipeline_config([f"--config_path={recipe}"])
     for stage in config.stages:
-        optim = config.stage_config(stage, seed=0, output_dir="o", teacher="t", dataset_root="d").optim
+        optim = config.stage_config(stage, seed=0, output_dir="o", teacher=teacher, dataset_root="d").optim
         assert optim.type == "adamw" and optim.scheduler == "warmup_cosine" and optim.grad_clip_norm == 1.0
         assert optim.betas == [0.9, 0.999] and optim.eps == 1e-8 and optim.weight_decay == 1e-4
         assert optim.min_lr_ratio == 0.1 and optim.lr is not None and optim.warmup_steps is not None

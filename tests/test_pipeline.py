@@ -152,7 +152,7 @@ def test_expert_through_the_eval_path_reproduces_its_success():
         (["--data.tasks=[reach-v3,fly-v3]"], "Valid names: reach-v3, push-v3"),
         (["--data.episodes=0"], "data.episodes"),
         (["--stages=[reflow]"], "start with flow_matching"),
-        (["--reflow.no_such_key=1"], "unknown config key(s) reflow.no_such_key"),
+        (["--reflow.no_such_key=1"], "stage reflow: unknown config key(s) no_such_key"),
         (["--eval.nfe=[0]"], "eval.nfe"),
     ],
 )

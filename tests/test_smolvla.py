@@ -262,18 +262,20 @@ def test_bad_teacher_fails_before_training(smolvla_teacher, image_dataset, tmp_p
         "pi05/distill",
     ],
 )
-def test_recipes_parse_with_the_guides_defaults(recipe):
-    from conftest import REPO
+def test_recipes_parse_with_the_guides_defaults(recipe, tmp_path):
+    import yaml
+    from conftest import REPO, fake_checkpoint
 
     from hf_reflow.configs import parse_train_config
 
-    cfg = parse_train_config(
-        [f"--config={REPO / 'recipes' / recipe}.yaml", "--teacher_model_path=some/teacher"]
-    )
-    assert cfg.batch_size == 32 and cfg.policy["train_expert_only"] is True
-    assert cfg.policy["freeze_vision_encoder"] is True
+    path = REPO / "recipes" / f"{recipe}.yaml"
+    checkpoint = fake_checkpoint(tmp_path / "ckpt", yaml.safe_load(path.read_text())["policy"]["type"])
+    cfg = parse_train_config([f"--config={path}", f"--teacher_model_path={checkpoint}", f"--policy.path={checkpoint}"]
+                             if "1rf" in recipe else [f"--config={path}", f"--teacher_model_path={checkpoint}"])  # fmt: skip
+    assert cfg.batch_size == 32 and cfg.policy.train_expert_only is True
+    assert cfg.policy.freeze_vision_encoder is True
     if cfg.stage != "flow_matching":
-        assert cfg.teacher.path == "some/teacher" and cfg.teacher.num_inference_steps == 10
+        assert cfg.teacher.path == checkpoint and cfg.teacher.num_inference_steps == 10
         assert cfg.steps == 50_000 and 5e-5 <= cfg.optim.lr <= 1e-4
 
 

@@ -224,7 +224,8 @@ def stage_lineage(cfg: Any, *, num_processes: int, lr: float) -> dict[str, Any]:
     stock checkpoint files: stage, k, teacher and its commit, base model, couplings, data and settings."""
     teacher_k = teacher_lineage(cfg.teacher.path).get("k", 1) if cfg.teacher.path else 0
     student_of_teacher = cfg.stage != "flow_matching"
-    base = cfg.policy.get("path") if not student_of_teacher else None  # a 1-RF's starting checkpoint
+    start = cfg.policy.pretrained_path  # a 1-RF's `policy.path`; for a student, its teacher
+    base = str(start) if start is not None and not student_of_teacher else None
     return {
         "hf_reflow_version": __version__,
         "stage": cfg.stage,

@@ -80,7 +80,7 @@ class ReflowTrainer:
         if cfg.wandb.enable:
             trackers.append(self._wandb_tracker())
         return Accelerator(
-            cpu=cfg.policy.get("device") == "cpu",  # lerobot-train's --policy.device=cpu
+            cpu=cfg.policy.device == "cpu",  # lerobot-train's --policy.device=cpu
             mixed_precision=cfg.mixed_precision,
             gradient_accumulation_steps=cfg.gradient_accumulation_steps,
             log_with=trackers or None,
