@@ -265,9 +265,12 @@ class WandbConfig:
 
 
 POLICY_HELP = (
-    "the student policy: `type` (a new policy of that LeRobot type), `path` (weights from a checkpoint), and any "
-    "field of that type's LeRobot config class, e.g. --policy.chunk_size=16; `device` (cpu forces CPU). A student "
-    "initialised from its teacher takes the teacher's type. List a type's fields: --policy.type=TYPE --help"
+    "the student: a LeRobot PreTrainedConfig, resolved as lerobot-train resolves it. `path`: start from a "
+    "checkpoint (its config.json and weights); `type`: a new policy of that LeRobot type (default flow_mlp). A "
+    "reflow / distill student initialised from its teacher starts from the teacher's config.json (teacher.path "
+    "is its implicit policy.path). Then any field of that type's config class, decoded by draccus, e.g. "
+    "--policy.chunk_size=16; `device` (unset: auto). --policy.discover_packages_path=PKG imports a package "
+    "that registers more policy types. List a type's fields: --policy.type=TYPE --help"
 )
 
 
@@ -758,39 +761,43 @@ def policy_config(
     where the weights come from.
     """
     section = dict(section)
-    flags = dict(arg[2:].partition("=")[::2] for arg in args)
-    path = flags.pop("path", None) or section.pop("path", None)  # the flag wins over the recipe's
-    wanted = flags.pop("type", None) or section.pop("type", None)
+    flags = dict(arg[2:].partition("=")[::2] for arg in args)  # `--key=value` -> {key: value}
+    path, wanted = (flags.pop(k, None) or section.get(k) for k in ("path", "type"))  # a flag wins over the recipe
     section.pop("path", None), section.pop("type", None)
     recorded = section.pop("pretrained_path", None)  # a run's train_config.json read back as a recipe
-    args = [f"--{k}={v}" for k, v in flags.items()]
-    teacher = None
-    if cfg.stage != "flow_matching":
-        if path:
-            raise ConfigError(
-                f"policy.path is for a flow_matching stage; a {cfg.stage} student starts from its teacher "
-                f"(teacher.path), or new with init_from_teacher=false; drop --policy.path={path}."
-            )
-        teacher = teacher_config or read_checkpoint_config(cfg.teacher.path, "teacher.path", cfg.teacher.revision)
-    source = (path or recorded) if cfg.stage == "flow_matching" else (cfg.teacher.path if cfg.init_from_teacher else None)
-    base = dict(teacher) if teacher is not None and cfg.init_from_teacher else {}
-    if cfg.stage == "flow_matching" and source:
-        base = read_checkpoint_config(str(source), "policy.path")
+    if cfg.stage == "flow_matching":  # a student's recorded start is its teacher, given again by teacher.path
+        path = path or recorded
+    source, base, teacher = _starting_point(cfg, path, teacher_config)
     policy_type = _student_type(cfg, base.pop("type", None), wanted, teacher)
     cls = policy_config_class(policy_type)
     check_policy_keys(cls, policy_type, [*section, *flags])
     if base and "device" not in section and "device" not in flags:
         base["device"] = None  # a checkpoint's saved device is not this machine's: auto-select, as a new config
     try:
-        policy = decode_policy(cls, {**base, **section}, args)
+        policy = decode_policy(cls, {**base, **section}, [f"--{k}={v}" for k, v in flags.items()])
     except ConfigError as e:
         if not base:
             raise
-        flag = "policy.path" if cfg.stage == "flow_matching" else "teacher.path"
-        where = source if cfg.stage == "flow_matching" else cfg.teacher.path
-        raise ConfigError(f"{e} (the student's config: the config.json of {flag} {where!r}, then the policy settings)") from None
+        raise ConfigError(f"{e} (the student's config: the config.json of {source!r}, then the policy settings)") from None
     policy.pretrained_path = Path(source) if source else None
     return policy
+
+
+def _starting_point(
+    cfg: TrainConfig, path: str | None, teacher_config: dict[str, Any] | None
+) -> tuple[str | None, dict[str, Any], dict[str, Any] | None]:
+    """(where the student's weights come from, the config.json it starts as, the teacher's config.json)."""
+    if cfg.stage == "flow_matching":
+        return path, (read_checkpoint_config(str(path), "policy.path") if path else {}), None
+    if path:
+        raise ConfigError(
+            f"policy.path is for a flow_matching stage; a {cfg.stage} student starts from its teacher "
+            f"(teacher.path), or new with init_from_teacher=false; drop --policy.path={path}."
+        )
+    teacher = teacher_config or read_checkpoint_config(cfg.teacher.path, "teacher.path", cfg.teacher.revision)
+    if cfg.init_from_teacher:
+        return cfg.teacher.path, dict(teacher), teacher
+    return None, {}, teacher
 
 
 def _student_type(cfg: TrainConfig, base_type: str | None, wanted: str | None, teacher: dict | None) -> str:

@@ -122,6 +122,11 @@ CASES = [
     Case("teacher_without_weights", [*REFLOW, "--teacher.path={bad_noweights}"], "model.safetensors"),
     Case("teacher_garbage_reflow_json", [*REFLOW, "--teacher.path={bad_reflowjson}"], "reflow.json"),
     Case("teacher_garbage_config", [*REFLOW, "--teacher.path={bad_config}"], "config"),
+    # ---- the student's starting checkpoint (`--policy.path`)
+    Case("policy_path_missing", [*TRAIN, "--policy.path={missing}"], "policy.path"),
+    Case("policy_path_other_type", [*TRAIN, "--policy.path={teacher}", "--policy.type=smolvla"], "policy.type is 'smolvla'"),
+    Case("policy_path_on_reflow", [*REFLOW, "--teacher.path={teacher}", "--policy.path={teacher}"], "drop --policy.path"),
+    Case("policy_plugin_missing", [*TRAIN, "--policy.discover_packages_path=no_such_hf_reflow_plugin"], "no_such_hf_reflow_plugin"),
     # ---- eval
     Case("eval_nfe_zero", [*EVAL, "--nfe=0"], "nfe"),
     Case("eval_nfe_negative", [*EVAL, "--nfe=-1"], "nfe"),

@@ -148,3 +148,57 @@ def test_metaworld_recipes_train_as_before(recipe, teacher):
         assert optim.type == "adamw" and optim.scheduler == "warmup_cosine" and optim.grad_clip_norm == 1.0
         assert optim.betas == [0.9, 0.999] and optim.eps == 1e-8 and optim.weight_decay == 1e-4
         assert optim.min_lr_ratio == 0.1 and optim.lr is not None and optim.warmup_steps is not None
+
+
+# ---- the student's policy: a LeRobot PreTrainedConfig resolved at parse time ---------------------------------
+
+
+def test_policy_path_starts_from_the_checkpoints_config(tmp_path):
+    from hf_reflow.configs import save_config
+
+    checkpoint = fake_checkpoint(tmp_path / "ckpt", hidden_dim=48, chunk_size=8, n_action_steps=4)
+    config = parse_train_config([f"--policy.path={checkpoint}", "--policy.n_action_steps=2"])
+    policy = config.policy
+    assert policy.type == "flow_mlp" and policy.hidden_dim == 48 and policy.chunk_size == 8
+    assert policy.n_action_steps == 2 and str(policy.pretrained_path) == checkpoint
+    save_config(config, tmp_path / "train_config.json")
+    assert parse_train_config([f"--config_path={tmp_path / 'train_config.json'}"]) == config  # same start, same fields
+
+
+def test_a_student_starts_from_its_teachers_config(teacher):
+    student = parse_train_config(["--stage=reflow", f"--teacher.path={teacher}", "--policy.n_action_steps=2"]).policy
+    assert student.hidden_dim == 48 and student.n_action_steps == 2 and str(student.pretrained_path) == teacher
+    new = parse_train_config(["--stage=reflow", f"--teacher.path={teacher}", "--init_from_teacher=false"]).policy
+    assert new.type == "flow_mlp" and new.hidden_dim != 48 and new.pretrained_path is None  # a new policy
+
+
+def test_a_pipeline_stages_policy_keys_are_checked_up_front():
+    from hf_reflow.configs import parse_pipeline_config
+
+    with pytest.raises(ConfigError, match=r"stage reflow: unknown policy key\(s\) policy.hidden_dimm for type 'flow_mlp'"):
+        parse_pipeline_config([f"--config_path={RECIPES / 'metaworld/tiny.yaml'}", "--reflow.policy.hidden_dimm=3"])
+
+
+PLUGIN = """
+from dataclasses import dataclass
+
+from lerobot.configs.policies import PreTrainedConfig
+
+from hf_reflow.policies.flow_mlp.configuration_flow_mlp import FlowMLPConfig
+
+
+@PreTrainedConfig.register_subclass("hf_reflow_test_plugin")
+@dataclass
+class PluginConfig(FlowMLPConfig):
+    extra_width: int = 3
+"""
+
+
+def test_a_plugin_package_registers_a_policy_type(tmp_path, monkeypatch):
+    """`--policy.discover_packages_path=PKG`, as lerobot-train: the package registers a config class."""
+    (tmp_path / "hf_reflow_test_plugin").mkdir()
+    (tmp_path / "hf_reflow_test_plugin" / "__init__.py").write_text(PLUGIN)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    config = parse_train_config(["--policy.discover_packages_path=hf_reflow_test_plugin",
+                                 "--policy.type=hf_reflow_test_plugin", "--policy.extra_width=5"])  # fmt: skip
+    assert type(config.policy).__name__ == "PluginConfig" and config.policy.extra_width == 5
