@@ -6,7 +6,7 @@ setup:
 
 # The embedded default: multimodal Meta-World -> 1-RF -> 2-RF -> distilled, evaluated by step count.
 demo: setup
-	HF_HUB_OFFLINE=1 .venv/bin/hf-reflow pipeline --config=recipes/metaworld/default.yaml
+	HF_HUB_OFFLINE=1 .venv/bin/hf-reflow pipeline --config_path=recipes/metaworld/default.yaml
 
 # The same chain on a 2-D toy problem (seconds per stage).
 toy: setup

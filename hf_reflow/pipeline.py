@@ -1,6 +1,6 @@
 """The k-RF chain in one command: Meta-World demonstrations -> 1-RF -> reflow rounds -> distilled -> eval.
 
-    hf-reflow pipeline --config=recipes/metaworld/default.yaml
+    hf-reflow pipeline --config_path=recipes/metaworld/default.yaml
 
 Layout of `output_dir/`:
     recipe.json                         the resolved recipe (a different recipe's run is refused)

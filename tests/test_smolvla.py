@@ -269,9 +269,11 @@ def test_recipes_parse_with_the_guides_defaults(recipe, tmp_path):
     from hf_reflow.configs import parse_train_config
 
     path = REPO / "recipes" / f"{recipe}.yaml"
-    checkpoint = fake_checkpoint(tmp_path / "ckpt", yaml.safe_load(path.read_text())["policy"]["type"])
-    cfg = parse_train_config([f"--config={path}", f"--teacher_model_path={checkpoint}", f"--policy.path={checkpoint}"]
-                             if "1rf" in recipe else [f"--config={path}", f"--teacher_model_path={checkpoint}"])  # fmt: skip
+    policy = yaml.safe_load(path.read_text())["policy"]
+    checkpoint = fake_checkpoint(tmp_path / "ckpt", policy["type"])  # the teacher, or the 1-RF's policy.path
+    start = [f"--policy.path={checkpoint}"] if "path" in policy else []
+    cfg = parse_train_config([f"--config={path}", f"--teacher_model_path={checkpoint}", *start])
+    assert cfg.policy.type == policy["type"]
     assert cfg.batch_size == 32 and cfg.policy.train_expert_only is True
     assert cfg.policy.freeze_vision_encoder is True
     if cfg.stage != "flow_matching":
