@@ -74,14 +74,11 @@ def wants_help(args: list[str]) -> bool:
     return any(arg in HELP_FLAGS for arg in args)
 
 
-def command_line(args: list[str], aliases: dict[str, str] | None = None) -> list[Pair]:
+def command_line(args: list[str]) -> list[Pair]:
     """The settings of a command line, recipes first (`--config_path`), in the order they apply."""
-    args = _load_plugins(args)
-    pairs = _cli_pairs(args)
+    pairs = _cli_pairs(_load_plugins(args))
     recipes = [p for p in pairs if p.key in CONFIG_KEYS]
-    ordered = [q for p in recipes for q in flatten(load_recipe(p.value))]
-    ordered += [p for p in pairs if p.key not in CONFIG_KEYS]
-    return rename(ordered, aliases or {})
+    return [q for p in recipes for q in flatten(load_recipe(p.value))] + [p for p in pairs if p.key not in CONFIG_KEYS]
 
 
 def _load_plugins(args: list[str]) -> list[str]:
@@ -238,13 +235,12 @@ def _optional(hint: Any) -> bool:
 
 def _arg(pair: Pair, hint: Any) -> str:
     """A setting's value as draccus reads it (YAML), for a field of type `hint`."""
-    if not pair.raw:
-        return json.dumps(pair.value)  # JSON is YAML: strings quoted, null, true, lists
+    null = pair.value is None if not pair.raw else pair.value.strip() in NULLS
+    if null and not _optional(hint):
+        raise ConfigError(f"{pair.key} cannot be null; pass a value (see --help for its type).")
+    if not pair.raw or null:
+        return json.dumps(None if null else pair.value)  # JSON is YAML: strings quoted, null, true, lists
     raw, inner = pair.value, _without_none(hint)
-    if raw.strip() in NULLS:
-        if not _optional(hint):
-            raise ConfigError(f"{pair.key} cannot be null; pass a value (see --help for its type).")
-        return "null"
     if inner is str:
         return json.dumps(raw)
     if raw.lstrip().startswith(("[", "{")):
