@@ -46,23 +46,15 @@ from hf_reflow.parsing import (
     wants_help,
 )
 from hf_reflow.sampling import SOLVERS
+from hf_reflow.stages import RECOMMENDED_NUM_STEPS, STAGES, stage_k
 
-__all__ = ["RECORD_KEYS", "HelpRequested", "render_help"]  # re-exported for the CLI and the run dir
+# Re-exported: the CLI, the run dir and the pipeline import them from here.
+__all__ = ["RECOMMENDED_NUM_STEPS", "RECORD_KEYS", "STAGES", "HelpRequested", "render_help", "stage_k"]
 
-STAGES = ("flow_matching", "reflow", "distill", "shortcut")
-# Step count written into each stage's final checkpoint unless `num_steps` says otherwise.
-RECOMMENDED_NUM_STEPS = {"flow_matching": 10, "reflow": 2, "distill": 1, "shortcut": 1}
 TRACKERS = ("tensorboard", "trackio")
 OPTIMIZERS = ("adamw", "adam", "sgd")
 SCHEDULERS = ("warmup_cosine", "cosine_decay_with_warmup", "constant")
 _REPO_ID = re.compile(r"^[\w.-]+/[\w.-]+$")
-
-
-def stage_k(stage: str, teacher_k: int) -> int:
-    """The k of a stage's model: 1 for flow matching, the teacher's k + 1 for a reflow round, and the
-    teacher's own k for a distilled or shortcut student (the same couplings' flow, sampled in fewer steps)."""
-    _choice("stage", stage, STAGES)
-    return {"flow_matching": 1, "reflow": teacher_k + 1}.get(stage, teacher_k)
 
 
 # `--name` of the seed guide or of lerobot-train -> the TrainConfig key it sets.

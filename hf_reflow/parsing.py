@@ -45,7 +45,7 @@ HELP_FLAGS = ("-h", "--help")
 NULLS = ("", "null", "Null", "NULL", "~", "None")
 # Keys a trainer writes into train_config.json for the record; ignored when that file is read back as a recipe.
 RECORD_KEYS = ("optim_used",)
-DEFAULT_POLICY_TYPE = FlowMLPConfig().type
+DEFAULT_POLICY_TYPE = PreTrainedConfig.get_choice_name(FlowMLPConfig)  # "flow_mlp"
 
 
 class HelpRequested(Exception):  # not an error: the CLI prints it and exits 0

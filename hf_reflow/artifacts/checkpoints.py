@@ -25,11 +25,11 @@ import torch
 from hf_reflow import __version__
 from hf_reflow.artifacts.io import disk_writes
 from hf_reflow.artifacts.processor_safety import check_processor_steps
-from hf_reflow.configs import stage_k
 from hf_reflow.errors import CheckpointError, HubError
 from hf_reflow.hub import Hub, read_push_record
 from hf_reflow.policies.base import PolicyAdapter
 from hf_reflow.policies.factory import adapter_class, adapter_for
+from hf_reflow.stages import stage_k
 
 REFLOW_INFO = "reflow.json"
 WEIGHTS = "model.safetensors"

@@ -12,10 +12,10 @@ from pathlib import Path
 from typing import Any
 
 from hf_reflow.artifacts.checkpoints import teacher_lineage
-from hf_reflow.configs import stage_k
 from hf_reflow.errors import HubError, ReflowError
 from hf_reflow.hub import CARD, Hub, PushResult, check_repo_id, write_push_record, write_text
 from hf_reflow.publish import cards
+from hf_reflow.stages import stage_k
 
 logger = logging.getLogger(__name__)
 
