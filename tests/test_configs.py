@@ -202,3 +202,25 @@ def test_a_plugin_package_registers_a_policy_type(tmp_path, monkeypatch):
     config = parse_train_config(["--policy.discover_packages_path=hf_reflow_test_plugin",
                                  "--policy.type=hf_reflow_test_plugin", "--policy.extra_width=5"])  # fmt: skip
     assert type(config.policy).__name__ == "PluginConfig" and config.policy.extra_width == 5
+
+
+def test_a_run_of_the_previous_schema_resumes(tmp_path):
+    """A train_config.json written before the policy became a LeRobot config (only the fields set, keys added
+    since missing) still identifies its run for `--resume=true`; another setting is still refused."""
+    import json
+
+    from conftest import TINY_POLICY
+
+    from hf_reflow.artifacts.run_dir import check_run_dir
+    from hf_reflow.errors import CheckpointError
+
+    out = tmp_path / "run"
+    args = [f"--output_dir={out}", "--steps=20", *(f"--policy.{k}={v}" for k, v in TINY_POLICY.items())]
+    config = parse_train_config([*args, "--resume=true"])
+    old = {k: v for k, v in config.to_dict().items() if k not in ("coupling_reuse", "wandb")}
+    old["policy"] = dict(TINY_POLICY)
+    out.mkdir()
+    (out / "train_config.json").write_text(json.dumps(old))
+    assert check_run_dir(config) is False  # this run, unfinished: resumed
+    with pytest.raises(CheckpointError, match="differs in steps"):
+        check_run_dir(parse_train_config([*args, "--resume=true", "--steps=40"]))

@@ -22,7 +22,7 @@ from pathlib import Path
 
 from hf_reflow.artifacts.checkpoints import PRETRAINED_DIR
 from hf_reflow.configs import RECORD_KEYS, TrainConfig
-from hf_reflow.errors import CheckpointError
+from hf_reflow.errors import CheckpointError, ConfigError
 
 logger = logging.getLogger(__name__)
 
@@ -58,8 +58,7 @@ def check_run_dir(config: TrainConfig) -> bool:
             "or choose another --output_dir."
         )
     mine = {k: v for k, v in config.to_dict().items() if k not in IGNORED_ON_RESUME}
-    theirs = _with_defaults(_read_saved_config(saved), TrainConfig().to_dict())
-    theirs = {k: v for k, v in theirs.items() if k not in IGNORED_ON_RESUME}
+    theirs = {k: v for k, v in _saved_config(saved).to_dict().items() if k not in IGNORED_ON_RESUME}
     if mine != theirs:
         changed = sorted(k for k in mine.keys() | theirs.keys() if mine.get(k) != theirs.get(k))
         raise CheckpointError(
@@ -85,17 +84,6 @@ def _check_writable(output_dir: Path) -> None:
         ) from None
 
 
-def _with_defaults(saved: dict, defaults: dict) -> dict:
-    """`saved` with every key added since that run (a section, or a field of one) at its default value."""
-    merged = dict(saved)
-    for key, default in defaults.items():
-        if key not in merged:
-            merged[key] = default
-        elif key != "policy" and isinstance(default, dict) and isinstance(merged[key], dict):  # policy: free-form
-            merged[key] = _with_defaults(merged[key], default)
-    return merged
-
-
 def _read_saved_config(saved: Path) -> dict:
     try:
         data = json.loads(saved.read_text())
@@ -107,6 +95,19 @@ def _read_saved_config(saved: Path) -> dict:
     if not isinstance(data, dict):
         raise CheckpointError(f"{str(saved)!r} is not a run config; delete the output dir or choose another --output_dir.")
     return data
+
+
+def _saved_config(saved: Path) -> TrainConfig:
+    """The run's `train_config.json` read back as a recipe: keys added since that run take their defaults,
+    and its policy resolves as it did then (an older run's policy section holds only the fields it set)."""
+    data = {k: v for k, v in _read_saved_config(saved).items() if k not in RECORD_KEYS}
+    try:
+        return TrainConfig.from_dict(data)
+    except ConfigError as e:
+        raise CheckpointError(
+            f"{str(saved)!r} no longer parses as a run config ({e}); delete the output dir to start over, or "
+            "choose another --output_dir."
+        ) from None
 
 
 def remove_temporary(output_dir: Path) -> None:
