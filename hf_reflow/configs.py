@@ -709,14 +709,28 @@ def parse_config(cls: type, args: list[str], *, command: str) -> Any:
 def parse_train_config(args: list[str]) -> TrainConfig:
     """A `TrainConfig` from `--config_path=recipe.yaml` (optional) plus flags, its policy resolved."""
     if wants_help(args):
-        policy_type = next((a.partition("=")[2] for a in args if a.startswith("--policy.type=")), None)
-        raise HelpRequested(render_help(TrainConfig, "train", aliases=ALIASES, policy_type=policy_type))
+        raise HelpRequested(render_help(TrainConfig, "train", aliases=ALIASES, policy_type=_help_policy_type(args)))
     pairs = command_line(args)
     given = {p.key for p in pairs}
     for alias, defaults in _ALIAS_DEFAULTS.items():
         if alias in given:
             pairs = [Pair(k, v, raw=False) for k, v in defaults.items() if k not in given] + pairs
     return train_config(rename(pairs, ALIASES))
+
+
+def _help_policy_type(args: list[str]) -> str | None:
+    """The policy type whose fields `--help` lists: `--policy.type`, else that of a local `--policy.path` or
+    `--teacher.path` checkpoint (`--teacher_model_path` too)."""
+    flags = dict(a[2:].partition("=")[::2] for a in args if a.startswith("--") and "=" in a)
+    if flags.get("policy.type"):
+        return flags["policy.type"]
+    for key in ("policy.path", "teacher.path", "teacher_model_path"):
+        if flags.get(key) and Path(flags[key]).exists():
+            try:
+                return read_checkpoint_config(flags[key], key)["type"]
+            except ConfigError:
+                return None
+    return None
 
 
 def parse_pipeline_config(args: list[str]) -> PipelineConfig:

@@ -38,14 +38,13 @@ from lerobot.configs import parser as lerobot_parser
 from lerobot.configs.policies import PreTrainedConfig
 
 from hf_reflow.errors import ConfigError, ReflowError
-from hf_reflow.policies.flow_mlp.configuration_flow_mlp import FlowMLPConfig  # registers policy type flow_mlp
 
 CONFIG_KEYS = ("config_path", "config")  # lerobot-train's name first; both read a recipe
 HELP_FLAGS = ("-h", "--help")
 NULLS = ("", "null", "Null", "NULL", "~", "None")
 # Keys a trainer writes into train_config.json for the record; ignored when that file is read back as a recipe.
 RECORD_KEYS = ("optim_used",)
-DEFAULT_POLICY_TYPE = PreTrainedConfig.get_choice_name(FlowMLPConfig)  # "flow_mlp"
+DEFAULT_POLICY_TYPE = "flow_mlp"  # hf-reflow's built-in policy (`hf_reflow.policies.flow_mlp`)
 
 
 class HelpRequested(Exception):  # not an error: the CLI prints it and exits 0
@@ -378,6 +377,10 @@ def _hints(cls: type) -> dict[str, Any]:
 
 def policy_config_class(policy_type: str) -> type:
     """LeRobot's config class of a policy type (`PreTrainedConfig.get_choice_class`)."""
+    # Imported here, not at the top, to register flow_mlp: its package loads LeRobot's policies (~4 s), which
+    # a command line that fails on a misspelt key should not wait for. (No import circle: policies sit below.)
+    import hf_reflow.policies.flow_mlp  # noqa: F401
+
     try:
         return PreTrainedConfig.get_choice_class(policy_type)
     except (KeyError, ValueError):

@@ -36,7 +36,7 @@ def fake_checkpoint(folder: Path, policy_type: str = "flow_mlp", **fields) -> st
     import draccus
     from lerobot.configs.policies import PreTrainedConfig
 
-    import hf_reflow.configs  # noqa: F401  (registers flow_mlp)
+    import hf_reflow.policies.flow_mlp  # noqa: F401  (registers flow_mlp)
 
     config = PreTrainedConfig.get_choice_class(policy_type)(**fields)
     folder.mkdir(parents=True, exist_ok=True)

@@ -165,6 +165,16 @@ def test_train_help_lists_a_policy_types_fields(capsys):
     assert "policy fields of type flow_mlp" in out and "--policy.hidden_dim  (int, default: 256)" in out
 
 
+def test_train_help_lists_the_teachers_policy_fields(tmp_path, capsys):
+    from conftest import fake_checkpoint
+
+    from hf_reflow import cli
+
+    teacher = fake_checkpoint(tmp_path / "smolvla", "smolvla")
+    assert cli.main(["train", "--stage=reflow", f"--teacher.path={teacher}", "-h"]) == 0
+    assert "policy fields of type smolvla" in capsys.readouterr().out
+
+
 @pytest.mark.parametrize(
     ("args", "fragments"),
     [
