@@ -156,6 +156,7 @@ CASES = [
     Case("couplings_missing_teacher", ["couplings", "generate", "--teacher.path={missing}", "--dataset.root={data}", "--output={out}", "--num_couplings=8"], "no checkpoint at"),
     # ---- push (offline: each must be refused before any Hub request)
     Case("push_missing_checkpoint", ["push", "--checkpoint={missing}", "--repo_id=alice/x"], "no checkpoint at"),
+    Case("train_push_bad_repo_id", [*TRAIN, "--push_to_hub=true", "--hub_model_id=alice/bad name"], "invalid Hub repo id"),
     Case("push_bad_repo_id", ["push", "--checkpoint={teacher}", "--repo_id=not a repo"], "invalid Hub repo id"),
     Case("push_missing_eval_file", ["push", "--checkpoint={teacher}", "--repo_id=alice/x", "--eval={missing}/r.json"], "--eval"),
     # ---- pipeline
