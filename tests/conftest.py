@@ -137,3 +137,17 @@ def pi0_env(tmp_path_factory, paligemma_home) -> dict[str, str]:
 
     hook = tiny_pi0.write_size_hook(tmp_path_factory.mktemp("pi0_size_hook"))
     return tiny_pi0.subprocess_env(paligemma_home, hook)
+
+
+# `make test` gives whole files to two workers (`--dist loadfile`) in collection order: the longest files go
+# first (longest-processing-time-first), so no long file starts last while the other worker idles.
+LONGEST_FILES = ("test_hub.py", "test_pi0_cli.py", "test_pipeline.py", "test_trainer.py", "test_metaworld_env.py",
+                 "test_benchmarks.py", "test_space.py")  # fmt: skip
+
+
+def pytest_collection_modifyitems(items):
+    def rank(item) -> int:
+        name = item.path.name
+        return LONGEST_FILES.index(name) if name in LONGEST_FILES else len(LONGEST_FILES)
+
+    items.sort(key=rank)  # stable: tests keep their order within a file

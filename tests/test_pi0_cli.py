@@ -39,6 +39,23 @@ def run_hf_reflow(env: dict[str, str], *args: str, timeout: int = 300) -> subpro
     )
 
 
+SEQUENCE = """
+import json, sys
+from hf_reflow.cli import main
+for args in json.loads(sys.argv[1]):
+    code = main(args)
+    if code:
+        sys.exit(code)
+"""
+
+
+def run_hf_reflow_sequence(env: dict[str, str], commands: list[list[str]]) -> subprocess.CompletedProcess:
+    """Several `hf-reflow` command lines, one after another, through `hf_reflow.cli.main` in one fresh process
+    (each import of torch and LeRobot costs ~10 s here); it stops at the first that fails."""
+    return subprocess.run([sys.executable, "-c", SEQUENCE, json.dumps(commands)], capture_output=True, text=True,
+                          timeout=600, env=env, cwd=REPO)  # fmt: skip
+
+
 def _data_args(dataset: Path) -> list[str]:
     return [f"--dataset.root={dataset}", "--dataset.repo_id=local/tiny_images"]
 
@@ -57,22 +74,17 @@ def teachers(tmp_path_factory, image_dataset, paligemma_home) -> dict[str, Path]
 def chains(tmp_path_factory, teachers, image_dataset, pi0_env) -> dict[str, dict[str, Path]]:
     """Per type: the fixture's tiny checkpoint, a 1-RF and a 2-RF trained by the CLI with the repo's recipes."""
     root = tmp_path_factory.mktemp("pi_chains")
-    chains = {}
+    commands = []
     for kind in TYPES:
         recipes = REPO / "recipes" / kind
-        first = run_hf_reflow(
-            pi0_env, "train", f"--config={recipes / '1rf.yaml'}", f"--policy.path={teachers[kind]}",
-            f"--output_dir={root / kind / '1rf'}", *_data_args(image_dataset), *SHRUNK,
-        )  # fmt: skip
-        assert first.returncode == 0, first.stderr[-3000:]
-        second = run_hf_reflow(
-            pi0_env, "train", f"--config={recipes / 'reflow.yaml'}", f"--teacher.path={root / kind / '1rf'}",
-            "--teacher.num_inference_steps=3", f"--output_dir={root / kind / '2rf'}", *_data_args(image_dataset),
-            *SHRUNK,
-        )  # fmt: skip
-        assert second.returncode == 0, second.stderr[-3000:]
-        chains[kind] = {"teacher": teachers[kind], "1rf": root / kind / "1rf", "2rf": root / kind / "2rf"}
-    return chains
+        commands.append(["train", f"--config={recipes / '1rf.yaml'}", f"--policy.path={teachers[kind]}",
+                         f"--output_dir={root / kind / '1rf'}", *_data_args(image_dataset), *SHRUNK])  # fmt: skip
+        commands.append(["train", f"--config={recipes / 'reflow.yaml'}", f"--teacher.path={root / kind / '1rf'}",
+                         "--teacher.num_inference_steps=3", f"--output_dir={root / kind / '2rf'}",
+                         *_data_args(image_dataset), *SHRUNK])  # fmt: skip
+    result = run_hf_reflow_sequence(pi0_env, commands)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return {kind: {"teacher": teachers[kind], "1rf": root / kind / "1rf", "2rf": root / kind / "2rf"} for kind in TYPES}
 
 
 @pytest.mark.parametrize("kind", TYPES)
