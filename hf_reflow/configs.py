@@ -45,6 +45,7 @@ from hf_reflow.parsing import (
     render_help,
     wants_help,
 )
+from hf_reflow.policies.factory import supported_policy_types
 from hf_reflow.sampling import SOLVERS
 from hf_reflow.stages import RECOMMENDED_NUM_STEPS, STAGES, stage_k
 
@@ -776,6 +777,11 @@ def policy_config(
     source, base, teacher = _starting_point(cfg, path, teacher_config)
     policy_type = _student_type(cfg, base.pop("type", None), wanted, teacher)
     cls = policy_config_class(policy_type)
+    if policy_type not in supported_policy_types():  # a LeRobot type hf-reflow cannot sample or train
+        raise ConfigError(
+            f"policy.type {policy_type!r} has no hf-reflow adapter; choose one of {', '.join(supported_policy_types())} "
+            "(or register one: hf_reflow.policies.factory.register_adapter)."
+        )
     check_policy_keys(cls, policy_type, [*section, *flags])
     if base and "device" not in section and "device" not in flags:
         base["device"] = None  # a checkpoint's saved device is not this machine's: auto-select, as a new config

@@ -61,6 +61,7 @@ def test_numbers_written_as_text_are_numbers():
         (["--policy.hidden_dim=big"], "policy.hidden_dim must be int; got 'big'"),
         (["--policy.chunk_size=4"], "n_action_steps must be in 1..chunk_size (4), got 8"),
         (["--policy.type=nope"], "policy.type 'nope' is not a LeRobot policy type; known types: act"),
+        (["--policy.type=act"], "policy.type 'act' has no hf-reflow adapter; choose one of flow_mlp"),
         (["--optim=3"], "optim must be a mapping of keys"),
         (["--steps.x=1"], "cannot set steps.x: steps is a value, not a section"),
         (["--mixed_precision=fp8"], "mixed_precision must be one of"),
@@ -184,6 +185,8 @@ from dataclasses import dataclass
 
 from lerobot.configs.policies import PreTrainedConfig
 
+from hf_reflow.policies.factory import register_adapter
+from hf_reflow.policies.flow_mlp.adapter import FlowMLPAdapter
 from hf_reflow.policies.flow_mlp.configuration_flow_mlp import FlowMLPConfig
 
 
@@ -191,14 +194,26 @@ from hf_reflow.policies.flow_mlp.configuration_flow_mlp import FlowMLPConfig
 @dataclass
 class PluginConfig(FlowMLPConfig):
     extra_width: int = 3
+
+
+@register_adapter
+class PluginAdapter(FlowMLPAdapter):
+    policy_type = "hf_reflow_test_plugin"
 """
 
 
 def test_a_plugin_package_registers_a_policy_type(tmp_path, monkeypatch):
     """`--policy.discover_packages_path=PKG`, as lerobot-train: the package registers a config class."""
+    from lerobot.configs.policies import PreTrainedConfig
+
+    from hf_reflow.policies import factory
+
     (tmp_path / "hf_reflow_test_plugin").mkdir()
     (tmp_path / "hf_reflow_test_plugin" / "__init__.py").write_text(PLUGIN)
     monkeypatch.syspath_prepend(str(tmp_path))
+    # The registrations go into copies, dropped after the test: other tests list the registered types.
+    monkeypatch.setattr(factory, "_REGISTERED", dict(factory._REGISTERED))
+    monkeypatch.setattr(PreTrainedConfig, "_choice_registry", dict(PreTrainedConfig._choice_registry))
     config = parse_train_config(["--policy.discover_packages_path=hf_reflow_test_plugin",
                                  "--policy.type=hf_reflow_test_plugin", "--policy.extra_width=5"])  # fmt: skip
     assert type(config.policy).__name__ == "PluginConfig" and config.policy.extra_width == 5

@@ -17,7 +17,6 @@ from hf_reflow.artifacts.checkpoints import load_policy, load_processors
 from hf_reflow.configs import TrainConfig
 from hf_reflow.data import policy_features
 from hf_reflow.errors import ConfigError, DataError, ReflowError
-from hf_reflow.policies.factory import supported_policy_types
 from hf_reflow.training.teacher import OnlineTeacher, check_compatible
 
 
@@ -55,10 +54,6 @@ def new_student(policy_cfg: Any, meta: Any, device: torch.device) -> Student:
     """A freshly initialised policy of config `policy_cfg` for the dataset `meta`, with processors from its stats."""
     from lerobot.policies.factory import get_policy_class, make_pre_post_processors
 
-    if policy_cfg.type not in supported_policy_types():
-        raise ConfigError(
-            f"policy.type {policy_cfg.type!r} is not supported; choose one of {', '.join(supported_policy_types())}."
-        )
     policy_cfg.input_features, policy_cfg.output_features = policy_features(meta)
     policy_cfg.device = device.type
     try:
