@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import draccus
+from lerobot.configs import parser as lerobot_parser
 from lerobot.configs.policies import PreTrainedConfig
 
 from hf_reflow.errors import ConfigError
@@ -722,13 +723,13 @@ def parse_train_config(args: list[str]) -> TrainConfig:
 def _help_policy_type(args: list[str]) -> str | None:
     """The policy type whose fields `--help` lists: `--policy.type`, else that of a local `--policy.path` or
     `--teacher.path` checkpoint (`--teacher_model_path` too)."""
-    flags = dict(a[2:].partition("=")[::2] for a in args if a.startswith("--") and "=" in a)
-    if flags.get("policy.type"):
-        return flags["policy.type"]
+    if lerobot_parser.parse_arg("policy.type", args):
+        return lerobot_parser.parse_arg("policy.type", args)
     for key in ("policy.path", "teacher.path", "teacher_model_path"):
-        if flags.get(key) and Path(flags[key]).exists():
+        path = lerobot_parser.parse_arg(key, args)
+        if path and Path(path).exists():
             try:
-                return read_checkpoint_config(flags[key], key)["type"]
+                return read_checkpoint_config(path, key)["type"]
             except ConfigError:
                 return None
     return None

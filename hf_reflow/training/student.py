@@ -44,7 +44,7 @@ def build_student(cfg: TrainConfig, teacher: OnlineTeacher | None, meta: Any, de
             check_compatible(teacher.config, student.policy.config)
             student.preprocessor, student.postprocessor = load_processors(cfg.teacher.path, teacher.config, device=device)
         return student
-    source = str(source) if cfg.stage == "flow_matching" else cfg.teacher.path
+    source = str(source)  # a 1-RF's policy.path, or the teacher (the implicit policy.path of its student)
     policy = load_policy(source, device=device, config=policy_cfg)
     pre, post = load_processors(source, policy_cfg, device=device)
     return Student(policy, pre, post)
