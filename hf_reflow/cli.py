@@ -136,7 +136,8 @@ def cmd_eval(args: list[str]) -> int:
     if cfg.env == "metaworld" and cfg.episodes > 0:
         from hf_reflow.evaluation.closed_loop import attach_closed_loop
 
-        attach_closed_loop(rows, tasks=cfg.tasks, mode=cfg.mode, episodes=cfg.episodes, workers=cfg.workers)
+        rows = attach_closed_loop(rows, tasks=cfg.tasks, mode=cfg.mode, episodes=cfg.episodes, workers=cfg.workers,
+                                  n_action_steps=cfg.n_action_steps)  # fmt: skip
     print(format_table(rows))
     if cfg.output:
         with open(cfg.output, "w") as f:
@@ -213,7 +214,8 @@ def cmd_space(args: list[str]) -> int:
               f"showing {', '.join(chain.models)}")  # fmt: skip
         return 0
     demo = space.load_app().build_demo(
-        cfg.policies or cfg.chain, dataset_root=cfg.dataset.root, dataset_repo_id=cfg.dataset.repo_id, env=cfg.env
+        cfg.policies or cfg.chain, dataset_root=cfg.dataset.root, dataset_repo_id=cfg.dataset.repo_id, env=cfg.env,
+        allow_any_policy=cfg.allow_any_policy,
     )
     demo.queue().launch(server_name="127.0.0.1", server_port=cfg.port)
     return 0
@@ -221,7 +223,8 @@ def cmd_space(args: list[str]) -> int:
 
 def format_table(rows: list[dict]) -> str:
     """A plain-text table of evaluation rows."""
-    columns = [c for c in ("checkpoint", "k", "nfe", "success_rate", "collision_rate", "left_share",
+    columns = [c for c in ("checkpoint", "k", "nfe", "n_action_steps", "success_rate", "collision_rate", "timeout_rate",
+                           "left_share", "miss_closest_goal_m", "miss_final_goal_m", "chunk_jump", "passes_per_env_step",
                            "straightness", "error_vs_10step", "latency_ms") if any(c in r for r in rows)]  # fmt: skip
 
     def fmt(value: object) -> str:

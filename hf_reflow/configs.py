@@ -30,7 +30,7 @@ from lerobot.configs.policies import PreTrainedConfig
 
 from hf_reflow.errors import ConfigError
 from hf_reflow.flow import LOSSES, TIME_SAMPLERS, shortcut_levels
-from hf_reflow.hub import Hub
+from hf_reflow.hub import Hub, revision_problem
 from hf_reflow.parsing import (
     DEFAULT_POLICY_TYPE,
     RECORD_KEYS,
@@ -101,6 +101,23 @@ def _choice(name: str, value: str, valid: tuple[str, ...], hint: str = "") -> No
         raise ConfigError(f"{name} must be one of {', '.join(valid)}; got {value!r}{hint}.")
 
 
+N_ACTION_STEPS_HELP = (
+    "closed loop: evaluate every cell re-planning after each of these many actions, e.g. 8,4,2 (each <= the "
+    "policy's chunk_size); null: each policy's own n_action_steps"
+)
+
+
+def _n_action_steps(values: list[int] | None) -> None:
+    if values is not None and (not values or any(not isinstance(n, int) or not 1 <= n <= 1000 for n in values)):
+        raise ConfigError(f"n_action_steps must list action counts >= 1, e.g. --n_action_steps=8,4,2; got {values!r}.")
+
+
+def _revision(name: str, value: str | None) -> None:
+    problem = revision_problem(value)
+    if problem:
+        raise ConfigError(f"{name} {str(value)[:200]!r} is not a valid Hub revision: {problem}; use e.g. main, v1.0 or a commit hash.")
+
+
 def _opt(default: Any = dataclasses.MISSING, help: str = "", *, factory: Any = None) -> Any:
     """A dataclass field with its `--help` string."""
     if factory is not None:
@@ -146,6 +163,7 @@ class TeacherConfig:
 
     def __post_init__(self) -> None:
         _choice("teacher.solver", self.solver, SOLVERS)
+        _revision("teacher.revision", self.revision)
         if self.num_inference_steps < 1:
             raise ConfigError(f"teacher.num_inference_steps must be >= 1, got {self.num_inference_steps}.")
 
@@ -156,6 +174,9 @@ class CouplingsConfig:
 
     path: str | None = _opt(None, "couplings folder or Hub dataset repo id; null: couplings made online per batch")
     revision: str | None = _opt(None, "Hub revision of the couplings dataset")
+
+    def __post_init__(self) -> None:
+        _revision("couplings.revision", self.revision)
 
 
 @dataclass
@@ -329,6 +350,7 @@ class TrainConfig:
         if self.num_steps is not None and self.num_steps < 1:
             raise ConfigError(f"num_steps must be >= 1, got {self.num_steps}.")
         _at_least("seed", self.seed, 0)
+        _revision("hub_revision", self.hub_revision)
         if self.ema_decay is not None and not 0 <= self.ema_decay < 1:
             raise ConfigError(f"ema_decay must be in [0, 1) (e.g. 0.999) or null for no EMA, got {self.ema_decay}.")
         if self.couplings.path and self.stage == "flow_matching":
@@ -397,9 +419,11 @@ class EvaluateConfig:
     tasks: list[str] = _opt(help="metaworld: tasks to roll out", factory=lambda: ["reach-v3", "push-v3"])
     mode: str = _opt("multimodal", "metaworld: multimodal (detour left / right of an obstacle) | scripted")
     workers: int = _opt(0, "metaworld: rollout processes; 0 = one per CPU core")
+    n_action_steps: list[int] | None = _opt(None, N_ACTION_STEPS_HELP)
 
     def __post_init__(self) -> None:
         _at_least("seed", self.seed, 0)
+        _n_action_steps(self.n_action_steps)
         if not self.policy.path:
             raise ConfigError("--policy.path is required (one checkpoint, or several separated by commas).")
         _choice("env", self.env, ("none", "toy", "metaworld"))
@@ -496,6 +520,7 @@ class PushConfig:
     set_new_version: bool = _opt(False, "also point the teacher's card to this repo with new_version")
 
     def __post_init__(self) -> None:
+        _revision("revision", self.revision)
         if not self.repo_id or bool(self.checkpoint) == bool(self.couplings):
             raise ConfigError(
                 "push needs --repo_id=namespace/name and one of --checkpoint=DIR (a model) or --couplings=DIR (a dataset), "
@@ -525,7 +550,8 @@ class SpaceConfig:
     policies: list[str] | None = _opt(None, "checkpoints to compare instead of a chain, comma-separated")
     dataset: SpaceDatasetConfig = _opt(help="observations", factory=SpaceDatasetConfig)
     env: str | None = _opt(None, "closed-loop env: toy | metaworld; null: from the chain")
-    port: int | None = _opt(None, "server port; null: Gradio's default")
+    port: int | None = _opt(None, "server port (1..65535); null: Gradio's default")
+    allow_any_policy: bool = _opt(False, "let visitors load any local path / Hub id, not only the chain's stages (a private server only)")
     bundle: str | None = _opt(None, "write a deployable Space to this folder instead of serving")
     push: bool = _opt(False, "push a Gradio Space showing the chain (Hub ids: pushed stages or --chain=a/x-1rf,a/x-2rf) to repo_id")
     repo_id: str | None = _opt(None, "the Space to push to, namespace/name (with --push=true)")
@@ -540,6 +566,10 @@ class SpaceConfig:
             raise ConfigError("choose one of --push=true (push the Space) or --bundle=DIR (write it to a folder).")
         if self.push and self.dataset.root:
             raise ConfigError("a pushed Space cannot read a local --dataset.root; pass a Hub dataset as --dataset.repo_id.")
+        if self.port is not None and not 1 <= self.port <= 65535:
+            raise ConfigError(f"port must be in 1..65535; got {self.port}.")
+        if self.allow_any_policy and (self.push or self.bundle):
+            raise ConfigError("allow_any_policy is for a server you run yourself; a pushed or bundled Space loads only its chain.")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -578,8 +608,10 @@ class EvalConfig:
     episodes: int = _opt(50, "closed-loop episodes per task and cell (stage x step count)")
     num_samples: int = _opt(256, "held-out observations for the offline metrics")
     workers: int = _opt(0, "rollout processes; 0 = one per CPU core")
+    n_action_steps: list[int] | None = _opt(None, N_ACTION_STEPS_HELP)
 
     def __post_init__(self) -> None:
+        _n_action_steps(self.n_action_steps)
         if not self.nfe or any(not isinstance(n, int) or not 1 <= n <= 100 for n in self.nfe):
             raise ConfigError(f"eval.nfe must be a list of step counts in 1..100, got {self.nfe!r}.")
         if self.episodes < 0 or self.num_samples < 1:

@@ -99,6 +99,8 @@ class Hub:
     def push_folder(self, folder: str | Path, repo_id: str, *, repo_type: str = "model", private: bool = False,
                     revision: str | None = None, commit_message: str, space_sdk: str | None = None) -> PushResult:  # fmt: skip
         """Create the repo (an existing one is fine) and upload `folder`, less hidden files and hub.json."""
+        check_revision(revision)
+        check_no_outside_links(folder)
         self.check_push_access(
             repo_id, repo_type=repo_type, private=private, create=True, space_sdk=space_sdk
         )
@@ -130,6 +132,7 @@ class Hub:
 
     def repo_info(self, repo_id: str, *, revision: str | None = None, repo_type: str = "model") -> Any:
         """A repo's info: `sha` (the commit `revision`, default main, points to), `private`, ..."""
+        check_revision(revision)
         with self.errors(f"read {repo_type} {repo_id}"):
             return self.api.repo_info(repo_id, revision=revision, repo_type=repo_type)
 
@@ -138,6 +141,7 @@ class Hub:
         """A file of a repo as text (through the cache), or None when the repo has no such file."""
         from huggingface_hub.errors import RemoteEntryNotFoundError
 
+        check_revision(revision)
         with self.errors(f"read {filename} of {repo_id}"):
             try:
                 file = self.api.hf_hub_download(repo_id, filename, revision=revision, repo_type=repo_type)
@@ -149,6 +153,7 @@ class Hub:
         """A snapshot of a repo in huggingface_hub's cache (no request under HF_HUB_OFFLINE=1)."""
         from huggingface_hub.errors import LocalEntryNotFoundError
 
+        check_revision(revision)
         with self.errors(f"download {repo_id}"):
             try:
                 return Path(self.api.snapshot_download(repo_id, revision=revision, repo_type=repo_type))
@@ -191,6 +196,44 @@ def check_repo_id(repo_id: str) -> None:
         problem = str(e).splitlines()[0].rstrip(".")
     if problem:
         raise HubError(f"invalid Hub repo id {repo_id!r}: {problem}; use e.g. your-name/toy-2rf.")
+
+
+_BAD_REF_CHARS = frozenset(" ~^:?*[\\")
+
+
+def revision_problem(revision: Any) -> str | None:
+    """Why `revision` is no valid branch / tag / commit name (git's check-ref-format rules), or None."""
+    if revision is None:
+        return None
+    if not isinstance(revision, str) or not revision:
+        return "it must be a non-empty branch, tag or commit name"
+    if ".." in revision or "@{" in revision or "//" in revision:
+        return "it may not contain '..', '@{' or '//'"
+    if revision.startswith(("/", ".", "-")) or revision.endswith(("/", ".", ".lock")):
+        return "it may not start with '/', '.' or '-', nor end with '/', '.' or '.lock'"
+    if any(ch in _BAD_REF_CHARS or ord(ch) < 32 or ord(ch) == 127 for ch in revision):
+        return "it may not contain spaces, control characters or any of ~^:?*[\\"
+    if any(part.startswith(".") for part in revision.split("/")):
+        return "no part of it may start with '.'"
+    return None
+
+
+def check_revision(revision: str | None) -> None:
+    """Raise `HubError` unless `revision` is None or a valid branch / tag / commit name."""
+    problem = revision_problem(revision)
+    if problem:
+        raise HubError(f"invalid Hub revision {str(revision)[:200]!r}: {problem}; use e.g. main, v1.0 or a commit hash.")
+
+
+def check_no_outside_links(folder: str | Path) -> None:
+    """Refuse to upload a folder holding a symlink that leaves it (its target's content would be uploaded)."""
+    root = Path(folder).resolve()
+    for path in sorted(Path(folder).rglob("*")):
+        if path.is_symlink() and not path.resolve().is_relative_to(root):
+            raise HubError(
+                f"refusing to push {str(folder)!r}: {str(path.relative_to(folder))!r} is a link to a file outside "
+                "the folder, whose content would be uploaded; replace the link with the file itself or remove it."
+            )
 
 
 def _hub_errors() -> tuple[type[Exception], ...]:

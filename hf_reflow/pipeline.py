@@ -204,6 +204,13 @@ def generate_couplings(
     generate(output, train_cfg.teacher, train_cfg.dataset, num_couplings=cfg.num_couplings, seed=seed)
 
 
+ONE_SEED_NOTE = (
+    "One training seed: these numbers show this run, not the recipe. Seed-to-seed spread is several points, "
+    "so a single seed can rank two stages either way; the README's results tables pair 3 seeds (run them "
+    "with --seeds=[0,1,2])."
+)
+
+
 def run(cfg: PipelineConfig) -> dict[str, Any]:
     """Run the whole pipeline; returns the results dict also written to `results.json`."""
     from hf_reflow.envs import metaworld
@@ -223,6 +230,9 @@ def run(cfg: PipelineConfig) -> dict[str, Any]:
     results = report.write(out, cfg, rows, log=_log)
     print(report.format_summary(results["summary"]))
     _log(f"report: {out / 'report.md'}  results: {out / 'results.json'}")
+    print(report.speedup_line(results["speedup_at_equal_success"]))
+    if len(cfg.seeds) == 1:
+        print(ONE_SEED_NOTE)
     if targets:
         push_chain(cfg, trained[cfg.seeds[0]], rows, targets)
     return results

@@ -29,7 +29,7 @@ import gradio as gr  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from hf_reflow.artifacts.checkpoints import CheckpointCache  # noqa: E402
-from hf_reflow.errors import ConfigError, ReflowError  # noqa: E402
+from hf_reflow.errors import CheckpointError, ConfigError, ReflowError  # noqa: E402
 from hf_reflow.evaluation import compare  # noqa: E402
 from hf_reflow.space import CHAIN_FILE, read_chain_file  # noqa: E402
 
@@ -72,11 +72,37 @@ def _as_chain(chain: str | Path | list[str] | compare.Chain | None) -> compare.C
 
 
 class SpaceApp:
-    """The page's state: the chain, the per-process policy cache and the handlers the page calls."""
+    """The page's state: the chain, the per-process policy cache and the handlers the page calls.
 
-    def __init__(self, chain: compare.Chain, cache: CheckpointCache) -> None:
+    A visitor chooses among the chain's stages only: whatever a visitor names is never loaded, unless the
+    operator started the server with `allow_any_policy` (then any local path or Hub id a visitor types is
+    loaded, still under the processor allow-list; for a private server only).
+    """
+
+    def __init__(self, chain: compare.Chain, cache: CheckpointCache, *, allow_any_policy: bool = False) -> None:
         self.chain, self.cache = chain, cache
         self.sources = {spec.name: spec.source for spec in chain.stages}
+        self.allow_any_policy = allow_any_policy
+
+    def _source(self, name: str) -> str:
+        """The checkpoint behind a stage name; a name outside the chain only with `allow_any_policy`."""
+        if name in self.sources:
+            return self.sources[name]
+        if not self.allow_any_policy:
+            raise ConfigError(
+                f"this Space shows only its chain's stages ({', '.join(self.sources) or 'none'}); the operator can "
+                "allow other policies by starting it with --allow_any_policy=true."
+            )
+        return name
+
+    def _load(self, source: str):
+        """A stage's checkpoint; a visitor-named one fails with a message that says nothing of the server's files."""
+        if source in self.sources.values():
+            return self.cache.get(source)
+        try:
+            return self.cache.get(source)
+        except CheckpointError:
+            raise ConfigError(f"could not load {source[:200]!r}: it is no checkpoint this server can read.") from None
 
     @property
     def has_dataset(self) -> bool:
@@ -86,7 +112,10 @@ class SpaceApp:
         specs = [
             compare.PolicySpec(name, self.sources[name]) for name in stages or [] if name in self.sources
         ]
-        specs += compare.parse_policy_lines(extra or "")
+        others = compare.parse_policy_lines(extra or "")
+        for spec in others:
+            self._source(spec.source)  # refused unless the operator allows other policies
+        specs += others
         if not specs:
             raise ConfigError(
                 "no policy picked: tick a stage of the chain or type a Hub repo id / local path."
@@ -126,7 +155,7 @@ class SpaceApp:
         loaded = []
         for i, spec in enumerate(specs):
             progress(i / (2 * len(specs)), desc=f"loading {spec.name}")
-            loaded.append(self.cache.get(spec.source))
+            loaded.append(self._load(spec.source))
         horizon = max(policy.adapter.action_shape[0] for policy in loaded)
         image_size = next((size for p in loaded if (size := compare.image_size_of(p))), None)
         observation = self._observation(source, episode, frame, task, env_seed, horizon, image_size)
@@ -152,7 +181,7 @@ class SpaceApp:
         if not policy:
             raise ConfigError("pick a policy for the rollout (a stage name, Hub repo id or local path).")
         progress(0.1, desc=f"loading {policy}")
-        loaded = self.cache.get(self.sources.get(policy, policy))
+        loaded = self._load(self._source(policy))
         progress(0.3, desc="rolling out")
         result = compare.rollout(
             loaded,
@@ -180,15 +209,17 @@ def build_demo(
     dataset_repo_id: str | None = None,
     env: str | None = None,
     cache: CheckpointCache | None = None,
+    allow_any_policy: bool = False,
 ) -> gr.Blocks:
     """The page for a chain: a pipeline output dir, a list of paths / repo ids, or with None the Hub chain
     in chain.json beside this file (a pushed Space), else outputs/metaworld (`make demo`); with neither, a
-    `ConfigError` says how to get a chain."""
+    `ConfigError` says how to get a chain. `allow_any_policy` lets visitors load any path / Hub id (see
+    `SpaceApp`); off by default and always off in a pushed Space."""
     chain = _as_chain(chain)
     chain.dataset_root = dataset_root or chain.dataset_root
     chain.dataset_repo_id = dataset_repo_id or chain.dataset_repo_id
     chain.env = env or chain.env
-    app = SpaceApp(chain, cache or CheckpointCache())
+    app = SpaceApp(chain, cache or CheckpointCache(), allow_any_policy=allow_any_policy)
     with gr.Blocks(title="hf-reflow: compare k-RF policies") as demo:
         gr.Markdown(INTRO)
         inputs = _compare_inputs(app)
@@ -205,7 +236,9 @@ def _compare_inputs(app: SpaceApp) -> dict:
         with gr.Column():
             stages = gr.CheckboxGroup(names, value=names, label="k-RF stages of the chain")
             extra = gr.Textbox(
-                lines=2, label="More policies (one per line: Hub repo id or local path, optionally name=...)"
+                lines=2,
+                label="More policies (one per line: Hub repo id or local path, optionally name=...)",
+                visible=app.allow_any_policy,
             )
         with gr.Column():
             source = gr.Radio(
@@ -244,7 +277,7 @@ def _rollout_section(app: SpaceApp) -> None:
     with gr.Accordion("Closed-loop rollout (one policy, one step count)", open=False):
         with gr.Row():
             policy = gr.Dropdown(
-                names, value=names[0] if names else None, allow_custom_value=True, label="policy"
+                names, value=names[0] if names else None, allow_custom_value=app.allow_any_policy, label="policy"
             )
             steps = gr.Number(1, precision=0, label="steps per chunk")
             task = gr.Dropdown(app.chain.tasks, value=app.chain.tasks[0], label="task")
@@ -275,11 +308,16 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--dataset-repo-id", default=None)
     parser.add_argument("--env", default=None, choices=compare.ENVS)
     parser.add_argument("--port", type=int, default=None)
+    parser.add_argument(
+        "--allow_any_policy", choices=("true", "false"), default="false",
+        help="let visitors load any local path / Hub id, not only the chain (a private server only)",
+    )
     args = parser.parse_args(argv)
     chain = args.policies.split(",") if args.policies else args.chain
     try:
         demo = build_demo(
-            chain, dataset_root=args.dataset_root, dataset_repo_id=args.dataset_repo_id, env=args.env
+            chain, dataset_root=args.dataset_root, dataset_repo_id=args.dataset_repo_id, env=args.env,
+            allow_any_policy=args.allow_any_policy == "true",
         )
     except ReflowError as e:
         sys.exit(f"hf-reflow space: error: {' '.join(str(e).split())}")

@@ -164,3 +164,91 @@ def test_paired_noise_is_the_same_for_every_stage_for_the_same_episode_and_chunk
     other = _RecordingPolicy(4)
     _run(other, 7_000_004, steps=4)
     assert not torch.equal(other.chunks[0], teacher.chunks[0])  # episodes differ from each other
+
+
+# ---- diagnostics: slow vs lost vs oscillating, on hand-made episodes ---------------------------------
+def _approach(distances: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """A hand moving along x so that its distance to a goal at x = 0 is `distances` (T,)."""
+    hand = np.stack([distances, np.zeros_like(distances), np.zeros_like(distances)], axis=1)
+    return distances, hand
+
+
+def test_diagnostics_tell_slow_from_lost_from_oscillating():
+    from hf_reflow.evaluation.diagnostics import episode_diagnostics
+
+    actions = np.zeros((120, 4))
+    slow = _approach(np.linspace(0.30, 0.12, 120))  # still closing in when time runs out, never near
+    lost = _approach(np.concatenate([np.linspace(0.30, 0.055, 60), np.linspace(0.055, 0.10, 60)]))  # near miss, drifts
+    hover = _approach(0.07 + 0.01 * (-1.0) ** np.arange(120))  # back and forth 6-8 cm from the goal
+    d_slow, d_lost, d_hover = (episode_diagnostics(g, h, actions, stride=8) for g, h in (slow, lost, hover))
+    assert math.isclose(d_slow["closest_goal_m"], 0.12) and math.isclose(d_slow["final_goal_m"], 0.12)
+    assert d_slow["near_goal_steps"] == 0 and d_slow["near_goal_reversals"] == 0
+    assert math.isclose(d_slow["hand_speed"], 0.18 / 119)
+    assert math.isclose(d_lost["closest_goal_m"], 0.055) and math.isclose(d_lost["final_goal_m"], 0.10)
+    assert d_lost["near_goal_steps"] > 60 and d_lost["near_goal_reversals"] == 1  # in, then out once
+    assert d_hover["near_goal_steps"] == 120 and d_hover["near_goal_reversals"] == 118
+
+
+def test_chunk_jump_is_the_change_at_chunk_boundaries():
+    from hf_reflow.evaluation.diagnostics import chunk_jump
+
+    # Each chunk of 4 steps holds a constant action; consecutive chunks differ by 1 in the first dimension.
+    actions = np.zeros((12, 4))
+    actions[:, 0] = np.repeat([0.0, 1.0, 0.0], 4)
+    measured = chunk_jump(actions, stride=4)
+    assert measured == {"chunk_jump": 1.0, "action_change": 0.0}
+    assert math.isnan(chunk_jump(actions[:1], stride=4)["chunk_jump"])
+
+
+def test_replanning_reaches_the_policy_and_is_restored():
+    policy = _RecordingPolicy(4)
+    with closed_loop.replanning(policy, 2) as stride:
+        assert stride == 2
+        _run(policy, 7_000_003, steps=12)
+    assert len(policy.chunks) == 6  # a new chunk every 2 steps
+    assert policy.config.n_action_steps == 4  # the policy's own again
+    with closed_loop.replanning(policy, None) as stride:
+        assert stride == 4
+    from hf_reflow.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="n_action_steps must be in 1..8"), closed_loop.replanning(policy, 9):
+        pass
+
+
+def _cell(name, nfe, successes, *, n, own=8, stage="reflow", k=2, latency=1.0):
+    row = _row(name, nfe, successes, stage=stage, k=k)
+    episodes = [{**_episode(bool(s), 7_000_000 + i), "n_action_steps": n} for i, s in enumerate(successes)]
+    row.update(closed_loop.summarise(episodes))
+    row["per_task"] = {"reach-v3": closed_loop.summarise(episodes)}
+    row.update({"n_action_steps": n, "policy_n_action_steps": own, "latency_ms": latency})
+    row.update(closed_loop.compute_per_env_step(row))
+    return row
+
+
+def test_speed_up_at_equal_success_from_a_hand_made_table():
+    """Teacher: 10 steps every 8 actions (1.25 passes per env step). A 1-step student re-planning every 4
+    matches it (0.25 passes: 5x); at every 8 it is 3 of 8 episodes worse; the 1-step 1-RF is worse too."""
+    teacher = [1, 1, 1, 0, 1, 1, 1, 1] * 5  # 40 episodes: enough for the paired CI to exclude -25 points
+    rows = [
+        _cell("1-RF", 10, teacher, n=8, stage="flow_matching", k=1, latency=10.0),
+        _cell("1-RF", 1, [0, 0, 1, 0, 1, 0, 1, 1] * 5, n=8, stage="flow_matching", k=1),
+        _cell("2-RF", 1, [1, 0, 1, 0, 0, 1, 1, 1] * 5, n=8),
+        _cell("2-RF", 1, teacher, n=4),
+    ]
+    summary = report.summarise(rows)
+    assert summary[0]["reference"] == "1-RF @ 10, every 8"
+    assert math.isclose(summary[0]["passes_per_env_step"], 10 * 7 / 50)  # ceil(50 / 8) = 7 chunks of 10 passes
+    speedup = report.speedup_at_equal_success(summary)
+    assert speedup["cell"] == "2-RF @ 1, every 4"
+    assert math.isclose(speedup["speedup_passes"], (10 * 7 / 50) / (13 / 50))  # 13 chunks of 1 pass
+    assert math.isclose(speedup["speedup_ms"], (10.0 * 7) / (1.0 * 13))
+    line = report.speedup_line(speedup)
+    assert line.startswith("speed-up at equal success: 5.4x fewer denoising passes per env step")
+    assert "2-RF @ 1, every 4" in line and "+0.0 points" in line and "1 training seed" in line
+    # Targets compare 1-step cells at the teacher's own re-planning: the every-8 student is 2 in 8 episodes short.
+    (gap,) = [t for t in report.targets(summary) if t["what"].startswith("best at 1 step")]
+    assert gap["measured"].startswith("-25.0 points") and not gap["met"]
+
+
+def test_speed_up_without_a_closed_loop_reference_says_so():
+    assert report.speedup_line(None).startswith("speed-up at equal success: not measured")

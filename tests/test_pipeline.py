@@ -13,11 +13,14 @@ TINY = str(REPO / "recipes" / "metaworld" / "tiny.yaml")
 ROW_COLUMNS = {
     "seed", "name", "stage", "k", "nfe", "checkpoint", "straightness", "error_vs_10step", "error_vs_data", "latency_ms",
     "episodes", "successes", "success_rate", "collision_rate", "stall_rate", "timeout_rate", "left_share",
-    "side_switches", "mean_steps", "per_task",
+    "side_switches", "mean_steps", "per_task", "n_action_steps", "policy_n_action_steps", "passes_per_env_step",
+    "ms_per_env_step", "hand_speed", "chunk_jump", "action_change", "miss_closest_goal_m", "miss_final_goal_m",
+    "miss_near_goal_steps", "miss_near_goal_reversals",
 }  # fmt: skip
 SUMMARY_COLUMNS = {
     "name", "k", "stage", "nfe", "seeds", "success_rate", "success_ci95", "ci_method", "collision_rate", "stall_rate",
     "timeout_rate", "left_share", "side_switches", "diff_vs_reference", "diff_ci95", "mean_steps", "straightness", "error_vs_10step", "error_vs_data", "latency_ms", "episodes",
+    "n_action_steps", "passes_per_env_step", "ms_per_env_step", "hand_speed_vs_reference", "chunk_jump",
 }  # fmt: skip
 
 
@@ -44,7 +47,9 @@ def test_tiny_pipeline_writes_every_stage_and_column(tiny_run):
         low, high = entry["success_ci95"]
         assert 0.0 <= low <= entry["success_rate"] <= high <= 1.0
     assert "2-RF distilled" in stdout and "report:" in stdout  # the table and the report path are printed
-    assert (out / "report.md").read_text().count("| 2-RF |") == 6  # summary + per-task tables, 2 step counts
+    report_md = (out / "report.md").read_text()
+    assert report_md.count("| 2-RF |") == 8  # summary + per-task + diagnostics tables, 2 step counts
+    assert "speed-up at equal success:" in report_md and "speed-up at equal success:" in stdout
     config = json.loads((out / "seed0" / "1rf" / "pretrained_model" / "config.json").read_text())
     assert len(config["tasks"]) == 2  # two tasks in the demos: the policy reads its instruction
     assert (out / "report.png").stat().st_size > 1000
@@ -97,10 +102,17 @@ def test_eval_cli_runs_metaworld_closed_loop(tiny_run, tmp_path):
     result = run_cli(
         "eval", f"--policy.path={out / 'seed0' / '2rf'}", f"--dataset.root={out / 'data' / 'heldout'}",
         "--nfe=1", "--env=metaworld", "--tasks=reach-v3", "--episodes=2", "--workers=1", f"--output={output}",
+        "--n_action_steps=4,2",
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-2000:]
-    (row,) = json.loads(output.read_text())
-    assert row["episodes"] == 2 and "success_rate" in row and "left_share" in row
+    rows = json.loads(output.read_text())
+    assert [row["n_action_steps"] for row in rows] == [4, 2] and all(r["policy_n_action_steps"] == 4 for r in rows)
+    for row, n in zip(rows, (4, 2), strict=True):
+        assert row["episodes"] == 2 and "success_rate" in row and "left_share" in row
+        steps = row["env_steps"]
+        assert row["chunks"] >= steps / n and row["passes_per_env_step"] == row["chunks"] / steps  # 1 pass a chunk
+        assert row["hand_speed"] > 0 and row["chunk_jump"] >= 0
+    assert rows[1]["chunks"] > rows[0]["chunks"]  # re-planning every 2 actions makes more chunks
 
 
 def test_eval_on_a_task_the_policy_never_saw_is_one_line_naming_the_known_ones(tiny_run, tmp_path):
@@ -215,7 +227,8 @@ def test_couplings_at_the_teachers_closed_loop_states(tmp_path):
     the 2-RF's couplings and training frames are those states (`hf-reflow dataset metaworld --policy_path` too)."""
     out = tmp_path / "run"
     args = ["pipeline", f"--config={TINY}", f"--output_dir={out}", "--stages=[flow_matching,reflow]",
-            "--coupling_states=closed_loop", "--data.tasks=[reach-v3]", "--data.episodes=3", "--eval.episodes=1"]  # fmt: skip
+            "--coupling_states=closed_loop", "--data.tasks=[reach-v3]", "--data.episodes=3", "--eval.episodes=1",
+            "--eval.n_action_steps=[4,2]"]  # fmt: skip
     result = run_cli(*args, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     states = out / "seed0" / "states" / "1rf"
@@ -225,8 +238,13 @@ def test_couplings_at_the_teachers_closed_loop_states(tmp_path):
     assert train["dataset"]["root"] == str(states)
     couplings = json.loads((out / "seed0" / "couplings" / "2rf" / "couplings.json").read_text())
     assert couplings["dataset_root"] == str(states)
-    rows = json.loads((out / "results.json").read_text())["rows"]
-    assert [row["name"] for row in rows] == ["1-RF", "1-RF", "2-RF", "2-RF"]
+    results = json.loads((out / "results.json").read_text())
+    rows = results["rows"]
+    assert [(row["name"], row["nfe"], row["n_action_steps"]) for row in rows] == [
+        (name, nfe, n) for name in ("1-RF", "2-RF") for nfe in (1, 2) for n in (4, 2)
+    ]
+    assert "speed-up at equal success:" in result.stdout and "One training seed" in result.stdout
+    assert results["speedup_at_equal_success"]["reference"] == "1-RF @ 2, every 4"
     # The same rollouts from the command line: the teacher's states as a dataset.
     cli = run_cli("dataset", "metaworld", f"--policy_path={out / 'seed0' / '1rf'}", "--tasks=reach-v3", "--episodes=2",
                   f"--root={tmp_path / 'states'}")  # fmt: skip

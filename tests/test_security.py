@@ -31,6 +31,8 @@ from hf_reflow.artifacts.training_state import TRAINING_STATE_FILE
 from hf_reflow.errors import CheckpointError
 
 PAYLOADS = ("os.system", "subprocess.Popen")
+# Registered LeRobot steps that load code or models named in their arguments.
+REGISTERED_PAYLOADS = ("action_tokenizer_processor", "reward_classifier_processor")
 RUN_SETTINGS = dict(steps=4, save_every=2, batch_size=16, ema_decay=0.9, optim__warmup_steps=1)
 
 
@@ -49,6 +51,27 @@ def _payload_step(kind: str, marker: Path) -> dict:
         return {"class": "os.system", "config": {"command": f"touch {shlex.quote(str(marker))}"}}
     code = f"open({str(marker)!r}, 'w').close()"
     return {"class": "subprocess.Popen", "config": {"args": [sys.executable, "-c", code]}}
+
+
+def _code_repo(tmp_path: Path, marker: Path) -> Path:
+    """A local "repo" whose custom processor code writes `marker` when transformers imports it."""
+    repo = tmp_path / "code_repo"
+    repo.mkdir(exist_ok=True)
+    (repo / "evil_processor.py").write_text(
+        f"from pathlib import Path\nPath({str(marker)!r}).write_text('ran')\n"
+        "from transformers import ProcessorMixin\nclass EvilProcessor(ProcessorMixin):\n    attributes = []\n"
+    )
+    auto_map = {"AutoProcessor": "evil_processor.EvilProcessor", "AutoModel": "evil_processor.EvilProcessor"}
+    (repo / "processor_config.json").write_text(json.dumps({"processor_class": "EvilProcessor", "auto_map": auto_map}))
+    (repo / "config.json").write_text(json.dumps({"model_type": "evil", "auto_map": auto_map}))
+    return repo
+
+
+def _registered_payload_step(kind: str, tmp_path: Path, marker: Path) -> dict:
+    repo = str(_code_repo(tmp_path, marker))
+    if kind == "action_tokenizer_processor":
+        return {"registry_name": kind, "config": {"action_tokenizer_name": repo, "trust_remote_code": True}}
+    return {"registry_name": kind, "config": {"pretrained_path": repo, "device": "cpu"}}
 
 
 def _evil_checkpoint(run_dir: Path, tmp_path: Path, step: dict, filename: str = "policy_preprocessor.json") -> Path:
@@ -177,6 +200,157 @@ def test_every_entry_point_refuses_a_processor_step_naming_a_callable(run_dir, t
     _assert_never_written(marker, kind)
 
 
+def test_control_a_registered_step_runs_repo_code_when_lerobot_loads_it_unchecked(run_dir, tmp_path):
+    """LeRobot's own `action_tokenizer_processor` imports a repo's custom code (trust_remote_code=True)."""
+    from lerobot.processor import PolicyProcessorPipeline
+
+    marker = tmp_path / "marker"
+    evil = _evil_checkpoint(run_dir, tmp_path, _registered_payload_step("action_tokenizer_processor", tmp_path, marker))
+    with contextlib.suppress(Exception):  # it fails later (no PaliGemma tokenizer offline), after the code ran
+        PolicyProcessorPipeline.from_pretrained(str(evil), config_filename="policy_preprocessor.json")
+    assert _wait_for(marker)
+
+
+@pytest.mark.parametrize("kind", REGISTERED_PAYLOADS)
+@pytest.mark.parametrize("entry", list(ENTRY_POINTS))
+def test_every_entry_point_refuses_a_registered_step_that_loads_code(run_dir, toy_dataset, tmp_path, entry, kind):
+    marker = tmp_path / "marker"
+    evil = _evil_checkpoint(run_dir, tmp_path, _registered_payload_step(kind, tmp_path, marker))
+    with pytest.raises(CheckpointError) as info:
+        ENTRY_POINTS[entry](evil, toy_dataset, tmp_path / "out")
+    _assert_one_line_refusal(info.value, "refusing processor step 0", repr(kind), "not a step LeRobot builds for")
+    _assert_never_written(marker, kind)
+
+
+@pytest.mark.parametrize(
+    "change, fragment",
+    [
+        (lambda step: step["config"].update(trust_remote_code=True), "takes no argument 'trust_remote_code'"),
+        (lambda step: step.update(state_file="../outside/stats.safetensors"), "is not a file name inside"),
+        (lambda step: step.update(state_file="/etc/passwd"), "is not a file name inside"),
+        (lambda step: step.update(state_file="stats.pt"), "is not a .safetensors file"),
+        (lambda step: step.update(code="x"), "unknown key 'code'"),
+        (lambda step: step.update(config=["a"]), "its config is a list"),
+    ],
+)
+def test_an_allowed_step_with_foreign_arguments_is_refused(run_dir, tmp_path, change, fragment):
+    checkpoint = tmp_path / "args" / "pretrained_model"
+    shutil.copytree(run_dir / "pretrained_model", checkpoint)
+    file = checkpoint / "policy_preprocessor.json"
+    pipeline = json.loads(file.read_text())
+    index = next(i for i, s in enumerate(pipeline["steps"]) if s["registry_name"] == "normalizer_processor")
+    change(pipeline["steps"][index])
+    file.write_text(json.dumps(pipeline))
+    with pytest.raises(CheckpointError) as info:
+        load_processors(str(checkpoint), load_config(str(checkpoint)))
+    _assert_one_line_refusal(info.value, f"refusing processor step {index}", fragment)
+
+
+def test_a_tokenizer_other_than_lerobots_is_refused(tmp_path):
+    from types import SimpleNamespace
+
+    config = SimpleNamespace(type="smolvla", vlm_model_name="HuggingFaceTB/SmolVLM2-500M-Video-Instruct")
+    step = {"registry_name": "tokenizer_processor", "config": {"tokenizer_name": "someone/evil-tokenizer"}}
+    (tmp_path / "policy_preprocessor.json").write_text(json.dumps({"steps": [step]}))
+    with pytest.raises(CheckpointError) as info:
+        check_processor_steps(tmp_path, config)
+    _assert_one_line_refusal(info.value, "'someone/evil-tokenizer' is not the tokenizer LeRobot uses for smolvla")
+    step["config"]["tokenizer_name"] = config.vlm_model_name
+    (tmp_path / "policy_preprocessor.json").write_text(json.dumps({"steps": [step]}))
+    check_processor_steps(tmp_path, config)
+    with pytest.raises(CheckpointError, match="policy type 'act' has no processor allow-list"):
+        check_processor_steps(tmp_path, SimpleNamespace(type="act"))
+
+
+def test_the_allow_list_is_what_lerobot_builds_for_each_type(tmp_path, monkeypatch):
+    """ALLOWED_STEPS / the keys per step equal what `make_pre_post_processors` saves for every supported type."""
+    import lerobot.processor.tokenizer_processor as tokenizer_processor
+    from lerobot.configs.policies import PreTrainedConfig
+    from lerobot.policies.factory import make_pre_post_processors
+
+    from hf_reflow.artifacts import processor_safety
+    from hf_reflow.policies.factory import supported_policy_types
+
+    monkeypatch.setattr(tokenizer_processor.AutoTokenizer, "from_pretrained", lambda *a, **k: object())
+    assert set(processor_safety.ALLOWED_STEPS) == set(supported_policy_types())
+    for policy_type, allowed in processor_safety.ALLOWED_STEPS.items():
+        pre, post = make_pre_post_processors(PreTrainedConfig.get_choice_class(policy_type)())
+        folder = tmp_path / policy_type
+        pre.save_pretrained(folder)
+        post.save_pretrained(folder)
+        for filename, names in zip(processor_safety.PROCESSOR_FILES, allowed, strict=True):
+            steps = json.loads((folder / filename).read_text())["steps"]
+            assert {s["registry_name"] for s in steps} == names, (policy_type, filename)
+            for s in steps:
+                assert set(s.get("config", {})) == processor_safety._STEP_KEYS[s["registry_name"]], s
+
+
+@pytest.mark.parametrize("name", ["model.safetensors", "policy_preprocessor.json", "config.json", "STATS"])
+def test_a_file_linked_from_outside_the_checkpoint_is_refused(run_dir, tmp_path, name):
+    checkpoint = tmp_path / "linked" / "pretrained_model"
+    shutil.copytree(run_dir / "pretrained_model", checkpoint)
+    if name == "STATS":
+        name = next(p.name for p in checkpoint.glob("policy_preprocessor*.safetensors"))
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    shutil.move(checkpoint / name, outside / name)
+    (checkpoint / name).symlink_to(outside / name)
+    with pytest.raises(CheckpointError) as info:
+        from hf_reflow.artifacts.checkpoints import load_checkpoint
+
+        load_checkpoint(str(checkpoint))
+    _assert_one_line_refusal(info.value, f"{name!r} points outside the checkpoint")
+
+
+def test_a_hub_snapshot_may_link_into_its_own_blobs(tmp_path):
+    from hf_reflow.artifacts.processor_safety import check_contained
+
+    repo = tmp_path / "models--a--b"
+    (repo / "blobs").mkdir(parents=True)
+    snapshot = repo / "snapshots" / ("0" * 40)
+    snapshot.mkdir(parents=True)
+    (repo / "blobs" / "abc").write_text("{}")
+    (snapshot / "config.json").symlink_to("../../blobs/abc")
+    check_contained(snapshot, ("config.json",))
+    (tmp_path / "elsewhere").write_text("{}")
+    (snapshot / "model.safetensors").symlink_to(tmp_path / "elsewhere")
+    with pytest.raises(CheckpointError, match="points outside the checkpoint"):
+        check_contained(snapshot, ("model.safetensors",))
+
+
+@pytest.mark.parametrize("revision", ["../../main", "main/../x", "a b", "/main", "x.lock", "-rf", "a~1", ""])
+def test_a_revision_that_is_no_ref_name_is_refused(revision):
+    from hf_reflow.configs import TeacherConfig
+    from hf_reflow.errors import ConfigError, HubError
+    from hf_reflow.hub import Hub
+
+    with pytest.raises(ConfigError, match="is not a valid Hub revision"):
+        TeacherConfig(path="a/b", revision=revision)
+    with pytest.raises(HubError, match="invalid Hub revision"):
+        Hub(api=object()).download("a/b", revision=revision)  # refused before any request
+
+
+@pytest.mark.parametrize("revision", ["main", "v1.0", "refs/pr/1", "0" * 40, "feature/x-2"])
+def test_valid_revisions_pass(revision):
+    from hf_reflow.hub import revision_problem
+
+    assert revision_problem(revision) is None
+
+
+def test_push_refuses_a_link_leaving_the_folder(run_dir, tmp_path):
+    from hf_reflow.errors import HubError
+    from hf_reflow.hub import Hub
+
+    checkpoint = tmp_path / "push" / "pretrained_model"
+    shutil.copytree(run_dir / "pretrained_model", checkpoint)
+    secret = tmp_path / "secret.txt"
+    secret.write_text("not for the Hub")
+    (checkpoint / "notes.txt").symlink_to(secret)
+    with pytest.raises(HubError) as info:
+        Hub(api=object()).push_folder(checkpoint, "a/b", commit_message="x")  # refused before any request
+    _assert_one_line_refusal(info.value, "'notes.txt' is a link to a file outside the folder")
+
+
 def test_a_postprocessor_step_is_checked_too(run_dir, tmp_path):
     marker = tmp_path / "marker"
     evil = _evil_checkpoint(run_dir, tmp_path, _payload_step("os.system", marker), "policy_postprocessor.json")
@@ -201,7 +375,7 @@ def test_cli_eval_exits_2_with_one_line(run_dir, toy_dataset, tmp_path, kind):
 @pytest.mark.parametrize(
     "step, fragment",
     [
-        ({"registry_name": "not_a_registered_step", "config": {}}, "'not_a_registered_step' is not a registered"),
+        ({"registry_name": "not_a_registered_step", "config": {}}, "'not_a_registered_step' is not a step LeRobot builds"),
         ({"config": {}}, "no registry_name"),
         ("os.system", "not a step object"),
         # LeRobot would take the registry name, but a `class` path is refused whatever else the entry says.

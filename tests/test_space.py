@@ -197,12 +197,37 @@ def unsupported_checkpoint(tmp_path_factory) -> Path:
 def test_bad_input_shows_a_message(server, unsupported_checkpoint, case, message):
     from gradio_client.exceptions import AppError
 
-    _, client = server
+    demo, client = server
     if case.get("extra") == "UNSUPPORTED":
         case = {**case, "extra": str(unsupported_checkpoint)}
-    with pytest.raises(AppError, match=re.escape(message)):
-        _compare(client, **case)
+    demo.space_app.allow_any_policy = bool(case.get("extra"))  # the operator's flag: visitors may name policies
+    try:
+        with pytest.raises(AppError, match=re.escape(message)):
+            _compare(client, **case)
+    finally:
+        demo.space_app.allow_any_policy = False
     assert len(_compare(client, stages=["2-RF"], steps="1")[3]["data"]) == 1  # the app still works
+
+
+@pytest.mark.parametrize("name", ["/etc", "/no/such/folder", "someone/evil-policy"])
+def test_a_visitor_cannot_make_the_server_load_anything_else(server, name):
+    """By default only the chain's stages load; with the operator's flag, errors say nothing of server files."""
+    from gradio_client.exceptions import AppError
+
+    demo, client = server
+    loads = demo.space_app.cache.loads
+    with pytest.raises(AppError, match=re.escape("this Space shows only its chain's stages (1-RF, 2-RF)")):
+        _compare(client, stages=[], extra=name)
+    with pytest.raises(AppError, match="shows only its chain's stages|is not in the list of choices"):
+        client.predict(name, 1, "reach-v3", 0, 24, api_name="/rollout")  # the dropdown takes no custom value
+    assert demo.space_app.cache.loads == loads  # nothing was read
+    demo.space_app.allow_any_policy = True
+    try:
+        with pytest.raises(AppError) as info:
+            _compare(client, stages=[], extra=name)
+    finally:
+        demo.space_app.allow_any_policy = False
+    assert str(info.value).endswith(f"could not load {name!r}: it is no checkpoint this server can read.")
 
 
 def test_bad_rollout_input_shows_a_message(server):

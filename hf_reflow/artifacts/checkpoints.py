@@ -4,8 +4,8 @@ A checkpoint folder is what stock LeRobot loads (`config.json`, `model.safetenso
 processor JSON + stats) plus `reflow.json`, hf-reflow's lineage metadata, kept out of `config.json`
 because stock loading rejects unknown keys there.
 
-Nothing loaded from a checkpoint runs code: processor steps come only from LeRobot's step registry
-(`processor_safety.py`), and the training state for `--resume` is JSON + safetensors (`training_state.py`).
+Nothing loaded from a checkpoint runs code: processor steps only from a per-policy-type allow-list, and
+every file a checkpoint names only from inside it (`processor_safety.py`), and the training state for `--resume` is JSON + safetensors (`training_state.py`).
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ import torch
 
 from hf_reflow import __version__
 from hf_reflow.artifacts.io import disk_writes
-from hf_reflow.artifacts.processor_safety import check_processor_steps
+from hf_reflow.artifacts.processor_safety import PROCESSOR_FILES, check_contained, check_processor_steps
 from hf_reflow.errors import CheckpointError, HubError
 from hf_reflow.hub import Hub, read_push_record
 from hf_reflow.policies.base import PolicyAdapter
@@ -68,6 +68,7 @@ def load_config(path_or_repo: str, *, revision: str | None = None) -> Any:
     import hf_reflow.policies.flow_mlp  # noqa: F401  (registers the built-in policy type)
 
     source = resolve_checkpoint(path_or_repo, revision=revision)
+    check_contained(source, ("config.json",))
     try:
         return PreTrainedConfig.from_pretrained(source)
     except Exception as e:
@@ -101,6 +102,7 @@ def check_weights(folder: str | Path) -> None:
     from safetensors import safe_open
 
     file = Path(folder) / WEIGHTS
+    check_contained(folder, (WEIGHTS,))
     if not file.is_file():
         raise CheckpointError(f"{str(folder)!r} has no {WEIGHTS}; the checkpoint is incomplete: use an intact one.")
     try:
@@ -123,14 +125,15 @@ def load_processors(
 ):
     """The checkpoint's own (pre, post) processors, with their device step pointed at `device`.
 
-    Every step must be one LeRobot finds in its step registry (see `check_processor_steps`): a checkpoint
-    never gets to name a callable that loading would import and call. `allow_unregistered_processor_steps`
+    Every step must be one LeRobot's factory builds for the policy type, with its own arguments (see
+    `check_processor_steps`): a checkpoint never gets to name code or a model that loading would run. `allow_unregistered_processor_steps`
     (like `trust_remote_code`) lifts that for a local folder the caller trusts; a Hub id is always checked.
     """
     from lerobot.policies.factory import make_pre_post_processors
 
     source = resolve_checkpoint(path_or_repo, revision=revision)
     trusted = allow_unregistered_processor_steps and Path(path_or_repo).exists()
+    check_contained(source, PROCESSOR_FILES)
     if not trusted:
         check_processor_steps(source, config, trust_hint=Path(path_or_repo).exists())
     overrides = {"device_processor": {"device": str(device)}}

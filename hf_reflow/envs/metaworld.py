@@ -536,6 +536,7 @@ class MetaWorldEnv:
         self.steps, self.collided, self.success, self.done = 0, False, False, False
         self.min_obstacle_distance = math.inf
         self.closest_hand_xy = self.hand_start_xy.copy()
+        self.goal_distances: list[float] = []  # Meta-World's own success distance after each step (obj_to_target)
         self._episode_started = True
         return self._observe(obs)
 
@@ -554,6 +555,7 @@ class MetaWorldEnv:
         action = np.clip(_check_vector("action", action, ACTION_DIM), -1.0, 1.0).astype(np.float32)
         obs, _reward, _terminated, truncated, info = self._env.step(action)
         self.steps += 1
+        self.goal_distances.append(float(info.get("obj_to_target", math.nan)))
         state = self._observe(obs)
         if self.mode == "multimodal" and obstacle_collides(obs[:2], self.obstacle_centre):
             self.collided = True

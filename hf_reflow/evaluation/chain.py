@@ -49,7 +49,10 @@ def evaluate_chain(
             todo.append((cache, stage_rows))
     if eval_cfg.episodes > 0:
         pending = [row for _, stage_rows in todo for row in stage_rows]
-        attach_closed_loop(pending, tasks=tasks, mode=mode, episodes=eval_cfg.episodes, workers=eval_cfg.workers, log=log)
+        done = attach_closed_loop(pending, tasks=tasks, mode=mode, episodes=eval_cfg.episodes, workers=eval_cfg.workers,
+                                  n_action_steps=eval_cfg.n_action_steps, log=log)  # fmt: skip
+        todo = [(cache, [row for row in done if row["checkpoint"] == stage_rows[0]["checkpoint"]])
+                for cache, stage_rows in todo if stage_rows]  # fmt: skip
     for cache, stage_rows in todo:
         cache.write_text(json.dumps({"settings": settings, "rows": stage_rows}, indent=2))
         rows += stage_rows

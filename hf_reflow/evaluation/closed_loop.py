@@ -11,10 +11,11 @@ as success, collision, stall or timeout.
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import multiprocessing
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -24,12 +25,13 @@ import torch
 
 from hf_reflow.artifacts.checkpoints import CheckpointCache, load_checkpoint, load_config
 from hf_reflow.envs import toy
-from hf_reflow.errors import CheckpointError
+from hf_reflow.errors import CheckpointError, ConfigError
+from hf_reflow.evaluation.diagnostics import episode_diagnostics
 from hf_reflow.policies.factory import adapter_for
 
 # Bumped whenever a rollout's result for the same (checkpoint, step count, task, seed) changes, so cached
 # evaluations made under an older protocol are redone.
-PROTOCOL = "paired-noise-per-chunk-v2"
+PROTOCOL = "paired-noise-per-chunk-v3-diagnostics"
 EPISODE_SEED_BASE = 7_000_000  # evaluation episode seeds: base + i (layouts come from EVAL_LAYOUT_SEED)
 TOY_EPISODE_SEED_BASE = 10_000  # the toy env's evaluation episodes: base + i
 NoiseMode = Literal["per_chunk", "per_episode"]
@@ -43,6 +45,7 @@ class RolloutJob:
     episode_seeds: tuple[int, ...]
     mode: str = "multimodal"
     max_steps: int | None = None
+    n_action_steps: int | None = None  # actions executed per chunk before re-planning; None: the policy's own
 
 
 @dataclass
@@ -119,7 +122,7 @@ class PolicyController:
         self.n_action_steps = int(policy.config.n_action_steps)
         # pi0 / pi0.5 `select_action` takes no noise: seed torch's generator per chunk instead.
         self.takes_noise = "noise" in inspect.signature(policy.select_action).parameters
-        self.episode_seed, self.step, self.hand, self.frames, self._noise = 0, 0, [], [], None
+        self.episode_seed, self.step, self.hand, self.actions, self.frames, self._noise = 0, 0, [], [], [], None
 
     def start(self, episode_seed: int) -> None:
         """Set the episode whose noise the next rollout uses (the rollout then calls `reset`)."""
@@ -129,7 +132,7 @@ class PolicyController:
 
     def reset(self) -> None:
         self.policy.reset()
-        self.step, self.hand, self.frames, self._noise = 0, [], [], None
+        self.step, self.hand, self.actions, self.frames, self._noise = 0, [], [], [], None
 
     def chunk_seed(self, chunk: int) -> int:
         """The seed of chunk `chunk` of the current episode: a pure function of (episode seed, chunk index)."""
@@ -156,7 +159,9 @@ class PolicyController:
         noise = {"noise": self._noise.to(batch["observation.state"])} if paired and self.takes_noise else {}
         with torch.no_grad():
             action = self.policy.select_action(batch, **noise)
-        return self.postprocessor(action).squeeze(0).cpu().numpy()
+        action = self.postprocessor(action).squeeze(0).cpu().numpy()
+        self.actions.append(action)
+        return action
 
     def _look(self, raw: dict[str, Any]) -> None:
         """Render when the policy reads images or a display frame is due; image (1, 3, H, W) in [0, 1]."""
@@ -176,6 +181,25 @@ def controllers_of(checkpoint: str) -> Callable[[str, str], PolicyController]:
     loaded = load_checkpoint(checkpoint)
     check_env_compatible(loaded.config, checkpoint)
     return lambda task, prompt: PolicyController(loaded.policy, loaded.preprocessor, loaded.postprocessor, prompt)
+
+
+@contextlib.contextmanager
+def replanning(policy: Any, n_action_steps: int | None) -> Iterator[int]:
+    """Execute `n_action_steps` actions of each chunk before predicting the next (None: the policy's own).
+
+    LeRobot's policies read `config.n_action_steps` when they reset their action queue and when they cut
+    a predicted chunk, so the override holds for episodes started inside the `with`; it is restored after.
+    """
+    own, chunk = int(policy.config.n_action_steps), int(policy.config.chunk_size)
+    n = own if n_action_steps is None else int(n_action_steps)
+    if not 1 <= n <= chunk:
+        raise ConfigError(f"n_action_steps must be in 1..{chunk} (the policy's chunk_size); got {n}.")
+    policy.config.n_action_steps = n
+    try:
+        yield n
+    finally:
+        policy.config.n_action_steps = own
+        policy.reset()
 
 
 # ---- the toy env ------------------------------------------------------------------------------
@@ -200,7 +224,7 @@ def toy_closed_loop(loaded: Any, *, nfe: int, episodes: int, seed: int = TOY_EPI
 
 # ---- Meta-World, over worker processes --------------------------------------------------------
 def run_job(job: RolloutJob, cache: CheckpointCache) -> list[dict[str, Any]]:
-    """Roll out `job`'s episodes; one dict per episode (seed, success, outcome, side switches, ...)."""
+    """Roll out `job`'s episodes; one dict per episode (seed, success, outcome, diagnostics, ...)."""
     from hf_reflow.envs import metaworld  # Meta-World is an optional extra: imported when it is used
 
     loaded = cache.get(job.checkpoint)
@@ -210,24 +234,29 @@ def run_job(job: RolloutJob, cache: CheckpointCache) -> list[dict[str, Any]]:
         max_steps=job.max_steps or metaworld.default_max_steps(job.task),
     )  # fmt: skip
     prompt = metaworld.task_prompt(job.task, job.mode)
-    controller = PolicyController(loaded.policy, loaded.preprocessor, loaded.postprocessor, prompt)
     episodes = []
     try:
-        for seed in job.episode_seeds:
-            controller.start(seed)
-            result = metaworld.rollout_policy(env, controller, seed)
-            hand = np.stack(controller.hand)  # (T, 3)
-            episodes.append({
-                "episode_seed": seed, "success": result.success, "collided": result.collided,
-                "outcome": classify_episode(hand, success=result.success, collided=result.collided),
-                "side_taken": result.side_taken, "steps": result.steps,
-                "side_switches": side_switches(hand[:, :2], env.hand_start_xy, env.target_xy,
-                                               stride=controller.n_action_steps),
-                "min_obstacle_distance": result.min_obstacle_distance,
-            })  # fmt: skip
+        with replanning(loaded.policy, job.n_action_steps) as stride:
+            controller = PolicyController(loaded.policy, loaded.preprocessor, loaded.postprocessor, prompt)
+            for seed in job.episode_seeds:
+                controller.start(seed)
+                result = metaworld.rollout_policy(env, controller, seed)
+                episodes.append(_episode_record(seed, result, env, controller, stride))
     finally:
         env.close()
     return episodes
+
+
+def _episode_record(seed: int, result: Any, env: Any, controller: PolicyController, stride: int) -> dict[str, Any]:
+    hand = np.stack(controller.hand)  # (T, 3)
+    return {
+        "episode_seed": seed, "success": result.success, "collided": result.collided,
+        "outcome": classify_episode(hand, success=result.success, collided=result.collided),
+        "side_taken": result.side_taken, "steps": result.steps,
+        "side_switches": side_switches(hand[:, :2], env.hand_start_xy, env.target_xy, stride=stride),
+        "min_obstacle_distance": result.min_obstacle_distance, "n_action_steps": stride,
+        **episode_diagnostics(env.goal_distances, hand, np.stack(controller.actions), stride=stride),
+    }  # fmt: skip
 
 
 _WORKER_CACHE: CheckpointCache | None = None  # one per worker process, made by `_init_worker`
@@ -280,46 +309,96 @@ def check_env_compatible(config: Any, path: str) -> None:
         )
 
 
-def attach_closed_loop(rows: list[dict], *, tasks: list[str], mode: str, episodes: int, workers: int, log: Any = print) -> None:
-    """Add Meta-World closed-loop results (pooled over tasks, and `per_task`) to rows with checkpoint + nfe."""
+def attach_closed_loop(rows: list[dict], *, tasks: list[str], mode: str, episodes: int, workers: int,
+                       n_action_steps: list[int] | None = None, log: Any = print) -> list[dict]:  # fmt: skip
+    """Meta-World closed-loop results (pooled over tasks, and `per_task`) for rows with checkpoint + nfe.
+
+    Each row is evaluated at every `n_action_steps` value (None: the policy's own), so the rows returned are
+    the input rows (updated in place) or, with several values, one copy per value. Every row records the
+    `n_action_steps` it ran with, the policy's own (`policy_n_action_steps`), and its compute per env step.
+    """
     from tqdm.auto import tqdm
 
     if not rows or episodes < 1:
-        return
+        return rows
+    own = {}
     for path in dict.fromkeys(row["checkpoint"] for row in rows):
-        check_env_compatible(load_config(path), path)
+        config = load_config(path)
+        check_env_compatible(config, path)
+        own[path] = int(config.n_action_steps)
+    values = list(n_action_steps or [None])
+    rows = [row if len(values) == 1 else dict(row) for row in rows for _ in values]
+    for row, n in zip(rows, values * (len(rows) // len(values)), strict=True):
+        row["policy_n_action_steps"], row["n_action_steps"] = own[row["checkpoint"]], n or own[row["checkpoint"]]
     seeds = episode_seeds(episodes)
-    jobs = [RolloutJob(row["checkpoint"], row["nfe"], task, seeds, mode) for row in rows for task in tasks]
-    log(f"closed loop: {len(jobs)} cells (checkpoint x steps x task) x {episodes} episodes on evaluation layouts")
+    jobs = [RolloutJob(row["checkpoint"], row["nfe"], task, seeds, mode, n_action_steps=row["n_action_steps"])
+            for row in rows for task in tasks]  # fmt: skip
+    log(f"closed loop: {len(jobs)} cells (checkpoint x steps x re-planning x task) x {episodes} episodes on evaluation layouts")
     with tqdm(total=len(jobs) * episodes, desc="rollouts", unit="ep") as bar:
         results = iter(run_jobs(jobs, workers=workers, progress=bar))
     for row in rows:
         per_task = {task: summarise(next(results)) for task in tasks}
         row.update(pool(list(per_task.values())))
         row["per_task"] = per_task
+        row.update(compute_per_env_step(row))
+    return rows
+
+
+def compute_per_env_step(row: dict) -> dict[str, float | None]:
+    """Denoising passes (steps x chunks / env steps) and, with a measured latency per chunk, ms per env step."""
+    chunks, env_steps = row["chunks"], row["env_steps"]
+    latency = row.get("latency_ms")
+    return {
+        "passes_per_env_step": row["nfe"] * chunks / env_steps,
+        "ms_per_env_step": latency * chunks / env_steps if latency is not None else None,
+    }
+
+
+ALL_EPISODE_DIAGNOSTICS = ("hand_speed", "chunk_jump", "action_change")
+MISS_DIAGNOSTICS = ("closest_goal_m", "final_goal_m", "near_goal_steps", "near_goal_reversals")  # failures without collision
 
 
 def summarise(episodes: list[dict[str, Any]]) -> dict[str, Any]:
-    """Success (task success and no collision), failure taxonomy, left share, side switches, steps.
+    """Success (task success and no collision), failure taxonomy, left share, side switches, steps, and the
+    diagnostics: `hand_speed` / `chunk_jump` / `action_change` over all episodes, `miss_*` over the failures
+    without a collision (near misses vs lost).
 
-    `episode_success` keeps each episode's result in episode-seed order, for paired comparisons.
+    `episode_success` (and `episode_hand_speed`) keep each episode's value in episode-seed order, for paired
+    comparisons.
     """
     from hf_reflow.envs.metaworld import LEFT  # optional extra
 
     successes = [e for e in episodes if e["success"]]
+    misses = [e for e in episodes if not e["success"] and not e["collided"]]
     outcomes = [e["outcome"] for e in episodes]
+    stride = episodes[0].get("n_action_steps", 1)
     return {
         "episodes": len(episodes),
         "successes": len(successes),
+        "misses": len(misses),
         "success_rate": float(np.mean([e["success"] for e in episodes])),
         "collision_rate": float(np.mean([e["collided"] for e in episodes])),
         **{f"{o}_rate": outcomes.count(o) / len(episodes) for o in OUTCOMES[2:]},
         "left_share": float(np.mean([e["side_taken"] == LEFT for e in episodes])),
         "side_switches": float(np.mean([e["side_switches"] for e in episodes])),
         "mean_steps": float(np.mean([e["steps"] for e in successes])) if successes else None,
+        "env_steps": int(sum(e["steps"] for e in episodes)),
+        "chunks": int(sum(-(-e["steps"] // stride) for e in episodes)),
+        **{key: _nanmean([e.get(key) for e in episodes]) for key in ALL_EPISODE_DIAGNOSTICS},
+        **{f"miss_{key}": _nanmean([e.get(key) for e in misses]) for key in MISS_DIAGNOSTICS},
         "episode_seeds": [int(e["episode_seed"]) for e in episodes],
         "episode_success": [int(e["success"]) for e in episodes],
+        "episode_hand_speed": [_finite_or_none(e.get("hand_speed")) for e in episodes],
     }
+
+
+def _nanmean(values: list[Any]) -> float | None:
+    finite = [float(v) for v in values if v is not None and np.isfinite(v)]
+    return float(np.mean(finite)) if finite else None
+
+
+def _finite_or_none(value: Any) -> float | None:
+    return float(value) if value is not None and np.isfinite(value) else None
 
 
 def episode_seeds(count: int) -> tuple[int, ...]:
@@ -327,7 +406,7 @@ def episode_seeds(count: int) -> tuple[int, ...]:
 
 
 def pool(per_task: list[dict]) -> dict:
-    """Episode-weighted pooling of per-task closed-loop summaries."""
+    """Episode-weighted pooling of per-task closed-loop summaries (`miss_*` weighted by misses)."""
     episodes = sum(s["episodes"] for s in per_task)
     successes = sum(s["successes"] for s in per_task)
     steps = [s["mean_steps"] * s["successes"] for s in per_task if s["mean_steps"] is not None]
@@ -335,6 +414,17 @@ def pool(per_task: list[dict]) -> dict:
     return {
         "episodes": episodes,
         "successes": successes,
+        "misses": sum(s["misses"] for s in per_task),
         **{key: sum(s[key] * s["episodes"] for s in per_task) / episodes for key in rates},
         "mean_steps": sum(steps) / successes if successes else None,
+        "env_steps": sum(s["env_steps"] for s in per_task),
+        "chunks": sum(s["chunks"] for s in per_task),
+        **{key: _weighted(per_task, key, "episodes") for key in ALL_EPISODE_DIAGNOSTICS},
+        **{f"miss_{key}": _weighted(per_task, f"miss_{key}", "misses") for key in MISS_DIAGNOSTICS},
     }
+
+
+def _weighted(per_task: list[dict], key: str, weight: str) -> float | None:
+    pairs = [(s[key], s[weight]) for s in per_task if s.get(key) is not None and s[weight] > 0]
+    total = sum(w for _, w in pairs)
+    return sum(v * w for v, w in pairs) / total if total else None

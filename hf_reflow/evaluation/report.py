@@ -21,7 +21,9 @@ from typing import Any
 import numpy as np
 
 METRICS = ("success_rate", "collision_rate", "stall_rate", "timeout_rate", "left_share", "side_switches",
-           "mean_steps", "straightness", "error_vs_10step", "error_vs_data", "latency_ms")  # fmt: skip
+           "mean_steps", "straightness", "error_vs_10step", "error_vs_data", "latency_ms", "passes_per_env_step",
+           "ms_per_env_step", "hand_speed", "chunk_jump", "action_change", "miss_closest_goal_m", "miss_final_goal_m",
+           "miss_near_goal_steps", "miss_near_goal_reversals")  # fmt: skip
 OUTCOME_RATES = ("success_rate", "collision_rate", "stall_rate", "timeout_rate")
 BOOTSTRAP_SAMPLES = 4000
 # The issue's targets, checked in report.md (points are success-rate differences to the reference cell).
@@ -29,6 +31,27 @@ TARGET_REFERENCE_SUCCESS = 0.95
 TARGET_GAP = {1: -0.03, 2: -0.01}
 TARGET_COLLISIONS_1_STEP = 0.02
 TARGET_LEFT_SHARE = (0.40, 0.60)
+TARGET_TIMEOUTS_1_STEP = 0.05
+TARGET_SPEEDUP = 5.0
+# "Equal success": a cell whose paired 95 % CI against the reference reaches this difference or above.
+EQUAL_SUCCESS_MARGIN = -0.01
+Cell = tuple[str, int, "int | None"]  # (stage name, step count, n_action_steps)
+
+
+def cell_of(row: dict) -> Cell:
+    """The evaluation cell a row belongs to: stage, step count and re-planning interval."""
+    return (row["name"], row["nfe"], row.get("n_action_steps"))
+
+
+def label(cell: Cell) -> str:
+    """`2-RF @ 1` or, re-planning after n actions, `2-RF @ 1, every 4`."""
+    name, nfe, n = cell
+    return f"{name} @ {nfe}" + (f", every {n}" if n is not None else "")
+
+
+def _own_replanning(row: dict) -> bool:
+    """The row re-plans at its policy's own n_action_steps (rows from before the option count as own)."""
+    return row.get("n_action_steps") is None or row.get("n_action_steps") == row.get("policy_n_action_steps")
 
 
 def wilson_interval(successes: int, trials: int, z: float = 1.959964) -> tuple[float, float]:
@@ -62,9 +85,10 @@ def _mean(rows: list[dict], key: str) -> float | None:
     return float(np.mean(values)) if values else None
 
 
-def reference_cell(rows: list[dict]) -> tuple[str, int] | None:
-    """The cell every other is compared with: the 1-RF (k = 1, flow matching) at its largest step count."""
-    cells = [(r["name"], r["nfe"]) for r in rows if r.get("stage") == "flow_matching" and r.get("episodes")]
+def reference_cell(rows: list[dict]) -> Cell | None:
+    """The cell every other is compared with: the 1-RF (k = 1, flow matching) at its largest step count,
+    re-planning at its own n_action_steps (the teacher's operating point)."""
+    cells = [cell_of(r) for r in rows if r.get("stage") == "flow_matching" and r.get("episodes") and _own_replanning(r)]
     return max(cells, key=lambda cell: cell[1]) if cells else None
 
 
@@ -100,16 +124,18 @@ def paired_difference(cell: list[dict], reference: list[dict], *, seed: int = 0)
 
 
 def summarise(rows: list[dict]) -> list[dict]:
-    """One summary row per (stage, step count), averaged over seeds, in chain order, with paired differences."""
-    order = list(dict.fromkeys((row["name"], row["nfe"]) for row in rows))
+    """One summary row per cell (stage, step count, re-planning), averaged over seeds, in chain order, with
+    paired differences to the reference cell."""
+    order = list(dict.fromkeys(cell_of(row) for row in rows))
     reference = reference_cell(rows)
-    ref_rows = [r for r in rows if (r["name"], r["nfe"]) == reference]
+    ref_rows = [r for r in rows if cell_of(r) == reference]
     summary = []
-    for name, nfe in order:
-        cell = [r for r in rows if r["name"] == name and r["nfe"] == nfe]
-        entry: dict[str, Any] = {"name": name, "k": cell[0]["k"], "stage": cell[0]["stage"], "nfe": nfe,
+    for key in order:
+        cell = [r for r in rows if cell_of(r) == key]
+        entry: dict[str, Any] = {"name": key[0], "k": cell[0]["k"], "stage": cell[0]["stage"], "nfe": key[1],
+                                 "n_action_steps": key[2], "own_n_action_steps": cell[0].get("policy_n_action_steps"),
                                  "seeds": len(cell)}  # fmt: skip
-        entry.update({key: _mean(cell, key) for key in METRICS})
+        entry.update({metric: _mean(cell, metric) for metric in METRICS})
         if cell[0].get("episodes"):
             entry["episodes"] = int(sum(r["episodes"] for r in cell))
             if len(cell) >= 2:
@@ -119,34 +145,88 @@ def summarise(rows: list[dict]) -> list[dict]:
                 entry["success_ci95"] = wilson_interval(cell[0]["successes"], cell[0]["episodes"])
                 entry["ci_method"] = "Wilson over episodes"
             if reference is not None and all("episode_success" in t for r in cell for t in r["per_task"].values()):
-                entry["reference"] = f"{reference[0]} @ {reference[1]}"
+                entry["reference"] = label(reference)
                 entry["diff_vs_reference"], entry["diff_ci95"] = paired_difference(cell, ref_rows)
+                entry["hand_speed_vs_reference"] = paired_speed_ratio(cell, ref_rows)
         summary.append(entry)
     return summary
+
+
+def paired_speed_ratio(cell: list[dict], reference: list[dict]) -> float | None:
+    """Mean hand speed of the cell / of the reference over the episodes both recorded (same seeds, same noise)."""
+    def speeds(rows: list[dict]) -> np.ndarray:
+        return np.array([v if v is not None else np.nan for r in sorted(rows, key=lambda r: r["seed"])
+                         for t in r["per_task"].values() for v in t.get("episode_hand_speed") or []], dtype=np.float64)  # fmt: skip
+
+    mine, theirs = speeds(cell), speeds(reference)
+    if mine.size == 0 or mine.shape != theirs.shape:
+        return None
+    both = np.isfinite(mine) & np.isfinite(theirs)
+    return float(mine[both].mean() / theirs[both].mean()) if both.any() and theirs[both].mean() > 0 else None
+
+
+def speedup_at_equal_success(summary: list[dict]) -> dict[str, Any] | None:
+    """The cheapest operating point whose paired 95 % CI against the reference reaches EQUAL_SUCCESS_MARGIN or
+    above, and its compute as a ratio of the reference's (denoising passes and measured ms per env step)."""
+    ref = next((s for s in summary if s.get("reference") == label(_key(s))), None)
+    if ref is None or not ref.get("passes_per_env_step"):
+        return None
+    equal = [s for s in summary if "diff_ci95" in s and s["diff_ci95"][1] >= EQUAL_SUCCESS_MARGIN and s.get("passes_per_env_step")]
+    best = min(equal, key=lambda s: (s["passes_per_env_step"], s.get("ms_per_env_step") or math.inf))
+    ms_ref, ms_best = ref.get("ms_per_env_step"), best.get("ms_per_env_step")
+    return {
+        "reference": label(_key(ref)), "cell": label(_key(best)), "success": best["success_rate"],
+        "reference_success": ref["success_rate"], "diff": best["diff_vs_reference"], "diff_ci95": best["diff_ci95"],
+        "passes_per_env_step": best["passes_per_env_step"], "reference_passes_per_env_step": ref["passes_per_env_step"],
+        "speedup_passes": ref["passes_per_env_step"] / best["passes_per_env_step"],
+        "speedup_ms": ms_ref / ms_best if ms_ref and ms_best else None, "seeds": best["seeds"],
+    }  # fmt: skip
+
+
+def _key(s: dict) -> Cell:
+    return (s["name"], s["nfe"], s.get("n_action_steps"))
+
+
+def speedup_line(speedup: dict[str, Any] | None) -> str:
+    """The headline, with what it rests on."""
+    if speedup is None:
+        return "speed-up at equal success: not measured (no closed-loop reference cell)."
+    low, high = speedup["diff_ci95"]
+    ms = f", {speedup['speedup_ms']:.1f}x in measured ms per env step" if speedup["speedup_ms"] else ""
+    return (
+        f"speed-up at equal success: {speedup['speedup_passes']:.1f}x fewer denoising passes per env step{ms}: "
+        f"{speedup['cell']} ({100 * speedup['success']:.1f}% success, {speedup['passes_per_env_step']:.3f} passes per "
+        f"env step) vs the teacher {speedup['reference']} ({100 * speedup['reference_success']:.1f}%, "
+        f"{speedup['reference_passes_per_env_step']:.3f}); paired difference {100 * speedup['diff']:+.1f} points "
+        f"(95% CI {100 * low:+.1f} to {100 * high:+.1f}; 'equal' = the CI reaches {100 * EQUAL_SUCCESS_MARGIN:+.0f} "
+        f"point or above), {speedup['seeds']} training seed(s)."
+    )
 
 
 def per_task(rows: list[dict], summary: list[dict], tasks: list[str]) -> list[dict]:
     """Per (stage, step count, task): outcome rates, left share and side switches, averaged over seeds."""
     table = []
     for s in summary:
-        cell = [r for r in rows if r["name"] == s["name"] and r["nfe"] == s["nfe"] and "per_task" in r]
+        cell = [r for r in rows if cell_of(r) == _key(s) and "per_task" in r]
         for task in tasks if cell else []:
             stats = [r["per_task"][task] for r in cell]
-            table.append({"name": s["name"], "nfe": s["nfe"], "task": task,
+            table.append({"name": s["name"], "nfe": s["nfe"], "n_action_steps": s.get("n_action_steps"), "task": task,
                           **{key: _mean(stats, key) for key in (*OUTCOME_RATES, "left_share", "side_switches")}})  # fmt: skip
     return table
 
 
 def targets(summary: list[dict]) -> list[dict]:
-    """The benchmark's targets, measured: what, target, measured, met (None when not measured)."""
+    """The benchmark's targets, measured: what, target, measured, met (None when not measured). Step-count
+    targets compare cells that re-plan as often as the reference (its own n_action_steps)."""
     closed = [s for s in summary if s.get("success_rate") is not None]
-    ref = next((s for s in closed if f"{s['name']} @ {s['nfe']}" == s.get("reference")), None)
+    ref = next((s for s in closed if label(_key(s)) == s.get("reference")), None)
+    same = [s for s in closed if ref is not None and s.get("n_action_steps") == ref.get("n_action_steps")]
     out = []
     if ref is not None:
         out.append({"what": f"{ref['name']} at {ref['nfe']} steps: success", "target": f">= {_pct(TARGET_REFERENCE_SUCCESS)}",
                     "measured": _pct(ref["success_rate"]), "met": ref["success_rate"] >= TARGET_REFERENCE_SUCCESS})  # fmt: skip
     for nfe, gap in TARGET_GAP.items():
-        cells = [s for s in closed if s["nfe"] == nfe and "diff_vs_reference" in s]
+        cells = [s for s in same if s["nfe"] == nfe and "diff_vs_reference" in s]
         if ref is not None and cells:
             best = max(cells, key=lambda s: s["success_rate"])
             low, high = best["diff_ci95"]
@@ -155,30 +235,46 @@ def targets(summary: list[dict]) -> list[dict]:
                         "measured": f"{100 * best['diff_vs_reference']:+.1f} points (paired 95% CI "
                                     f"{100 * low:+.1f} to {100 * high:+.1f}; "
                                     f"{'CI above the target' if low >= gap else 'CI includes values below the target'})"})  # fmt: skip
-    one_step = [s for s in closed if s["nfe"] == 1]
+    one_step = [s for s in same if s["nfe"] == 1]
     if one_step:
         best = max(one_step, key=lambda s: s["success_rate"])
         out.append({"what": f"collisions at 1 step ({best['name']})", "target": f"<= {_pct(TARGET_COLLISIONS_1_STEP)}",
                     "measured": _pct(best["collision_rate"]), "met": best["collision_rate"] <= TARGET_COLLISIONS_1_STEP})  # fmt: skip
+        out.append({"what": f"timeouts at 1 step ({best['name']})", "target": f"<= {_pct(TARGET_TIMEOUTS_1_STEP)}",
+                    "measured": _pct(best["timeout_rate"]), "met": best["timeout_rate"] <= TARGET_TIMEOUTS_1_STEP})  # fmt: skip
         low, high = TARGET_LEFT_SHARE
         out.append({"what": f"left share at 1 step ({best['name']})", "target": f"{_pct(low)}-{_pct(high)}",
                     "measured": _pct(best["left_share"]), "met": low <= best["left_share"] <= high})  # fmt: skip
+    speedup = speedup_at_equal_success(summary)
+    if speedup is not None:
+        out.append({"what": f"speed-up at equal success ({speedup['cell']})", "target": f">= {TARGET_SPEEDUP:.0f}x",
+                    "measured": f"{speedup['speedup_passes']:.1f}x", "met": speedup["speedup_passes"] >= TARGET_SPEEDUP})  # fmt: skip
     return out
 
 
 def format_summary(summary: list[dict]) -> str:
     """A plain-text table (what the pipeline prints at the end)."""
-    header = ["stage", "steps", "success", "95% CI", "vs ref (paired CI)", "collisions", "stalls", "left",
-              "straightness", "err vs 10", "ms/chunk"]  # fmt: skip
+    header = ["stage", "steps", "replan", "success", "95% CI", "vs ref (paired CI)", "collisions", "timeouts",
+              "miss closest/final cm", "passes/env step", "ms/env step", "err vs 10"]  # fmt: skip
     lines = [header]
     for s in summary:
         lines.append([
-            s["name"], str(s["nfe"]), _pct(s.get("success_rate")), _ci(s.get("success_ci95")), _diff(s),
-            _pct(s.get("collision_rate")), _pct(s.get("stall_rate")), _pct(s.get("left_share")),
-            _num(s["straightness"]), _num(s["error_vs_10step"]), f"{s['latency_ms']:.2f}",
+            s["name"], str(s["nfe"]), _replan(s), _pct(s.get("success_rate")), _ci(s.get("success_ci95")), _diff(s),
+            _pct(s.get("collision_rate")), _pct(s.get("timeout_rate")), _miss(s), _num(s.get("passes_per_env_step"), 3),
+            _num(s.get("ms_per_env_step"), 3), _num(s["error_vs_10step"]),
         ])  # fmt: skip
     widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
     return "\n".join("  ".join(c.ljust(w) for c, w in zip(line, widths, strict=True)) for line in lines)
+
+
+def _replan(s: dict) -> str:
+    n = s.get("n_action_steps")
+    return "" if n is None else f"{n}{'*' if n == s.get('own_n_action_steps') else ''}"
+
+
+def _miss(s: dict) -> str:
+    closest, final = s.get("miss_closest_goal_m"), s.get("miss_final_goal_m")
+    return "" if closest is None or final is None else f"{100 * closest:.1f}/{100 * final:.1f}"
 
 
 def _pct(value: float | None) -> str:
@@ -223,17 +319,25 @@ def markdown(summary: list[dict], cfg: Any, rows: list[dict]) -> str:
         " stage's 10-step chunk (normalised actions); err vs expert: vs the demonstrated chunk. Latency: one"
         " chunk, batch 1, CPU. A distilled student is evaluated at the step count it was trained for only.",
         "",
-        "| stage | steps | success | 95% CI | vs ref, points (paired 95% CI) | collisions | stalls | timeouts "
-        "| left share | side switches | straightness | err vs 10 | err vs expert | ms/chunk |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        " chunk, batch 1, CPU. A distilled student is evaluated at the step count it was trained for only."
+        " Replan: actions executed per chunk before the next is predicted (* = the policy's own n_action_steps);"
+        " passes / env step: denoising passes (steps x chunks / env steps), the compute a policy spends per action;"
+        " ms / env step: the measured ms per chunk x chunks / env steps.",
+        "",
+        speedup_line(speedup_at_equal_success(summary)),
+        "",
+        "| stage | steps | replan | success | 95% CI | vs ref, points (paired 95% CI) | collisions | stalls | timeouts "
+        "| left share | side switches | straightness | err vs 10 | err vs expert | ms/chunk | passes/env step | ms/env step |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for s in summary:
         lines.append(
-            f"| {s['name']} | {s['nfe']} | {_pct(s.get('success_rate'))} | {_ci(s.get('success_ci95'))} | {_diff(s)} | "
+            f"| {s['name']} | {s['nfe']} | {_replan(s)} | {_pct(s.get('success_rate'))} | {_ci(s.get('success_ci95'))} | {_diff(s)} | "
             f"{_pct(s.get('collision_rate'))} | {_pct(s.get('stall_rate'))} | {_pct(s.get('timeout_rate'))} | "
             f"{_pct(s.get('left_share'))} | {_num(s.get('side_switches'), 2)} | {_num(s['straightness'])} | {_num(s['error_vs_10step'])} | "
-            f"{_num(s['error_vs_data'])} | {s['latency_ms']:.2f} |"
+            f"{_num(s['error_vs_data'])} | {s['latency_ms']:.2f} | {_num(s.get('passes_per_env_step'), 3)} | {_num(s.get('ms_per_env_step'), 3)} |"
         )
+    lines += ["", *diagnostics_table(summary)]
     checks = targets(summary)
     if checks:
         lines += ["", "Targets:", "", "| target | wanted | measured | met |", "|---|---|---|---|"]
@@ -241,16 +345,41 @@ def markdown(summary: list[dict], cfg: Any, rows: list[dict]) -> str:
     tasks = per_task(rows, summary, list(cfg.data.tasks))
     if tasks:
         lines += ["", "By task (mean over seeds):", "",
-                  "| stage | steps | task | success | collisions | stalls | timeouts | left share | side switches |",
-                  "|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
-        lines += [
-            f"| {t['name']} | {t['nfe']} | {t['task']} | {_pct(t['success_rate'])} | {_pct(t['collision_rate'])} | "
-            f"{_pct(t['stall_rate'])} | {_pct(t['timeout_rate'])} | {_pct(t['left_share'])} | "
-            f"{'' if t['side_switches'] is None else f'{t[chr(115) + "ide_switches"]:.2f}'} |"
-            for t in tasks
-        ]
+                  "| stage | steps | replan | task | success | collisions | stalls | timeouts | left share | side switches |",
+                  "|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
+        lines += [_task_line(t) for t in tasks]
     lines += ["", "![success, error and outcomes by step count](report.png)", ""]
     return "\n".join(lines)
+
+
+def _task_line(t: dict) -> str:
+    replan = "" if t.get("n_action_steps") is None else str(t["n_action_steps"])
+    return (f"| {t['name']} | {t['nfe']} | {replan} | {t['task']} | {_pct(t['success_rate'])} | {_pct(t['collision_rate'])} | "
+            f"{_pct(t['stall_rate'])} | {_pct(t['timeout_rate'])} | {_pct(t['left_share'])} | {_num(t['side_switches'], 2)} |")  # fmt: skip
+
+
+def diagnostics_table(summary: list[dict]) -> list[str]:
+    """Markdown lines: what tells slow from lost, per cell (see `hf_reflow/evaluation/diagnostics.py`)."""
+    cells = [s for s in summary if s.get("hand_speed") is not None]
+    if not cells:
+        return []
+    lines = [
+        "Diagnostics (failures without a collision = misses; distances are Meta-World's own success distance,"
+        " success <= 5 cm; speed relative to the reference on the same episodes and noise):",
+        "",
+        "| stage | steps | replan | misses: closest cm | misses: final cm | misses: steps within 10 cm | misses: reversals"
+        " near goal | hand speed vs ref | chunk jump | action change inside a chunk |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for s in cells:
+        cm = {k: None if s.get(k) is None else 100 * s[k] for k in ("miss_closest_goal_m", "miss_final_goal_m")}
+        lines.append(
+            f"| {s['name']} | {s['nfe']} | {_replan(s)} | {_num(cm['miss_closest_goal_m'], 1)} | "
+            f"{_num(cm['miss_final_goal_m'], 1)} | {_num(s.get('miss_near_goal_steps'), 1)} | "
+            f"{_num(s.get('miss_near_goal_reversals'), 1)} | {_num(s.get('hand_speed_vs_reference'), 2)} | "
+            f"{_num(s.get('chunk_jump'), 3)} | {_num(s.get('action_change'), 3)} |"
+        )
+    return lines
 
 
 def plot(summary: list[dict], path: Path) -> None:
@@ -261,8 +390,9 @@ def plot(summary: list[dict], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, (ax_success, ax_error, ax_outcome) = plt.subplots(1, 3, figsize=(15, 3.8))
-    for name in dict.fromkeys(s["name"] for s in summary):
-        cells = [s for s in summary if s["name"] == name]
+    for name, n in dict.fromkeys((s["name"], s.get("n_action_steps")) for s in summary):
+        cells = [s for s in summary if s["name"] == name and s.get("n_action_steps") == n]
+        name = name if n is None or n == cells[0].get("own_n_action_steps") else f"{name}, every {n}"
         nfes = [s["nfe"] for s in cells]
         if cells[0].get("success_rate") is not None:
             success = np.array([s["success_rate"] for s in cells])
@@ -285,7 +415,7 @@ def plot(summary: list[dict], path: Path) -> None:
 
 def _plot_outcomes(ax: Any, cells: list[dict]) -> None:
     """Stacked bars: success / collision / stall / timeout share of each (stage, steps) cell."""
-    labels = [f"{s['name']}\n{s['nfe']} st" for s in cells]
+    labels = [f"{s['name']}\n{s['nfe']} st{'' if s.get('n_action_steps') is None else ' /' + str(s['n_action_steps'])}" for s in cells]
     bottom = np.zeros(len(cells))
     for key in OUTCOME_RATES:
         share = np.array([s.get(key) or 0.0 for s in cells])
@@ -303,7 +433,7 @@ def write(out: Path, cfg: Any, rows: list[dict], *, log: Any = print) -> dict[st
     """
     summary = summarise(rows)
     results = {"recipe": dataclasses.asdict(cfg), "summary": summary, "per_task": per_task(rows, summary, list(cfg.data.tasks)),
-               "targets": targets(summary), "rows": rows}  # fmt: skip
+               "targets": targets(summary), "speedup_at_equal_success": speedup_at_equal_success(summary), "rows": rows}  # fmt: skip
     (out / "results.json").write_text(json.dumps(results, indent=2, default=float))
     (out / "report.md").write_text(markdown(summary, cfg, rows))
     try:
