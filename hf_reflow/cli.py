@@ -279,6 +279,9 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as e:  # the machine's, not ours: a full disk, a permission, a read-only file system
         print(f"hf-reflow: error: {_os_error(e)}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # Ctrl-C outside training (training says where its last checkpoint is)
+        print(f"hf-reflow: interrupted ({argv[0]}); rerun the same command to start it again.", file=sys.stderr)
+        return 130
 
 
 def _os_error(error: OSError) -> str:

@@ -82,6 +82,22 @@ def _at_least(name: str, value: int | float | None, low: int | float) -> None:
         raise ConfigError(f"{name} must be >= {low}, got {value}.")
 
 
+MAX_SEED = 2**32 - 1  # numpy's and CUDA's seeding take 32 bits
+MAX_COUNT = 100_000_000  # steps, episodes, couplings: beyond this a run would not end in any sensible time
+MAX_ODE_STEPS = 1000  # Euler steps per chunk
+
+
+def _at_most(name: str, value: int | float | None, high: int | float, hint: str = "") -> None:
+    """Refuse `value` above `high` (None passes)."""
+    if value is not None and value > high:
+        raise ConfigError(f"{name} must be <= {high:,}{hint}, got {value:,}.")
+
+
+def _seed(value: int | None) -> None:
+    _at_least("seed", value, 0)
+    _at_most("seed", value, MAX_SEED, " (32 bits)")
+
+
 def _check_new_folder(flag: str, path: str) -> None:
     """A folder to write a new dataset into: absent or empty, never a file."""
     folder = Path(path)
@@ -139,6 +155,8 @@ class DatasetConfig:
         _choice("dataset.in_memory", self.in_memory, ("auto", "always", "never"))
         if self.num_workers < 0:
             raise ConfigError(f"dataset.num_workers must be >= 0, got {self.num_workers}.")
+        if self.episodes is not None and not self.episodes:
+            raise ConfigError("dataset.episodes is an empty list; list episode indices, e.g. [0,1,2], or null for all.")
         for episode in self.episodes or []:
             _at_least("each of dataset.episodes", episode, 0)
 
@@ -166,6 +184,7 @@ class TeacherConfig:
         _revision("teacher.revision", self.revision)
         if self.num_inference_steps < 1:
             raise ConfigError(f"teacher.num_inference_steps must be >= 1, got {self.num_inference_steps}.")
+        _at_most("teacher.num_inference_steps", self.num_inference_steps, MAX_ODE_STEPS)
 
 
 @dataclass
@@ -223,8 +242,8 @@ class OptimConfig:
             _choice("optim.type", self.type, OPTIMIZERS)
         if self.scheduler is not None:
             _choice("optim.scheduler", self.scheduler, SCHEDULERS)
-        if self.lr is not None and not self.lr > 0:
-            raise ConfigError(f"optim.lr must be > 0, got {self.lr}.")
+        if self.lr is not None and not 0 < self.lr <= 10:
+            raise ConfigError(f"optim.lr must be in (0, 10], e.g. 1e-4; got {self.lr}.")
         if self.betas is not None and (len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas)):
             raise ConfigError(f"optim.betas must be two numbers in [0, 1), e.g. [0.9, 0.999]; got {self.betas}.")
         if self.min_lr_ratio is not None and self.min_lr_ratio > 1:
@@ -344,12 +363,13 @@ class TrainConfig:
         for name in ("steps", "batch_size", "gradient_accumulation_steps", "log_every"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}.")
+            _at_most(name, getattr(self, name), MAX_COUNT)
         if self.save_every < 0:
             raise ConfigError(f"save_every must be >= 0 (0 = final checkpoint only), got {self.save_every}.")
         self._check_reuse()
         if self.num_steps is not None and self.num_steps < 1:
             raise ConfigError(f"num_steps must be >= 1, got {self.num_steps}.")
-        _at_least("seed", self.seed, 0)
+        _seed(self.seed)
         _revision("hub_revision", self.hub_revision)
         if self.ema_decay is not None and not 0 <= self.ema_decay < 1:
             raise ConfigError(f"ema_decay must be in [0, 1) (e.g. 0.999) or null for no EMA, got {self.ema_decay}.")
@@ -422,16 +442,17 @@ class EvaluateConfig:
     n_action_steps: list[int] | None = _opt(None, N_ACTION_STEPS_HELP)
 
     def __post_init__(self) -> None:
-        _at_least("seed", self.seed, 0)
+        _seed(self.seed)
         _n_action_steps(self.n_action_steps)
         if not self.policy.path:
             raise ConfigError("--policy.path is required (one checkpoint, or several separated by commas).")
         _choice("env", self.env, ("none", "toy", "metaworld"))
-        if not self.nfe or any(n < 1 for n in self.nfe):
-            raise ConfigError(f"nfe must list step counts >= 1, e.g. --nfe=1,2,4,10; got {self.nfe}.")
+        if not self.nfe or any(not 1 <= n <= MAX_ODE_STEPS for n in self.nfe):
+            raise ConfigError(f"nfe must list step counts in 1..{MAX_ODE_STEPS}, e.g. --nfe=1,2,4,10; got {self.nfe}.")
         for name in ("num_samples", "episodes", "workers"):
             if getattr(self, name) < (1 if name == "num_samples" else 0):
                 raise ConfigError(f"{name} must be >= {1 if name == 'num_samples' else 0}, got {getattr(self, name)}.")
+            _at_most(name, getattr(self, name), MAX_COUNT)
         if self.env == "metaworld":
             DemoConfig(tasks=self.tasks, mode=self.mode)  # checks the mode
         _output_file("--output", self.output)
@@ -447,12 +468,13 @@ class ToyDataConfig:
     repo_id: str = _opt("local/toy", "dataset repo id written into its metadata")
 
     def __post_init__(self) -> None:
-        _at_least("seed", self.seed, 0)
+        _seed(self.seed)
         if not self.root:
             raise ConfigError("--root is required: the folder to write the dataset into.")
         _check_new_folder("--root", self.root)
         if self.episodes < 1:
             raise ConfigError(f"episodes must be >= 1, got {self.episodes}.")
+        _at_most("episodes", self.episodes, 1_000_000)
 
 
 @dataclass
@@ -474,7 +496,7 @@ class MetaWorldDataConfig:
     )
 
     def __post_init__(self) -> None:
-        _at_least("seed", self.seed, 0)
+        _seed(self.seed)
         if not self.root:
             raise ConfigError("--root is required: the folder to write the dataset into.")
         _check_new_folder("--root", self.root)
@@ -497,12 +519,18 @@ class CouplingsGenerateConfig:
     seed: int = _opt(0, "seed of noise and observation order")
 
     def __post_init__(self) -> None:
-        _at_least("seed", self.seed, 0)
+        _seed(self.seed)
         if not self.teacher.path or not self.output:
             raise ConfigError("--teacher.path=CHECKPOINT (local or Hub id) and --output=DIR are required.")
         for name in ("num_couplings", "block_size", "batch_size"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}.")
+            _at_most(name, getattr(self, name), MAX_COUNT)
+        if self.dataset.root and Path(self.output).resolve().is_relative_to(Path(self.dataset.root).resolve()):
+            raise ConfigError(
+                f"--output={self.output!r} lies inside the dataset --dataset.root={self.dataset.root!r}, whose files it "
+                "would mix with; write the couplings to a folder of their own."
+            )
 
 
 @dataclass
@@ -591,13 +619,15 @@ class DemoConfig:
     heldout_episodes: int = _opt(10, "expert episodes per task on evaluation layouts, for offline metrics")
 
     def __post_init__(self) -> None:
-        _at_least("seed", self.seed, 0)
+        _seed(self.seed)
         _choice("data.mode", self.mode, ("multimodal", "scripted"))
         if self.episodes < 1 or self.heldout_episodes < 1:
             raise ConfigError(
                 f"data.episodes and data.heldout_episodes must be >= 1, got {self.episodes} and "
                 f"{self.heldout_episodes}; e.g. --data.episodes=100."
             )
+        _at_most("data.episodes", self.episodes, 1_000_000)
+        _at_most("data.heldout_episodes", self.heldout_episodes, 1_000_000)
 
 
 @dataclass
@@ -616,6 +646,8 @@ class EvalConfig:
             raise ConfigError(f"eval.nfe must be a list of step counts in 1..100, got {self.nfe!r}.")
         if self.episodes < 0 or self.num_samples < 1:
             raise ConfigError(f"eval.episodes must be >= 0 and eval.num_samples >= 1, got {self.episodes}, {self.num_samples}.")
+        _at_most("eval.episodes", self.episodes, 1_000_000)
+        _at_most("eval.num_samples", self.num_samples, MAX_COUNT)
 
 
 @dataclass
@@ -690,6 +722,7 @@ class PipelineConfig:
             )
         if self.num_couplings < 0:
             raise ConfigError(f"num_couplings must be >= 0 (0 = online couplings), got {self.num_couplings}.")
+        _at_most("num_couplings", self.num_couplings, MAX_COUNT)
         _choice("coupling_states", self.coupling_states, COUPLING_STATES)
         if not self.seeds:
             raise ConfigError("seeds must list at least one training seed, e.g. [0] or [0, 1, 2].")
@@ -824,8 +857,18 @@ def policy_config(
         if not base:
             raise
         raise ConfigError(f"{e} (the student's config: the config.json of {source!r}, then the policy settings)") from None
+    _check_device(policy, flags.get("device") or section.get("device"))
     policy.pretrained_path = Path(source) if source else None
     return policy
+
+
+def _check_device(policy: PreTrainedConfig, asked: str | None) -> None:
+    """LeRobot falls back to the CPU, with a log line, when the device asked for is missing: refuse instead."""
+    if asked and str(asked).split(":")[0] != str(policy.device).split(":")[0]:
+        raise ConfigError(
+            f"policy.device={asked!r} is not available on this machine (it would train on {policy.device!r}); "
+            f"pass --policy.device={policy.device} or run where {asked} is available."
+        )
 
 
 def _starting_point(

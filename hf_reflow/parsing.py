@@ -109,15 +109,32 @@ def _cli_pairs(args: list[str]) -> list[Pair]:
     return pairs
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, refusing a mapping that holds a key twice (plain YAML keeps the last silently)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"duplicate key {key!r} (each key may appear once per section)", key_node.start_mark
+                )
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
 def load_recipe(path: str | Path) -> dict[str, Any]:
     """Read a YAML recipe (or a run's train_config.json) into a dict."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"recipe {str(path)!r} not found; pass --config_path=<path to a YAML recipe or train_config.json>.")
     try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except (yaml.YAMLError, UnicodeDecodeError) as e:
-        raise ConfigError(f"recipe {str(path)!r} is not valid YAML: {' '.join(str(e).split())}") from None
+        data = yaml.load(path.read_text(), Loader=_UniqueKeyLoader) or {}
+    except (yaml.YAMLError, UnicodeDecodeError, OSError) as e:
+        raise ConfigError(f"recipe {str(path)!r} is not valid YAML: {' '.join(str(e).split())[:300]}") from None
+    except RecursionError:
+        raise ConfigError(f"recipe {str(path)!r} is nested too deeply to be a recipe; a recipe is a few levels of keys.") from None
     if not isinstance(data, dict):
         raise ConfigError(f"recipe {str(path)!r} must be a YAML mapping of config keys.")
     return {k: v for k, v in data.items() if k not in RECORD_KEYS}

@@ -206,8 +206,8 @@ def generate_couplings(
 
 ONE_SEED_NOTE = (
     "One training seed: these numbers show this run, not the recipe. Seed-to-seed spread is several points, "
-    "so a single seed can rank two stages either way; the README's results tables pair 3 seeds (run them "
-    "with --seeds=[0,1,2])."
+    "so a single seed can rank two stages either way; the 3-seed paired tables are in docs/results.md (run "
+    "them with --seeds=[0,1,2])."
 )
 
 

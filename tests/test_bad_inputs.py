@@ -163,6 +163,25 @@ CASES = [
     Case("pipeline_unknown_stage", ["pipeline", "--output_dir={out}", "--stages=[flow_matching,warp]"], "warp"),
     Case("pipeline_unknown_task", ["pipeline", "--output_dir={out}", "--data.tasks=[fly-v3]"], "fly-v3"),
     Case("pipeline_seed_negative", ["pipeline", "--output_dir={out}", "--seeds=[-1]"], "seed"),
+    # ---- the probe of issue 27: once tracebacks, hangs or silent acceptance
+    Case("lr_overflow", [*TRAIN, "--optim.lr=1e300"], "optim.lr must be in (0, 10]"),
+    Case("seed_beyond_32_bits", [*TRAIN, "--seed=4294967296"], "seed must be <= 4,294,967,295"),
+    Case("steps_unbounded", [*TRAIN, "--steps=99999999999999999999"], "steps must be <= 100,000,000"),
+    Case("dataset_episodes_empty", [*TRAIN, "--dataset.episodes=[]"], "dataset.episodes is an empty list"),
+    Case("device_not_here", [*TRAIN, "--policy.device=cuda"], "policy.device='cuda' is not available"),
+    Case("recipe_duplicate_key", [*TRAIN, "--config_path={dup_yaml}"], "duplicate key 'steps'"),
+    Case("recipe_nested_too_deep", [*TRAIN, "--config_path={deep_yaml}"], "nested too deeply"),
+    Case("recipe_damaged_json", [*TRAIN, "--config_path={bad_json}"], "not valid YAML"),
+    Case("teacher_steps_unbounded", [*REFLOW, "--teacher.path={teacher}", "--teacher.num_inference_steps=100000000"], "<= 1,000"),
+    Case("eval_nfe_unbounded", [*EVAL, "--nfe=1000000000"], "nfe must list step counts in 1..1000"),
+    Case("eval_n_action_steps_zero", [*EVAL, "--n_action_steps=0"], "n_action_steps must list"),
+    Case("dataset_toy_episodes_unbounded", ["dataset", "toy", "--root={out}", "--episodes=1000000000"], "episodes must be <= 1,000,000"),
+    Case("couplings_unbounded", ["couplings", "generate", "--teacher.path={teacher}", "--dataset.root={data}", "--output={out}", "--num_couplings=1000000000000000"], "num_couplings must be <= 100,000,000"),
+    Case("couplings_into_the_dataset", ["couplings", "generate", "--teacher.path={teacher}", "--dataset.root={data}", "--output={data}/couplings", "--num_couplings=8"], "lies inside the dataset"),
+    Case("space_port_out_of_range", ["space", "--port=99999"], "port must be in 1..65535"),
+    Case("space_any_policy_when_pushed", ["space", "--bundle={out}", "--allow_any_policy=true"], "allow_any_policy is for a server"),
+    Case("teacher_revision_escapes", [*REFLOW, "--teacher.path={teacher}", "--teacher.revision=../../main"], "is not a valid Hub revision"),
+    Case("push_revision_escapes", ["push", "--checkpoint={teacher}", "--repo_id=alice/x", "--revision=../../main"], "is not a valid Hub revision"),
 ]
 
 
@@ -184,8 +203,12 @@ def world(tmp_path_factory, toy_dataset, teacher_1rf) -> dict[str, str]:
     (root / "bad.yaml").write_text("steps: [1, 2\n")
     (root / "list.yaml").write_text("- steps\n- 3\n")
     (root / "unknown.yaml").write_text("stpes: 3\n")
+    (root / "dup.yaml").write_text("steps: 3\nsteps: 4\n")
+    (root / "deep.yaml").write_text("a: " + "[" * 5000 + "]" * 5000 + "\n")
+    (root / "bad.json").write_text('{"steps": 3, ')
     paths.update(file=str(root / "file"), empty=str(root / "empty"), bad_yaml=str(root / "bad.yaml"),
-                 list_yaml=str(root / "list.yaml"), unknown_key_yaml=str(root / "unknown.yaml"))  # fmt: skip
+                 list_yaml=str(root / "list.yaml"), unknown_key_yaml=str(root / "unknown.yaml"),
+                 dup_yaml=str(root / "dup.yaml"), deep_yaml=str(root / "deep.yaml"), bad_json=str(root / "bad.json"))  # fmt: skip
     damage = {
         "truncated": lambda d: (d / "model.safetensors").write_bytes((d / "model.safetensors").read_bytes()[:100]),
         "random": lambda d: (d / "model.safetensors").write_bytes(os.urandom(4096)),

@@ -20,7 +20,8 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
-from hf_reflow.artifacts.checkpoints import PRETRAINED_DIR
+from hf_reflow.artifacts.checkpoints import PRETRAINED_DIR, check_weights
+from hf_reflow.artifacts.run_lock import LOCK_FILE
 from hf_reflow.configs import RECORD_KEYS, TrainConfig
 from hf_reflow.errors import CheckpointError, ConfigError
 
@@ -48,8 +49,8 @@ def check_run_dir(config: TrainConfig) -> bool:
         CheckpointError: a file, an unwritable place, another run, or this one without `--resume=true`.
     """
     output_dir = Path(config.output_dir)
-    _check_writable(output_dir)
-    if not output_dir.exists() or not any(output_dir.iterdir()):
+    check_writable(output_dir)
+    if not output_dir.exists() or not any(p.name != LOCK_FILE for p in output_dir.iterdir()):
         return False
     saved = output_dir / TRAIN_CONFIG
     if not config.resume or not saved.is_file():
@@ -66,10 +67,26 @@ def check_run_dir(config: TrainConfig) -> bool:
             "resume with the same settings or choose another --output_dir."
         )
     remove_temporary(output_dir)
-    return (output_dir / PRETRAINED_DIR / "config.json").is_file()
+    return _finished(output_dir)
 
 
-def _check_writable(output_dir: Path) -> None:
+def _finished(output_dir: Path) -> bool:
+    """The run's final model is there and its weights read; damaged final weights (e.g. truncated) are removed,
+    so the resume rebuilds them from the last checkpoint's training state."""
+    final = output_dir / PRETRAINED_DIR
+    if not (final / "config.json").is_file():
+        return False
+    try:
+        check_weights(final)
+    except CheckpointError as e:
+        logger.warning("the final model is damaged (%s); rebuilding it from the last checkpoint", e)
+        shutil.rmtree(final)
+        return False
+    return True
+
+
+def check_writable(output_dir: Path) -> None:
+    """Refuse an output dir that is a file or where no file can be created (one `CheckpointError`)."""
     if output_dir.exists() and not output_dir.is_dir():
         raise CheckpointError(f"output dir {str(output_dir)!r} is a file; choose another --output_dir.")
     existing = next(p for p in (output_dir, *output_dir.parents) if p.exists())

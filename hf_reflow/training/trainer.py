@@ -35,19 +35,22 @@ from hf_reflow.artifacts import couplings_store
 from hf_reflow.artifacts.checkpoints import PRETRAINED_DIR, save_checkpoint, stage_lineage
 from hf_reflow.artifacts.run_dir import (
     CHECKPOINTS,
+    LAST,
     TRAIN_CONFIG,
     TRAINING_STATE,
     check_run_dir,
+    check_writable,
     checkpoint_dir,
     find_resumable_checkpoint,
     link_tree,
     point_last_at,
     remove_temporary,
 )
+from hf_reflow.artifacts.run_lock import run_lock
 from hf_reflow.artifacts.training_state import load_training_state, save_training_state
 from hf_reflow.configs import TrainConfig, save_config
 from hf_reflow.data import StepBatchSampler, load_metadata, make_dataset
-from hf_reflow.errors import ConfigError, ReflowError, TrainingError
+from hf_reflow.errors import ConfigError, TrainingError
 from hf_reflow.policies.base import PolicyAdapter
 from hf_reflow.policies.factory import adapter_for
 from hf_reflow.training.losses import StudentLoss, Targets
@@ -115,21 +118,36 @@ class ReflowTrainer:
         from accelerate.utils import set_seed
 
         cfg = self.config
-        if check_run_dir(cfg):
-            return self.output_dir / PRETRAINED_DIR
+        check_writable(self.output_dir)
         created = not self.output_dir.exists()
-        try:
-            accelerator = self._make_accelerator()
-            set_seed(cfg.seed)
-            if cfg.stage != "flow_matching":
-                self.teacher = OnlineTeacher(cfg.teacher, device=accelerator.device)
-            return self._fit(accelerator)
-        except (ReflowError, OSError):  # a user error, a full disk: leave nothing half-written
-            if created and not any((self.output_dir / CHECKPOINTS).glob("[0-9]*")):  # nothing to resume from
-                shutil.rmtree(self.output_dir, ignore_errors=True)
-            else:
-                remove_temporary(self.output_dir)
-            raise
+        with run_lock(self.output_dir):  # one run per output dir
+            if check_run_dir(cfg):
+                return self.output_dir / PRETRAINED_DIR
+            try:
+                accelerator = self._make_accelerator()
+                set_seed(cfg.seed)
+                if cfg.stage != "flow_matching":
+                    self.teacher = OnlineTeacher(cfg.teacher, device=accelerator.device)
+                return self._fit(accelerator)
+            except BaseException as e:  # any failure or Ctrl-C: leave nothing half-written
+                resumable = any((self.output_dir / CHECKPOINTS).glob("[0-9]*"))
+                if created and not resumable:  # nothing to resume from: as if it never started
+                    shutil.rmtree(self.output_dir, ignore_errors=True)
+                else:
+                    remove_temporary(self.output_dir)
+                if isinstance(e, KeyboardInterrupt):
+                    raise self._interrupted(resumable) from None
+                raise
+
+    def _interrupted(self, resumable: bool) -> TrainingError:
+        """Ctrl-C: one line saying where the last checkpoint is and how to resume."""
+        if not resumable:
+            return TrainingError(f"interrupted before the first checkpoint; nothing was kept in {str(self.output_dir)!r}.")
+        last = self.output_dir / CHECKPOINTS / LAST
+        return TrainingError(
+            f"interrupted; the last checkpoint is {str(last.resolve())!r}: rerun the same command with --resume=true "
+            "to continue from it."
+        )
 
     def _fit(self, accelerator) -> Path:
         """Build the student, its data and optimizer; train from the resumed step; save the final model."""

@@ -1,0 +1,94 @@
+"""Faults that once lost or mixed data: two runs into one output dir, damaged final weights, Ctrl-C.
+
+- One run per output dir: a live run's lock refuses a second run in one line naming its pid (in-process and
+  through the CLI); a lock file left by a dead process is taken over.
+- A finished run whose final `model.safetensors` is truncated is not accepted as finished: `--resume=true`
+  rebuilds it from the last checkpoint's training state, bitwise equal to the intact one.
+- SIGINT during training ends with one line saying where the last checkpoint is, and no traceback.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import REPO, run_cli, train_config
+from safetensors.torch import load_file
+
+from hf_reflow.artifacts.run_lock import LOCK_FILE, run_lock
+from hf_reflow.errors import CheckpointError
+
+SETTINGS = dict(steps=4, save_every=2, batch_size=16, ema_decay=0.9, optim__warmup_steps=1)
+
+
+def _train(out: Path, toy_dataset: Path, **overrides) -> Path:
+    from hf_reflow.training.trainer import ReflowTrainer
+
+    config = train_config(output_dir=str(out), dataset__root=str(toy_dataset), **{**SETTINGS, **overrides})
+    return ReflowTrainer(config).train()
+
+
+def test_a_second_run_into_a_locked_output_dir_is_refused(toy_dataset, tmp_path):
+    out = tmp_path / "run"
+    with run_lock(out):
+        assert (out / LOCK_FILE).read_text() == str(os.getpid())
+        with pytest.raises(CheckpointError, match=rf"in use by another hf-reflow run \(pid {os.getpid()}\)"):
+            _train(out, toy_dataset)
+        proc = run_cli("train", f"--dataset.root={toy_dataset}", f"--output_dir={out}", "--steps=2", "--log_with=[]")
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    lines = [line for line in proc.stderr.splitlines() if line.startswith("hf-reflow: error:")]
+    assert len(lines) == 1 and f"in use by another hf-reflow run (pid {os.getpid()})" in lines[0]
+    assert sorted(p.name for p in out.iterdir()) == []  # the refused runs wrote nothing; the lock is gone
+
+
+def test_a_stale_lock_file_is_taken_over(toy_dataset, tmp_path):
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / LOCK_FILE).write_text("999999")  # a killed run's file: no process holds the lock
+    final = _train(out, toy_dataset)
+    assert (final / "model.safetensors").is_file() and not (out / LOCK_FILE).exists()
+
+
+def test_a_truncated_final_model_is_rebuilt_on_resume(toy_dataset, tmp_path):
+    out = tmp_path / "run"
+    final = _train(out, toy_dataset)
+    intact = {k: v.clone() for k, v in load_file(final / "model.safetensors").items()}  # not mmapped: truncated next
+    weights = final / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:200])  # a hard link: the last checkpoint's copy is truncated too
+    rebuilt = _train(out, toy_dataset, resume=True)
+    again = load_file(rebuilt / "model.safetensors")
+    assert intact.keys() == again.keys() and all(torch.equal(intact[k], again[k]) for k in intact)
+
+
+def test_ctrl_c_says_where_the_last_checkpoint_is(toy_dataset, tmp_path):
+    out = tmp_path / "run"
+    args = [sys.executable, "-m", "hf_reflow", "train", f"--dataset.root={toy_dataset}", f"--output_dir={out}",
+            "--steps=1000000", "--save_every=5", "--batch_size=8", "--log_with=[]", "--policy.hidden_dim=16",
+            "--policy.num_blocks=1"]  # fmt: skip
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=REPO)
+    try:
+        deadline = time.monotonic() + 120
+        while not (out / "checkpoints" / "last").exists():
+            assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read()[-2000:] if proc.poll() else "no checkpoint"
+            time.sleep(0.2)
+        proc.send_signal(signal.SIGINT)
+        _, stderr = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 2 and "Traceback" not in stderr, stderr[-2000:]
+    lines = [line for line in stderr.splitlines() if line.startswith("hf-reflow: error:")]
+    assert len(lines) == 1 and "interrupted; the last checkpoint is" in lines[0] and "--resume=true" in lines[0]
+    named = Path(lines[0].split("'")[1])
+    assert (named / "training_state").is_dir() and named.parent == out / "checkpoints"
+    assert not (out / LOCK_FILE).exists() and json.loads((out / "train_config.json").read_text())["steps"] == 1000000
+    shutil.rmtree(out)
