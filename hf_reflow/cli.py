@@ -286,7 +286,8 @@ def main(argv: list[str] | None = None) -> int:
 
 def _os_error(error: OSError) -> str:
     """One line for an operating-system error: what failed, where, and what to do."""
-    where = f" ({error.filename})" if error.filename else ""
+    detail = " ".join(str(error).split())[:300]  # a library's FileNotFoundError may carry the path only here
+    where = f" ({error.filename})" if error.filename else f" ({detail})" if detail else ""
     if error.errno in (errno.ENOSPC, errno.EFBIG, errno.EDQUOT):
         advice = "out of disk space or file too large; free disk space (or raise the file-size limit) and rerun"
     elif error.errno in (errno.EACCES, errno.EPERM, errno.EROFS):

@@ -32,6 +32,7 @@ logger = logging.getLogger(__name__)
 PUSH_RECORD = "hub.json"  # where a pushed folder remembers its repo and commit (never uploaded)
 CARD = "README.md"
 HIDDEN = (".*", "*/.*")  # hidden files and folders are never uploaded
+TEMPORARY = ("*.tmp-*", "*/*.tmp-*", "*.partial-*", "*/*.partial-*")  # what an interrupted writer leaves: never uploaded
 SPACE_SDK = "gradio"
 TRANSIENT_STATUS = (408, 429, 500, 502, 503, 504)
 RETRY, FIX = "check the network and retry; a push can be rerun safely.", "fix what it names and rerun."
@@ -112,7 +113,7 @@ class Hub:
             try:
                 info = self.api.upload_folder(
                     folder_path=str(folder), repo_id=repo_id, repo_type=repo_type, revision=revision,
-                    commit_message=commit_message, ignore_patterns=[PUSH_RECORD, *HIDDEN], parent_commit=parent,
+                    commit_message=commit_message, ignore_patterns=[PUSH_RECORD, *HIDDEN, *TEMPORARY], parent_commit=parent,
                 )  # fmt: skip
                 break
             except _hub_errors() as e:

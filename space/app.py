@@ -196,10 +196,21 @@ class SpaceApp:
         return figures.rollout_figure(result, title), result.frames, summary
 
 
-def _int(name: str, value) -> int:
-    if value is None or float(value) != int(float(value)):
+SEED_RANGE = (0, 2**32 - 1)  # what numpy / torch seeding accepts
+
+
+def _int(name: str, value, low: int = 0, high: int = SEED_RANGE[1]) -> int:
+    """A whole number in low..high from a page field (every field here is a count, index or seed)."""
+    try:
+        number = float(value)
+        whole = number == int(number)
+    except (TypeError, ValueError, OverflowError):
+        whole = False
+    if not whole:
         raise ConfigError(f"{name} must be a whole number; received {value!r}.")
-    return int(float(value))
+    if not low <= int(number) <= high:
+        raise ConfigError(f"{name} must be in {low}..{high}; received {int(number)}.")
+    return int(number)
 
 
 def build_demo(

@@ -245,9 +245,22 @@ def test_faults_are_retried_without_duplicate_or_partial_commits(online, checkpo
     assert len(history) == 3 and changed.commit == history[0]["oid"] and changed.created
     # Every attempt fails: an error that names the fix, and the repo is left as it was.
     online.state.faults += [("commit", "503")] * 6
+    card_before = (checkpoint_1rf / "README.md").read_text()
     with pytest.raises(HubError, match="could not commit to alice/faulty.*503.*rerun safely"):
         publish.push_checkpoint(hub, checkpoint_1rf, "alice/faulty", eval_rows=rows + rows)
     assert len(online.repo("alice/faulty").history()) == 3
+    assert (checkpoint_1rf / "README.md").read_text() == card_before  # the failed push's card was never written
+
+
+def test_temporary_files_are_never_pushed(online, checkpoint_1rf, tmp_path):
+    """What an interrupted writer leaves (`*.tmp-<pid>`, `*.partial-*`) stays out of the upload."""
+    folder = tmp_path / "with_leftovers"
+    shutil.copytree(checkpoint_1rf, folder)
+    (folder / "model.safetensors.tmp-1234").write_bytes(b"half a file")
+    (folder / "data.partial-99").write_text("x")
+    publish.push_checkpoint(fast_hub(), folder, "alice/leftovers")
+    files = online.repo("alice/leftovers").files("main")
+    assert "model.safetensors" in files and not any(".tmp-" in f or ".partial-" in f for f in files)
 
 
 def test_retries_are_not_nested(online, checkpoint_1rf, monkeypatch):

@@ -236,6 +236,10 @@ def test_bad_rollout_input_shows_a_message(server):
     _, client = server
     with pytest.raises(AppError, match=re.escape("in 1..100; received 500")):
         client.predict("2-RF", 500, "reach-v3", 0, 24, api_name="/rollout")
+    with pytest.raises(AppError, match=re.escape("seed must be in 0..4294967295; received -1")):
+        client.predict("2-RF", 1, "reach-v3", -1, 24, api_name="/rollout")
+    with pytest.raises(AppError, match=re.escape("noise seed must be in 0..4294967295")):
+        _compare(client, stages=["2-RF"], steps="1", seed=2**70)
 
 
 def _chrome():

@@ -7,13 +7,26 @@ where: the card, the repo id of a stage (`hub_repo_template`), and the push reco
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from hf_reflow.artifacts.checkpoints import teacher_lineage
 from hf_reflow.errors import HubError, ReflowError
-from hf_reflow.hub import CARD, Hub, PushResult, check_repo_id, write_push_record, write_text
+from hf_reflow.hub import (
+    CARD,
+    Hub,
+    PushResult,
+    check_no_outside_links,
+    check_repo_id,
+    write_push_record,
+    write_text,
+)
 from hf_reflow.publish import cards
 from hf_reflow.stages import stage_k
 
@@ -30,9 +43,10 @@ def push_checkpoint(hub: Hub, checkpoint: str | Path, repo_id: str, *, private: 
     if not Path(checkpoint).is_dir():  # a Hub id would resolve to a download in the cache
         raise HubError(f"--checkpoint must be a local checkpoint folder to push, got {str(checkpoint)!r}.")
     stage = cards.checkpoint_card(hub, checkpoint, repo_id, eval_rows=eval_rows, license=license)
-    write_text(stage.folder / CARD, str(stage.card))
     message = commit_message or f"Upload {stage.label} with hf-reflow"
-    result = hub.push_folder(stage.folder, repo_id, private=private, revision=revision, commit_message=message)
+    with staged(stage.folder, str(stage.card)) as upload:
+        result = hub.push_folder(upload, repo_id, private=private, revision=revision, commit_message=message)
+    write_text(stage.folder / CARD, str(stage.card))  # kept locally once pushed, never after a failed push
     write_push_record(stage.folder, result, revision)
     if set_new_version and stage.teacher_repo:
         cards.set_new_version(hub, stage.teacher_repo, repo_id)
@@ -44,11 +58,32 @@ def push_couplings(hub: Hub, folder: str | Path, repo_id: str, *, private: bool 
     """Push a complete stored-couplings folder as a Hub dataset with its dataset card."""
     check_repo_id(repo_id)
     card, label = cards.couplings_card(hub, Path(folder), repo_id, license=license)
+    with staged(Path(folder), str(card)) as upload:
+        result = hub.push_folder(upload, repo_id, repo_type="dataset", private=private, revision=revision,
+                                 commit_message=commit_message or f"Upload {label}")  # fmt: skip
     write_text(Path(folder) / CARD, str(card))
-    result = hub.push_folder(folder, repo_id, repo_type="dataset", private=private, revision=revision,
-                             commit_message=commit_message or f"Upload {label}")  # fmt: skip
     write_push_record(Path(folder), result, revision)
     return result
+
+
+@contextlib.contextmanager
+def staged(folder: Path, card: str) -> Iterator[Path]:
+    """A temporary copy of `folder` (hard links where possible) with the card as README.md: what is uploaded,
+    so a failed push leaves the user's folder as it was. Links that leave `folder` are refused first."""
+    check_no_outside_links(folder)
+    with tempfile.TemporaryDirectory(prefix="hf-reflow-push-") as tmp:
+        upload = Path(tmp) / "upload"
+        shutil.copytree(folder, upload, copy_function=_link_or_copy, symlinks=False)
+        (upload / CARD).unlink(missing_ok=True)  # a hard link to the folder's card: never write through it
+        (upload / CARD).write_text(card)
+        yield upload
+
+
+def _link_or_copy(src: str, dst: str) -> None:
+    try:
+        os.link(src, dst)
+    except OSError:  # another file system
+        shutil.copy2(src, dst)
 
 
 # ---- around training (`push_to_hub: true` in a TrainConfig) ---------------------------------
