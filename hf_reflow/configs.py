@@ -128,6 +128,12 @@ def _n_action_steps(values: list[int] | None) -> None:
         raise ConfigError(f"n_action_steps must list action counts >= 1, e.g. --n_action_steps=8,4,2; got {values!r}.")
 
 
+HOLD_STEPS_HELP = (
+    "demonstrations only: the expert goes on this many env steps after its first success (within the horizon), "
+    "so they show the last centimetres done with margin; 0 = they end at the first success. Evaluation is unchanged"
+)
+
+
 def _revision(name: str, value: str | None) -> None:
     problem = revision_problem(value)
     if problem:
@@ -490,6 +496,7 @@ class MetaWorldDataConfig:
     image_size: int = _opt(96, "rendered image size in pixels")
     repo_id: str = _opt("local/metaworld", "dataset repo id written into its metadata")
     layout: str = _opt("demo", "demo (training layouts) | eval (held-out layouts)")
+    hold_steps: int = _opt(0, HOLD_STEPS_HELP)
     policy_path: str | None = _opt(
         None, "roll out this checkpoint (local or Hub id) instead of the expert, keeping every episode: the states "
         "a frozen teacher visits in closed loop, for reflow couplings (`hf-reflow couplings generate` on them)"
@@ -503,7 +510,7 @@ class MetaWorldDataConfig:
         _choice("layout", self.layout, ("demo", "eval"), " (demo: training layouts, eval: held-out layouts)")
         if self.image_size < 8:
             raise ConfigError(f"image_size must be >= 8, got {self.image_size}.")
-        DemoConfig(tasks=self.tasks, episodes=self.episodes, mode=self.mode)  # the recipe's checks
+        DemoConfig(tasks=self.tasks, episodes=self.episodes, mode=self.mode, hold_steps=self.hold_steps)  # the recipe's checks
 
 
 @dataclass
@@ -617,6 +624,7 @@ class DemoConfig:
     images: bool = _opt(False, "also render a small camera image per frame (for VLA policies)")
     image_size: int = _opt(96, "rendered image size in pixels")
     heldout_episodes: int = _opt(10, "expert episodes per task on evaluation layouts, for offline metrics")
+    hold_steps: int = _opt(0, HOLD_STEPS_HELP)
 
     def __post_init__(self) -> None:
         _seed(self.seed)
@@ -627,6 +635,8 @@ class DemoConfig:
                 f"{self.heldout_episodes}; e.g. --data.episodes=100."
             )
         _at_most("data.episodes", self.episodes, 1_000_000)
+        _at_least("data.hold_steps", self.hold_steps, 0)
+        _at_most("data.hold_steps", self.hold_steps, 1000)
         _at_most("data.heldout_episodes", self.heldout_episodes, 1_000_000)
 
 

@@ -120,9 +120,9 @@ def write_datasets(cfg: PipelineConfig, out: Path) -> tuple[Path, Path]:
     demos, heldout = out / "data" / "demos", out / "data" / "heldout"
     d = cfg.data
     common = dict(tasks=d.tasks, mode=d.mode, images=d.images, image_size=d.image_size)
-    for root, episodes, seed, layout in (
-        (demos, d.episodes, d.seed, metaworld.DEMO_LAYOUT_SEED),
-        (heldout, d.heldout_episodes, d.seed + 1, metaworld.EVAL_LAYOUT_SEED),
+    for root, episodes, seed, layout, hold in (
+        (demos, d.episodes, d.seed, metaworld.DEMO_LAYOUT_SEED, d.hold_steps),
+        (heldout, d.heldout_episodes, d.seed + 1, metaworld.EVAL_LAYOUT_SEED, 0),  # the expert as evaluated
     ):
         if (root / "meta" / "info.json").is_file():
             _log(f"dataset {root} exists, reusing it")
@@ -135,6 +135,7 @@ def write_datasets(cfg: PipelineConfig, out: Path) -> tuple[Path, Path]:
                 seed=seed,
                 layout_seed=layout,
                 log=lambda _: bar.update(1),
+                hold_steps=hold,
                 **common,
             )
         (root.parent / f"{root.name}.json").write_text(json.dumps(summary, indent=2, default=float))

@@ -279,3 +279,17 @@ def test_crash_while_writing_leaves_nothing(tmp_path, monkeypatch):
     with pytest.raises(KeyboardInterrupt):
         mw.write_dataset(tmp_path / "demos", tasks=["reach-v3"], episodes_per_task=1)
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("task", ["reach-v3", "push-v3"])
+def test_demonstrations_can_hold_past_the_first_success(task):
+    """hold_steps: the expert goes on after its first success; success and the first-success step are the
+    same as without it, and the hand ends closer to the goal than where it first counted as success."""
+    plain = mw.rollout_expert(task, 3)
+    with mw.make_env(task, hold_steps=15) as env:
+        held = mw.rollout_expert(task, 3, env=env)
+        first = env.succeeded_at
+        distances = np.asarray(env.goal_distances)
+    assert plain.success and held.success and first == plain.steps
+    assert held.steps == plain.steps + 15 and np.allclose(held.actions[: plain.steps], plain.actions)
+    assert distances[-1] < distances[first - 1] <= 0.05  # the last steps add margin inside the tolerance

@@ -484,10 +484,14 @@ class MetaWorldEnv:
         max_steps: int | None = None,
         image_size: int = DEFAULT_IMAGE_SIZE,
         camera: str = DEFAULT_CAMERA,
+        hold_steps: int = 0,
     ):
         _check_mode(mode)
         _check_task(task, mode)
         self.task, self.mode = task, mode
+        # Steps an episode goes on after its first success (demonstrations that finish with margin); 0 = it ends
+        # there, as every evaluation does. Success is the first success either way.
+        self.hold_steps = _check_int("hold_steps", hold_steps, low=0, high=MAX_ENV_STEPS)
         self.layout_seed = _check_int("layout_seed", layout_seed, low=0)
         limit = default_max_steps(task) if max_steps is None else max_steps
         self.max_steps = _check_int("max_steps", limit, low=1, high=MAX_ENV_STEPS)
@@ -534,6 +538,7 @@ class MetaWorldEnv:
         self.target_xy = first_target_xy(self.task, obs)
         self.obstacle_centre = obstacle_centre(self.hand_start_xy, self.target_xy)
         self.steps, self.collided, self.success, self.done = 0, False, False, False
+        self.succeeded_at: int | None = None
         self.min_obstacle_distance = math.inf
         self.closest_hand_xy = self.hand_start_xy.copy()
         self.goal_distances: list[float] = []  # Meta-World's own success distance after each step (obj_to_target)
@@ -559,8 +564,11 @@ class MetaWorldEnv:
         state = self._observe(obs)
         if self.mode == "multimodal" and obstacle_collides(obs[:2], self.obstacle_centre):
             self.collided = True
-        self.success = bool(info["success"]) and not self.collided
-        self.done = self.success or self.collided or self.steps >= self._horizon or bool(truncated)
+        if info["success"] and self.succeeded_at is None:
+            self.succeeded_at = self.steps
+        self.success = self.succeeded_at is not None and not self.collided
+        held = self.succeeded_at is not None and self.steps - self.succeeded_at >= self.hold_steps
+        self.done = held or self.collided or self.steps >= self._horizon or bool(truncated)
         return state, self.success, self.collided, self.done
 
     def side_taken(self) -> int:
@@ -606,12 +614,15 @@ def make_env(
     mode: Mode = "multimodal",
     max_steps: int | None = None,
     image_size: int = DEFAULT_IMAGE_SIZE,
+    hold_steps: int = 0,
 ) -> MetaWorldEnv:
     """A `MetaWorldEnv`; use `EVAL_LAYOUT_SEED` for evaluation so layouts differ from the demos'.
 
     max_steps: step limit per episode; None = `default_max_steps(task)` (120 for reach/push).
+    hold_steps: steps an episode goes on after its first success (demonstrations only; evaluation uses 0).
     """
-    return MetaWorldEnv(task, layout_seed=layout_seed, mode=mode, max_steps=max_steps, image_size=image_size)
+    return MetaWorldEnv(task, layout_seed=layout_seed, mode=mode, max_steps=max_steps, image_size=image_size,
+                        hold_steps=hold_steps)  # fmt: skip
 
 
 # --------------------------------------------------------------------------- rollouts
@@ -821,6 +832,7 @@ def write_dataset(
     repo_id: str = DEFAULT_REPO_ID,
     log: Callable[[str], None] | None = None,
     policy: Callable[[str, str], Callable[[np.ndarray], Any]] | None = None,
+    hold_steps: int = 0,
 ) -> dict[str, Any]:
     """Roll out expert episodes and write the successful ones as a LeRobotDataset (v3) at `root`.
 
@@ -848,6 +860,8 @@ def write_dataset(
         repo_id: LeRobot repo id written into the metadata.
         log: optional callback for one line per episode.
         policy: makes the `select_action` of a task (None: the detour expert).
+        hold_steps: the expert goes on for this many steps after its first success (within `max_steps`), so
+            the demonstrations show the last centimetres done with margin and the hand held at the goal.
 
     Returns:
         A summary dict: counts of attempted/written/failed episodes, frames, side counts, per task.
@@ -886,7 +900,8 @@ def write_dataset(
         )
         for task in tasks:
             per_task[task] = _write_task(
-                dataset, task, episodes_per_task, mode, seed, layout_seed, max_steps, images, image_size, log, policy
+                dataset, task, episodes_per_task, mode, seed, layout_seed, max_steps, images, image_size, log, policy,
+                hold_steps=hold_steps,
             )
         written = sum(s["written"] for s in per_task.values())
         if written == 0:
@@ -918,11 +933,14 @@ def _write_task(
     image_size: int,
     log: Callable[[str], None] | None,
     policy: Callable[[str, str], Callable[[np.ndarray], Any]] | None = None,
+    *,
+    hold_steps: int = 0,
 ) -> dict[str, Any]:
     """Roll out and write one task's episodes (the expert's successful ones, or all of `policy`'s); returns its counts."""
     if max_steps is None:
         max_steps = default_max_steps(task)
-    env = make_env(task, layout_seed=layout_seed, mode=mode, max_steps=max_steps, image_size=image_size)
+    env = make_env(task, layout_seed=layout_seed, mode=mode, max_steps=max_steps, image_size=image_size,
+                   hold_steps=hold_steps if policy is None else 0)  # fmt: skip
     prompt = task_prompt(task, mode)
     stats: dict[str, Any] = {"attempted": episodes, "written": 0, "collided": 0, "timed_out": 0, "frames": 0}
     stats.update({"left": 0, "right": 0, "none": 0, "min_obstacle_distance": math.inf, "seconds": 0.0})
