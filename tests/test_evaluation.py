@@ -252,3 +252,10 @@ def test_speed_up_at_equal_success_from_a_hand_made_table():
 
 def test_speed_up_without_a_closed_loop_reference_says_so():
     assert report.speedup_line(None).startswith("speed-up at equal success: not measured")
+
+
+def test_detour_progress_says_where_along_the_line_the_hand_is():
+    start, target = np.array([0.0, 0.0]), np.array([0.2, 0.0])
+    assert closed_loop.detour_progress(np.array([0.0, 0.05]), start, target) == 0.0
+    assert math.isclose(closed_loop.detour_progress(np.array([0.05, -0.03]), start, target), 0.25)
+    assert math.isclose(closed_loop.detour_progress(np.array([0.2, 0.0]), start, target), 1.0)

@@ -255,8 +255,17 @@ def _episode_record(seed: int, result: Any, env: Any, controller: PolicyControll
         "side_taken": result.side_taken, "steps": result.steps,
         "side_switches": side_switches(hand[:, :2], env.hand_start_xy, env.target_xy, stride=stride),
         "min_obstacle_distance": result.min_obstacle_distance, "n_action_steps": stride,
+        "collision_progress": detour_progress(hand[-1, :2], env.hand_start_xy, env.target_xy) if result.collided else None,
         **episode_diagnostics(env.goal_distances, hand, np.stack(controller.actions), stride=stride),
     }  # fmt: skip
+
+
+def detour_progress(hand_xy: np.ndarray, start_xy: np.ndarray, target_xy: np.ndarray) -> float:
+    """How far along the start -> target line the hand is (0 at the start, 1 at the target), e.g. where a
+    collision happened: early (the chunk committed to no side) or late (cutting back to the target too soon)."""
+    line = np.asarray(target_xy, dtype=np.float64) - start_xy
+    length = float(np.linalg.norm(line))
+    return float((np.asarray(hand_xy, dtype=np.float64) - start_xy) @ line / length**2) if length > 1e-9 else 0.0
 
 
 _WORKER_CACHE: CheckpointCache | None = None  # one per worker process, made by `_init_worker`
@@ -354,7 +363,7 @@ def compute_per_env_step(row: dict) -> dict[str, float | None]:
     }
 
 
-ALL_EPISODE_DIAGNOSTICS = ("hand_speed", "chunk_jump", "action_change")
+ALL_EPISODE_DIAGNOSTICS = ("hand_speed", "chunk_jump", "action_change", "collision_progress")
 MISS_DIAGNOSTICS = ("closest_goal_m", "final_goal_m", "near_goal_steps", "near_goal_reversals")  # failures without collision
 
 

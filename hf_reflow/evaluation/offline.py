@@ -33,7 +33,8 @@ def observation_batch(dataset: Any, num_samples: int, seed: int) -> dict[str, An
 
 @torch.no_grad()
 def offline_metrics(adapter: PolicyAdapter, batch: dict[str, Any], nfes: list[int], seed: int = 0) -> list[dict]:
-    """Per step count: straightness of the Euler path, MSE vs the 10-step chunk, ms per chunk call."""
+    """Per step count: straightness of the Euler path, MSE vs the 10-step chunk and vs the demonstration,
+    the predicted chunk's size relative to the demonstration's (shrinkage), ms per chunk call."""
     action, _ = adapter.action_target(batch)
     generator = torch.Generator().manual_seed(seed)
     noise = torch.randn(action.shape[0], *adapter.action_shape, generator=generator).to(action)
@@ -48,6 +49,8 @@ def offline_metrics(adapter: PolicyAdapter, batch: dict[str, Any], nfes: list[in
                 "straightness": float(flow.straightness(out.path, out.times).mean()),
                 "error_vs_10step": float((out.action - reference).pow(2).mean()),
                 "error_vs_data": float((out.action - action).pow(2).mean()),
+                # < 1: chunks shrunk toward the mean action (normalised space, where the mean is ~0)
+                "magnitude_vs_data": float(out.action.norm(dim=-1).mean() / action.norm(dim=-1).mean().clamp_min(1e-8)),
                 "latency_ms": latency,
             }
         )
