@@ -66,8 +66,16 @@ def load_metadata(cfg: DatasetConfig) -> LeRobotDatasetMetadata:
 
 
 def check_stats(policy_config: Any, meta: LeRobotDatasetMetadata) -> None:
-    """Fail before training when a feature the policy normalises has non-finite stats (NaN / inf in the data)."""
+    """Fail before training when a feature the policy normalises has no stats (no meta/stats.json: the
+    normaliser would silently do nothing) or non-finite ones (NaN / inf in the data)."""
     wanted = {**(policy_config.input_features or {}), **(policy_config.output_features or {})}
+    missing = [key for key in wanted if key not in (meta.stats or {})]
+    if missing:
+        raise DataError(
+            f"dataset {meta.repo_id!r} has no normalisation statistics for {', '.join(missing)} (meta/stats.json is "
+            "missing or lacks them), so the policy's inputs and actions would not be normalised; restore meta/stats.json "
+            "or rewrite the dataset with LeRobot (its finalize() computes them)."
+        )
     for key in wanted:
         for name, value in (meta.stats or {}).get(key, {}).items():
             array = np.asarray(value, dtype=np.float64)
@@ -120,13 +128,28 @@ def make_dataset(cfg: DatasetConfig, policy_config: Any) -> Dataset:
     check_features(policy_config, meta)
     check_stats(policy_config, meta)
     delta = resolve_delta_timestamps(policy_config, meta)
-    dataset = LeRobotDataset(
-        cfg.repo_id, root=cfg.root, episodes=cfg.episodes, delta_timestamps=delta, video_backend=video_backend()
-    )
+    try:
+        dataset = LeRobotDataset(
+            cfg.repo_id, root=cfg.root, episodes=cfg.episodes, delta_timestamps=delta, video_backend=video_backend()
+        )
+    except Exception as e:  # pyarrow / datasets on a garbage or truncated data file (re-raised otherwise)
+        if not _is_data_error(e):
+            raise
+        where = cfg.root or cfg.repo_id
+        raise DataError(
+            f"cannot read the frames of the dataset at {where!r} ({type(e).__name__}: {str(e).splitlines()[0][:200]}); "
+            "a data file is damaged (e.g. a truncated or foreign parquet file): restore or rewrite the dataset."
+        ) from None
     has_images = any(f["dtype"] in ("image", "video") for f in meta.features.values())
     if cfg.in_memory == "never" or (cfg.in_memory == "auto" and (has_images or len(dataset) > IN_MEMORY_MAX_FRAMES)):
         return dataset
     return InMemoryFrames(dataset)
+
+
+def _is_data_error(error: BaseException) -> bool:
+    """A failure to read data files (datasets' generation error, pyarrow's invalid file), not a bug of ours."""
+    names = {type(e).__name__ for e in (error, error.__cause__, error.__context__) if e is not None}
+    return bool(names & {"DatasetGenerationError", "ArrowInvalid", "ArrowIOError", "ArrowException"}) or "parquet" in str(error).lower()
 
 
 class InMemoryFrames(Dataset):

@@ -181,6 +181,9 @@ CASES = [
     Case("space_port_out_of_range", ["space", "--port=99999"], "port must be in 1..65535"),
     Case("space_any_policy_when_pushed", ["space", "--bundle={out}", "--allow_any_policy=true"], "allow_any_policy is for a server"),
     Case("teacher_revision_escapes", [*REFLOW, "--teacher.path={teacher}", "--teacher.revision=../../main"], "is not a valid Hub revision"),
+    Case("teacher_lineage_k_text", [*REFLOW, "--teacher.path={bad_k_text}"], "holds k='two'"),
+    Case("dataset_garbage_parquet", [*TRAIN, "--dataset.root={garbage_parquet}"], "a data file is damaged"),
+    Case("dataset_without_stats", [*TRAIN, "--dataset.root={no_stats}"], "no normalisation statistics"),
     Case("push_revision_escapes", ["push", "--checkpoint={teacher}", "--repo_id=alice/x", "--revision=../../main"], "is not a valid Hub revision"),
 ]
 
@@ -215,6 +218,7 @@ def world(tmp_path_factory, toy_dataset, teacher_1rf) -> dict[str, str]:
         "noweights": lambda d: (d / "model.safetensors").unlink(),
         "reflowjson": lambda d: (d / "reflow.json").write_text("{not json"),
         "config": lambda d: (d / "config.json").write_text('{"type": "flow_mlp", "chunk_size": "many"}'),
+        "k_text": lambda d: (d / "reflow.json").write_text(json.dumps({**json.loads((d / "reflow.json").read_text()), "k": "two"})),
     }
     for name, hurt in damage.items():
         copy = root / f"bad_{name}"
@@ -222,6 +226,14 @@ def world(tmp_path_factory, toy_dataset, teacher_1rf) -> dict[str, str]:
         hurt(copy)
         paths[f"bad_{name}"] = str(copy)
     paths["nan_data"] = str(_nan_dataset(root / "nan_data"))
+    for name, hurt in {
+        "garbage_parquet": lambda d: next((d / "data").rglob("*.parquet")).write_text("garbage\n"),
+        "no_stats": lambda d: (d / "meta" / "stats.json").unlink(),
+    }.items():
+        copy = root / name
+        shutil.copytree(toy_dataset, copy)
+        hurt(copy)
+        paths[name] = str(copy)
     return paths
 
 

@@ -208,6 +208,10 @@ def read_reflow_info(path: str | Path) -> dict[str, Any]:
                               "(the checkpoint then counts as a 1-RF without lineage).") from None  # fmt: skip
     if not isinstance(info, dict):
         raise CheckpointError(f"{str(file)!r} is not a JSON object of lineage; restore it or delete it.")
+    k = info.get("k", 1)
+    if isinstance(k, bool) or not isinstance(k, int) or not 0 <= k <= 1000:
+        raise CheckpointError(f"{str(file)!r} holds k={str(k)[:50]!r}, not a k-RF round number (an integer >= 0); "
+                              "restore it or delete it (the checkpoint then counts as a 1-RF without lineage).")  # fmt: skip
     return info
 
 
