@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from hf_reflow import space
+from hf_reflow.artifacts.run_lock import LOCK_FILE, run_lock
 from hf_reflow.configs import PIPELINE_STAGES, DatasetConfig, PipelineConfig, stage_k
 from hf_reflow.errors import ConfigError, HubError
 from hf_reflow.evaluation import report
@@ -88,7 +89,7 @@ def check_output_dir(cfg: PipelineConfig, out: Path) -> None:
                 f"--force would delete {str(out)!r}, which is not a pipeline run; choose another output_dir."
             )
         shutil.rmtree(out)
-    if out.exists() and any(out.iterdir()) and not saved.is_file():
+    if out.exists() and any(p.name != LOCK_FILE for p in out.iterdir()) and not saved.is_file():
         raise ConfigError(
             f"output_dir {str(out)!r} is not empty and holds no pipeline run; choose another output_dir."
         )
@@ -118,6 +119,8 @@ def write_datasets(cfg: PipelineConfig, out: Path) -> tuple[Path, Path]:
 
     disable_progress_bar()  # LeRobot's per-episode `datasets.map` bars; the pipeline logs one line per dataset
     demos, heldout = out / "data" / "demos", out / "data" / "heldout"
+    for stale in (out / "data").glob(".*.partial-*"):  # what a killed run's writer left (this run holds the lock)
+        shutil.rmtree(stale, ignore_errors=True)
     d = cfg.data
     common = dict(tasks=d.tasks, mode=d.mode, images=d.images, image_size=d.image_size)
     for root, episodes, seed, layout, hold in (
@@ -221,14 +224,15 @@ def run(cfg: PipelineConfig) -> dict[str, Any]:
         metaworld.task_prompt(task, cfg.data.mode)
     targets = check_push(cfg)  # write access to every repo, before anything is written or trained
     check_output_dir(cfg, out)
-    demos, heldout = write_datasets(cfg, out)
-    trained = {seed: train_chain(cfg, out, seed, demos) for seed in cfg.seeds}
-    rows = evaluate_chain(
-        trained, DatasetConfig(repo_id="local/metaworld", root=str(heldout)), cfg.eval, tasks=cfg.data.tasks,
-        mode=cfg.data.mode, log=_log,
-    )  # fmt: skip
-    write_chain_index(out, cfg, trained[cfg.seeds[0]], demos)
-    results = report.write(out, cfg, rows, log=_log)
+    with run_lock(out):  # one pipeline per output dir (each stage also locks its own run dir)
+        demos, heldout = write_datasets(cfg, out)
+        trained = {seed: train_chain(cfg, out, seed, demos) for seed in cfg.seeds}
+        rows = evaluate_chain(
+            trained, DatasetConfig(repo_id="local/metaworld", root=str(heldout)), cfg.eval, tasks=cfg.data.tasks,
+            mode=cfg.data.mode, log=_log,
+        )  # fmt: skip
+        write_chain_index(out, cfg, trained[cfg.seeds[0]], demos)
+        results = report.write(out, cfg, rows, log=_log)
     print(report.format_summary(results["summary"]))
     _log(f"report: {out / 'report.md'}  results: {out / 'results.json'}")
     print(report.speedup_line(results["speedup_at_equal_success"]))

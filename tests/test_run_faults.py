@@ -92,3 +92,34 @@ def test_ctrl_c_says_where_the_last_checkpoint_is(toy_dataset, tmp_path):
     assert (named / "training_state").is_dir() and named.parent == out / "checkpoints"
     assert not (out / LOCK_FILE).exists() and json.loads((out / "train_config.json").read_text())["steps"] == 1000000
     shutil.rmtree(out)
+
+
+def test_toy_dataset_into_the_current_empty_folder_and_nothing_left_on_failure(tmp_path, monkeypatch):
+    from lerobot.datasets.lerobot_dataset import LeRobotDataset
+
+    from hf_reflow.envs import toy
+
+    here = tmp_path / "empty"
+    here.mkdir()
+    monkeypatch.chdir(here)
+    assert toy.write_dataset(".", episodes=2) == here and (here / "meta" / "info.json").is_file()
+
+    def full_disk(self):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(LeRobotDataset, "finalize", full_disk)
+    with pytest.raises(OSError):
+        toy.write_dataset(tmp_path / "full", episodes=2)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["empty"]  # no partial folder
+
+
+def test_a_rerun_of_couplings_generate_removes_half_written_shards(teacher_1rf, toy_dataset, tmp_path):
+    from hf_reflow.configs import DatasetConfig, TeacherConfig
+    from hf_reflow.training.couplings import generate
+
+    teacher, data = TeacherConfig(path=str(teacher_1rf), num_inference_steps=2), DatasetConfig(root=str(toy_dataset))
+    out = generate(tmp_path / "couplings", teacher, data, num_couplings=8, block_size=8, batch_size=8)
+    stale = out / "data" / "train-00003.tmp-4242"  # what a run stopped by a full disk left
+    stale.write_bytes(b"half a shard")
+    generate(out, teacher, data, num_couplings=8, block_size=8, batch_size=8)
+    assert not stale.exists() and not list(out.rglob("*.tmp-*"))

@@ -43,7 +43,6 @@ import atexit  # noqa: E402
 import functools  # noqa: E402
 import math  # noqa: E402
 import pickle  # noqa: E402
-import shutil  # noqa: E402
 import time  # noqa: E402
 import uuid  # noqa: E402
 import warnings  # noqa: E402
@@ -58,6 +57,7 @@ import mujoco  # noqa: E402
 import numpy as np  # noqa: E402
 from metaworld.policies import ENV_POLICY_MAP  # noqa: E402
 
+from hf_reflow.envs.writing import discard_dataset  # noqa: E402
 from hf_reflow.errors import ConfigError, DataError  # noqa: E402
 
 Mode = Literal["multimodal", "scripted"]
@@ -866,7 +866,7 @@ def write_dataset(
     Returns:
         A summary dict: counts of attempted/written/failed episodes, frames, side counts, per task.
     """
-    root = Path(root)
+    root = Path(root).resolve()  # `--root=.` names the current folder, whose Path has no name
     _check_mode(mode)
     if isinstance(tasks, str) or len(tasks) == 0:
         raise ConfigError(f"tasks must be a non-empty sequence of task names, received {tasks!r}.")
@@ -889,6 +889,7 @@ def write_dataset(
     partial = root.parent / f".{root.name}.partial-{uuid.uuid4().hex[:8]}"
     start = time.perf_counter()
     per_task: dict[str, dict[str, Any]] = {}
+    dataset = None
     try:
         dataset = LeRobotDataset.create(
             repo_id,
@@ -916,7 +917,7 @@ def write_dataset(
             root.rmdir()
         partial.rename(root)
     except BaseException:
-        shutil.rmtree(partial, ignore_errors=True)
+        discard_dataset(dataset, partial)
         raise
     return _summary(root, repo_id, mode, fps, seed, layout_seed, max_steps, images, per_task, start)
 

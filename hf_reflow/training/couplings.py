@@ -98,6 +98,9 @@ def _check_or_write_spec(root: Path, spec: CouplingsSpec, state: Any) -> None:
     elif state.is_main_process:
         (root / SHARDS).mkdir(parents=True, exist_ok=True)
         file.write_text(json.dumps(dataclasses.asdict(spec), indent=2, sort_keys=True))
+    if state.is_main_process:  # shards a killed or failed run left half-written (no process writes yet)
+        for stale in (root / SHARDS).glob("*.tmp-*"):
+            stale.unlink(missing_ok=True)
     state.wait_for_everyone()
 
 
@@ -121,5 +124,9 @@ def _make_block(
         "teacher_steps": [spec.teacher_num_inference_steps] * size, "solver": [spec.teacher_solver] * size,
     }  # fmt: skip
     tmp = block_path(root, block).with_suffix(f".tmp-{os.getpid()}")
-    ArrowDataset.from_dict(columns, features=features(spec.action_shape)).to_parquet(str(tmp))
-    tmp.rename(block_path(root, block))
+    try:
+        ArrowDataset.from_dict(columns, features=features(spec.action_shape)).to_parquet(str(tmp))
+        tmp.rename(block_path(root, block))
+    except BaseException:  # a full disk: no half-written shard stays behind
+        tmp.unlink(missing_ok=True)
+        raise
