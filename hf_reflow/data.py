@@ -133,7 +133,7 @@ def make_dataset(cfg: DatasetConfig, policy_config: Any) -> Dataset:
             cfg.repo_id, root=cfg.root, episodes=cfg.episodes, delta_timestamps=delta, video_backend=video_backend()
         )
     except Exception as e:  # pyarrow / datasets on a garbage or truncated data file (re-raised otherwise)
-        if not _is_data_error(e):
+        if not is_data_file_error(e):
             raise
         where = cfg.root or cfg.repo_id
         raise DataError(
@@ -146,7 +146,7 @@ def make_dataset(cfg: DatasetConfig, policy_config: Any) -> Dataset:
     return InMemoryFrames(dataset)
 
 
-def _is_data_error(error: BaseException) -> bool:
+def is_data_file_error(error: BaseException) -> bool:
     """A failure to read data files (datasets' generation error, pyarrow's invalid file), not a bug of ours."""
     names = {type(e).__name__ for e in (error, error.__cause__, error.__context__) if e is not None}
     return bool(names & {"DatasetGenerationError", "ArrowInvalid", "ArrowIOError", "ArrowException"}) or "parquet" in str(error).lower()

@@ -184,6 +184,10 @@ CASES = [
     Case("teacher_lineage_k_text", [*REFLOW, "--teacher.path={bad_k_text}"], "holds k='two'"),
     Case("dataset_garbage_parquet", [*TRAIN, "--dataset.root={garbage_parquet}"], "a data file is damaged"),
     Case("dataset_without_stats", [*TRAIN, "--dataset.root={no_stats}"], "no normalisation statistics"),
+    Case("couplings_json_garbage", [*REFLOW, "--teacher.path={teacher}", "--couplings.path={couplings_garbage}"], "unreadable JSON"),
+    Case("couplings_json_extra_key", [*REFLOW, "--teacher.path={teacher}", "--couplings.path={couplings_extra_key}"], "unknown key 'evil'"),
+    Case("couplings_json_out_of_range", [*REFLOW, "--teacher.path={teacher}", "--couplings.path={couplings_out_of_range}"], "num_couplings = '-5'"),
+    Case("couplings_shard_damaged", [*REFLOW, "--teacher.path={teacher}", "--couplings.path={couplings_shard}"], "a shard is damaged"),
     Case("push_revision_escapes", ["push", "--checkpoint={teacher}", "--repo_id=alice/x", "--revision=../../main"], "is not a valid Hub revision"),
 ]
 
@@ -234,6 +238,33 @@ def world(tmp_path_factory, toy_dataset, teacher_1rf) -> dict[str, str]:
         shutil.copytree(toy_dataset, copy)
         hurt(copy)
         paths[name] = str(copy)
+    paths.update(_damaged_couplings(root, teacher, toy_dataset))
+    return paths
+
+
+def _damaged_couplings(root: Path, teacher: Path, toy_dataset: Path) -> dict[str, str]:
+    """Copies of a small couplings folder with a damaged couplings.json or shard."""
+    from hf_reflow.configs import DatasetConfig, TeacherConfig
+    from hf_reflow.training.couplings import generate
+
+    good = generate(root / "couplings", TeacherConfig(path=str(teacher), num_inference_steps=2),
+                    DatasetConfig(root=str(toy_dataset)), num_couplings=16, block_size=8, batch_size=8)  # fmt: skip
+
+    def edit(change):
+        return lambda d: (d / "couplings.json").write_text(json.dumps(change(json.loads((d / "couplings.json").read_text()))))
+
+    damage = {
+        "garbage": lambda d: (d / "couplings.json").write_text("{nope"),
+        "extra_key": edit(lambda spec: {**spec, "evil": 1}),
+        "out_of_range": edit(lambda spec: {**spec, "num_couplings": -5}),
+        "shard": lambda d: next((d / "data").glob("*.parquet")).write_bytes(b"PAR1 truncated"),
+    }
+    paths = {}
+    for name, hurt in damage.items():
+        copy = root / f"couplings_{name}"
+        shutil.copytree(good, copy)
+        hurt(copy)
+        paths[f"couplings_{name}"] = str(copy)
     return paths
 
 

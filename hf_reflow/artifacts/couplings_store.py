@@ -36,7 +36,7 @@ from torch import Tensor
 from torch.utils.data import Dataset
 
 from hf_reflow.artifacts.checkpoints import resolve_checkpoint
-from hf_reflow.data import load_metadata
+from hf_reflow.data import is_data_file_error, load_metadata
 from hf_reflow.errors import DataError
 from hf_reflow.hub import Hub
 
@@ -143,6 +143,41 @@ def resolve_couplings(path_or_repo: str, *, revision: str | None = None) -> Path
     return Hub().download(path_or_repo, revision=revision, repo_type="dataset")
 
 
+_COUNTS = ("teacher_num_inference_steps", "num_frames", "num_couplings", "block_size")
+
+
+def read_spec(file: Path) -> CouplingsSpec:
+    """`couplings.json` checked field by field: one `DataError` naming what is wrong, never a traceback."""
+    def bad(what: str) -> DataError:
+        return DataError(f"{str(file)!r} is not a valid couplings spec ({what}); regenerate the couplings with "
+                         "`hf-reflow couplings generate`.")  # fmt: skip
+
+    try:
+        saved = json.loads(file.read_text())
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError) as e:
+        raise bad(f"unreadable JSON: {type(e).__name__}") from None
+    if not isinstance(saved, dict):
+        raise bad("not a JSON object")
+    if saved.get("format") != FORMAT:
+        raise DataError(
+            f"couplings {str(file.parent)!r} are in format {str(saved.get('format'))[:50]!r}, this hf-reflow reads "
+            f"{FORMAT!r}; regenerate them with `hf-reflow couplings generate`."
+        )
+    fields = {f.name for f in dataclasses.fields(CouplingsSpec)}
+    if set(saved) != fields:
+        extra, missing = sorted(set(saved) - fields), sorted(fields - set(saved))
+        raise bad(f"unknown key {extra[0][:50]!r}" if extra else f"missing key {missing[0]!r}")
+    for key in _COUNTS:
+        if isinstance(saved[key], bool) or not isinstance(saved[key], int) or not 1 <= saved[key] <= 10**12:
+            raise bad(f"{key} = {str(saved[key])[:50]!r} is not a positive integer")
+    if isinstance(saved["seed"], bool) or not isinstance(saved["seed"], int) or saved["seed"] < 0:
+        raise bad(f"seed = {str(saved['seed'])[:50]!r} is not an integer >= 0")
+    shape = saved["action_shape"]
+    if not (isinstance(shape, list) and len(shape) == 2 and all(type(n) is int and 1 <= n <= 10**6 for n in shape)):
+        raise bad(f"action_shape = {str(shape)[:50]!r} is not [chunk, action_dim]")
+    return CouplingsSpec(**saved)
+
+
 def check_complete(root: Path) -> CouplingsSpec:
     """The spec of a local couplings folder in this format whose shards are all written."""
     file = Path(root) / METADATA
@@ -150,13 +185,7 @@ def check_complete(root: Path) -> CouplingsSpec:
         raise DataError(
             f"{str(root)!r} is not a couplings folder (no {METADATA}); make one with `hf-reflow couplings generate`."
         )
-    saved = json.loads(file.read_text())
-    if saved.get("format") != FORMAT:
-        raise DataError(
-            f"couplings {str(root)!r} are in format {saved.get('format')!r}, this hf-reflow reads {FORMAT!r}; "
-            "regenerate them with `hf-reflow couplings generate`."
-        )
-    spec = CouplingsSpec(**saved)
+    spec = read_spec(file)
     missing = [b for b in range(spec.num_blocks) if not block_path(Path(root), b).is_file()]
     if missing:
         raise DataError(
@@ -173,7 +202,16 @@ def open_couplings(path_or_repo: str, *, revision: str | None = None) -> tuple[C
     root = resolve_couplings(path_or_repo, revision=revision)
     spec = check_complete(root)
     files = [str(block_path(root, b)) for b in range(spec.num_blocks)]
-    table = ArrowDataset.from_parquet(files, features=features(spec.action_shape), keep_in_memory=False)
+    try:
+        table = ArrowDataset.from_parquet(files, features=features(spec.action_shape), keep_in_memory=False)
+    except Exception as e:  # a garbage or truncated shard (re-raised when it is not a data-file error)
+        if not is_data_file_error(e):
+            raise
+        raise DataError(
+            f"cannot read the couplings shards of {str(root)!r} ({type(e).__name__}); a shard is damaged (e.g. "
+            "truncated): delete the damaged data/train-*.parquet and rerun `hf-reflow couplings generate` with the "
+            "same settings to remake it."
+        ) from None
     return spec, table.with_format("torch")
 
 

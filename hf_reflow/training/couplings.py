@@ -29,6 +29,7 @@ from hf_reflow.artifacts.couplings_store import (
     dataset_fingerprint,
     draw_block,
     features,
+    read_spec,
     weights_sha256,
 )
 from hf_reflow.data import load_metadata, make_dataset
@@ -88,7 +89,7 @@ def _check_or_write_spec(root: Path, spec: CouplingsSpec, state: Any) -> None:
     """A rerun must ask for the same couplings as the run it resumes."""
     file = root / METADATA
     if file.is_file():
-        saved = json.loads(file.read_text())
+        saved = dataclasses.asdict(read_spec(file))
         changed = sorted(k for k, v in dataclasses.asdict(spec).items() if saved.get(k) != v)
         if changed:
             raise ConfigError(
