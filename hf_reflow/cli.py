@@ -153,13 +153,13 @@ def cmd_push(args: list[str]) -> int:
     from hf_reflow.hub import Hub
     from hf_reflow.publish import cards, publish
 
+    rows = cards.load_eval_rows(cfg.eval, cfg.checkpoint) if cfg.eval and not cfg.couplings else None  # local, first
     hub = Hub()
     hub.check_push_access(cfg.repo_id, repo_type="dataset" if cfg.couplings else "model", private=cfg.private)
     common = {"private": cfg.private, "revision": cfg.revision, "commit_message": cfg.commit_message}
     if cfg.couplings:
         result = publish.push_couplings(hub, cfg.couplings, cfg.repo_id, license=cfg.license, **common)
     else:
-        rows = cards.load_eval_rows(cfg.eval, cfg.checkpoint) if cfg.eval else None
         result = publish.push_checkpoint(
             hub, cfg.checkpoint, cfg.repo_id, eval_rows=rows, license=cfg.license, set_new_version=cfg.set_new_version,
             **common,

@@ -188,6 +188,7 @@ CASES = [
     Case("couplings_json_extra_key", [*REFLOW, "--teacher.path={teacher}", "--couplings.path={couplings_extra_key}"], "unknown key 'evil'"),
     Case("couplings_json_out_of_range", [*REFLOW, "--teacher.path={teacher}", "--couplings.path={couplings_out_of_range}"], "num_couplings = '-5'"),
     Case("couplings_shard_damaged", [*REFLOW, "--teacher.path={teacher}", "--couplings.path={couplings_shard}"], "a shard is damaged"),
+    Case("push_eval_mixed_step_types", ["push", "--checkpoint={teacher}", "--repo_id=alice/x", "--eval={mixed_eval}"], "whose `nfe` is a step count"),
     Case("push_revision_escapes", ["push", "--checkpoint={teacher}", "--repo_id=alice/x", "--revision=../../main"], "is not a valid Hub revision"),
 ]
 
@@ -213,9 +214,11 @@ def world(tmp_path_factory, toy_dataset, teacher_1rf) -> dict[str, str]:
     (root / "dup.yaml").write_text("steps: 3\nsteps: 4\n")
     (root / "deep.yaml").write_text("a: " + "[" * 5000 + "]" * 5000 + "\n")
     (root / "bad.json").write_text('{"steps": 3, ')
+    (root / "mixed_eval.json").write_text(json.dumps([{"nfe": 1, "success_rate": 0.5}, {"nfe": "2", "success_rate": 0.6}]))
     paths.update(file=str(root / "file"), empty=str(root / "empty"), bad_yaml=str(root / "bad.yaml"),
                  list_yaml=str(root / "list.yaml"), unknown_key_yaml=str(root / "unknown.yaml"),
-                 dup_yaml=str(root / "dup.yaml"), deep_yaml=str(root / "deep.yaml"), bad_json=str(root / "bad.json"))  # fmt: skip
+                 dup_yaml=str(root / "dup.yaml"), deep_yaml=str(root / "deep.yaml"), bad_json=str(root / "bad.json"),
+                 mixed_eval=str(root / "mixed_eval.json"))  # fmt: skip
     damage = {
         "truncated": lambda d: (d / "model.safetensors").write_bytes((d / "model.safetensors").read_bytes()[:100]),
         "random": lambda d: (d / "model.safetensors").write_bytes(os.urandom(4096)),

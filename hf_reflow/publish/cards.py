@@ -77,13 +77,14 @@ def load_eval_rows(path: str | Path, checkpoint: str | Path) -> list[dict[str, A
     path = Path(path)
     try:
         rows = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as e:
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError) as e:
         raise HubError(
-            f"cannot read eval results {str(path)!r} ({e}); pass the JSON `hf-reflow eval --output=` wrote."
+            f"cannot read eval results {str(path)!r} ({type(e).__name__}); pass the JSON `hf-reflow eval --output=` wrote."
         ) from None
-    if not isinstance(rows, list) or not all(isinstance(r, dict) and "nfe" in r for r in rows):
+    if not isinstance(rows, list) or not all(isinstance(r, dict) and _step_count(r.get("nfe")) for r in rows):
         raise HubError(
-            f"eval results {str(path)!r} must be a list of rows with `nfe`, as `hf-reflow eval --output=` writes."
+            f"eval results {str(path)!r} must be a list of rows whose `nfe` is a step count (an integer >= 1), as "
+            "`hf-reflow eval --output=` writes."
         )
     target = _final_folder(checkpoint)
     mine = [r for r in rows if "checkpoint" not in r or _final_folder(r["checkpoint"]) == target]
@@ -93,7 +94,12 @@ def load_eval_rows(path: str | Path, checkpoint: str | Path) -> list[dict[str, A
             f"eval results {str(path)!r} have no rows for checkpoint {str(checkpoint)!r} (they cover {', '.join(found)}); "
             "evaluate this checkpoint or pass the matching results file."
         )
-    return sorted(mine, key=lambda r: r["nfe"])
+    return sorted(mine, key=lambda r: (r["nfe"], _step_count(r.get("n_action_steps")) or 0))
+
+
+def _step_count(value: Any) -> bool:
+    """An integer >= 1 (not a bool, a float or a string)."""
+    return type(value) is int and value >= 1
 
 
 def _final_folder(path: str | Path) -> Path:
@@ -261,12 +267,18 @@ def eval_results(rows: list[dict[str, Any]], *, model_name: str, dataset: str | 
                     dataset_type=dataset_id,
                     dataset_name=row.get("env") or row.get("task") or dataset_id,
                     metric_type=key,
-                    metric_name=f"{name}, {row['nfe']} step{'s' if row['nfe'] != 1 else ''}",
+                    metric_name=f"{name}, {row['nfe']} step{'s' if row['nfe'] != 1 else ''}{_replanning(row)}",
                     metric_value=row[key],
-                    metric_config=f"nfe={row['nfe']}",
+                    metric_config=f"nfe={row['nfe']}" + (f",n_action_steps={row['n_action_steps']}" if _replanning(row) else ""),
                 )
             )
     return results
+
+
+def _replanning(row: dict[str, Any]) -> str:
+    """`, re-planning every N` for a row evaluated at another n_action_steps than its policy's own."""
+    n, own = row.get("n_action_steps"), row.get("policy_n_action_steps")
+    return f", re-planning every {n}" if n is not None and own is not None and n != own else ""
 
 
 def model_card(
