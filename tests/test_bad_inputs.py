@@ -188,6 +188,8 @@ CASES = [
     Case("couplings_json_extra_key", [*REFLOW, "--teacher.path={teacher}", "--couplings.path={couplings_extra_key}"], "unknown key 'evil'"),
     Case("couplings_json_out_of_range", [*REFLOW, "--teacher.path={teacher}", "--couplings.path={couplings_out_of_range}"], "num_couplings = '-5'"),
     Case("couplings_shard_damaged", [*REFLOW, "--teacher.path={teacher}", "--couplings.path={couplings_shard}"], "a shard is damaged"),
+    Case("eval_policy_without_preprocessor", ["eval", "--policy.path={bad_no_preprocessor}", "--dataset.root={data}", "--nfe=1"], "policy_preprocessor.json' not found"),
+    Case("eval_policy_without_normaliser_stats", ["eval", "--policy.path={bad_no_normaliser_stats}", "--dataset.root={data}", "--nfe=1"], "normalizer_processor.safetensors' was not found"),
     Case("push_eval_mixed_step_types", ["push", "--checkpoint={teacher}", "--repo_id=alice/x", "--eval={mixed_eval}"], "whose `nfe` is a step count"),
     Case("push_revision_escapes", ["push", "--checkpoint={teacher}", "--repo_id=alice/x", "--revision=../../main"], "is not a valid Hub revision"),
 ]
@@ -225,6 +227,8 @@ def world(tmp_path_factory, toy_dataset, teacher_1rf) -> dict[str, str]:
         "noweights": lambda d: (d / "model.safetensors").unlink(),
         "reflowjson": lambda d: (d / "reflow.json").write_text("{not json"),
         "config": lambda d: (d / "config.json").write_text('{"type": "flow_mlp", "chunk_size": "many"}'),
+        "no_preprocessor": lambda d: (d / "policy_preprocessor.json").unlink(),
+        "no_normaliser_stats": lambda d: next(d.glob("policy_preprocessor_step_*normalizer*.safetensors")).unlink(),
         "k_text": lambda d: (d / "reflow.json").write_text(json.dumps({**json.loads((d / "reflow.json").read_text()), "k": "two"})),
     }
     for name, hurt in damage.items():
