@@ -110,6 +110,12 @@ def check_output_dir(cfg: PipelineConfig, out: Path) -> None:
     saved.write_text(json.dumps({k: v for k, v in mine.items() if k != "force"}, indent=2))
 
 
+def remove_partial_datasets(folder: Path) -> None:
+    """Delete the `.<name>.partial-*` folders a killed dataset writer left (the caller holds the run lock)."""
+    for stale in Path(folder).glob(".*.partial-*"):
+        shutil.rmtree(stale, ignore_errors=True)
+
+
 def write_datasets(cfg: PipelineConfig, out: Path) -> tuple[Path, Path]:
     """Training demos (demonstration layouts) and held-out expert episodes (evaluation layouts)."""
     from datasets.utils.logging import disable_progress_bar
@@ -119,8 +125,7 @@ def write_datasets(cfg: PipelineConfig, out: Path) -> tuple[Path, Path]:
 
     disable_progress_bar()  # LeRobot's per-episode `datasets.map` bars; the pipeline logs one line per dataset
     demos, heldout = out / "data" / "demos", out / "data" / "heldout"
-    for stale in (out / "data").glob(".*.partial-*"):  # what a killed run's writer left (this run holds the lock)
-        shutil.rmtree(stale, ignore_errors=True)
+    remove_partial_datasets(out / "data")
     d = cfg.data
     common = dict(tasks=d.tasks, mode=d.mode, images=d.images, image_size=d.image_size)
     for root, episodes, seed, layout, hold in (

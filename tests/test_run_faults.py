@@ -123,3 +123,13 @@ def test_a_rerun_of_couplings_generate_removes_half_written_shards(teacher_1rf, 
     stale.write_bytes(b"half a shard")
     generate(out, teacher, data, num_couplings=8, block_size=8, batch_size=8)
     assert not stale.exists() and not list(out.rglob("*.tmp-*"))
+
+
+def test_the_pipeline_removes_what_a_killed_dataset_writer_left(tmp_path):
+    from hf_reflow.pipeline import remove_partial_datasets
+
+    data = tmp_path / "data"
+    (data / ".demos.partial-1a2b3c4d" / "meta").mkdir(parents=True)  # kill -9 while writing the demonstrations
+    (data / "demos" / "meta").mkdir(parents=True)
+    remove_partial_datasets(data)
+    assert sorted(p.name for p in data.iterdir()) == ["demos"]
