@@ -248,8 +248,8 @@ class OptimConfig:
             _choice("optim.type", self.type, OPTIMIZERS)
         if self.scheduler is not None:
             _choice("optim.scheduler", self.scheduler, SCHEDULERS)
-        if self.lr is not None and not 0 < self.lr <= 10:
-            raise ConfigError(f"optim.lr must be in (0, 10], e.g. 1e-4; got {self.lr}.")
+        if self.lr is not None and not 0 < self.lr <= 1e6:  # float32 overflows near 3e38; beyond 1e6 is a typo
+            raise ConfigError(f"optim.lr must be in (0, 1e6], e.g. 1e-4; got {self.lr}.")
         if self.betas is not None and (len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas)):
             raise ConfigError(f"optim.betas must be two numbers in [0, 1), e.g. [0.9, 0.999]; got {self.betas}.")
         if self.min_lr_ratio is not None and self.min_lr_ratio > 1:

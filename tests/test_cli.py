@@ -85,7 +85,7 @@ def test_output_dir_already_holding_a_run(tmp_path, toy_dataset):
 def test_non_finite_loss_stops_cleanly(tmp_path, toy_dataset):
     out = tmp_path / "run"
     proc = run_cli(
-        "train", f"--dataset.root={toy_dataset}", f"--output_dir={out}", "--steps=50", "--optim.lr=1e30",
+        "train", f"--dataset.root={toy_dataset}", f"--output_dir={out}", "--steps=50", "--optim.lr=1e6",
         "--optim.grad_clip_norm=null", "--optim.warmup_steps=1", *TINY,
     )  # fmt: skip
     assert_user_error(proc, "loss became", "--optim.lr")
