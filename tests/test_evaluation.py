@@ -20,7 +20,8 @@ def test_wilson_interval_contains_the_estimate_inside_0_1(trials):
         low, high = report.wilson_interval(successes, trials)
         p = successes / trials
         assert 0.0 <= low <= p <= high <= 1.0
-    assert report.wilson_interval(0, trials)[0] == 0.0 and report.wilson_interval(trials, trials)[1] == 1.0
+    assert math.isclose(report.wilson_interval(0, trials)[0], 0.0, abs_tol=1e-12)
+    assert math.isclose(report.wilson_interval(trials, trials)[1], 1.0, abs_tol=1e-12)
 
 
 @pytest.mark.parametrize("values", [[1.0, 1.0, 1.0], [0.0, 0.0], [0.5, 0.7, 0.9], [0.98, 1.0, 1.0], [0.0, 0.02]])
@@ -47,7 +48,7 @@ def test_paired_difference_is_exact_for_identical_and_shifted_cells():
     ref = [_row("1-RF", 10, [1, 0, 1, 1, 0, 1, 1, 1], stage="flow_matching", k=1)]
     same = [_row("2-RF", 1, [1, 0, 1, 1, 0, 1, 1, 1])]
     mean, ci = report.paired_difference(same, ref)
-    assert mean == 0.0 and ci == (0.0, 0.0)  # identical episodes: no difference, no spread
+    assert math.isclose(mean, 0.0, abs_tol=1e-12) and np.allclose(ci, (0.0, 0.0), atol=1e-12)  # identical episodes
     better = [_row("2-RF", 1, [1, 1, 1, 1, 1, 1, 1, 1])]  # wins exactly the two episodes the reference lost
     mean, (low, high) = report.paired_difference(better, ref)
     assert math.isclose(mean, 0.25) and 0.0 <= low <= mean <= high <= 1.0
@@ -256,6 +257,6 @@ def test_speed_up_without_a_closed_loop_reference_says_so():
 
 def test_detour_progress_says_where_along_the_line_the_hand_is():
     start, target = np.array([0.0, 0.0]), np.array([0.2, 0.0])
-    assert closed_loop.detour_progress(np.array([0.0, 0.05]), start, target) == 0.0
+    assert math.isclose(closed_loop.detour_progress(np.array([0.0, 0.05]), start, target), 0.0, abs_tol=1e-12)
     assert math.isclose(closed_loop.detour_progress(np.array([0.05, -0.03]), start, target), 0.25)
     assert math.isclose(closed_loop.detour_progress(np.array([0.2, 0.0]), start, target), 1.0)
