@@ -9,14 +9,13 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
-import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from hf_reflow.artifacts.checkpoints import teacher_lineage
+from hf_reflow.artifacts.run_dir import link_tree
 from hf_reflow.errors import HubError, ReflowError
 from hf_reflow.hub import (
     CARD,
@@ -73,17 +72,10 @@ def staged(folder: Path, card: str) -> Iterator[Path]:
     check_no_outside_links(folder)
     with tempfile.TemporaryDirectory(prefix="hf-reflow-push-") as tmp:
         upload = Path(tmp) / "upload"
-        shutil.copytree(folder, upload, copy_function=_link_or_copy, symlinks=False)
+        link_tree(folder, upload)  # hard links where possible, as the final model links its checkpoint
         (upload / CARD).unlink(missing_ok=True)  # a hard link to the folder's card: never write through it
         (upload / CARD).write_text(card)
         yield upload
-
-
-def _link_or_copy(src: str, dst: str) -> None:
-    try:
-        os.link(src, dst)
-    except OSError:  # another file system
-        shutil.copy2(src, dst)
 
 
 # ---- around training (`push_to_hub: true` in a TrainConfig) ---------------------------------
