@@ -179,13 +179,17 @@ def cmd_couplings(args: list[str]) -> int:
             "--teacher.path=outputs/toy/1rf --dataset.root=data/toy --output=couplings/toy)."
         )
     cfg = parse_config(CouplingsGenerateConfig, args[1:], command="couplings generate")
+    from accelerate import PartialState
+
     from hf_reflow.training.couplings import generate
 
     root = generate(
         cfg.output, cfg.teacher, cfg.dataset, num_couplings=cfg.num_couplings, block_size=cfg.block_size,
         batch_size=cfg.batch_size, seed=cfg.seed,
     )  # fmt: skip
-    print(f"couplings written: {root}")
+    state = PartialState()  # the one `generate` used: under a distributed launch, every process wrote its shards
+    if state.is_main_process:
+        print(f"couplings written: {root} ({state.num_processes} process{'es' if state.num_processes > 1 else ''})")
     return 0
 
 

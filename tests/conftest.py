@@ -60,13 +60,27 @@ def train_config(**overrides):
 
 _CLI = ForkServer(REPO, {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(REPO)})
 atexit.register(_CLI.close)
+_STOCK = ForkServer(REPO, {**os.environ, "HF_HUB_OFFLINE": "1"}, stock=True)
+atexit.register(_STOCK.close)
 
 
-def run_cli(*args: str, timeout: int = 300, fsize: int | None = None) -> subprocess.CompletedProcess:
+def run_cli(
+    *args: str, timeout: int = 300, fsize: int | None = None, env: dict[str, str] | None = None,
+    interrupt_when: Path | None = None, nprocs: int = 1,
+) -> subprocess.CompletedProcess:
     """Run `hf-reflow ARGS` in its own process: a fork of `cli_forkserver.py` (torch and LeRobot imported once),
     through `hf_reflow.cli.main` as `python -m hf_reflow` runs it; exit code, stdout and stderr as subprocess.run's.
-    `fsize`: the process's file-size limit in bytes (a full disk)."""
-    return _CLI.run(list(args), env={**os.environ, "HF_HUB_OFFLINE": "1"}, timeout=timeout, fsize=fsize)
+    `fsize`: the process's file-size limit in bytes (a full disk). `env`: the process's whole environment
+    (default: this one, offline). `interrupt_when`: Ctrl-C (SIGINT) the process once this path exists.
+    `nprocs`: that many processes of one distributed run, started as torchrun starts its workers."""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"} if env is None else env
+    return _CLI.run(list(args), env=env, timeout=timeout, fsize=fsize, interrupt_when=interrupt_when, nprocs=nprocs)
+
+
+def run_stock_python(code: str, *argv: str, timeout: int = 300) -> subprocess.CompletedProcess:
+    """`python -c CODE ARGV...` in a stock LeRobot process that has never imported hf_reflow (a fork of a server
+    that imported only torch and LeRobot): what a LeRobot user's own script sees."""
+    return _STOCK.run([code, *argv], env={**os.environ, "HF_HUB_OFFLINE": "1"}, timeout=timeout)
 
 
 def run_console_script(*args: str, timeout: int = 300) -> subprocess.CompletedProcess:

@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import run_stock_python
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "benchmarks" / "smolvla_gpu.py"
@@ -21,6 +22,9 @@ STEP_COUNTS = ("1", "2", "4", "10")
 def _positive(value) -> bool:
     number = isinstance(value, int | float) and not isinstance(value, bool)
     return number and math.isfinite(value) and value > 0
+
+
+RUN_SCRIPT = "import runpy, sys; sys.argv = sys.argv[1:]; runpy.run_path(sys.argv[0], run_name='__main__')"
 
 
 def _load_script():
@@ -34,12 +38,10 @@ def _load_script():
 
 @pytest.mark.slow
 def test_smolvla_gpu_benchmark_tiny_cpu_smoke(tmp_path):
-    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    env.setdefault("OMP_NUM_THREADS", "1")
-    cmd = [sys.executable, str(SCRIPT), f"--out={tmp_path}", "--device=cpu", "--size=tiny", "--reps=2",
-           "--batch-size=2"]  # fmt: skip
+    # The script run as `python smolvla_gpu.py ARGS`, in a fork of a process that has imported torch and LeRobot.
+    argv = [str(SCRIPT), f"--out={tmp_path}", "--device=cpu", "--size=tiny", "--reps=2", "--batch-size=2"]
     start = time.perf_counter()
-    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600, env=env)
+    proc = run_stock_python(RUN_SCRIPT, *argv, timeout=600)
     elapsed = time.perf_counter() - start
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
     print(f"smoke run: {elapsed:.1f} s")

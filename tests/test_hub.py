@@ -13,11 +13,11 @@ import logging
 import os
 import shutil
 import subprocess
-import sys
 import time
 import uuid
 from pathlib import Path
 
+import conftest
 import pytest
 import torch
 from conftest import REPO, train_config
@@ -105,14 +105,8 @@ def cli_env(hub_server, tmp_path, token: str | None) -> dict[str, str]:
 
 
 def run_cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "hf_reflow", *args],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env=env,
-        cwd=REPO,
-    )
+    """`hf-reflow ARGS` in its own process (a fork of the test server) with `env` as its whole environment."""
+    return conftest.run_cli(*args, env=env)
 
 
 def chunk(policy_dir: str | Path, noise: torch.Tensor, state: torch.Tensor) -> torch.Tensor:

@@ -7,12 +7,10 @@ import json
 import os
 import shutil
 import socket
-import subprocess
-import sys
 
 import pytest
 import torch
-from conftest import REPO, train_config
+from conftest import run_cli, train_config
 
 from hf_reflow.artifacts.couplings_store import block_path, draw_block, load_couplings, training_dataset
 from hf_reflow.configs import CouplingsConfig, DatasetConfig, TeacherConfig
@@ -87,20 +85,16 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.mark.slow
 def test_two_processes_write_the_same_couplings(stored, teacher_1rf, toy_dataset, tmp_path):
-    """Two real CPU processes (torchrun, gloo) share the blocks (b % 2 == rank) and write the same folder as
-    one process, byte for byte: every parquet shard and couplings.json."""
+    """Two real CPU processes (gloo; each given torchrun's RANK / WORLD_SIZE / MASTER_* variables) share the
+    blocks (b % 2 == rank) and write the same folder as one process, byte for byte: every parquet shard and
+    couplings.json. (A real torchrun launch: tests/test_trainer.py.)"""
     out = tmp_path / "ddp"
-    cmd = [
-        sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={_free_port()}",
-        "-m", "hf_reflow", "couplings", "generate",
-        f"--teacher.path={teacher_1rf}", f"--dataset.root={toy_dataset}", f"--output={out}",
-        *[f"--{k}={v}" for k, v in SETTINGS.items()],
-    ]  # fmt: skip
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "ACCELERATE_USE_CPU": "true"}
-    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300, env=env)
+    proc = run_cli("couplings", "generate", f"--teacher.path={teacher_1rf}", f"--dataset.root={toy_dataset}",
+                   f"--output={out}", *[f"--{k}={v}" for k, v in SETTINGS.items()], nprocs=2,
+                   env={**os.environ, "HF_HUB_OFFLINE": "1", "ACCELERATE_USE_CPU": "true"})  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.count("couplings written:") == 1 and "(2 processes)" in proc.stdout  # one group of two
     files = sorted(p.relative_to(stored) for p in stored.rglob("*") if p.is_file() and p.name != "README.md")
     assert len([f for f in files if f.suffix == ".parquet"]) == 3  # 150 couplings in blocks of 64: both ranks wrote
     assert files == sorted(p.relative_to(out) for p in out.rglob("*") if p.is_file() and p.name != "README.md")

@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 
 import pytest
 import torch
-from conftest import REPO
+from conftest import run_stock_python
 
 from hf_reflow.artifacts.checkpoints import load_config, load_policy, load_processors, resolve_checkpoint
 from hf_reflow.errors import CheckpointError, ConfigError
@@ -67,7 +65,7 @@ print(json.dumps({"type": cfg.type, "num_steps": cfg.num_steps, "chunk": chunk.t
 
 def test_checkpoint_loads_with_stock_lerobot_in_a_fresh_process(teacher_1rf):
     path = resolve_checkpoint(str(teacher_1rf))
-    proc = subprocess.run([sys.executable, "-c", STOCK_LOADER, path], capture_output=True, text=True, cwd=REPO, timeout=300)
+    proc = run_stock_python(STOCK_LOADER, path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads(proc.stdout.strip().splitlines()[-1])
     assert result["type"] == "flow_mlp" and result["num_steps"] == 10 and result["action_shape"] == [1, 2]

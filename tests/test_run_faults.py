@@ -12,15 +12,11 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
 import torch
-from conftest import REPO, run_cli, train_config
+from conftest import run_cli, train_config
 from safetensors.torch import load_file
 
 from hf_reflow.artifacts.run_lock import LOCK_FILE, run_lock
@@ -70,21 +66,10 @@ def test_a_truncated_final_model_is_rebuilt_on_resume(toy_dataset, tmp_path):
 
 def test_ctrl_c_says_where_the_last_checkpoint_is(toy_dataset, tmp_path):
     out = tmp_path / "run"
-    args = [sys.executable, "-m", "hf_reflow", "train", f"--dataset.root={toy_dataset}", f"--output_dir={out}",
-            "--steps=1000000", "--save_every=5", "--batch_size=8", "--log_with=[]", "--policy.hidden_dim=16",
-            "--policy.num_blocks=1"]  # fmt: skip
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=REPO)
-    try:
-        deadline = time.monotonic() + 120
-        while not (out / "checkpoints" / "last").exists():
-            assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read()[-2000:] if proc.poll() else "no checkpoint"
-            time.sleep(0.2)
-        proc.send_signal(signal.SIGINT)
-        _, stderr = proc.communicate(timeout=60)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
+    proc = run_cli("train", f"--dataset.root={toy_dataset}", f"--output_dir={out}", "--steps=1000000", "--save_every=5",
+                   "--batch_size=8", "--log_with=[]", "--policy.hidden_dim=16", "--policy.num_blocks=1",
+                   interrupt_when=out / "checkpoints" / "last", timeout=120)  # Ctrl-C once a checkpoint exists
+    stderr = proc.stderr
     assert proc.returncode == 2 and "Traceback" not in stderr, stderr[-2000:]
     lines = [line for line in stderr.splitlines() if line.startswith("hf-reflow: error:")]
     assert len(lines) == 1 and "interrupted; the last checkpoint is" in lines[0] and "--resume=true" in lines[0]

@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 
 import pytest
 import torch
-from conftest import REPO, train_config
+from conftest import run_stock_python, train_config
 
 from hf_reflow import flow
 from hf_reflow.artifacts.checkpoints import load_config, load_policy, resolve_checkpoint
@@ -81,7 +79,7 @@ def test_shortcut_stage_trains_and_loads_in_stock_lerobot(tmp_path, toy_dataset,
             "register_third_party_plugins(); from lerobot.policies.factory import get_policy_class; "
             "p = get_policy_class('flow_mlp').from_pretrained(sys.argv[1]); "
             "print(p.config.step_size_conditioning, p.model.step_mlp is not None)")  # fmt: skip
-    proc = subprocess.run([sys.executable, "-c", code, path], capture_output=True, text=True, cwd=REPO, timeout=300)
+    proc = run_stock_python(code, path)
     assert proc.returncode == 0 and proc.stdout.split()[-2:] == ["True", "True"], proc.stderr[-2000:]
 
 

@@ -163,10 +163,8 @@ print("OK", policy.config.num_steps)
 
 
 def test_reflow_cli_checkpoint_loads_in_stock_lerobot(smolvla_teacher, image_dataset, tmp_path):
-    import subprocess
-    import sys
 
-    from conftest import REPO, run_cli
+    from conftest import REPO, run_cli, run_stock_python
 
     out = tmp_path / "2rf"
     recipe = REPO / "recipes" / "smolvla" / "reflow.yaml"  # its policy keys must be SmolVLA fields
@@ -178,12 +176,7 @@ def test_reflow_cli_checkpoint_loads_in_stock_lerobot(smolvla_teacher, image_dat
     final = out / "pretrained_model"
     assert json.loads((final / "config.json").read_text())["num_steps"] == 2
     assert json.loads((final / "reflow.json").read_text())["k"] == 2
-    stock = subprocess.run(
-        [sys.executable, "-c", STOCK_SMOLVLA, str(final), str(image_dataset)],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    stock = run_stock_python(STOCK_SMOLVLA, str(final), str(image_dataset))
     assert stock.returncode == 0, stock.stderr[-3000:]
     assert "OK 2" in stock.stdout
     from safetensors.torch import load_file

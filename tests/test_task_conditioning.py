@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from conftest import REPO, train_config
+from conftest import run_stock_python, train_config
 
 from hf_reflow.artifacts.checkpoints import load_config, load_policy, load_processors, resolve_checkpoint
 from hf_reflow.errors import ConfigError
@@ -103,7 +101,7 @@ print(json.dumps(out))
 
 
 def test_stock_lerobot_restores_the_vocabulary_through_the_plugin(two_task_policy):
-    proc = subprocess.run([sys.executable, "-c", STOCK, two_task_policy], capture_output=True, text=True, cwd=REPO, timeout=300)
+    proc = run_stock_python(STOCK, two_task_policy)
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads(proc.stdout.strip().splitlines()[-1])
     assert result["tasks"] == list(TASKS)

@@ -11,7 +11,7 @@ import sys
 
 import pytest
 import torch
-from conftest import REPO, train_config
+from conftest import REPO, run_cli, train_config
 from safetensors.torch import load_file
 
 from hf_reflow.artifacts.checkpoints import load_config, load_policy, load_processors, read_reflow_info
@@ -303,17 +303,15 @@ def test_accelerate_launch_with_the_cpu_ddp_config(tmp_path, toy_dataset):
     assert load_policy(str(out)).config.num_steps == 10
 
 
-def test_torchrun_trains_with_two_cpu_processes(tmp_path, toy_dataset):
-    """Two real CPU processes (gloo DDP). Accelerate's own MULTI_CPU launcher starts one process unless
-    it is given an MPI hostfile, so multi-process CPU training goes through torchrun."""
-    out = tmp_path / "torchrun"
-    cmd = [
-        sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={_free_port()}",
-        "-m", "hf_reflow", "train", "--steps=3", "--batch_size=8", "--log_with=[]", f"--dataset.root={toy_dataset}",
-        f"--output_dir={out}", "--policy.hidden_dim=32", "--policy.chunk_size=8", "--policy.n_action_steps=4",
-    ]  # fmt: skip
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "ACCELERATE_USE_CPU": "true"}
-    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300, env=env)
+def test_two_cpu_processes_train_one_model(tmp_path, toy_dataset):
+    """Two real CPU processes (gloo DDP), each given what torchrun gives its workers (RANK, WORLD_SIZE,
+    MASTER_ADDR, ...; `torchrun --nproc_per_node=2 -m hf_reflow train ...` with ACCELERATE_USE_CPU=true).
+    Accelerate's own MULTI_CPU launcher starts one process unless it is given an MPI hostfile, so multi-process
+    CPU training goes through torchrun (the launcher itself: test_accelerate_launch_with_the_cpu_ddp_config)."""
+    out = tmp_path / "ddp"
+    proc = run_cli("train", "--steps=3", "--batch_size=8", "--log_with=[]", f"--dataset.root={toy_dataset}",
+                   f"--output_dir={out}", "--policy.hidden_dim=32", "--policy.chunk_size=8", "--policy.n_action_steps=4",
+                   nprocs=2, env={**os.environ, "HF_HUB_OFFLINE": "1", "ACCELERATE_USE_CPU": "true"})  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
     info = json.loads((out / "pretrained_model" / "reflow.json").read_text())
     assert info["num_processes"] == 2 and info["batch_size"] == 8

@@ -49,12 +49,15 @@ def generate(
 ) -> Path:
     """Make (or finish) a couplings folder; this process's share of shards under Accelerate."""
     from accelerate import PartialState
+    from accelerate.utils import parse_flag_from_env
 
     if num_couplings < 1 or block_size < 1 or batch_size < 1:
         raise ConfigError(
             f"--num_couplings, --block_size and --batch_size must be >= 1, got {num_couplings}, {block_size}, {batch_size}."
         )
-    state, root = PartialState(), Path(output)
+    # cpu: as Accelerator reads it. Without it, processes of a CPU-only torchrun are not one group (accelerate
+    # groups CPU processes only when told they are CPU ones) and each would make every shard.
+    state, root = PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU")), Path(output)
     teacher = OnlineTeacher(teacher_cfg, device=state.device)
     dataset = make_dataset(dataset_cfg, teacher.config)  # in memory when small: same items, ~100x faster
     spec = CouplingsSpec(
