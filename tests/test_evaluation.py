@@ -188,6 +188,19 @@ def test_diagnostics_tell_slow_from_lost_from_oscillating():
     assert math.isclose(d_lost["closest_goal_m"], 0.055) and math.isclose(d_lost["final_goal_m"], 0.10)
     assert d_lost["near_goal_steps"] > 60 and d_lost["near_goal_reversals"] == 1  # in, then out once
     assert d_hover["near_goal_steps"] == 120 and d_hover["near_goal_reversals"] == 118
+    assert math.isnan(d_lost["closest_hand_goal_m"])  # not given
+
+
+def test_a_hand_on_the_goal_it_sees_can_still_miss_where_success_is_measured():
+    """Reach: success is measured at the fingertips, 4.5 cm below the hand. A hand that stops 1.5 cm from the
+    observed goal has its fingertips ~5.2 cm away: a miss whose hand closest distance says where it stopped."""
+    from hf_reflow.evaluation.diagnostics import episode_diagnostics
+
+    hand_goal = np.concatenate([np.linspace(0.30, 0.015, 60), np.full(60, 0.015)])  # (T,) stops 1.5 cm short
+    success_distance = np.hypot(hand_goal, 0.045) + 0.003  # the fingertips, 4.5 cm below, a little off-axis
+    hand = np.stack([hand_goal, np.zeros(120), np.zeros(120)], axis=1)
+    d = episode_diagnostics(success_distance, hand, np.zeros((120, 4)), stride=8, hand_goal_distance=hand_goal)
+    assert math.isclose(d["closest_hand_goal_m"], 0.015) and d["closest_goal_m"] > 0.05
 
 
 def test_chunk_jump_is_the_change_at_chunk_boundaries():

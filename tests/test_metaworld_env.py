@@ -16,6 +16,7 @@ from hf_reflow.envs import metaworld as mw  # noqa: E402
 from hf_reflow.errors import DataError  # noqa: E402
 
 SEEDS = (0, 1, 2, 3)  # episode seeds whose detour sides are right, right, left, left
+ONE_PER_SIDE = (0, 2)
 
 
 # --------------------------------------------------------------------------- geometry
@@ -62,7 +63,7 @@ def test_geometry_rejects_bad_input():
 # --------------------------------------------------------------------------- experts
 
 
-@pytest.mark.parametrize("task", mw.TASKS_MULTIMODAL)
+@pytest.mark.parametrize("task", ["reach-v3", "push-v3"])  # the other tasks: the next test, on both layout sets
 def test_multimodal_expert_succeeds_on_both_sides(task):
     with mw.make_env(task) as env:
         episodes = [mw.rollout_expert(task, seed, env=env) for seed in SEEDS]
@@ -109,6 +110,9 @@ def test_new_detour_task_expert_succeeds_on_both_sides_and_layout_sets(task):
                 ep = mw.rollout_expert(task, seed, layout_seed=layout_seed, env=env)  # default horizon
                 where = (layout_seed, seed, mw.SIDE_NAMES[ep.side], ep.steps)
                 assert ep.success and not ep.collided, where
+                assert ep.states.shape == (ep.steps, mw.STATE_DIM) and ep.states.dtype == np.float32, where
+                assert ep.actions.shape == (ep.steps, mw.ACTION_DIM) and np.all(np.abs(ep.actions) <= 1.0), where
+                assert np.all(ep.states[:, -2:] == ep.states[0, -2:]), where  # the obstacle stays put
                 assert ep.side_taken == ep.side, where
                 assert ep.min_obstacle_distance > mw.OBSTACLE_RADIUS_M, where
                 # The first target is far enough from the hand start for the detour to matter.
@@ -176,15 +180,17 @@ def test_rollout_policy_with_expert_reproduces_expert(task):
     with mw.make_env(task, layout_seed=mw.EVAL_LAYOUT_SEED) as env:
         expert = env.expert()
         results, sides = [], []
-        for seed in SEEDS:
+        for seed in ONE_PER_SIDE:
             results.append(mw.rollout_policy(env, expert, seed))
             sides.append(env.side)
+            assert len(env.hand_goal_distances) == len(env.goal_distances) == env.steps
     with mw.make_env(task, layout_seed=mw.EVAL_LAYOUT_SEED) as other:  # a second env: nothing carried over
-        reference = [mw.rollout_expert(task, s, layout_seed=mw.EVAL_LAYOUT_SEED, env=other) for s in SEEDS]
+        reference = [mw.rollout_expert(task, s, layout_seed=mw.EVAL_LAYOUT_SEED, env=other) for s in ONE_PER_SIDE]
     for result, side, ref in zip(results, sides, reference, strict=True):
         assert result.success and not result.collided
         assert result.side_taken == side == ref.side
         assert result.steps == ref.steps
+    assert set(sides) == {mw.LEFT, mw.RIGHT}
 
 
 def test_straight_line_policy_collides():

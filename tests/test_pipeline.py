@@ -250,3 +250,18 @@ def test_couplings_at_the_teachers_closed_loop_states(tmp_path):
     cli = run_cli("dataset", "metaworld", f"--policy_path={out / 'seed0' / '1rf'}", "--tasks=reach-v3", "--episodes=2",
                   f"--root={tmp_path / 'states'}")  # fmt: skip
     assert cli.returncode == 0 and "2/2 episodes" in cli.stdout and "all kept" in cli.stdout, cli.stderr[-2000:]
+
+
+def test_near_goal_actions_script_compares_every_stage_with_the_expert(tiny_run, tmp_path):
+    """scripts/near_goal_actions.py (docs/results.md's near-miss table) on the tiny chain, one episode."""
+    import runpy
+
+    script = runpy.run_path(str(REPO / "scripts" / "near_goal_actions.py"))
+    out, _ = tiny_run
+    script["main"]([str(out / "seed0"), "1", "reach-v3", str(tmp_path / "near.json")])
+    report = json.loads((tmp_path / "near.json").read_text())
+    assert list(report) == ["1rf@1", "1rf@10", "2rf@1", "2rf@10", "2rf-distill@1"]
+    for cell in report.values():
+        assert 0.0 <= cell["success"] <= 1.0 and len(cell["failures_closest_hand_goal_m"]) == round(1 - cell["success"])
+        for part in ("near_goal_successes", "near_goal_failures"):
+            assert cell[part] is None or (cell[part]["states"] > 0 and len(cell[part]["bias_xyz"]) == 3)

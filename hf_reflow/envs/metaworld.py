@@ -542,6 +542,10 @@ class MetaWorldEnv:
         self.min_obstacle_distance = math.inf
         self.closest_hand_xy = self.hand_start_xy.copy()
         self.goal_distances: list[float] = []  # Meta-World's own success distance after each step (obj_to_target)
+        # The observed hand (obs[:3], what the stock experts steer) to the observed goal (obs[36:39]) after each
+        # step. For reach, success is measured at the fingertip centre (`tcp_center`), ~4.5 cm below the hand:
+        # a hand on the goal is only just inside the 5 cm tolerance.
+        self.hand_goal_distances: list[float] = []
         self._episode_started = True
         return self._observe(obs)
 
@@ -561,6 +565,7 @@ class MetaWorldEnv:
         obs, _reward, _terminated, truncated, info = self._env.step(action)
         self.steps += 1
         self.goal_distances.append(float(info.get("obj_to_target", math.nan)))
+        self.hand_goal_distances.append(float(np.linalg.norm(obs[:3] - obs[36:39])))
         state = self._observe(obs)
         if self.mode == "multimodal" and obstacle_collides(obs[:2], self.obstacle_centre):
             self.collided = True

@@ -256,7 +256,8 @@ def _episode_record(seed: int, result: Any, env: Any, controller: PolicyControll
         "side_switches": side_switches(hand[:, :2], env.hand_start_xy, env.target_xy, stride=stride),
         "min_obstacle_distance": result.min_obstacle_distance, "n_action_steps": stride,
         "collision_progress": detour_progress(hand[-1, :2], env.hand_start_xy, env.target_xy) if result.collided else None,
-        **episode_diagnostics(env.goal_distances, hand, np.stack(controller.actions), stride=stride),
+        **episode_diagnostics(env.goal_distances, hand, np.stack(controller.actions), stride=stride,
+                              hand_goal_distance=env.hand_goal_distances),
     }  # fmt: skip
 
 
@@ -368,7 +369,7 @@ def compute_per_env_step(row: dict) -> dict[str, float | None]:
 
 
 ALL_EPISODE_DIAGNOSTICS = ("hand_speed", "chunk_jump", "action_change", "collision_progress")
-MISS_DIAGNOSTICS = ("closest_goal_m", "final_goal_m", "near_goal_steps", "near_goal_reversals")  # failures without collision
+MISS_DIAGNOSTICS = ("closest_goal_m", "closest_hand_goal_m", "final_goal_m", "near_goal_steps", "near_goal_reversals")  # failures without collision
 
 
 def summarise(episodes: list[dict[str, Any]]) -> dict[str, Any]:
