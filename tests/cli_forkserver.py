@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 import os
 import resource
+import runpy
 import signal
 import socket
 import subprocess
@@ -81,6 +82,16 @@ def _reread_hub_settings() -> None:
     importlib.reload(huggingface_hub.constants)
 
 
+def _start_like_python(env: dict) -> None:
+    """What a fresh interpreter does with the child's PYTHONPATH: its folders go first on sys.path, and the
+    first `sitecustomize.py` among them runs (tests use one to build pi0 at tiny sizes)."""
+    folders = [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p and p not in sys.path]
+    sys.path[:0] = folders
+    hook = next((Path(p) / "sitecustomize.py" for p in folders if (Path(p) / "sitecustomize.py").is_file()), None)
+    if hook is not None:
+        runpy.run_path(str(hook), run_name="sitecustomize")
+
+
 def _child(request: dict, out: str, err: str) -> None:
     """In the forked child: redirect stdout / stderr, apply the request's env, cwd and file-size limit, run."""
     for fd, path in ((1, out), (2, err)):
@@ -93,6 +104,7 @@ def _child(request: dict, out: str, err: str) -> None:
         os.environ.clear()
         os.environ.update(request["env"])
         _reread_hub_settings()
+        _start_like_python(request["env"])
     os.chdir(request["cwd"])
     signal.signal(signal.SIGINT, signal.default_int_handler)  # Ctrl-C raises KeyboardInterrupt, as in `python -m`
     if request.get("fsize"):  # a full disk, as the process sees it: a write past this size fails (EFBIG)

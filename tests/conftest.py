@@ -77,10 +77,13 @@ def run_cli(
     return _CLI.run(list(args), env=env, timeout=timeout, fsize=fsize, interrupt_when=interrupt_when, nprocs=nprocs)
 
 
-def run_stock_python(code: str, *argv: str, timeout: int = 300) -> subprocess.CompletedProcess:
+def run_stock_python(
+    code: str, *argv: str, timeout: int = 300, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess:
     """`python -c CODE ARGV...` in a stock LeRobot process that has never imported hf_reflow (a fork of a server
-    that imported only torch and LeRobot): what a LeRobot user's own script sees."""
-    return _STOCK.run([code, *argv], env={**os.environ, "HF_HUB_OFFLINE": "1"}, timeout=timeout)
+    that imported only torch and LeRobot): what a LeRobot user's own script sees. `env`: its whole environment."""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"} if env is None else env
+    return _STOCK.run([code, *argv], env=env, timeout=timeout)
 
 
 def run_console_script(*args: str, timeout: int = 300) -> subprocess.CompletedProcess:

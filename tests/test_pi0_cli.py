@@ -1,9 +1,10 @@
 """pi0 / pi0.5 end to end, offline: `hf-reflow train` 1-RF -> 2-RF, stock LeRobot loading, eval, the Space.
 
-Every command runs as a subprocess with `pi0_env`: HF_HOME is a temporary Hub cache holding a small
-stand-in for the gated `google/paligemma-3b-pt-224` tokenizer (LeRobot's processors load it by that id,
-unchanged), and a `sitecustomize.py` on PYTHONPATH builds LeRobot's pi0 / pi0.5 at tiny sizes (LeRobot
-0.6.1 has no config field for them; see `hf_reflow.testing.tiny_pi0`). The stock-LeRobot check imports
+Every command runs in its own process (forked from the warm test servers, or a fresh `hf-reflow space`) with
+`pi0_env`: HF_HOME is a temporary Hub cache holding a small stand-in for the gated `google/paligemma-3b-pt-224`
+tokenizer (LeRobot's processors load it by that id, unchanged), and a `sitecustomize.py` on PYTHONPATH builds
+LeRobot's pi0 / pi0.5 at tiny sizes (LeRobot 0.6.1 has no config field for them; see
+`hf_reflow.testing.tiny_pi0`). The stock-LeRobot check imports
 nothing from hf_reflow.
 """
 
@@ -18,7 +19,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import REPO
+from conftest import REPO, run_cli, run_stock_python
 from safetensors.torch import load_file
 
 from hf_reflow.testing import tiny_pi0
@@ -29,31 +30,18 @@ SHRUNK = ["--steps=3", "--batch_size=4", "--log_every=1", "--log_with=[]", "--op
 
 
 def run_hf_reflow(env: dict[str, str], *args: str, timeout: int = 300) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "hf_reflow", *args],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        env=env,
-        cwd=REPO,
-    )
-
-
-SEQUENCE = """
-import json, sys
-from hf_reflow.cli import main
-for args in json.loads(sys.argv[1]):
-    code = main(args)
-    if code:
-        sys.exit(code)
-"""
+    """`hf-reflow ARGS` in its own process (a fork of the warm test server) with `env` as its environment."""
+    return run_cli(*args, env=env, timeout=timeout)
 
 
 def run_hf_reflow_sequence(env: dict[str, str], commands: list[list[str]]) -> subprocess.CompletedProcess:
-    """Several `hf-reflow` command lines, one after another, through `hf_reflow.cli.main` in one fresh process
-    (each import of torch and LeRobot costs ~10 s here); it stops at the first that fails."""
-    return subprocess.run([sys.executable, "-c", SEQUENCE, json.dumps(commands)], capture_output=True, text=True,
-                          timeout=600, env=env, cwd=REPO)  # fmt: skip
+    """Several `hf-reflow` command lines, one after another, each in its own process; stops at the first that
+    fails and returns it (else the last)."""
+    for args in commands:
+        result = run_hf_reflow(env, *args, timeout=600)
+        if result.returncode:
+            break
+    return result
 
 
 def _data_args(dataset: Path) -> list[str]:
@@ -150,8 +138,7 @@ def test_2rf_loads_and_acts_in_stock_lerobot(chains, image_dataset, pi0_env):
     args = [str(image_dataset)]
     for kind in TYPES:
         args += [kind, str(chains[kind]["2rf"] / "pretrained_model")]
-    result = subprocess.run([sys.executable, "-c", STOCK_PI0, *args], capture_output=True, text=True,
-                            timeout=300, env=pi0_env, cwd=REPO)  # fmt: skip
+    result = run_stock_python(STOCK_PI0, *args, env=pi0_env)
     assert result.returncode == 0, result.stderr[-3000:]
     for kind in TYPES:
         assert f"OK {kind} 2 2" in result.stdout  # num_inference_steps 2, two denoise_step calls per chunk

@@ -40,7 +40,7 @@ def test_tiny_pipeline_writes_every_stage_and_column(tiny_run):
     assert names == ["1-RF", "1-RF", "2-RF", "2-RF", "2-RF distilled", "2-RF shortcut", "2-RF shortcut"]
     for row in results["rows"]:
         assert set(row) >= ROW_COLUMNS, ROW_COLUMNS - set(row)
-        assert row["episodes"] == 4 and set(row["per_task"]) == {"reach-v3", "push-v3"}
+        assert row["episodes"] == 2 and set(row["per_task"]) == {"reach-v3", "push-v3"}
         assert sum(row[f"{o}_rate"] for o in ("success", "collision", "stall", "timeout")) == pytest.approx(1.0)
     for entry in results["summary"]:
         assert set(entry) >= SUMMARY_COLUMNS, SUMMARY_COLUMNS - set(entry)
