@@ -101,6 +101,7 @@ def _dataset_metaworld(args: list[str]) -> int:
         cfg.root, tasks=cfg.tasks, episodes_per_task=cfg.episodes, mode=cfg.mode, seed=cfg.seed,
         layout_seed=metaworld.DEMO_LAYOUT_SEED if cfg.layout == "demo" else metaworld.EVAL_LAYOUT_SEED,
         images=cfg.images, image_size=cfg.image_size, repo_id=cfg.repo_id, policy=policy, hold_steps=cfg.hold_steps,
+        expert_aim=cfg.expert_aim,
     )  # fmt: skip
     kept = "all kept (policy rollouts)" if policy else "failed expert episodes dropped"
     print(

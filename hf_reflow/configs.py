@@ -128,6 +128,12 @@ def _n_action_steps(values: list[int] | None) -> None:
         raise ConfigError(f"n_action_steps must list action counts >= 1, e.g. --n_action_steps=8,4,2; got {values!r}.")
 
 
+EXPERT_AIM_HELP = (
+    "demonstrations only: what the expert puts on the goal. hand = Meta-World's stock experts; fingertips = reach's "
+    "success point (the fingertips, 4.5 cm below the hand the observation reports) goes onto the goal, so the "
+    "demonstrations cross the 5 cm tolerance still moving (other tasks: unchanged). Evaluation is unchanged"
+)
+EXPERT_AIMS = ("hand", "fingertips")  # hf_reflow.envs.metaworld.EXPERT_AIMS (envs sit below configs: checked equal in tests)
 HOLD_STEPS_HELP = (
     "demonstrations only: the expert goes on this many env steps after its first success (within the horizon), "
     "so they show the last centimetres done with margin; 0 = they end at the first success. Evaluation is unchanged"
@@ -497,6 +503,7 @@ class MetaWorldDataConfig:
     repo_id: str = _opt("local/metaworld", "dataset repo id written into its metadata")
     layout: str = _opt("demo", "demo (training layouts) | eval (held-out layouts)")
     hold_steps: int = _opt(0, HOLD_STEPS_HELP)
+    expert_aim: str = _opt("hand", EXPERT_AIM_HELP)
     policy_path: str | None = _opt(
         None, "roll out this checkpoint (local or Hub id) instead of the expert, keeping every episode: the states "
         "a frozen teacher visits in closed loop, for reflow couplings (`hf-reflow couplings generate` on them)"
@@ -510,7 +517,8 @@ class MetaWorldDataConfig:
         _choice("layout", self.layout, ("demo", "eval"), " (demo: training layouts, eval: held-out layouts)")
         if self.image_size < 8:
             raise ConfigError(f"image_size must be >= 8, got {self.image_size}.")
-        DemoConfig(tasks=self.tasks, episodes=self.episodes, mode=self.mode, hold_steps=self.hold_steps)  # the recipe's checks
+        DemoConfig(tasks=self.tasks, episodes=self.episodes, mode=self.mode, hold_steps=self.hold_steps,
+                   expert_aim=self.expert_aim)  # the recipe's checks  # fmt: skip
 
 
 @dataclass
@@ -625,10 +633,12 @@ class DemoConfig:
     image_size: int = _opt(96, "rendered image size in pixels")
     heldout_episodes: int = _opt(10, "expert episodes per task on evaluation layouts, for offline metrics")
     hold_steps: int = _opt(0, HOLD_STEPS_HELP)
+    expert_aim: str = _opt("hand", EXPERT_AIM_HELP)
 
     def __post_init__(self) -> None:
         _seed(self.seed)
         _choice("data.mode", self.mode, ("multimodal", "scripted"))
+        _choice("data.expert_aim", self.expert_aim, EXPERT_AIMS)
         if self.episodes < 1 or self.heldout_episodes < 1:
             raise ConfigError(
                 f"data.episodes and data.heldout_episodes must be >= 1, got {self.episodes} and "

@@ -127,7 +127,7 @@ def write_datasets(cfg: PipelineConfig, out: Path) -> tuple[Path, Path]:
     demos, heldout = out / "data" / "demos", out / "data" / "heldout"
     remove_partial_datasets(out / "data")
     d = cfg.data
-    common = dict(tasks=d.tasks, mode=d.mode, images=d.images, image_size=d.image_size)
+    common = dict(tasks=d.tasks, mode=d.mode, images=d.images, image_size=d.image_size, expert_aim=d.expert_aim)
     for root, episodes, seed, layout, hold in (
         (demos, d.episodes, d.seed, metaworld.DEMO_LAYOUT_SEED, d.hold_steps),
         (heldout, d.heldout_episodes, d.seed + 1, metaworld.EVAL_LAYOUT_SEED, 0),  # the expert as evaluated

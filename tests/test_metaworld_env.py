@@ -300,3 +300,27 @@ def test_demonstrations_can_hold_past_the_first_success(task):
     assert plain.success and held.success and first == plain.steps
     assert held.steps == plain.steps + 15 and np.allclose(held.actions[: plain.steps], plain.actions)
     assert distances[-1] < distances[first - 1] <= 0.05  # the last steps add margin inside the tolerance
+
+
+def test_expert_aimed_at_the_fingertips_reaches_with_margin_and_leaves_other_tasks_alone():
+    """Reach success is measured at the fingertips, 4.5 cm below the observed hand: the stock expert (hand on the
+    goal) crosses the 5 cm tolerance almost stopped; aimed at the fingertips it crosses still moving, sooner."""
+    from hf_reflow.configs import EXPERT_AIMS
+
+    assert EXPERT_AIMS == mw.EXPERT_AIMS
+    with mw.make_env("reach-v3", layout_seed=mw.EVAL_LAYOUT_SEED) as env:
+        offset = env.reset(0)[:3] - env._env.tcp_center  # hand minus fingertip centre
+        np.testing.assert_allclose(offset[2], mw.HAND_ABOVE_FINGERTIPS_M, atol=1e-3)
+    episodes = {}
+    for aim in mw.EXPERT_AIMS:
+        with mw.make_env("reach-v3", layout_seed=mw.EVAL_LAYOUT_SEED, expert_aim=aim) as env:
+            episodes[aim] = [mw.rollout_expert("reach-v3", s, layout_seed=mw.EVAL_LAYOUT_SEED, env=env) for s in SEEDS]
+    assert all(ep.success for eps in episodes.values() for ep in eps)
+    steps = {aim: np.mean([ep.steps for ep in eps]) for aim, eps in episodes.items()}
+    last = {aim: np.mean([np.linalg.norm(ep.actions[-1][:3]) for ep in eps]) for aim, eps in episodes.items()}
+    assert steps["fingertips"] < steps["hand"] and last["fingertips"] > last["hand"]  # sooner, still moving
+    with mw.make_env("push-v3", expert_aim="fingertips") as tips, mw.make_env("push-v3") as stock:
+        a, b = mw.rollout_expert("push-v3", 0, env=tips), mw.rollout_expert("push-v3", 0, env=stock)
+    np.testing.assert_array_equal(a.actions, b.actions)  # other tasks: the stock expert
+    with pytest.raises(ValueError, match="expert aim must be one of hand, fingertips"):
+        mw.MultimodalExpert("reach-v3", aim="nose")

@@ -158,6 +158,15 @@ _MAX_STEPS: dict[str, int] = {
     "sweep-v3": 180,  # (150)
     "window-open-v3": 130,  # (108)
 }
+# Where the stock expert puts the hand. Meta-World measures reach success at the fingertip centre
+# (`tcp_center`), 4.50 cm below the hand that obs[:3] reports (measured at every reset), while its stock reach
+# expert steers that hand onto the goal: a hand on the goal is then 4.5 cm from success, 5 mm inside the 5 cm
+# tolerance, and the demonstrations end on the step the fingertips cross it, with the expert almost stopped.
+# `expert_aim="fingertips"` raises the goal the stock expert sees by that offset for the tasks listed here
+# (success = fingertips to obs[36:39]), so it puts the fingertips on the goal; other tasks are unchanged.
+EXPERT_AIMS = ("hand", "fingertips")
+HAND_ABOVE_FINGERTIPS_M = 0.045
+_AIM_FINGERTIPS_TASKS = frozenset({"reach-v3"})
 _PROMPTS: dict[tuple[str, str], str] = {
     ("reach-v3", "multimodal"): "reach the goal around the obstacle",
     ("push-v3", "multimodal"): "push the puck to the goal around the obstacle",
@@ -222,6 +231,11 @@ def _check_mode(mode: str) -> None:
         raise ConfigError(
             f"Unknown mode {mode!r}; expected one of {MODES}. Pass mode='multimodal' or 'scripted'."
         )
+
+
+def _check_aim(aim: str) -> None:
+    if aim not in EXPERT_AIMS:
+        raise ConfigError(f"expert aim must be one of {', '.join(EXPERT_AIMS)}, got {aim!r}.")
 
 
 def _check_task(task: str, mode: str) -> None:
@@ -337,17 +351,21 @@ class MultimodalExpert:
     after `reset()`), or standalone: `reset()`, then `start_episode(first_state, side)`, then call it.
     """
 
-    def __init__(self, task: str, *, mode: Mode = "multimodal", side_source: Callable[[], int] | None = None):
+    def __init__(self, task: str, *, mode: Mode = "multimodal", side_source: Callable[[], int] | None = None,
+                 aim: str = "hand"):  # fmt: skip
         """Build the expert for one task.
 
         Args:
             task: a name from `valid_task_names(mode)`.
             mode: "multimodal" (detour first) or "scripted" (stock expert only).
             side_source: called at the first action of an episode to get the detour side (0/1).
+            aim: "hand" (the stock expert) or "fingertips" (reach: the fingertips, where success is measured,
+                go onto the goal; see `EXPERT_AIMS`).
         """
         _check_mode(mode)
         _check_task(task, mode)
-        self.task, self.mode = task, mode
+        _check_aim(aim)
+        self.task, self.mode, self.aim = task, mode, aim
         self._policy = ENV_POLICY_MAP[task]()
         self._side_source = side_source
         self.via: np.ndarray | None = None
@@ -370,6 +388,9 @@ class MultimodalExpert:
     def scripted_action(self, state: Any) -> np.ndarray:
         """The stock expert's action for a 41-d state (the obstacle columns are ignored)."""
         obs = _check_vector("state", state, STATE_DIM)[:OBS_DIM]
+        if self.aim == "fingertips" and self.task in _AIM_FINGERTIPS_TASKS:
+            obs = obs.copy()
+            obs[38] += HAND_ABOVE_FINGERTIPS_M  # the stock expert puts the hand on obs[36:39]: the fingertips land there
         with warnings.catch_warnings():
             # Meta-World's `move` warns every time an action saturates, which is by design here.
             warnings.simplefilter("ignore", UserWarning)
@@ -485,10 +506,12 @@ class MetaWorldEnv:
         image_size: int = DEFAULT_IMAGE_SIZE,
         camera: str = DEFAULT_CAMERA,
         hold_steps: int = 0,
+        expert_aim: str = "hand",
     ):
         _check_mode(mode)
         _check_task(task, mode)
-        self.task, self.mode = task, mode
+        _check_aim(expert_aim)
+        self.task, self.mode, self.expert_aim = task, mode, expert_aim
         # Steps an episode goes on after its first success (demonstrations that finish with margin); 0 = it ends
         # there, as every evaluation does. Success is the first success either way.
         self.hold_steps = _check_int("hold_steps", hold_steps, low=0, high=MAX_ENV_STEPS)
@@ -582,7 +605,7 @@ class MetaWorldEnv:
 
     def expert(self) -> MultimodalExpert:
         """The detour expert bound to this env: it reads `self.side` at each episode's first call."""
-        return MultimodalExpert(self.task, mode=self.mode, side_source=lambda: self.side)
+        return MultimodalExpert(self.task, mode=self.mode, side_source=lambda: self.side, aim=self.expert_aim)
 
     # -- images ------------------------------------------------------------------------------
 
@@ -620,14 +643,16 @@ def make_env(
     max_steps: int | None = None,
     image_size: int = DEFAULT_IMAGE_SIZE,
     hold_steps: int = 0,
+    expert_aim: str = "hand",
 ) -> MetaWorldEnv:
     """A `MetaWorldEnv`; use `EVAL_LAYOUT_SEED` for evaluation so layouts differ from the demos'.
 
     max_steps: step limit per episode; None = `default_max_steps(task)` (120 for reach/push).
     hold_steps: steps an episode goes on after its first success (demonstrations only; evaluation uses 0).
+    expert_aim: what `env.expert()` puts on the goal (`EXPERT_AIMS`); success is measured the same either way.
     """
     return MetaWorldEnv(task, layout_seed=layout_seed, mode=mode, max_steps=max_steps, image_size=image_size,
-                        hold_steps=hold_steps)  # fmt: skip
+                        hold_steps=hold_steps, expert_aim=expert_aim)  # fmt: skip
 
 
 # --------------------------------------------------------------------------- rollouts
@@ -838,6 +863,7 @@ def write_dataset(
     log: Callable[[str], None] | None = None,
     policy: Callable[[str, str], Callable[[np.ndarray], Any]] | None = None,
     hold_steps: int = 0,
+    expert_aim: str = "hand",
 ) -> dict[str, Any]:
     """Roll out expert episodes and write the successful ones as a LeRobotDataset (v3) at `root`.
 
@@ -867,6 +893,8 @@ def write_dataset(
         policy: makes the `select_action` of a task (None: the detour expert).
         hold_steps: the expert goes on for this many steps after its first success (within `max_steps`), so
             the demonstrations show the last centimetres done with margin and the hand held at the goal.
+        expert_aim: "hand" (Meta-World's stock experts) or "fingertips" (reach: the fingertips, where success
+            is measured, go onto the goal; see `EXPERT_AIMS`).
 
     Returns:
         A summary dict: counts of attempted/written/failed episodes, frames, side counts, per task.
@@ -907,7 +935,7 @@ def write_dataset(
         for task in tasks:
             per_task[task] = _write_task(
                 dataset, task, episodes_per_task, mode, seed, layout_seed, max_steps, images, image_size, log, policy,
-                hold_steps=hold_steps,
+                hold_steps=hold_steps, expert_aim=expert_aim,
             )
         written = sum(s["written"] for s in per_task.values())
         if written == 0:
@@ -941,12 +969,13 @@ def _write_task(
     policy: Callable[[str, str], Callable[[np.ndarray], Any]] | None = None,
     *,
     hold_steps: int = 0,
+    expert_aim: str = "hand",
 ) -> dict[str, Any]:
     """Roll out and write one task's episodes (the expert's successful ones, or all of `policy`'s); returns its counts."""
     if max_steps is None:
         max_steps = default_max_steps(task)
     env = make_env(task, layout_seed=layout_seed, mode=mode, max_steps=max_steps, image_size=image_size,
-                   hold_steps=hold_steps if policy is None else 0)  # fmt: skip
+                   hold_steps=hold_steps if policy is None else 0, expert_aim=expert_aim)  # fmt: skip
     prompt = task_prompt(task, mode)
     stats: dict[str, Any] = {"attempted": episodes, "written": 0, "collided": 0, "timed_out": 0, "frames": 0}
     stats.update({"left": 0, "right": 0, "none": 0, "min_obstacle_distance": math.inf, "seconds": 0.0})
