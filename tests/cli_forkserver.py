@@ -170,7 +170,8 @@ def _rank_env(request: dict, rank: int, port: int) -> dict:
     return {**request, "env": env}
 
 
-def _free_port() -> int:
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 now (for a process group or a server)."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
@@ -178,7 +179,7 @@ def _free_port() -> int:
 
 def _answer(request: dict, tmp: str) -> dict:
     """Fork the request's process(es), wait, and read back exit code and outputs."""
-    port, children = _free_port(), []
+    port, children = free_port(), []
     for rank in range(int(request.get("nprocs") or 1)):
         out, err = os.path.join(tmp, f"out{rank}"), os.path.join(tmp, f"err{rank}")
         pid = os.fork()

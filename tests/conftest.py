@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from cli_forkserver import ForkServer
+from cli_forkserver import ForkServer, free_port  # noqa: F401  (free_port: for the tests)
 
 if os.environ.get("PYTEST_XDIST_WORKER"):  # `make test` runs two workers on two cores: one thread each
     os.environ["OMP_NUM_THREADS"] = "1"

@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 
 import pytest
 import torch
@@ -77,12 +76,6 @@ def test_resume_regenerates_only_missing_blocks(stored, teacher_1rf, toy_dataset
     assert all(torch.equal(before[1][k], v) for k, v in load_file(str(block_path(stored, 1))).items())
     with pytest.raises(ConfigError, match="differs in seed"):
         generate(stored, teacher, data, **{**SETTINGS, "seed": 4})
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def test_two_processes_write_the_same_couplings(stored, teacher_1rf, toy_dataset, tmp_path):

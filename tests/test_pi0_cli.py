@@ -11,7 +11,6 @@ nothing from hf_reflow.
 from __future__ import annotations
 
 import json
-import socket
 import subprocess
 import sys
 import time
@@ -19,7 +18,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import REPO, run_cli, run_stock_python
+from conftest import REPO, free_port, run_cli, run_stock_python
 from safetensors.torch import load_file
 
 from hf_reflow.testing import tiny_pi0
@@ -161,17 +160,11 @@ def test_eval_cli_on_every_checkpoint(chains, image_dataset, pi0_env, tmp_path):
         assert (row["straightness"] == 0) == (row["nfe"] == 1)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_space_compares_pi0_checkpoints(chains, image_dataset, pi0_env):
     """`hf-reflow space` in a subprocess on the pi0 1-RF / 2-RF, queried through gradio_client (+ the pi0.5 2-RF)."""
     from gradio_client import Client
 
-    port = _free_port()
+    port = free_port()
     policies = f"1-RF={chains['pi0']['1rf']},2-RF={chains['pi0']['2rf']}"
     server = subprocess.Popen(
         [sys.executable, "-m", "hf_reflow", "space", f"--policies={policies}", *_data_args(image_dataset),

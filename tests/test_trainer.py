@@ -5,13 +5,12 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 
 import pytest
 import torch
-from conftest import REPO, run_cli, train_config
+from conftest import REPO, free_port, run_cli, train_config
 from safetensors.torch import load_file
 
 from hf_reflow.artifacts.checkpoints import load_config, load_policy, load_processors, read_reflow_info
@@ -279,19 +278,13 @@ def test_lerobot_presets_with_overrides():
         build_optimizer(OptimConfig(scheduler="constant", warmup_steps=3), _PresetConfig(), params, total_steps=10)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.mark.slow
 def test_accelerate_launch_with_the_cpu_ddp_config(tmp_path, toy_dataset):
     """`accelerate launch --config_file cpu_ddp.yaml -m hf_reflow train` runs (one process without MPI)."""
     out = tmp_path / "ddp"
     cmd = [
         sys.executable, "-m", "accelerate.commands.launch", "--config_file", "recipes/accelerate_configs/cpu_ddp.yaml",
-        "--main_process_port", str(_free_port()), "-m", "hf_reflow", "train", "--steps=3", "--batch_size=8",
+        "--main_process_port", str(free_port()), "-m", "hf_reflow", "train", "--steps=3", "--batch_size=8",
         "--log_with=[]", f"--dataset.root={toy_dataset}", f"--output_dir={out}", "--policy.hidden_dim=32",
         "--policy.chunk_size=8", "--policy.n_action_steps=4",
     ]  # fmt: skip
