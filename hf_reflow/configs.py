@@ -878,6 +878,13 @@ def policy_config(
             raise
         raise ConfigError(f"{e} (the student's config: the config.json of {source!r}, then the policy settings)") from None
     _check_device(policy, flags.get("device") or section.get("device"))
+    if getattr(policy, "use_peft", False):
+        # Training full weights and saving `use_peft: true` makes a checkpoint stock `make_policy` cannot load.
+        raise ConfigError(
+            f"policy.use_peft=true: hf-reflow trains every weight of the student (no PEFT / LoRA adapters), got "
+            f"use_peft={policy.use_peft!r}{' from ' + repr(source) if source else ''}; drop --policy.use_peft or pass "
+            "--policy.use_peft=false."
+        )
     policy.pretrained_path = Path(source) if source else None
     return policy
 

@@ -172,6 +172,8 @@ CASES = [
     Case("steps_unbounded", [*TRAIN, "--steps=99999999999999999999"], "steps must be <= 100,000,000"),
     Case("dataset_episodes_empty", [*TRAIN, "--dataset.episodes=[]"], "dataset.episodes is an empty list"),
     Case("device_not_here", [*TRAIN, "--policy.device=cuda"], "policy.device='cuda' is not available"),
+    # lerobot-train would train adapters; full weights + a saved `use_peft: true` is a checkpoint stock LeRobot refuses
+    Case("peft_not_supported", [*TRAIN, "--policy.use_peft=true"], "policy.use_peft=true: hf-reflow trains every weight"),
     Case("recipe_duplicate_key", [*TRAIN, "--config_path={dup_yaml}"], "duplicate key 'steps'"),
     Case("recipe_nested_too_deep", [*TRAIN, "--config_path={deep_yaml}"], "nested too deeply"),
     Case("recipe_damaged_json", [*TRAIN, "--config_path={bad_json}"], "not valid YAML"),
