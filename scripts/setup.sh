@@ -5,7 +5,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 VENV="${HF_REFLOW_VENV:-.venv}"
 STAMP="$VENV/.hf-reflow-installed"
-WANT="$(cat pyproject.toml plugins/lerobot_policy_flow_mlp/pyproject.toml | sha256sum | cut -d' ' -f1)"
+WANT="$(cat pyproject.toml plugins/lerobot_policy_flow_mlp/pyproject.toml plugins/lerobot_env_metaworld_detour/pyproject.toml | sha256sum | cut -d' ' -f1)"
 
 # The Space's browser test drives Debian's chromium through chromedriver (it is skipped without them):
 # install both when they are missing and this runs as root with apt; never fail setup over it.
@@ -48,5 +48,5 @@ fi
 
 echo "hf-reflow setup: installing hf-reflow and its extras into $VENV (first time: ~2.5 GB of wheels, a few minutes)"
 "$VENV/bin/python" -m pip install --quiet --upgrade pip
-"$VENV/bin/python" -m pip install --quiet -e ".[metaworld,space,tracking,dev]" -e plugins/lerobot_policy_flow_mlp
+"$VENV/bin/python" -m pip install --quiet -e ".[metaworld,space,tracking,dev]" -e plugins/lerobot_policy_flow_mlp -e plugins/lerobot_env_metaworld_detour
 echo "$WANT" > "$STAMP"

@@ -636,3 +636,22 @@ def test_card_says_how_many_updates_each_coupling_served():
     assert cards._template_values("a/b", info, {}, [], [])["couplings_seen"] == "1,000 (made online), each for 4 updates"
     info["coupling_reuse"] = 1
     assert cards._template_values("a/b", info, {}, [], [])["couplings_seen"] == "1,000 (made online)"
+
+
+def test_card_gives_the_exact_lerobot_eval_command_of_its_closed_loop_rows():
+    from hf_reflow.publish import cards
+
+    info = {"stage": "reflow", "k": 2, "dataset": {"repo_id": "a/d", "root": None}}
+    row = {"nfe": 1, "success_rate": 0.9, "env_type": "metaworld_detour", "env_mode": "multimodal",
+           "first_episode_seed": 7_000_000, "per_task": {"reach-v3": {"episodes": 50}, "push-v3": {"episodes": 50}}}
+    state = {"input_features": {"observation.state": {"type": "STATE", "shape": [41]}}, "type": "flow_mlp", "num_steps": 1}
+    card = cards.model_card(repo_id="a/mw-2rf", info=info, policy_config=state, lineage=[], eval_rows=[row])
+    assert ("lerobot-eval --policy.path=a/mw-2rf --policy.num_steps=1 --env.type=metaworld_detour --env.task=push-v3 "
+            "--seed=7000000 --eval.n_episodes=50 --eval.batch_size=10") in card.text
+    assert "--env.type=<env>" not in card.text and card.text.count("lerobot-eval --policy.path") == 2
+    vla = {**state, "input_features": {"observation.images.corner": {"type": "VISUAL", "shape": [3, 96, 96]}}}
+    assert cards.lerobot_eval_envs([{**row, "env_mode": "scripted"}], vla)[0] == (
+        "--env.type=metaworld_detour --env.task=reach-v3 --env.obs_type=pixels_agent_pos --env.mode=scripted "
+        "--seed=7000000 --eval.n_episodes=50")
+    no_env = cards.model_card(repo_id="a/x", info=info, policy_config=state, lineage=[], eval_rows=[])
+    assert "--env.type=<env>" in no_env.text  # measured nowhere: the user names their own env

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import REPO, run_cli
+from conftest import REPO, run_cli, run_stock_python
 
 TINY = str(REPO / "recipes" / "metaworld" / "tiny.yaml")
 ROW_COLUMNS = {
@@ -15,7 +15,7 @@ ROW_COLUMNS = {
     "episodes", "successes", "success_rate", "collision_rate", "stall_rate", "timeout_rate", "left_share",
     "side_switches", "mean_steps", "per_task", "n_action_steps", "policy_n_action_steps", "passes_per_env_step",
     "ms_per_env_step", "hand_speed", "chunk_jump", "action_change", "miss_closest_goal_m", "miss_final_goal_m",
-    "miss_near_goal_steps", "miss_near_goal_reversals",
+    "miss_near_goal_steps", "miss_near_goal_reversals", "env_type", "env_mode", "first_episode_seed",
 }  # fmt: skip
 SUMMARY_COLUMNS = {
     "name", "k", "stage", "nfe", "seeds", "success_rate", "success_ci95", "ci_method", "collision_rate", "stall_rate",
@@ -137,6 +137,21 @@ def test_parallel_rollouts_match_serial(tiny_run):
         closed_loop.RolloutJob(checkpoint, nfe, "reach-v3", closed_loop.episode_seeds(2), max_steps=40) for nfe in (1, 2)
     ]
     assert closed_loop.run_jobs(jobs, workers=2) == closed_loop.run_jobs(jobs, workers=1)
+
+
+def test_lerobot_eval_evaluates_a_stage_in_the_detour_env(tiny_run, tmp_path):
+    """Stock `lerobot-eval` (a LeRobot process that finds both plugins) runs a 2-RF at its step count on the
+    `metaworld_detour` env with the flags the pipeline's rows record for the model card."""
+    out, _ = tiny_run
+    row = next(r for r in json.loads((out / "results.json").read_text())["rows"] if r["name"] == "2-RF")
+    assert (row["env_type"], row["env_mode"], row["first_episode_seed"]) == ("metaworld_detour", "multimodal", 7_000_000)
+    args = [f"--policy.path={out / 'seed0' / '2rf' / 'pretrained_model'}", "--policy.num_steps=2",
+            "--env.type=metaworld_detour", "--env.task=push-v3", f"--seed={row['first_episode_seed']}",
+            "--eval.n_episodes=2", "--eval.batch_size=1", f"--output_dir={tmp_path / 'eval'}", "--policy.device=cpu"]
+    result = run_stock_python("from lerobot.scripts.lerobot_eval import main; main()", *args, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    info = json.loads((tmp_path / "eval" / "eval_info.json").read_text())
+    assert info["overall"]["n_episodes"] == 2 and 0.0 <= info["overall"]["pc_success"] <= 100.0
 
 
 def test_expert_through_the_eval_path_reproduces_its_success():

@@ -25,6 +25,7 @@ import torch
 
 from hf_reflow.artifacts.checkpoints import CheckpointCache, load_checkpoint, load_config
 from hf_reflow.envs import toy
+from hf_reflow.envs.lerobot_env import ENV_TYPE
 from hf_reflow.errors import CheckpointError, ConfigError
 from hf_reflow.evaluation.diagnostics import episode_diagnostics
 from hf_reflow.policies.factory import adapter_for
@@ -354,6 +355,8 @@ def attach_closed_loop(rows: list[dict], *, tasks: list[str], mode: str, episode
         per_task = {task: summarise(next(results)) for task in tasks}
         row.update(pool(list(per_task.values())))
         row["per_task"] = per_task
+        # What `lerobot-eval --env.type=metaworld_detour` needs to replay these episodes (the model card's command).
+        row.update(env_type=ENV_TYPE, env_mode=mode, first_episode_seed=seeds[0])
         row.update(compute_per_env_step(row))
     return rows
 

@@ -373,9 +373,23 @@ def _template_values(repo_id, info, policy_config, lineage, eval_rows) -> dict[s
         "ema_decay": info.get("ema_decay") or "none",
         "seed": info.get("seed", "?"),
         "dataset_text": _dataset_text(info),
+        "lerobot_eval_envs": lerobot_eval_envs(eval_rows, policy_config),
         "lineage": [{**row, "link": link(row), "commit": _commit_text(row)} for row in lineage],
         "eval_rows": [{**{m: _fmt(row.get(m)) for m in EVAL_METRICS}, "nfe": row["nfe"]} for row in eval_rows],
     }  # fmt: skip
+
+
+def lerobot_eval_envs(eval_rows: list[dict[str, Any]], policy_config: dict[str, Any]) -> list[str]:
+    """`lerobot-eval` env flags that replay the card's closed-loop episodes, one per task ([] = none measured)."""
+    row = next((r for r in eval_rows if r.get("env_type") and r.get("per_task")), None)
+    if row is None:
+        return []
+    images = any(str(f.get("type", "")).upper() == "VISUAL" for f in (policy_config.get("input_features") or {}).values())
+    extra = (" --env.obs_type=pixels_agent_pos" if images else "") + (
+        f" --env.mode={row['env_mode']}" if row.get("env_mode", "multimodal") != "multimodal" else "")
+    episodes = next(iter(row["per_task"].values())).get("episodes", 50)
+    return [f"--env.type={row['env_type']} --env.task={task}{extra} --seed={row['first_episode_seed']} "
+            f"--eval.n_episodes={episodes}" for task in row["per_task"]]  # fmt: skip
 
 
 def _what(info: dict[str, Any]) -> str:
