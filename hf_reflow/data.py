@@ -130,7 +130,8 @@ def make_dataset(cfg: DatasetConfig, policy_config: Any) -> Dataset:
     delta = resolve_delta_timestamps(policy_config, meta)
     try:
         dataset = LeRobotDataset(
-            cfg.repo_id, root=cfg.root, episodes=cfg.episodes, delta_timestamps=delta, video_backend=video_backend()
+            cfg.repo_id, root=cfg.root, episodes=cfg.episodes, delta_timestamps=delta,
+            video_backend=cfg.video_backend or video_backend(),
         )
     except Exception as e:  # pyarrow / datasets on a garbage or truncated data file (re-raised otherwise)
         if not is_data_file_error(e):

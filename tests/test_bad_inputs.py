@@ -173,6 +173,7 @@ CASES = [
     Case("dataset_episodes_empty", [*TRAIN, "--dataset.episodes=[]"], "dataset.episodes is an empty list"),
     Case("device_not_here", [*TRAIN, "--policy.device=cuda"], "policy.device='cuda' is not available"),
     # lerobot-train would train adapters; full weights + a saved `use_peft: true` is a checkpoint stock LeRobot refuses
+    Case("lerobot_train_flag_refused", [*TRAIN, "--env_eval_freq=100"], "lerobot-train's --env_eval_freq is not supported"),
     Case("peft_not_supported", [*TRAIN, "--policy.use_peft=true"], "policy.use_peft=true: hf-reflow trains every weight"),
     Case("recipe_duplicate_key", [*TRAIN, "--config_path={dup_yaml}"], "duplicate key 'steps'"),
     Case("recipe_nested_too_deep", [*TRAIN, "--config_path={deep_yaml}"], "nested too deeply"),

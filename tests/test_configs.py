@@ -239,3 +239,86 @@ def test_a_run_of_the_previous_schema_resumes(tmp_path):
     assert check_run_dir(config) is False  # this run, unfinished: resumed
     with pytest.raises(CheckpointError, match="differs in steps"):
         check_run_dir(parse_train_config([*args, "--resume=true", "--steps=40"]))
+
+
+def _lerobot_train_keys() -> list[str]:
+    """Every flag lerobot-train (LeRobot 0.6.1's `TrainPipelineConfig`) takes, one level into each section; a
+    choice section (optimizer, scheduler, env, peft, ...) lists the fields of every registered choice."""
+    import dataclasses
+    import typing
+
+    import draccus
+    from lerobot.configs.train import TrainPipelineConfig
+
+    def fields_of(hint) -> list[str] | None:
+        inner = next((a for a in typing.get_args(hint) if a is not type(None)), hint)
+        if isinstance(inner, type) and issubclass(inner, draccus.ChoiceRegistry):
+            choices = inner.get_known_choices().values()
+            return sorted({"type", *(f.name for c in choices for f in dataclasses.fields(c))})
+        return [f.name for f in dataclasses.fields(inner)] if dataclasses.is_dataclass(inner) else None
+
+    keys = []
+    for name, hint in typing.get_type_hints(TrainPipelineConfig).items():
+        inner = fields_of(hint)
+        keys += [f"{name}.{k}" for k in inner] if inner and name != "policy" else [name]
+    return keys
+
+
+def test_every_lerobot_train_flag_is_accepted_or_refused_by_name():
+    from hf_reflow.configs import ALIASES, LEROBOT_TRAIN_REFUSED, TrainConfig, refuse_lerobot_train_flags
+    from hf_reflow.parsing import _field_of
+
+    unhandled = []
+    for key in _lerobot_train_keys():
+        if key == "policy" or key in ALIASES:
+            continue
+        try:
+            refuse_lerobot_train_flags([key])
+        except ConfigError as e:
+            assert f"lerobot-train's --{key} is not supported by hf-reflow: " in str(e)
+            continue
+        try:
+            _field_of(TrainConfig, key)
+        except ConfigError:
+            unhandled.append(key)
+    assert not unhandled, f"lerobot-train flags neither accepted nor refused by name: {unhandled}"
+    assert all(any(k == r or k.startswith(r + ".") for k in _lerobot_train_keys()) for r in LEROBOT_TRAIN_REFUSED)
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [(["--optimizer.lr=3e-4", "--optimizer.weight_decay=0.01", "--optimizer.type=adam"], {"lr": 3e-4, "weight_decay": 0.01, "type": "adam"}),
+     (["--scheduler.type=cosine_decay_with_warmup", "--scheduler.num_warmup_steps=7", "--scheduler.num_decay_steps=90"],
+      {"scheduler": "cosine_decay_with_warmup", "warmup_steps": 7, "decay_steps": 90})],
+)  # fmt: skip
+def test_lerobot_train_optimizer_and_scheduler_flags(args, expected):
+    optim = parse_train_config(args).optim
+    assert {k: getattr(optim, k) for k in expected} == expected
+
+
+@pytest.mark.parametrize(
+    ("flag", "fragment"),
+    [("--env.type=metaworld", "does not evaluate during training"), ("--env_eval_freq=100", "hf-reflow eval"),
+     ("--peft.r=8", "no PEFT / LoRA adapters"), ("--dataset.revision=v1", "--dataset.root=DIR"),
+     ("--use_policy_training_preset=false", "policy's preset"), ("--wandb.add_tags=false", "W&B tags"),
+     ("--dataset.image_transforms.enable=true", "no augmentation")],
+)  # fmt: skip
+def test_unsupported_lerobot_train_flags_are_refused_by_name(flag, fragment):
+    with pytest.raises(ConfigError, match=f"lerobot-train's {flag.split('=')[0]} is not supported by hf-reflow: .*{fragment}"):
+        parse_train_config([flag])
+
+
+def test_dataset_video_backend_reaches_the_dataset(toy_dataset, monkeypatch):
+    from lerobot.datasets import lerobot_dataset
+
+    from hf_reflow import data
+
+    seen = {}
+    real = lerobot_dataset.LeRobotDataset.__init__
+    monkeypatch.setattr(lerobot_dataset.LeRobotDataset, "__init__",
+                        lambda self, *a, **k: seen.update(k) or real(self, *a, **k))  # fmt: skip
+    config = parse_train_config([f"--dataset.root={toy_dataset}", "--dataset.video_backend=pyav"])
+    data.make_dataset(config.dataset, config.policy)
+    assert seen["video_backend"] == "pyav"
+    with pytest.raises(ConfigError, match="dataset.video_backend"):
+        parse_train_config(["--dataset.video_backend=ffmpeg"])
