@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 from conftest import run_cli, run_console_script, write_random_dataset
 
@@ -36,6 +38,29 @@ def test_train_end_to_end_writes_a_checkpoint(tmp_path, toy_dataset):
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert f"final checkpoint: {out / 'pretrained_model'}" in proc.stdout
     assert (out / "pretrained_model" / "model.safetensors").is_file()
+
+
+LOG_LINE = re.compile(
+    r"^step:\d+ smpl:\S+ ep:\S+ epch:[\d.]+ loss:[\d.]+ grdn:[\d.]+ lr:[\d.e+-]+ updt_s:[\d.]+ data_s:[\d.]+ smp/s:\d+"
+    r"(?P<reflow> tchr_s:[\d.]+ cpl:\S+)?$"
+)  # lerobot-train's line (LeRobot's MetricsTracker) + the teacher's time per update and couplings served
+
+
+def test_console_prints_a_startup_summary_and_lerobot_train_log_lines(tmp_path, toy_dataset, teacher_1rf):
+    args = [f"--dataset.root={toy_dataset}", "--steps=4", "--log_freq=2", "--log_with=[]", "--batch_size=8"]
+    first = run_cli("train", f"--output_dir={tmp_path / 'a'}", *args, *TINY)
+    second = run_cli("train", "--stage=reflow", f"--teacher.path={teacher_1rf}", f"--output_dir={tmp_path / 'b'}", *args)
+    for proc, stage in ((first, "flow_matching"), (second, "reflow")):
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        out = [line for line in proc.stdout.splitlines() if line != "Loading weights from local directory"]  # LeRobot's
+        assert out[0].startswith(f"stage {stage} (flow_mlp policy), output dir: ")
+        assert any(line.startswith("effective batch size: 8 x 1 accumulation x 1 process(es) = 8") for line in out)
+        assert any(re.match(r"learnable parameters: \d+ \(", line) for line in out)
+        logs = [LOG_LINE.match(line) for line in out if line.startswith("step:")]
+        assert len(logs) == 2 and all(logs), out
+        assert [bool(m["reflow"]) for m in logs] == [stage == "reflow"] * 2
+    assert f"teacher: {teacher_1rf} (flow_mlp); couplings: made online, 10 euler steps per coupling" in second.stdout
+    assert "smpl:32 " in second.stdout and "cpl:32" in second.stdout  # 4 steps x batch 8
 
 
 def test_reflow_without_teacher(tmp_path, toy_dataset):
@@ -292,5 +317,11 @@ def test_wandb_offline_writes_its_run_folder(tmp_path, toy_dataset):
     proc = run_cli("train", f"--dataset.root={toy_dataset}", f"--output_dir={out}", "--steps=2", *TINY,
                    "--wandb.enable=true", "--wandb.mode=offline", "--wandb.project=hf-reflow-test")  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
-    runs = list((out / "logs" / "wandb").glob("offline-run-*"))
+    runs = list((out / "wandb").glob("offline-run-*"))  # lerobot-train's place: output_dir/wandb
     assert len(runs) == 1 and list(runs[0].glob("run-*.wandb")), runs
+    (out / "pretrained_model" / "model.safetensors").write_bytes(b"")  # damaged: --resume=true rebuilds it
+    proc = run_cli("train", f"--dataset.root={toy_dataset}", f"--output_dir={out}", "--steps=2", *TINY, "--resume=true",
+                   "--wandb.enable=true", "--wandb.mode=offline", "--wandb.project=hf-reflow-test")  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    ids = {f.name for f in (out / "wandb").glob("offline-run-*/run-*.wandb")}
+    assert len(list((out / "wandb").glob("offline-run-*"))) == 2 and len(ids) == 1, ids  # one W&B run, continued

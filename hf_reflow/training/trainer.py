@@ -23,11 +23,13 @@ from __future__ import annotations
 import dataclasses
 import os
 import shutil
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
+from lerobot.common.wandb_utils import get_wandb_run_id_from_filesystem
 from torch import Tensor, nn
 
 from hf_reflow import flow
@@ -53,6 +55,7 @@ from hf_reflow.data import StepBatchSampler, load_metadata, make_dataset
 from hf_reflow.errors import ConfigError, TrainingError
 from hf_reflow.policies.base import PolicyAdapter
 from hf_reflow.policies.factory import adapter_for
+from hf_reflow.training.console import log_line, make_tracker, startup_summary
 from hf_reflow.training.losses import StudentLoss, Targets
 from hf_reflow.training.optim import build_optimizer, make_ema, trainable
 from hf_reflow.training.shortcut import ShortcutLoss
@@ -101,11 +104,15 @@ class ReflowTrainer:
             ) from None
         from accelerate.tracking import WandBTracker
 
-        w, logs = self.config.wandb, self.output_dir / "logs"
-        kwargs = {"dir": str(logs), "name": self.config.job_name or self.output_dir.name, "notes": w.notes}
+        w = self.config.wandb
+        # wandb writes under output_dir/wandb, where lerobot-train's runs keep theirs.
+        kwargs = {"dir": str(self.output_dir), "name": self.config.job_name or self.output_dir.name, "notes": w.notes}
         kwargs.update({k: v for k, v in (("entity", w.entity), ("mode", w.mode)) if v is not None})
-        if w.run_id:
-            kwargs.update(id=w.run_id, resume="allow")
+        run_id = w.run_id
+        if run_id is None and self.config.resume and (self.output_dir / "wandb" / "latest-run").exists():
+            run_id = get_wandb_run_id_from_filesystem(self.output_dir)  # --resume=true continues the same W&B run
+        if run_id:
+            kwargs.update(id=run_id, resume="allow")
         return WandBTracker(w.project, **kwargs)
 
     # ---- the stage -----------------------------------------------------------------------
@@ -182,7 +189,13 @@ class ReflowTrainer:
             (self.output_dir / "logs").mkdir(exist_ok=True)
         accelerator.init_trackers("hf-reflow", config=_scalar_config(cfg))
         loader = self._loader(dataset, start_step, accelerator)
-        state = _LoopState(accelerator, loss_module, optimizer, scheduler, ema, student, adapter)
+        state = _LoopState(accelerator, loss_module, optimizer, scheduler, ema, student, adapter,
+                           make_tracker(cfg, meta.total_frames, meta.total_episodes, start_step, accelerator))  # fmt: skip
+        if accelerator.is_main_process:
+            for line in startup_summary(cfg, meta=meta, policy=student.policy, teacher=self.teacher,
+                                        num_samples=len(dataset), processes=accelerator.num_processes,
+                                        output_dir=self.output_dir):  # fmt: skip
+                print(line, flush=True)
         self._run_steps(state, loader, start_step)
         final = self._save_final(state)
         accelerator.end_training()
@@ -222,27 +235,59 @@ class ReflowTrainer:
             disable=not accelerator.is_main_process,
         )
         lines: list[tuple[dict[str, Tensor], Targets]] = []  # this batch's micro-batches and their lines
+        fresh_batches = start_step // cfg.coupling_reuse * cfg.gradient_accumulation_steps  # couplings served so far
         for step in progress:
             fresh = step % cfg.coupling_reuse == 0  # resumed runs start here too (checkpoints fall on it)
             lines = [] if fresh else lines
+            seconds = dict.fromkeys(("data", "teacher", "update"), 0.0)  # this optimizer step, for the log line
             for micro in range(cfg.gradient_accumulation_steps):
+                clock = time.perf_counter()
                 if fresh:  # new data, couplings (the teacher's solve) and times
                     batch, stored = couplings_store.split_stored(next(batches))  # processors never see them
                     batch = {**state.student.preprocessor(batch), **stored}
+                    seconds["data"] += time.perf_counter() - clock
+                    clock = time.perf_counter()
                     targets = self.make_targets(state.adapter, batch)
                     lines.append((batch, targets))
+                    seconds["teacher"] += time.perf_counter() - clock
+                    fresh_batches += 1
                 else:  # the same noise -> end point lines, new times
                     batch, targets = lines[micro]
                     targets = self.retime(targets)
+                clock = time.perf_counter()
                 metrics = self.train_step(state, batch, targets, step)
+                seconds["update"] += time.perf_counter() - clock
             if state.ema is not None:
                 state.ema.step(trainable(state.student.policy))
+            self._track(state.tracker, metrics, seconds)
             if (step + 1) % cfg.log_every == 0 or step + 1 == cfg.steps:
                 accelerator.log(metrics, step=step + 1)
                 self.history.append({"step": step + 1, **metrics})
                 progress.set_postfix(loss=f"{metrics['train/loss']:.4f}")
+                self._log_interval(state, fresh_batches * cfg.batch_size * accelerator.num_processes, progress)
             if cfg.save_every and (step + 1) % cfg.save_every == 0 and step + 1 < cfg.steps:
                 self._save_training_checkpoint(state, step + 1)
+
+    def _track(self, tracker: Any, metrics: dict[str, float], seconds: dict[str, float]) -> None:
+        """One optimizer step into lerobot-train's meters (averaged until the next log line)."""
+        tracker.step()
+        tracker.loss, tracker.lr = metrics["train/loss"], metrics["train/lr"]
+        tracker.grad_norm = metrics.get("train/grad_norm", float("nan"))
+        tracker.dataloading_s, tracker.update_s = seconds["data"], seconds["update"]
+        if "teacher_s" in tracker.metrics:
+            tracker.teacher_s = seconds["teacher"]
+
+    def _log_interval(self, state: _LoopState, couplings_served: int, progress: Any) -> None:
+        """lerobot-train's log line for the interval (every process joins the reduction), then reset it."""
+        tracker, accelerator = state.tracker, state.accelerator
+        tracker.reduce_across_ranks()
+        line = log_line(tracker, self.config, couplings_served)
+        if accelerator.is_main_process:
+            progress.write(line)
+            accelerator.log({f"train/{k}": v for k, v in tracker.to_dict().items()
+                             if k in ("samples_per_s", "update_s", "dataloading_s", "teacher_s")},
+                            step=tracker.steps)  # fmt: skip
+        tracker.reset_averages()
 
     def train_step(self, state: _LoopState, batch: dict[str, Tensor], targets: Targets, step: int) -> dict[str, float]:
         """One micro-batch: loss on `targets`, backward; optimizer step when gradients sync."""
@@ -257,8 +302,8 @@ class ReflowTrainer:
                 )
             accelerator.backward(loss)
             grad_norm, clip = None, self.optim_used["optimizer"].get("grad_clip_norm")
-            if accelerator.sync_gradients and clip:
-                grad_norm = accelerator.clip_grad_norm_(state.loss_module.parameters(), clip)
+            if accelerator.sync_gradients:  # clip 0 / None = off: an infinite bound only measures the norm
+                grad_norm = accelerator.clip_grad_norm_(state.loss_module.parameters(), clip or float("inf"))
             state.optimizer.step()
             if accelerator.sync_gradients:
                 state.scheduler.step()
@@ -398,6 +443,7 @@ class _LoopState:
     ema: Any
     student: Student
     adapter: PolicyAdapter
+    tracker: Any  # lerobot's MetricsTracker: the console's log line
 
 
 def _frames_of(batch: dict[str, Any]) -> str:
