@@ -113,8 +113,13 @@ def _dataset_metaworld(args: list[str]) -> int:
 
 def cmd_eval(args: list[str]) -> int:
     from hf_reflow.configs import EvaluateConfig, parse_config
+    from hf_reflow.parsing import parse_env_config, split_env_args
 
+    env_args, args = split_env_args(args)
     cfg = parse_config(EvaluateConfig, args, command="eval")
+    env_cfg = parse_env_config(env_args) if env_args else None  # any LeRobot env, as lerobot-eval's --env.*
+    if env_cfg is not None and cfg.env != "none":
+        raise ConfigError(f"--env={cfg.env} and --env.type={env_cfg.type} both name an env; keep one.")
     if cfg.env == "metaworld":
         from hf_reflow.envs.metaworld import valid_task_names
 
@@ -139,6 +144,12 @@ def cmd_eval(args: list[str]) -> int:
 
         rows = attach_closed_loop(rows, tasks=cfg.tasks, mode=cfg.mode, episodes=cfg.episodes, workers=cfg.workers,
                                   n_action_steps=cfg.n_action_steps)  # fmt: skip
+    if env_cfg is not None and cfg.episodes > 0:
+        from hf_reflow.evaluation.lerobot_envs import attach_env_closed_loop
+
+        replan = cfg.n_action_steps or [None]
+        rows = [attach_env_closed_loop([dict(row)], env_cfg, episodes=cfg.episodes, n_action_steps=n)[0]
+                for row in rows for n in replan]  # fmt: skip
     print(format_table(rows))
     if cfg.output:
         with open(cfg.output, "w") as f:

@@ -22,7 +22,7 @@ import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import draccus
 from lerobot.configs import parser as lerobot_parser
@@ -507,14 +507,21 @@ class EvaluateConfig:
     dataset: DatasetConfig = _opt(help="held-out observations (and the toy env's goals)", factory=DatasetConfig)
     nfe: list[int] = _opt(help="Euler step counts to evaluate, e.g. 1,2,4,10", factory=lambda: [1, 2, 4, 10])
     num_samples: int = _opt(64, "held-out observations for the offline metrics")
-    env: str = _opt("none", "closed loop: none | toy | metaworld")
-    episodes: int = _opt(50, "closed-loop episodes (per task with metaworld)")
+    env: str = _opt("none", "closed loop: none | toy | metaworld; or any LeRobot env with lerobot-eval's "
+                    "--env.type=TYPE --env.<field>=... (e.g. --env.type=metaworld_detour --env.task=push-v3)")
+    episodes: int = _opt(50, "closed-loop episodes (per task with metaworld or a LeRobot env)")
     seed: int = _opt(0, "seed of noise and episodes")
     output: str | None = _opt(None, "write the rows as JSON here")
     tasks: list[str] = _opt(help="metaworld: tasks to roll out", factory=lambda: ["reach-v3", "push-v3"])
     mode: str = _opt("multimodal", "metaworld: multimodal (detour left / right of an obstacle) | scripted")
     workers: int = _opt(0, "metaworld: rollout processes; 0 = one per CPU core")
     n_action_steps: list[int] | None = _opt(None, N_ACTION_STEPS_HELP)
+    HELP_EXTRA: ClassVar[tuple[str, ...]] = (
+        "  --env.type=TYPE  (str)",
+        "      closed loop in any LeRobot env type (lerobot-eval's flag; plugins' types too), e.g. metaworld_detour",
+        "  --env.<field>=VALUE",
+        "      a field of that env type's LeRobot config, e.g. --env.task=push-v3",
+    )
 
     def __post_init__(self) -> None:
         _seed(self.seed)

@@ -36,6 +36,8 @@ import yaml
 from draccus.utils import DecodingError
 from lerobot.configs import parser as lerobot_parser
 from lerobot.configs.policies import PreTrainedConfig
+from lerobot.envs.configs import EnvConfig
+from lerobot.utils.import_utils import register_third_party_plugins
 
 from hf_reflow.errors import ConfigError, ReflowError
 
@@ -310,6 +312,27 @@ def run_draccus(cls: type, args: list[str], config_file: str | None = None, pref
         raise _one_line(e, cls, prefix) from None
 
 
+@dataclass
+class _EnvArgs:
+    env: EnvConfig | None = None  # lerobot-eval's `--env.*` section
+
+
+def split_env_args(args: list[str]) -> tuple[list[str], list[str]]:
+    """(`--env.*` flags, the rest): lerobot-eval's env section is parsed apart (`parse_env_config`)."""
+    env = [a for a in args if a.startswith("--env.")]
+    return env, [a for a in args if not a.startswith("--env.")]
+
+
+def parse_env_config(env_args: list[str]) -> EnvConfig:
+    """A LeRobot `EnvConfig` from lerobot-eval's `--env.type=TYPE --env.<field>=...` flags, with installed
+    `lerobot_env_*` plugins registered first (as LeRobot's scripts do); a wrong type or field is one line."""
+    register_third_party_plugins()
+    if not any(a.startswith("--env.type=") for a in env_args):
+        raise ConfigError(f"--env.* settings need --env.type (a LeRobot env type, e.g. metaworld_detour); got {env_args}.")
+    env = run_draccus(_EnvArgs, env_args, prefix="env.").env
+    return env
+
+
 def _one_line(error: BaseException, cls: type, prefix: str) -> ReflowError:
     """One line for a draccus failure: our own error raised inside a `__post_init__`, else the first cause
     that is not draccus's (a config class's own check), else draccus's message with the key it names."""
@@ -509,6 +532,7 @@ def render_help(cls: type, command: str, *, aliases: dict[str, str] | None = Non
         "      a YAML recipe (or a run's train_config.json) whose keys are these options; flags after it win key by key",
     ]
     lines += _options(cls)
+    lines += list(getattr(cls, "HELP_EXTRA", ()))  # options parsed apart from the dataclass (e.g. eval's --env.*)
     if policy_type:
         lines += _policy_fields(policy_type)
     if aliases:

@@ -81,3 +81,43 @@ def test_pixels_are_the_demonstrations_camera():
     image = obs["pixels"]["corner"]
     assert image.shape == (1, 48, 48, 3) and image.dtype == np.uint8 and image.std() > 0
     vec.close()
+
+
+def test_hf_reflow_eval_in_lerobots_own_metaworld_env(tmp_path, monkeypatch):
+    """A smoke episode in LeRobot's own `metaworld` env (480-px camera + 4-d agent_pos) of a policy trained on
+    4-d states: LeRobot's make_env, observation conversion and processors, our paired noise and rows. The env's
+    500-step horizon is cut to 12 steps here (rendering 480 px every step is the slow part)."""
+    from conftest import train_config, write_random_dataset
+    from lerobot.envs import metaworld as lerobot_metaworld
+
+    from hf_reflow.evaluation.lerobot_envs import attach_env_closed_loop
+    from hf_reflow.training.trainer import ReflowTrainer
+
+    data = write_random_dataset(tmp_path / "data", state_key="observation.state", action_dim=4)
+    final = ReflowTrainer(train_config(output_dir=str(tmp_path / "run"), dataset__root=str(data), steps=2)).train()
+    init = lerobot_metaworld.MetaworldEnv.__init__
+
+    def short(self, *args, **kwargs):
+        init(self, *args, **kwargs)
+        self._max_episode_steps = 12
+
+    monkeypatch.setattr(lerobot_metaworld.MetaworldEnv, "__init__", short)
+    env_cfg = make_env_config("metaworld", task="metaworld-reach-v3")
+    (row,) = attach_env_closed_loop([{"checkpoint": str(final), "nfe": 2}], env_cfg, episodes=1)
+    ((name, task),) = row["per_task"].items()  # LeRobot's suite name for the task
+    assert "reach" in name
+    assert task["episode_seeds"] == [7_000_000] and row["episodes"] == 1 and row["env_type"] == "metaworld"
+    assert row["timeout_rate"] + row["success_rate"] + row["collision_rate"] == pytest.approx(1.0)
+    assert 1 <= row["env_steps"] <= 12 and row["passes_per_env_step"] == pytest.approx(2 * row["chunks"] / row["env_steps"])
+
+
+def test_a_policy_whose_observations_the_env_lacks_is_refused_in_one_line(tmp_path):
+    from conftest import fake_checkpoint
+    from lerobot.configs.types import FeatureType, PolicyFeature
+
+    from hf_reflow.artifacts.checkpoints import load_config
+    from hf_reflow.evaluation.lerobot_envs import check_policy_fits_env
+
+    path = fake_checkpoint(tmp_path / "ckpt", input_features={"observation.state": PolicyFeature(FeatureType.STATE, (7,))})
+    with pytest.raises(ConfigError, match=r"reads \{'observation.state': \(7,\)\} but the metaworld_detour env gives"):
+        check_policy_fits_env(load_config(path), make_env_config(ENV_TYPE), path)

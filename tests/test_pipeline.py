@@ -115,6 +115,37 @@ def test_eval_cli_runs_metaworld_closed_loop(tiny_run, tmp_path):
     assert rows[1]["chunks"] > rows[0]["chunks"]  # re-planning every 2 actions makes more chunks
 
 
+def test_eval_in_a_lerobot_env_pairs_with_our_own_closed_loop(tiny_run, tmp_path):
+    """`hf-reflow eval --env.type=metaworld_detour` (LeRobot's make_env, preprocess_observation and env
+    processors) plays the same episodes with the same noise as `--env=metaworld`: the same outcome per episode."""
+    out, _ = tiny_run
+    common = ["eval", f"--policy.path={out / 'seed0' / '2rf'}", f"--dataset.root={out / 'data' / 'heldout'}",
+              "--nfe=1", "--episodes=3", "--num_samples=8"]  # fmt: skip
+    ours = run_cli(*common, "--env=metaworld", "--tasks=[push-v3]", "--workers=1", f"--output={tmp_path / 'a.json'}")
+    theirs = run_cli(*common, "--env.type=metaworld_detour", "--env.task=push-v3", f"--output={tmp_path / 'b.json'}")
+    assert ours.returncode == 0 and theirs.returncode == 0, (ours.stderr + theirs.stderr)[-3000:]
+    (a,), (b,) = (json.loads((tmp_path / f).read_text()) for f in ("a.json", "b.json"))
+    assert b["env_type"] == "metaworld_detour" and list(b["per_task"]) == ["metaworld_detour"]
+    mine, lerobots = a["per_task"]["push-v3"], b["per_task"]["metaworld_detour"]
+    assert lerobots["episode_seeds"] == mine["episode_seeds"] == [7_000_000, 7_000_001, 7_000_002]
+    assert lerobots["episode_success"] == mine["episode_success"] and b["env_steps"] == a["env_steps"]
+    assert b["chunks"] == a["chunks"] and b["passes_per_env_step"] == a["passes_per_env_step"]
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [(["--env.task=push-v3"], "--env.* settings need --env.type"),
+     (["--env.type=nowhere"], "nowhere"),
+     (["--env.type=metaworld_detour", "--env=metaworld"], "both name an env; keep one"),
+     (["--env.type=metaworld_detour", "--env.task=fly-v3"], "env.task 'fly-v3' is not a task of mode")],
+)  # fmt: skip
+def test_eval_lerobot_env_bad_input(tiny_run, args, message):
+    out, _ = tiny_run
+    result = run_cli("eval", f"--policy.path={out / 'seed0' / '2rf'}", f"--dataset.root={out / 'data' / 'heldout'}", *args)
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 2 and len(lines) == 1 and message in lines[0], result.stderr[-2000:]
+
+
 def test_eval_on_a_task_the_policy_never_saw_is_one_line_naming_the_known_ones(tiny_run, tmp_path):
     out, _ = tiny_run
     result = run_cli(
@@ -280,3 +311,24 @@ def test_near_goal_actions_script_compares_every_stage_with_the_expert(tiny_run,
         assert 0.0 <= cell["success"] <= 1.0 and len(cell["failures_closest_hand_goal_m"]) == round(1 - cell["success"])
         for part in ("near_goal_successes", "near_goal_failures"):
             assert cell[part] is None or (cell[part]["states"] > 0 and len(cell[part]["bias_xyz"]) == 3)
+
+
+def test_compare_runs_script_pairs_two_runs_cell_by_cell(tiny_run):
+    """scripts/compare_runs.py (docs/results.md's expert-aim table): a run against itself differs by 0 in every
+    cell; a changed episode outcome moves exactly that cell."""
+    import copy
+    import runpy
+
+    compare = runpy.run_path(str(REPO / "scripts" / "compare_runs.py"))["compare"]
+    out, _ = tiny_run
+    base = json.loads((out / "results.json").read_text())
+    lines = compare(base, base, "a", "b")
+    cells = {(r["name"], r["nfe"]) for r in base["rows"] if r["n_action_steps"] == r["policy_n_action_steps"]}
+    assert lines[0].startswith("| stage | steps | a | b | b - a, points (paired 95% CI) |") and len(lines) == 2 + len(cells)
+    assert all("| +0.0 (+0.0, +0.0) |" in line for line in lines[2:])
+    changed = copy.deepcopy(base)
+    row = next(r for r in changed["rows"] if r["name"] == "2-RF" and r["nfe"] == 1)
+    flags = row["per_task"]["reach-v3"]["episode_success"]
+    flags[0] = not flags[0]  # one of the 2 episodes (1 per task) flips: +-50 points
+    moved = [line for line in compare(base, changed) if "| +0.0 (+0.0, +0.0) |" not in line][2:]
+    assert len(moved) == 1 and moved[0].startswith("| 2-RF | 1 |") and ("+50.0" in moved[0] or "-50.0" in moved[0])

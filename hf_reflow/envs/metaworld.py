@@ -33,11 +33,8 @@ import dataclasses
 import os
 import sys
 
-# MuJoCo picks its OpenGL backend when it is first imported: without a display, EGL is the only
-# headless backend that works here, so choose it before metaworld imports mujoco.
+# `hf_reflow.envs` (imported first) chooses MuJoCo's headless OpenGL backend; one imported before it keeps its own.
 _MUJOCO_IMPORTED_EARLY = "mujoco" in sys.modules
-if "MUJOCO_GL" not in os.environ and not os.environ.get("DISPLAY"):
-    os.environ["MUJOCO_GL"] = "egl"
 
 import atexit  # noqa: E402
 import functools  # noqa: E402

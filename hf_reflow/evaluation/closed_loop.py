@@ -144,20 +144,27 @@ class PolicyController:
         return torch.randn((1, *self.noise_shape), generator=torch.Generator().manual_seed(self.chunk_seed(chunk)))
 
     def __call__(self, state: np.ndarray) -> np.ndarray:
+        """(41,) Meta-World state -> (action_dim,) action; records the hand and, with a camera, frames."""
+        raw = {"observation.state": torch.from_numpy(np.asarray(state, np.float32)).unsqueeze(0)}
+        if self.task is not None:
+            raw["task"] = self.task
+        self._look(raw)
+        self.hand.append(np.asarray(state[:3], dtype=np.float64))
+        return self.act(raw)
+
+    def act(self, raw: dict[str, Any]) -> np.ndarray:
+        """A LeRobot observation batch (batch 1, before the policy's processors) -> (action_dim,) action, with
+        the paired noise of this episode's current chunk."""
         paired = self.noise == "per_chunk"
         if paired and self.step % self.n_action_steps == 0:  # the policy's queue is empty: a new chunk starts
             chunk = self.step // self.n_action_steps
             self._noise = self.chunk_noise(chunk)
             if not self.takes_noise:
                 torch.manual_seed(self.chunk_seed(chunk))
-        raw = {"observation.state": torch.from_numpy(np.asarray(state, np.float32)).unsqueeze(0)}
-        if self.task is not None:
-            raw["task"] = self.task
-        self._look(raw)
         self.step += 1
-        self.hand.append(np.asarray(state[:3], dtype=np.float64))
         batch = self.preprocessor(raw)
-        noise = {"noise": self._noise.to(batch["observation.state"])} if paired and self.takes_noise else {}
+        like = next(v for v in batch.values() if isinstance(v, torch.Tensor) and v.is_floating_point())
+        noise = {"noise": self._noise.to(like)} if paired and self.takes_noise else {}
         with torch.no_grad():
             action = self.policy.select_action(batch, **noise)
         action = self.postprocessor(action).squeeze(0).cpu().numpy()
@@ -396,8 +403,9 @@ def summarise(episodes: list[dict[str, Any]]) -> dict[str, Any]:
         "success_rate": float(np.mean([e["success"] for e in episodes])),
         "collision_rate": float(np.mean([e["collided"] for e in episodes])),
         **{f"{o}_rate": outcomes.count(o) / len(episodes) for o in OUTCOMES[2:]},
-        "left_share": float(np.mean([e["side_taken"] == LEFT for e in episodes])),
-        "side_switches": float(np.mean([e["side_switches"] for e in episodes])),
+        # Envs without the detour (any LeRobot env) record no side: None.
+        "left_share": _nanmean([float(e["side_taken"] == LEFT) for e in episodes if e.get("side_taken") is not None]),
+        "side_switches": _nanmean([e.get("side_switches") for e in episodes]),
         "mean_steps": float(np.mean([e["steps"] for e in successes])) if successes else None,
         "env_steps": int(sum(e["steps"] for e in episodes)),
         "chunks": int(sum(-(-e["steps"] // stride) for e in episodes)),
@@ -427,12 +435,13 @@ def pool(per_task: list[dict]) -> dict:
     episodes = sum(s["episodes"] for s in per_task)
     successes = sum(s["successes"] for s in per_task)
     steps = [s["mean_steps"] * s["successes"] for s in per_task if s["mean_steps"] is not None]
-    rates = ("success_rate", "collision_rate", "stall_rate", "timeout_rate", "left_share", "side_switches")
+    rates = ("success_rate", "collision_rate", "stall_rate", "timeout_rate")
     return {
         "episodes": episodes,
         "successes": successes,
         "misses": sum(s["misses"] for s in per_task),
         **{key: sum(s[key] * s["episodes"] for s in per_task) / episodes for key in rates},
+        **{key: _weighted(per_task, key, "episodes") for key in ("left_share", "side_switches")},
         "mean_steps": sum(steps) / successes if successes else None,
         "env_steps": sum(s["env_steps"] for s in per_task),
         "chunks": sum(s["chunks"] for s in per_task),
