@@ -216,8 +216,12 @@ def cmd_space(args: list[str]) -> int:
     cfg = parse_config(SpaceConfig, args, command="space")
     from hf_reflow import space
 
-    if cfg.bundle:
-        print(f"Space written: {space.bundle(cfg.bundle)}")
+    if cfg.bundle:  # a deployable folder showing the chain (as Hub ids: what a Space can download)
+        from hf_reflow.hub import Hub
+
+        chain = space.hub_chain(cfg.chain, cfg.policies, env=cfg.env, dataset_repo_id=cfg.dataset.repo_id)
+        folder = space.build(cfg.bundle, space.with_env(chain, Hub()))
+        print(f"Space written: {folder} showing {', '.join(chain.models)} ({chain.env})")
         return 0
     if cfg.push:
         from hf_reflow.hub import Hub, check_repo_id

@@ -665,7 +665,7 @@ class SpaceConfig:
     env: str | None = _opt(None, "closed-loop env: toy | metaworld; null: from the chain")
     port: int | None = _opt(None, "server port (1..65535); null: Gradio's default")
     allow_any_policy: bool = _opt(False, "let visitors load any local path / Hub id, not only the chain's stages (a private server only)")
-    bundle: str | None = _opt(None, "write a deployable Space to this folder instead of serving")
+    bundle: str | None = _opt(None, "write a deployable Space showing --chain (Hub ids, as --push) to this folder instead of serving")
     push: bool = _opt(False, "push a Gradio Space showing the chain (Hub ids: pushed stages or --chain=a/x-1rf,a/x-2rf) to repo_id")
     repo_id: str | None = _opt(None, "the Space to push to, namespace/name (with --push=true)")
     private: bool = _opt(False, "create the Space private (with --push=true)")

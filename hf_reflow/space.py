@@ -1,9 +1,9 @@
 """The Gradio Space from the command line: serve `space/app.py`, bundle it for deployment, or push it.
 
 `space/` lives in the repository, not in the package, so all three need a checkout (an editable install).
-A bundle is `space/`'s files plus a copy of the `hf_reflow` package, a folder that deploys as a Space
-as is (`requirements.txt` lists the third-party packages, `packages.txt` the Debian ones that MuJoCo's
-EGL rendering needs on a CPU Space).
+A bundle is `space/`'s files plus the `hf_reflow` modules the app imports (`app_modules`), a folder that
+deploys as a Space as is (`requirements.txt` lists the third-party packages, `packages.txt` the Debian ones
+that MuJoCo's EGL rendering needs on a CPU Space).
 
 A pushed Space shows a chain of Hub models: the bundle plus `chain.json` (the stages as Hub ids, read by
 `app.py`) and a README header whose `models` and `preload_from_hub` list them, so the Hub links them
@@ -15,9 +15,11 @@ and the Space downloads them at build time. A local stage counts once it was pus
 
 from __future__ import annotations
 
+import ast
 import importlib.util
 import json
 import logging
+import re
 import shutil
 import tempfile
 from dataclasses import dataclass, field
@@ -54,7 +56,8 @@ def load_app() -> ModuleType:
 
 
 def bundle(destination: str | Path) -> Path:
-    """Write a deployable Space to `destination` (which must not exist or be empty)."""
+    """Write the Space's files and the `hf_reflow` modules its app imports (`app_modules`) to `destination`
+    (which must not exist or be empty); `build` adds the chain it shows."""
     destination = Path(destination)
     if destination.exists() and any(destination.iterdir()):
         raise ConfigError(f"{str(destination)!r} is not empty; choose a new --bundle folder or delete it.")
@@ -62,8 +65,58 @@ def bundle(destination: str | Path) -> Path:
     for name in SPACE_FILES:
         shutil.copy2(SPACE_DIR / name, destination / name)
     package = Path(__file__).resolve().parent
-    shutil.copytree(package, destination / "hf_reflow", ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    for file in app_modules():
+        target = destination / "hf_reflow" / file.relative_to(package)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(file, target)
     return destination
+
+
+_MODULE_NAME = re.compile(r"hf_reflow(?:\.\w+)*")
+
+
+def app_modules() -> list[Path]:
+    """The files of `hf_reflow` that `space/app.py` needs: its imports followed through every import statement
+    (function-level ones too) and every module named in a string (the policy factory's lazy adapters, gym entry
+    points), with the `__init__.py` of each package on the way. Training, publishing and test helpers stay out."""
+    package = Path(__file__).resolve().parent
+    todo, found = [SPACE_DIR / "app.py", SPACE_DIR / "figures.py"], set()
+    while todo:
+        for name in _hf_reflow_names(ast.parse(todo.pop().read_text(encoding="utf-8"))):
+            for file in _module_files(package, name):
+                if file not in found:
+                    found.add(file)
+                    todo.append(file)
+    return sorted(found)
+
+
+def _hf_reflow_names(tree: ast.AST) -> list[str]:
+    """Dotted names under `hf_reflow` a module imports, or names as a string (`pkg.mod` / `pkg.mod:Class`)."""
+    names: list[str] = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names += [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+            names += [node.module, *(f"{node.module}.{alias.name}" for alias in node.names)]
+        elif isinstance(node, ast.Constant) and isinstance(node.value, str):
+            names.append(node.value.split(":")[0])
+    return [n for n in names if _MODULE_NAME.fullmatch(n)]
+
+
+def _module_files(package: Path, name: str) -> list[Path]:
+    """`hf_reflow.a.b[.attr]` -> hf_reflow/__init__.py, a/__init__.py, a/b.py (or b/__init__.py): as far as
+    the name is a module."""
+    files, folder = [package / "__init__.py"], package
+    for part in name.split(".")[1:]:
+        if (folder / part / "__init__.py").is_file():
+            folder = folder / part
+            files.append(folder / "__init__.py")
+        elif (folder / f"{part}.py").is_file():
+            files.append(folder / f"{part}.py")
+            break
+        else:  # an attribute of the module above
+            break
+    return files
 
 
 # ---- the chain a pushed Space shows -------------------------------------------------------------
@@ -72,7 +125,7 @@ class HubChain:
     """Stages as (display name, Hub model id), plus the env, its tasks and an optional Hub dataset."""
 
     stages: list[tuple[str, str]]
-    env: str = "metaworld"
+    env: str | None = None  # None: read from the models' own config (`with_env`)
     tasks: list[str] = field(default_factory=lambda: ["reach-v3", "push-v3"])
     dataset_repo_id: str | None = None
 
@@ -107,21 +160,23 @@ def hub_chain(chain: str | None = None, policies: list[str] | None = None, *, en
     """The chain to push as Hub ids: `policies`, else `chain` (a pipeline output dir, or `name=repo`
     items separated by commas), else `outputs/metaworld`. A local stage must have been pushed (its
     `hub.json` names the repo); otherwise one `ConfigError` names every unpushed stage."""
+    from_file = None  # a pipeline output dir, whose pipeline.json records the env
     if policies:
-        specs, spec_chain = compare.parse_policy_lines("\n".join(policies)), compare.Chain(stages=[])
+        specs = compare.parse_policy_lines("\n".join(policies))
     elif chain and (Path(chain) / compare.PIPELINE_FILE).is_file():
-        spec_chain = compare.read_chain(chain)
-        specs = spec_chain.stages
+        from_file = chain
     elif chain:
-        specs, spec_chain = compare.parse_policy_lines(chain), compare.Chain(stages=[])
+        specs = compare.parse_policy_lines(chain)
     elif (Path(compare.DEFAULT_CHAIN_DIR) / compare.PIPELINE_FILE).is_file():
-        spec_chain = compare.read_chain(compare.DEFAULT_CHAIN_DIR)
-        specs = spec_chain.stages
+        from_file = compare.DEFAULT_CHAIN_DIR
     else:
         raise ConfigError(
-            f"no chain to push: {compare.DEFAULT_CHAIN_DIR!r} holds no {compare.PIPELINE_FILE}; pass "
-            "--chain=<pipeline output dir whose stages were pushed> or --chain=<Hub ids, e.g. you/mw-1rf,you/mw-2rf>."
+            f"a Space shows a chain of Hub models and none was given: {compare.DEFAULT_CHAIN_DIR!r} holds no "
+            f"{compare.PIPELINE_FILE}; pass --chain=<pipeline output dir whose stages were pushed> or "
+            "--chain=<Hub ids, e.g. you/mw-1rf,you/mw-2rf>."
         )
+    spec_chain = compare.read_chain(from_file) if from_file else compare.Chain(stages=[])
+    specs = spec_chain.stages if from_file else specs
     if not specs:
         raise ConfigError("the chain to push lists no stage; pass --chain=you/mw-1rf,you/mw-2rf.")
     stages, unpushed = [], []
@@ -138,7 +193,33 @@ def hub_chain(chain: str | None = None, policies: list[str] | None = None, *, en
         )
     root = spec_chain.dataset_root
     dataset = dataset_repo_id or (hub_id(spec_chain.dataset_repo_id) if not root else None)
-    return HubChain(stages=stages, env=env or spec_chain.env, tasks=spec_chain.tasks, dataset_repo_id=dataset)
+    return HubChain(stages=stages, env=env or (spec_chain.env if from_file else None), tasks=spec_chain.tasks,
+                    dataset_repo_id=dataset)  # fmt: skip
+
+
+# The env a checkpoint was trained for, by the shapes of its state and action: (state, action) -> env.
+ENV_SHAPES = {((41,), (4,)): "metaworld", ((4,), (2,)): "toy"}  # metaworld.STATE_DIM / ACTION_DIM, toy's
+
+
+def with_env(chain: HubChain, hub: Any) -> HubChain:
+    """`chain` with its env: the one given, else the one its models' config.json shapes say (all must agree)."""
+    if chain.env is not None:
+        return chain
+    envs = {}
+    for _, model in chain.stages:
+        config = json.loads(hub.read_text(model, "config.json") or "{}")
+        shapes = tuple(tuple((config.get(k) or {}).get(f, {}).get("shape") or ())
+                       for k, f in (("input_features", "observation.state"), ("output_features", "action")))  # fmt: skip
+        envs[model] = ENV_SHAPES.get(shapes)
+        if envs[model] is None:
+            raise ConfigError(
+                f"cannot tell which env {model} was trained for (state {shapes[0]}, action {shapes[1]}); pass --env=toy "
+                "or --env=metaworld."
+            )
+    if len(set(envs.values())) > 1:
+        raise ConfigError(f"the chain's models were trained for different envs ({envs}); show one chain per env.")
+    chain.env = next(iter(envs.values()))
+    return chain
 
 
 def _pushed_repo(path: str) -> str | None:
@@ -154,6 +235,8 @@ def build(destination: str | Path, chain: HubChain) -> Path:
     """A bundle that shows `chain`: the header names its models (and preloads them), `chain.json` lists them."""
     from huggingface_hub import SpaceCard
 
+    if chain.env is None:
+        raise ConfigError("the Space's chain has no env; pass --env=toy or --env=metaworld (or use space.with_env).")
     folder = bundle(destination)
     card = SpaceCard.load(folder / "README.md")
     card.data.models = chain.models
@@ -183,6 +266,7 @@ def push(repo_id: str, chain: HubChain, *, private: bool = False, hub: Any = Non
                 "%s (%s) is private: give the Space an HF_TOKEN secret that can read it", model, name
             )
     hub.check_push_access(repo_id, repo_type="space", private=private, create=True, space_sdk=SPACE_SDK)
+    chain = with_env(chain, hub)
     with tempfile.TemporaryDirectory(prefix="hf-reflow-space-") as tmp:
         folder = build(Path(tmp) / "space", chain)
         names = ", ".join(name for name, _ in chain.stages)

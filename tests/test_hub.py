@@ -543,8 +543,15 @@ def test_space_push_refuses_unpushed_stages_then_names_and_preloads_the_chain(
         None,
     )
 
+    bundled = run_cli(env, "space", f"--bundle={tmp_path / 'bundle'}", f"--chain={chain}")  # deployable as is
+    assert bundled.returncode == 0 and "showing alice/toy-1rf, alice/toy-2rf (metaworld)" in bundled.stdout, bundled.stderr
+    assert (tmp_path / "bundle" / "chain.json").read_bytes() == files["chain.json"]
+    by_hub_ids = run_cli(env, "space", f"--bundle={tmp_path / 'b2'}", "--chain=alice/toy-1rf,alice/toy-2rf")
+    assert by_hub_ids.returncode == 0, by_hub_ids.stderr  # no pipeline.json: the env from the models' own shapes
+    assert json.loads((tmp_path / "b2" / "chain.json").read_text())["env"] == "toy"
+
     commits = len(online.repo("alice/compare", "spaces").history())
-    by_id = space.hub_chain("1-RF=alice/toy-1rf,2-RF=alice/toy-2rf")  # --chain with Hub ids: the same Space
+    by_id = space.hub_chain("1-RF=alice/toy-1rf,2-RF=alice/toy-2rf", env="metaworld")  # --chain with Hub ids: the same Space
     by_id.tasks = ["reach-v3"]
     assert not space.push("alice/compare", by_id, hub=fast_hub()).created
     assert len(online.repo("alice/compare", "spaces").history()) == commits

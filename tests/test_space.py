@@ -21,6 +21,7 @@ import yaml
 from conftest import REPO, run_cli, train_config
 
 from hf_reflow.artifacts.checkpoints import CheckpointCache
+from hf_reflow.errors import ConfigError
 from hf_reflow.evaluation import compare
 
 STEP_COUNTS = [1, 2, 4, 10]
@@ -319,22 +320,30 @@ def test_no_chain_says_how_to_get_one(tmp_path, monkeypatch, capsys):
         assert "hf-reflow/flow_mlp" not in line
 
 
-def test_bundle_is_a_deployable_space(tmp_path):
-    result = run_cli("space", f"--bundle={tmp_path / 'bundle'}", timeout=120)
-    assert result.returncode == 0, result.stderr
-    for name in (
-        "app.py",
-        "figures.py",
-        "README.md",
-        "requirements.txt",
-        "packages.txt",
-        "hf_reflow/evaluation/compare.py",
-        "hf_reflow/sampling.py",
-    ):
-        assert (tmp_path / "bundle" / name).is_file(), name
-    assert "libegl1" in (tmp_path / "bundle" / "packages.txt").read_text().split()  # MuJoCo's EGL, headless
-    again = run_cli("space", f"--bundle={tmp_path / 'bundle'}", timeout=120)
-    assert again.returncode == 2 and "is not empty" in again.stderr
+def test_bundle_is_a_deployable_space_holding_only_what_the_app_imports(tmp_path):
+    from hf_reflow import space
+
+    chain = space.HubChain(stages=[("1-RF", "alice/mw-1rf")], env="metaworld", tasks=["reach-v3"])
+    folder = space.build(tmp_path / "bundle", chain)
+    for name in ("app.py", "figures.py", "README.md", "requirements.txt", "packages.txt", "chain.json",
+                 "hf_reflow/evaluation/compare.py", "hf_reflow/sampling.py",
+                 "hf_reflow/policies/smolvla.py"):  # fmt: skip  (the factory names its adapters as strings)
+        assert (folder / name).is_file(), name
+    shipped = {p.relative_to(folder / "hf_reflow").as_posix() for p in (folder / "hf_reflow").rglob("*.py")}
+    assert not [p for p in shipped if p.startswith(("training/", "testing/")) or p in ("cli.py", "pipeline.py")]
+    assert shipped == {p.relative_to(REPO / "hf_reflow").as_posix() for p in space.app_modules()}
+    assert "libegl1" in (folder / "packages.txt").read_text().split()  # MuJoCo's EGL, headless
+    with pytest.raises(ConfigError, match="is not empty"):
+        space.build(folder, chain)
+    with pytest.raises(ConfigError, match="has no env; pass --env=toy or --env=metaworld"):
+        space.build(tmp_path / "other", space.HubChain(stages=[("1-RF", "alice/mw-1rf")]))
+
+
+def test_a_bundle_without_a_chain_says_how_to_give_one(tmp_path):
+    result = run_cli("space", f"--bundle={tmp_path / 'bundle'}", f"--chain={tmp_path / 'nothing'}", timeout=120)
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 2 and len(lines) == 1 and "--chain" in lines[0], result.stderr
+    assert not (tmp_path / "bundle").exists()
 
 
 def test_a_pushed_space_shows_its_hub_chain(tmp_path, monkeypatch):
@@ -344,7 +353,7 @@ def test_a_pushed_space_shows_its_hub_chain(tmp_path, monkeypatch):
 
     from hf_reflow import space
 
-    chain = space.HubChain(stages=[("1-RF", "alice/mw-1rf"), ("2-RF", "alice/mw-2rf")], tasks=["reach-v3"])
+    chain = space.HubChain(stages=[("1-RF", "alice/mw-1rf"), ("2-RF", "alice/mw-2rf")], env="metaworld", tasks=["reach-v3"])
     folder = space.build(tmp_path / "space", chain)
     header = yaml.safe_load((folder / "README.md").read_text().split("---\n")[1])
     assert header["models"] == header["preload_from_hub"] == ["alice/mw-1rf", "alice/mw-2rf"]
