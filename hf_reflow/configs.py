@@ -904,9 +904,27 @@ def train_config(pairs: list[Pair], *, teacher_config: dict[str, Any] | None = N
     return config
 
 
+# Settings that name local paths: stored resolved, so `--config_path=<a run's train_config.json>` reproduces the
+# run from any directory. A value that is no local path (a Hub id) is kept as given.
+PATH_KEYS = (("output_dir",), ("dataset", "root"), ("teacher", "path"), ("couplings", "path"), ("policy", "pretrained_path"))
+
+
+def resolved_paths(data: dict[str, Any]) -> dict[str, Any]:
+    """`TrainConfig.to_dict()` with every local path in `PATH_KEYS` made absolute (the output dir always)."""
+    data = json.loads(json.dumps(data))  # a deep copy
+    for *parents, leaf in PATH_KEYS:
+        node = data
+        for key in parents:
+            node = node.get(key) if isinstance(node, dict) else None
+        value = node.get(leaf) if isinstance(node, dict) else None
+        if isinstance(value, str) and value and (leaf == "output_dir" or Path(value).exists()):
+            node[leaf] = str(Path(value).resolve())
+    return data
+
+
 def save_config(config: TrainConfig, path: Path, record: dict[str, Any] | None = None) -> None:
     """Write `config` (plus `record`, e.g. `optim_used`, ignored when read back) as JSON: a recipe for --config_path."""
-    data = {**config.to_dict(), **(record or {})}
+    data = {**resolved_paths(config.to_dict()), **(record or {})}
     path.write_text(json.dumps(data, indent=2, sort_keys=True))
 
 

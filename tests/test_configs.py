@@ -115,6 +115,8 @@ def test_train_config_json_is_a_recipe(tmp_path, teacher):
     assert config.policy.hidden_dim == 48 and str(config.policy.pretrained_path) == teacher  # the teacher's config
     save_config(config, tmp_path / "train_config.json", {"optim_used": {"optimizer": {"type": "adamw"}}})
     again = parse_train_config([f"--config_path={tmp_path / 'train_config.json'}"])
+    assert again.output_dir == str(Path(config.output_dir).resolve())  # stored resolved: reproducible from anywhere
+    again.output_dir = config.output_dir
     assert again == config
 
 
@@ -163,7 +165,8 @@ def test_policy_path_starts_from_the_checkpoints_config(tmp_path):
     assert policy.type == "flow_mlp" and policy.hidden_dim == 48 and policy.chunk_size == 8
     assert policy.n_action_steps == 2 and str(policy.pretrained_path) == checkpoint
     save_config(config, tmp_path / "train_config.json")
-    assert parse_train_config([f"--config_path={tmp_path / 'train_config.json'}"]) == config  # same start, same fields
+    again = parse_train_config([f"--config_path={tmp_path / 'train_config.json'}", f"--output_dir={config.output_dir}"])
+    assert again == config  # same start, same fields (the output dir is stored resolved)
 
 
 def test_a_student_starts_from_its_teachers_config(teacher):
@@ -322,3 +325,32 @@ def test_dataset_video_backend_reaches_the_dataset(toy_dataset, monkeypatch):
     assert seen["video_backend"] == "pyav"
     with pytest.raises(ConfigError, match="dataset.video_backend"):
         parse_train_config(["--dataset.video_backend=ffmpeg"])
+
+
+def test_a_runs_train_config_reproduces_it_from_another_directory(tmp_path, toy_dataset, monkeypatch):
+    """Relative paths typed in one directory are stored resolved, so the run's train_config.json, given as
+    --config_path from elsewhere, trains the same weights (bitwise on this machine) and resumes as the same run."""
+    import json
+    import shutil
+
+    from safetensors.torch import load_file
+
+    from hf_reflow.artifacts.run_dir import check_run_dir
+    from hf_reflow.training.trainer import ReflowTrainer
+
+    work, elsewhere = tmp_path / "work", tmp_path / "elsewhere"
+    shutil.copytree(toy_dataset, work / "data")
+    elsewhere.mkdir()
+    monkeypatch.chdir(work)
+    args = ["--dataset.root=data", "--output_dir=runs/1rf", "--steps=3", "--batch_size=8", "--log_with=[]",
+            "--policy.hidden_dim=16", "--policy.chunk_size=4", "--policy.n_action_steps=2"]  # fmt: skip
+    first = Path(ReflowTrainer(parse_train_config(args)).train()).resolve()
+    saved = json.loads((work / "runs" / "1rf" / "train_config.json").read_text())
+    assert saved["dataset"]["root"] == str(work / "data") and saved["output_dir"] == str(work / "runs" / "1rf")
+    assert check_run_dir(parse_train_config([*args, "--resume=true"]))  # the same run, typed relative: finished
+    monkeypatch.chdir(elsewhere)
+    config = parse_train_config([f"--config_path={work / 'runs' / '1rf' / 'train_config.json'}", "--output_dir=again"])
+    assert config.dataset.root == str(work / "data")
+    again = ReflowTrainer(config).train()
+    a, b = (load_file(str(Path(p) / "model.safetensors")) for p in (first, again))
+    assert a.keys() == b.keys() and all(a[k].equal(b[k]) for k in a)

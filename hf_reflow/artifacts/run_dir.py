@@ -22,7 +22,7 @@ from pathlib import Path
 
 from hf_reflow.artifacts.checkpoints import PRETRAINED_DIR, check_weights
 from hf_reflow.artifacts.run_lock import LOCK_FILE
-from hf_reflow.configs import RECORD_KEYS, TrainConfig
+from hf_reflow.configs import RECORD_KEYS, TrainConfig, resolved_paths
 from hf_reflow.errors import CheckpointError, ConfigError
 
 logger = logging.getLogger(__name__)
@@ -58,8 +58,9 @@ def check_run_dir(config: TrainConfig) -> bool:
             f"output dir {str(output_dir)!r} already holds a run; pass --resume=true to continue it "
             "or choose another --output_dir."
         )
-    mine = {k: v for k, v in config.to_dict().items() if k not in IGNORED_ON_RESUME}
-    theirs = {k: v for k, v in _saved_config(saved).to_dict().items() if k not in IGNORED_ON_RESUME}
+    # Compared with local paths resolved, as they are stored: the same run typed from another directory is the same run.
+    mine = {k: v for k, v in resolved_paths(config.to_dict()).items() if k not in IGNORED_ON_RESUME}
+    theirs = {k: v for k, v in resolved_paths(_saved_config(saved).to_dict()).items() if k not in IGNORED_ON_RESUME}
     if mine != theirs:
         changed = sorted(k for k in mine.keys() | theirs.keys() if mine.get(k) != theirs.get(k))
         raise CheckpointError(
