@@ -45,7 +45,12 @@ def cmd_train(args: list[str]) -> int:
 
     # As TRL's scripts: the repo and write access are checked before training, the push comes after it.
     repo_id = check_stage_push(config) if config.push_to_hub else None
-    final = ReflowTrainer(config).train()
+    evaluate = None
+    if config.env is not None:  # lerobot-train's evaluation during training
+        from hf_reflow.evaluation.lerobot_envs import training_evaluator
+
+        evaluate = training_evaluator(config.env, episodes=config.eval.n_episodes, nfe=config.final_num_steps)
+    final = ReflowTrainer(config, evaluate=evaluate).train()
     if repo_id is not None:
         push_stage_from_main_process(config, final, repo_id)
     print(f"final checkpoint: {final}")

@@ -41,6 +41,7 @@ from hf_reflow.parsing import (
     decode,
     decode_policy,
     flatten,
+    parse_env_config,
     policy_config_class,
     rename,
     render_help,
@@ -75,14 +76,13 @@ ALIASES = {
     "scheduler.num_decay_steps": "optim.decay_steps",
     "scheduler.peak_lr": "optim.lr",
 }
-_EVAL_AFTER = ("hf-reflow does not evaluate during training; evaluate the saved stages afterwards, by step count: "
-               "`hf-reflow eval --policy.path=RUN --env=metaworld` or `lerobot-eval --policy.path=CKPT --env.type=...`")  # fmt: skip
 # lerobot-train flags (`TrainPipelineConfig`) hf-reflow does not honour, refused by name with what to do instead
 # (never accepted and ignored). Every other lerobot-train field is accepted: tests/test_configs.py walks them all.
 LEROBOT_TRAIN_REFUSED = {
-    "env": _EVAL_AFTER,
-    "env_eval_freq": _EVAL_AFTER,
-    "eval": _EVAL_AFTER,
+    **dict.fromkeys(("eval.batch_size", "eval.use_async_envs"), "the evaluation during training runs one env in "
+                    "the training process; drop the flag"),
+    **dict.fromkeys(("eval.recording", "eval.recording_repo_id", "eval.recording_private"),
+                    "no episode recording during training; drop the flag (lerobot-eval --eval.recording=true records)"),
     "eval_steps": "no held-out loss during training; `hf-reflow eval --policy.path=RUN --dataset.root=DIR` measures a checkpoint offline",
     "max_eval_samples": "no held-out loss during training; `hf-reflow eval --num_samples=N` measures a checkpoint offline",
     "dataset.eval_split": "no held-out split during training; evaluate on held-out episodes afterwards with `hf-reflow eval`",
@@ -384,6 +384,18 @@ POLICY_HELP = (
 
 
 @dataclass
+class TrainEvalConfig:
+    """lerobot-train's `--eval.*` for the evaluation during training (`--env.type` + `--env_eval_freq`)."""
+
+    n_episodes: int = _opt(50, "closed-loop episodes per evaluation (paired: the same episode seeds every time)")
+
+    def __post_init__(self) -> None:
+        if self.n_episodes < 1:
+            raise ConfigError(f"eval.n_episodes must be >= 1, got {self.n_episodes}.")
+        _at_most("eval.n_episodes", self.n_episodes, MAX_COUNT)
+
+
+@dataclass
 class TrainConfig:
     """One training stage: 1-RF (`flow_matching`), k+1-RF (`reflow`), one-step `distill` or `shortcut` (1-2 steps)."""
 
@@ -425,9 +437,16 @@ class TrainConfig:
     flow: FlowConfig = _opt(help="flow-matching times and loss", factory=FlowConfig)
     optim: OptimConfig = _opt(help="optimizer and schedule", factory=OptimConfig)
     shortcut: ShortcutConfig = _opt(help="the shortcut stage", factory=ShortcutConfig)
+    # lerobot-train's evaluation during training: --env.type=TYPE --env.<field>=... (any LeRobot env, kept as
+    # given and parsed by LeRobot's EnvConfig), every env_eval_freq steps, eval.n_episodes episodes.
+    env: dict[str, Any] | None = _opt(None, "closed-loop evaluation during training in this LeRobot env: "
+                                      "--env.type=TYPE --env.<field>=VALUE (lerobot-train's flags)")
+    env_eval_freq: int = _opt(20_000, "with --env.type: evaluate every N steps and at the end (lerobot-train's)")
+    eval: TrainEvalConfig = _opt(help="evaluation during training", factory=lambda: TrainEvalConfig())
 
     def __post_init__(self) -> None:
         _choice("stage", self.stage, STAGES)
+        self._check_env()
         _choice("mixed_precision", self.mixed_precision, ("no", "fp16", "bf16"))
         for tracker in self.log_with:
             _choice("log_with", tracker, TRACKERS, " (wandb: --wandb.enable=true)" if tracker == "wandb" else "")
@@ -461,6 +480,12 @@ class TrainConfig:
                 f"hub_repo_template {self.hub_repo_template!r} is invalid ({e!r}); it may use {{hub_model_id}}, {{k}}, "
                 "{stage} and {suffix}, e.g. '{hub_model_id}-{k}rf{suffix}'."
             ) from None
+
+    def _check_env(self) -> None:
+        if self.env_eval_freq < 1:
+            raise ConfigError(f"env_eval_freq must be >= 1, got {self.env_eval_freq}.")
+        if self.env is not None:
+            parse_env_config([f"--env.{k}={v}" for k, v in self.env.items()])  # a wrong type or field fails now
 
     def _check_reuse(self) -> None:
         # Checkpoints fall on the first update of a batch, so a resumed run needs no couplings it did not save.

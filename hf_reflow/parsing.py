@@ -171,6 +171,8 @@ def decode(cls: type, pairs: list[Pair]) -> Parsed:
         elif dataclasses.is_dataclass(_without_none(hint)):
             keys = ", ".join(f.name for f in dataclasses.fields(_without_none(hint)))
             raise ConfigError(f"{pair.key} must be a mapping of keys (set one as --{pair.key}.KEY=VALUE; keys: {keys}), got {pair.value!r}.")
+        elif _is_mapping(hint) and not rest and pair.value is None and _optional(hint):
+            args.append(f"--{pair.key}=null")  # an optional section left unset (e.g. a saved run's `env: null`)
         elif _is_mapping(hint):
             _set_dotted(sections.setdefault(path, {}), rest, _yaml_value(pair.value) if pair.raw else pair.value)
         else:

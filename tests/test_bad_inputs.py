@@ -173,7 +173,10 @@ CASES = [
     Case("dataset_episodes_empty", [*TRAIN, "--dataset.episodes=[]"], "dataset.episodes is an empty list"),
     Case("device_not_here", [*TRAIN, "--policy.device=cuda"], "policy.device='cuda' is not available"),
     # lerobot-train would train adapters; full weights + a saved `use_peft: true` is a checkpoint stock LeRobot refuses
-    Case("lerobot_train_flag_refused", [*TRAIN, "--env_eval_freq=100"], "lerobot-train's --env_eval_freq is not supported"),
+    Case("lerobot_train_flag_refused", [*TRAIN, "--tolerance_s=0.1"], "lerobot-train's --tolerance_s is not supported"),
+    Case("train_eval_env_unknown", [*TRAIN, "--env.type=nowhere"], "env.type: invalid choice: 'nowhere'"),
+    Case("train_eval_env_bad_task", [*TRAIN, "--env.type=metaworld_detour", "--env.task=fly-v3"], "env.task 'fly-v3'"),
+    Case("train_eval_episodes_zero", [*TRAIN, "--eval.n_episodes=0"], "eval.n_episodes must be >= 1"),
     Case("peft_not_supported", [*TRAIN, "--policy.use_peft=true"], "policy.use_peft=true: hf-reflow trains every weight"),
     Case("recipe_duplicate_key", [*TRAIN, "--config_path={dup_yaml}"], "duplicate key 'steps'"),
     Case("recipe_nested_too_deep", [*TRAIN, "--config_path={deep_yaml}"], "nested too deeply"),

@@ -301,7 +301,7 @@ def test_lerobot_train_optimizer_and_scheduler_flags(args, expected):
 
 @pytest.mark.parametrize(
     ("flag", "fragment"),
-    [("--env.type=metaworld", "does not evaluate during training"), ("--env_eval_freq=100", "hf-reflow eval"),
+    [("--eval.batch_size=4", "one env in the training process"), ("--eval.recording=true", "no episode recording"),
      ("--peft.r=8", "no PEFT / LoRA adapters"), ("--dataset.revision=v1", "--dataset.root=DIR"),
      ("--use_policy_training_preset=false", "policy's preset"), ("--wandb.add_tags=false", "W&B tags"),
      ("--dataset.image_transforms.enable=true", "no augmentation")],

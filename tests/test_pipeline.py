@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -130,6 +131,25 @@ def test_eval_in_a_lerobot_env_pairs_with_our_own_closed_loop(tiny_run, tmp_path
     assert lerobots["episode_seeds"] == mine["episode_seeds"] == [7_000_000, 7_000_001, 7_000_002]
     assert lerobots["episode_success"] == mine["episode_success"] and b["env_steps"] == a["env_steps"]
     assert b["chunks"] == a["chunks"] and b["passes_per_env_step"] == a["passes_per_env_step"]
+
+
+def test_train_evaluates_in_a_lerobot_env_during_training_without_changing_the_weights(tiny_run, tmp_path):
+    """lerobot-train's --env.* + --env_eval_freq + --eval.n_episodes: an evaluation line (and tracker metrics)
+    every N steps and at the end; training's random generators are restored, so the weights equal a run without."""
+    from safetensors.torch import load_file
+
+    out, _ = tiny_run
+    args = ["train", f"--dataset.root={out / 'data' / 'demos'}", "--steps=4", "--batch_size=8", "--log_with=[]",
+            "--policy.hidden_dim=16", "--policy.num_blocks=1", "--policy.chunk_size=4", "--policy.n_action_steps=2"]  # fmt: skip
+    evaluated = run_cli(*args, f"--output_dir={tmp_path / 'a'}", "--env.type=metaworld_detour", "--env.task=reach-v3",
+                        "--env_eval_freq=2", "--eval.n_episodes=1")  # fmt: skip
+    plain = run_cli(*args, f"--output_dir={tmp_path / 'b'}")
+    assert evaluated.returncode == 0 and plain.returncode == 0, (evaluated.stderr + plain.stderr)[-3000:]
+    lines = [line for line in evaluated.stdout.splitlines() if line.startswith("eval step:")]
+    assert [line.split()[1] for line in lines] == ["step:2", "step:4"], evaluated.stdout
+    assert all(re.search(r"pc_success:[\d.]+ n_episodes:1 ", line) for line in lines)
+    a, b = (load_file(str(tmp_path / run / "pretrained_model" / "model.safetensors")) for run in ("a", "b"))
+    assert all(a[k].equal(b[k]) for k in a) and not list(tmp_path.joinpath("a").glob(".eval-*"))
 
 
 @pytest.mark.parametrize(

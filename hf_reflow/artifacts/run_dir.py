@@ -35,7 +35,7 @@ TRAIN_CONFIG = "train_config.json"
 IGNORED_ON_RESUME = (
     "resume", "output_dir", "push_to_hub", "hub_model_id", "hub_repo_template", "hub_private", "hub_revision",
     "hub_set_new_version",
-    "wandb", "job_name", *RECORD_KEYS,
+    "wandb", "job_name", "env", "env_eval_freq", "eval", *RECORD_KEYS,  # evaluation settings do not change the weights
 )  # fmt: skip
 
 

@@ -11,6 +11,8 @@ timeout (hand stalls are only known in our Meta-World env).
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -30,6 +32,7 @@ from hf_reflow.evaluation.closed_loop import (
     replanning,
     summarise,
 )
+from hf_reflow.parsing import parse_env_config
 
 
 def attach_env_closed_loop(rows: list[dict], env_cfg: Any, *, episodes: int,
@@ -66,6 +69,19 @@ def attach_env_closed_loop(rows: list[dict], env_cfg: Any, *, episodes: int,
     finally:
         close_envs(envs)
     return rows
+
+
+def training_evaluator(env_settings: dict[str, Any], *, episodes: int, nfe: int) -> Callable[[Path, int], dict[str, float]]:
+    """The evaluation during training (lerobot-train's `--env.*` + `--env_eval_freq`): `(checkpoint, step) ->
+    metrics`, the student at `nfe` steps over the same `episodes` episode seeds every time (paired across steps)."""
+    env_cfg = parse_env_config([f"--env.{key}={value}" for key, value in env_settings.items()])
+
+    def evaluate(checkpoint: Path, step: int) -> dict[str, float]:
+        (row,) = attach_env_closed_loop([{"checkpoint": str(checkpoint), "nfe": nfe}], env_cfg, episodes=episodes)
+        return {"eval/pc_success": 100 * row["success_rate"], "eval/n_episodes": float(row["episodes"]),
+                "eval/timeout_rate": row["timeout_rate"], "eval/collision_rate": row["collision_rate"]}  # fmt: skip
+
+    return evaluate
 
 
 def check_policy_fits_env(config: Any, env_cfg: Any, path: str) -> None:

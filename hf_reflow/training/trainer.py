@@ -22,12 +22,15 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import random
 import shutil
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from lerobot.common.wandb_utils import get_wandb_run_id_from_filesystem
 from torch import Tensor, nn
@@ -66,8 +69,11 @@ from hf_reflow.training.teacher import OnlineTeacher, check_compatible
 class ReflowTrainer:
     """Trains one stage described by a `TrainConfig`; `train()` returns the final checkpoint dir."""
 
-    def __init__(self, config: TrainConfig) -> None:
+    def __init__(self, config: TrainConfig, evaluate: Callable[[Path, int], dict[str, float]] | None = None) -> None:
+        """`evaluate(checkpoint_dir, step) -> metrics`: the closed-loop evaluation during training (lerobot-train's
+        `--env.*` + `--env_eval_freq`), given by the caller (training does not import evaluation)."""
         self.config = config
+        self.evaluate = evaluate
         self.output_dir = Path(config.output_dir)
         self.teacher: OnlineTeacher | None = None
         self.shared_backbone = False  # the teacher uses the student's frozen backbone (see `_share_backbone`)
@@ -267,6 +273,25 @@ class ReflowTrainer:
                 self._log_interval(state, fresh_batches * cfg.batch_size * accelerator.num_processes, progress)
             if cfg.save_every and (step + 1) % cfg.save_every == 0 and step + 1 < cfg.steps:
                 self._save_training_checkpoint(state, step + 1)
+            if self.evaluate is not None and ((step + 1) % cfg.env_eval_freq == 0 or step + 1 == cfg.steps):
+                self._evaluate(state, step + 1, progress)
+
+    def _evaluate(self, state: _LoopState, step: int, progress: Any) -> None:
+        """The student as it is now, saved to a temporary folder and evaluated by `self.evaluate` (main process);
+        every random generator is restored after, so training goes on as if no evaluation had run."""
+        accelerator, folder = state.accelerator, self.output_dir / f".eval-{step}.tmp"
+        self._save_pretrained(state, folder, self.config.final_num_steps)  # collective under FSDP
+        if accelerator.is_main_process:
+            generators = (random.getstate(), np.random.get_state(), torch.get_rng_state())
+            try:
+                metrics = self.evaluate(folder, step)
+            finally:
+                shutil.rmtree(folder, ignore_errors=True)
+                random.setstate(generators[0]), np.random.set_state(generators[1]), torch.set_rng_state(generators[2])
+            accelerator.log(metrics, step=step)
+            self.history.append({"step": step, **metrics})
+            progress.write(f"eval step:{step} " + " ".join(f"{k.removeprefix('eval/')}:{v:.3g}" for k, v in metrics.items()))
+        accelerator.wait_for_everyone()
 
     def _track(self, tracker: Any, metrics: dict[str, float], seconds: dict[str, float]) -> None:
         """One optimizer step into lerobot-train's meters (averaged until the next log line)."""
