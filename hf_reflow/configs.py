@@ -118,8 +118,6 @@ LEROBOT_TRAIN_REFUSED = {
     "dataset.return_uint8": "frames are read as float, as the policies' processors expect; drop the flag",
     "dataset.depth_output_unit": "depth cameras are not read; drop the flag",
     "dataset.streaming": "datasets are read from the local cache (downloaded once), not streamed; drop the flag",
-    "wandb.disable_artifact": "checkpoints are never uploaded to W&B as artifacts (there is nothing to disable); drop the flag",
-    "wandb.add_tags": "no automatic W&B tags; drop the flag",
 }
 
 
@@ -367,6 +365,8 @@ class WandbConfig:
     notes: str | None = _opt(None, "W&B run notes")
     run_id: str | None = _opt(None, "W&B run id, e.g. to continue a run after --resume=true")
     mode: str | None = _opt(None, "online | offline (no network; `wandb sync` later) | disabled; null: WANDB_MODE or online")
+    add_tags: bool = _opt(True, "tag the run policy:TYPE, seed:N, dataset:REPO_ID, stage:STAGE (lerobot-train's tags + the stage)")
+    disable_artifact: bool = _opt(False, "false: log the final model.safetensors as a W&B model artifact, as lerobot-train does")
 
     def __post_init__(self) -> None:
         if self.mode is not None:

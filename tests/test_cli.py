@@ -319,6 +319,8 @@ def test_wandb_offline_writes_its_run_folder(tmp_path, toy_dataset):
     assert proc.returncode == 0, proc.stderr[-3000:]
     runs = list((out / "wandb").glob("offline-run-*"))  # lerobot-train's place: output_dir/wandb
     assert len(runs) == 1 and list(runs[0].glob("run-*.wandb")), runs
+    log = next(runs[0].glob("run-*.wandb")).read_bytes()  # the run's record: tags and the model artifact
+    assert b"policy:flow_mlp" in log and b"stage:flow_matching" in log and b"run-000002" in log
     (out / "pretrained_model" / "model.safetensors").write_bytes(b"")  # damaged: --resume=true rebuilds it
     proc = run_cli("train", f"--dataset.root={toy_dataset}", f"--output_dir={out}", "--steps=2", *TINY, "--resume=true",
                    "--wandb.enable=true", "--wandb.mode=offline", "--wandb.project=hf-reflow-test")  # fmt: skip

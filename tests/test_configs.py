@@ -303,7 +303,7 @@ def test_lerobot_train_optimizer_and_scheduler_flags(args, expected):
     ("flag", "fragment"),
     [("--eval.batch_size=4", "one env in the training process"), ("--eval.recording=true", "no episode recording"),
      ("--peft.r=8", "no PEFT / LoRA adapters"), ("--dataset.revision=v1", "--dataset.root=DIR"),
-     ("--use_policy_training_preset=false", "policy's preset"), ("--wandb.add_tags=false", "W&B tags"),
+     ("--use_policy_training_preset=false", "policy's preset"), ("--save_checkpoint=false", "--save_every=N"),
      ("--dataset.image_transforms.enable=true", "no augmentation")],
 )  # fmt: skip
 def test_unsupported_lerobot_train_flags_are_refused_by_name(flag, fragment):

@@ -114,6 +114,10 @@ class ReflowTrainer:
         # wandb writes under output_dir/wandb, where lerobot-train's runs keep theirs.
         kwargs = {"dir": str(self.output_dir), "name": self.config.job_name or self.output_dir.name, "notes": w.notes}
         kwargs.update({k: v for k, v in (("entity", w.entity), ("mode", w.mode)) if v is not None})
+        if w.add_tags:  # lerobot-train's `cfg_to_group` tags, plus the stage
+            cfg = self.config
+            kwargs["tags"] = [f"policy:{cfg.policy.type}", f"seed:{cfg.seed}", f"dataset:{cfg.dataset.repo_id}",
+                              f"stage:{cfg.stage}"] + ([f"env:{cfg.env['type']}"] if cfg.env else [])  # fmt: skip
         run_id = w.run_id
         if run_id is None and self.config.resume and (self.output_dir / "wandb" / "latest-run").exists():
             run_id = get_wandb_run_id_from_filesystem(self.output_dir)  # --resume=true continues the same W&B run
@@ -204,6 +208,8 @@ class ReflowTrainer:
                 print(line, flush=True)
         self._run_steps(state, loader, start_step)
         final = self._save_final(state)
+        if self.config.wandb.enable and not self.config.wandb.disable_artifact and accelerator.is_main_process:
+            self._log_model_artifact(accelerator, final)
         accelerator.end_training()
         return final
 
@@ -275,6 +281,16 @@ class ReflowTrainer:
                 self._save_training_checkpoint(state, step + 1)
             if self.evaluate is not None and ((step + 1) % cfg.env_eval_freq == 0 or step + 1 == cfg.steps):
                 self._evaluate(state, step + 1, progress)
+
+    def _log_model_artifact(self, accelerator: Any, final: Path) -> None:
+        """The final weights as a W&B model artifact named as lerobot-train names its checkpoints' (tags joined)."""
+        import wandb
+
+        run = accelerator.get_tracker("wandb", unwrap=True)
+        name = f"{self.config.job_name or self.output_dir.name}-{self.config.steps:06d}".replace("/", "_").replace(":", "_")
+        artifact = wandb.Artifact(name, type="model")
+        artifact.add_file(str(final / "model.safetensors"))
+        run.log_artifact(artifact)
 
     def _evaluate(self, state: _LoopState, step: int, progress: Any) -> None:
         """The student as it is now, saved to a temporary folder and evaluated by `self.evaluate` (main process);
