@@ -27,6 +27,7 @@ from typing import Any, ClassVar
 import draccus
 from lerobot.configs import parser as lerobot_parser
 from lerobot.configs.policies import PreTrainedConfig
+from lerobot.transforms.transforms import ImageTransformsConfig
 
 from hf_reflow.errors import ConfigError
 from hf_reflow.flow import LOSSES, TIME_SAMPLERS, shortcut_levels
@@ -113,7 +114,6 @@ LEROBOT_TRAIN_REFUSED = {
     "dataset.repo_type": "datasets are read as Hub datasets (or a local --dataset.root); drop the flag",
     "dataset.revision": "the dataset is read at its main revision; download the one you want (`hf download REPO "
     "--repo-type=dataset --revision=REV --local-dir=DIR`) and pass --dataset.root=DIR",
-    "dataset.image_transforms": "images are used as stored (no augmentation); drop the --dataset.image_transforms.* flags",
     "dataset.use_imagenet_stats": "images are normalised with the dataset's own stats (meta/stats.json); drop the flag",
     "dataset.return_uint8": "frames are read as float, as the policies' processors expect; drop the flag",
     "dataset.depth_output_unit": "depth cameras are not read; drop the flag",
@@ -221,6 +221,10 @@ class DatasetConfig:
     num_workers: int = _opt(0, "DataLoader worker processes")
     in_memory: str = _opt("auto", "auto (small datasets without images) | always | never: hold the frames in memory")
     video_backend: str | None = _opt(None, "video decoder: torchcodec | pyav; null: torchcodec when its FFmpeg loads, else pyav")
+    image_transforms: ImageTransformsConfig = _opt(
+        help="lerobot-train's image augmentation (LeRobot's ImageTransforms): --dataset.image_transforms.enable=true",
+        factory=ImageTransformsConfig,
+    )
 
     def __post_init__(self) -> None:
         _choice("dataset.in_memory", self.in_memory, ("auto", "always", "never"))

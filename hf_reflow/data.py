@@ -123,6 +123,7 @@ def make_dataset(cfg: DatasetConfig, policy_config: Any) -> Dataset:
     """
     from lerobot.datasets.factory import resolve_delta_timestamps
     from lerobot.datasets.lerobot_dataset import LeRobotDataset
+    from lerobot.transforms.transforms import ImageTransforms
 
     meta = load_metadata(cfg)
     check_features(policy_config, meta)
@@ -132,6 +133,7 @@ def make_dataset(cfg: DatasetConfig, policy_config: Any) -> Dataset:
         dataset = LeRobotDataset(
             cfg.repo_id, root=cfg.root, episodes=cfg.episodes, delta_timestamps=delta,
             video_backend=cfg.video_backend or video_backend(),
+            image_transforms=ImageTransforms(cfg.image_transforms) if cfg.image_transforms.enable else None,
         )
     except Exception as e:  # pyarrow / datasets on a garbage or truncated data file (re-raised otherwise)
         if not is_data_file_error(e):

@@ -33,3 +33,23 @@ def test_in_memory_frames_equal_lerobot_items(toy_dataset, episodes):
                 assert value.dtype == got[key].dtype and torch.equal(value, got[key]), (key, i)
             else:
                 assert value == got[key], (key, i)
+
+
+def test_dataset_image_transforms_augment_the_frames_as_lerobot_train(image_dataset):
+    """lerobot-train's --dataset.image_transforms.*: LeRobot's ImageTransforms on every camera frame."""
+    import torch
+    from lerobot.datasets.lerobot_dataset import LeRobotDataset
+
+    from hf_reflow.configs import parse_train_config
+    from hf_reflow.data import make_dataset
+
+    config = parse_train_config([f"--dataset.root={image_dataset}", "--dataset.image_transforms.enable=true",
+                                 "--dataset.image_transforms.max_num_transforms=2"])  # fmt: skip
+    assert config.dataset.image_transforms.enable and config.dataset.image_transforms.max_num_transforms == 2
+    torch.manual_seed(0)
+    augmented = make_dataset(config.dataset, config.policy)
+    plain = LeRobotDataset("local/tiny_images", root=image_dataset)
+    key = next(k for k in plain.meta.camera_keys)
+    assert augmented.image_transforms is not None
+    assert any(not torch.equal(augmented[i][key], plain[i][key]) for i in range(5))
+    assert make_dataset(parse_train_config([f"--dataset.root={image_dataset}"]).dataset, config.policy).image_transforms is None
