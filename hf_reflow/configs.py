@@ -105,7 +105,6 @@ LEROBOT_TRAIN_REFUSED = {
     "checkpoint_path": "continue a run with --resume=true --output_dir=RUN (its newest checkpoint)",
     "save_checkpoint": "the final checkpoint is always written; --save_every=N (save_freq) adds intermediate ones",
     "save_checkpoint_to_hub": "push the final checkpoint and its model card with --push_to_hub=true --hub_model_id=NAMESPACE/NAME",
-    "cudnn_deterministic": "runs are seeded (--seed) and resume bitwise on the same machine; drop the flag",
     "prefetch_factor": "only the DataLoader's worker count is settable: --num_workers (dataset.num_workers)",
     "persistent_workers": "only the DataLoader's worker count is settable: --num_workers (dataset.num_workers)",
     "dataloader_multiprocessing_context": "only the DataLoader's worker count is settable: --num_workers (dataset.num_workers)",
@@ -406,6 +405,7 @@ class TrainConfig:
     stage: str = _opt("flow_matching", "flow_matching (1-RF) | reflow (k+1-RF) | distill (1-step student, t = 1) | shortcut")
     output_dir: str = _opt("outputs/run", "run directory (lerobot-train's layout: checkpoints/<step>, checkpoints/last)")
     seed: int = _opt(0, "seed of weights, noise, times and batch order")
+    cudnn_deterministic: bool = _opt(False, "deterministic cuDNN kernels (lerobot-train's; GPU only; benchmark mode is never on)")
     steps: int = _opt(1000, "optimizer steps")
     batch_size: int = _opt(64, "per process and micro-step")
     gradient_accumulation_steps: int = _opt(1, "micro-steps per optimizer step")

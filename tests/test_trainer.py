@@ -329,3 +329,16 @@ def test_a_compiled_teacher_makes_the_eager_couplings(toy_dataset, teacher_1rf):
     assert compiled_fn == compiled_teacher.adapter.velocity  # the solve did go through the compiled call
     assert eager_teacher._velocity == eager_teacher.adapter.velocity  # plain bound method, not compiled
     assert torch.allclose(compiled, eager, rtol=0, atol=1e-5), (compiled - eager).abs().max()
+
+
+def test_cudnn_deterministic_is_lerobot_trains_switch(tmp_path, toy_dataset, monkeypatch):
+    import torch
+    from conftest import train_config
+
+    from hf_reflow.training.trainer import ReflowTrainer
+
+    monkeypatch.setattr(torch.backends.cudnn, "deterministic", False)
+    monkeypatch.setattr(torch.backends.cudnn, "benchmark", True)
+    config = train_config(output_dir=str(tmp_path / "run"), dataset__root=str(toy_dataset), steps=1, cudnn_deterministic=True)
+    ReflowTrainer(config).train()
+    assert torch.backends.cudnn.deterministic and not torch.backends.cudnn.benchmark

@@ -143,6 +143,9 @@ class ReflowTrainer:
             try:
                 accelerator = self._make_accelerator()
                 set_seed(cfg.seed)
+                if cfg.cudnn_deterministic:  # as lerobot-train (GPU only); unlike it, benchmark mode is never
+                    # switched on otherwise: its kernel choice varies from run to run, and resumes are bitwise
+                    torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = True, False
                 if cfg.stage != "flow_matching":
                     self.teacher = OnlineTeacher(cfg.teacher, device=accelerator.device)
                 return self._fit(accelerator)
