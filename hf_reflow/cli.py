@@ -152,9 +152,7 @@ def cmd_eval(args: list[str]) -> int:
     if env_cfg is not None and cfg.episodes > 0:
         from hf_reflow.evaluation.lerobot_envs import attach_env_closed_loop
 
-        replan = cfg.n_action_steps or [None]
-        rows = [attach_env_closed_loop([dict(row)], env_cfg, episodes=cfg.episodes, n_action_steps=n)[0]
-                for row in rows for n in replan]  # fmt: skip
+        rows = attach_env_closed_loop(rows, env_cfg, episodes=cfg.episodes, n_action_steps=cfg.n_action_steps)
     print(format_table(rows))
     if cfg.output:
         with open(cfg.output, "w") as f:

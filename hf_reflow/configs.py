@@ -507,6 +507,11 @@ class TrainConfig:
     def final_num_steps(self) -> int:
         return self.num_steps if self.num_steps is not None else RECOMMENDED_NUM_STEPS[self.stage]
 
+    def couplings_seen(self, steps: int, num_processes: int) -> int:
+        """Couplings drawn (online: made) in the first `steps` updates: a batch of them serves `coupling_reuse`."""
+        fresh_batches = -(-steps // self.coupling_reuse) * self.gradient_accumulation_steps  # ceil: a batch starts
+        return fresh_batches * self.batch_size * num_processes
+
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready, as draccus encodes it (the policy with its `type`): a recipe for `--config_path`."""
         return draccus.encode(self)

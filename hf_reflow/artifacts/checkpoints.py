@@ -244,10 +244,7 @@ def stage_lineage(cfg: Any, *, num_processes: int, lr: float) -> dict[str, Any]:
         "teacher_solver": cfg.teacher.solver if student_of_teacher else None,
         "base_model": base,  # the model card's base_model
         "base_model_commit": checkpoint_commit(base) if base else None,
-        # couplings drawn (online: made): each batch of them serves `coupling_reuse` updates
-        "couplings_seen": cfg.steps // cfg.coupling_reuse * cfg.batch_size * cfg.gradient_accumulation_steps * num_processes
-        if student_of_teacher
-        else 0,
+        "couplings_seen": cfg.couplings_seen(cfg.steps, num_processes) if student_of_teacher else 0,
         "coupling_reuse": cfg.coupling_reuse,
         "couplings_dataset": cfg.couplings.path,  # stored couplings; None = made online
         "dataset": {"repo_id": cfg.dataset.repo_id, "root": cfg.dataset.root},

@@ -343,15 +343,11 @@ def attach_closed_loop(rows: list[dict], *, tasks: list[str], mode: str, episode
 
     if not rows or episodes < 1:
         return rows
-    own = {}
+    configs = {}
     for path in dict.fromkeys(row["checkpoint"] for row in rows):
-        config = load_config(path)
-        check_env_compatible(config, path)
-        own[path] = int(config.n_action_steps)
-    values = list(n_action_steps or [None])
-    rows = [row if len(values) == 1 else dict(row) for row in rows for _ in values]
-    for row, n in zip(rows, values * (len(rows) // len(values)), strict=True):
-        row["policy_n_action_steps"], row["n_action_steps"] = own[row["checkpoint"]], n or own[row["checkpoint"]]
+        configs[path] = load_config(path)
+        check_env_compatible(configs[path], path)
+    rows = with_replanning(rows, n_action_steps, configs)
     seeds = episode_seeds(episodes)
     jobs = [RolloutJob(row["checkpoint"], row["nfe"], task, seeds, mode, n_action_steps=row["n_action_steps"])
             for row in rows for task in tasks]  # fmt: skip
@@ -365,6 +361,17 @@ def attach_closed_loop(rows: list[dict], *, tasks: list[str], mode: str, episode
         # What `lerobot-eval --env.type=metaworld_detour` needs to replay these episodes (the model card's command).
         row.update(env_type=ENV_TYPE, env_mode=mode, first_episode_seed=seeds[0])
         row.update(compute_per_env_step(row))
+    return rows
+
+
+def with_replanning(rows: list[dict], n_action_steps: list[int] | None, configs: dict[str, Any]) -> list[dict]:
+    """Each row once per `n_action_steps` value (None: the policy's own; copies when there are several), each
+    recording the value it runs with and the policy's own (`configs`: checkpoint -> its policy config)."""
+    values = list(n_action_steps or [None])
+    rows = [row if len(values) == 1 else dict(row) for row in rows for _ in values]
+    for row, n in zip(rows, values * (len(rows) // len(values)), strict=True):
+        own = int(configs[row["checkpoint"]].n_action_steps)
+        row["policy_n_action_steps"], row["n_action_steps"] = own, n or own
     return rows
 
 

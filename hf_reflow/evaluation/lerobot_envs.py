@@ -24,26 +24,28 @@ from lerobot.utils.constants import ACTION
 from hf_reflow.artifacts.checkpoints import CheckpointCache
 from hf_reflow.errors import ConfigError
 from hf_reflow.evaluation.closed_loop import (
-    EPISODE_SEED_BASE,
     PolicyController,
     compute_per_env_step,
     episode_seeds,
     pool,
     replanning,
     summarise,
+    with_replanning,
 )
 from hf_reflow.parsing import parse_env_config
 
 
 def attach_env_closed_loop(rows: list[dict], env_cfg: Any, *, episodes: int,
-                           n_action_steps: int | None = None) -> list[dict]:  # fmt: skip
+                           n_action_steps: list[int] | None = None) -> list[dict]:  # fmt: skip
     """Closed-loop results in `env_cfg`'s env (pooled, and `per_task` per LeRobot suite / task id) for rows with
-    checkpoint + nfe; rows are updated in place."""
+    checkpoint + nfe, at every `n_action_steps` value (`with_replanning`, as `attach_closed_loop`)."""
     if not rows or episodes < 1:
         return rows
     cache, seeds = CheckpointCache(), episode_seeds(episodes)
-    for path in dict.fromkeys(row["checkpoint"] for row in rows):
-        check_policy_fits_env(cache.get(path).config, env_cfg, path)
+    configs = {path: cache.get(path).config for path in dict.fromkeys(row["checkpoint"] for row in rows)}
+    for path, config in configs.items():
+        check_policy_fits_env(config, env_cfg, path)
+    rows = with_replanning(rows, n_action_steps, configs)
     try:
         envs = make_env(env_cfg, n_envs=1)
     except Exception as e:  # a missing simulator, no OpenGL, a task the env does not know
@@ -57,14 +59,13 @@ def attach_env_closed_loop(rows: list[dict], env_cfg: Any, *, episodes: int,
             loaded.adapter.num_steps = row["nfe"]
             env_pre, env_post = make_env_pre_post_processors(env_cfg, loaded.config)
             per_task = {}
-            with replanning(loaded.policy, n_action_steps) as stride:
+            with replanning(loaded.policy, row["n_action_steps"]) as stride:
                 controller = PolicyController(loaded.policy, loaded.preprocessor, loaded.postprocessor, None)
                 for name, vec in _tasks(envs):
                     runs = [_episode(vec, controller, seed, env_pre, env_post) for seed in seeds]
                     per_task[name] = summarise([{**run, "n_action_steps": stride} for run in runs])
-            row.update(pool(list(per_task.values())), per_task=per_task, n_action_steps=stride,
-                       policy_n_action_steps=int(loaded.config.n_action_steps), env_type=env_cfg.type,
-                       first_episode_seed=EPISODE_SEED_BASE)  # fmt: skip
+            row.update(pool(list(per_task.values())), per_task=per_task, env_type=env_cfg.type,
+                       first_episode_seed=seeds[0])  # fmt: skip
             row.update(compute_per_env_step(row))
     finally:
         close_envs(envs)

@@ -33,13 +33,36 @@ def make_tracker(cfg: TrainConfig, num_frames: int, num_episodes: int, start_ste
                           accelerator=accelerator)  # fmt: skip
 
 
-def log_line(tracker: MetricsTracker, cfg: TrainConfig, couplings_served: int) -> str:
+def track(tracker: MetricsTracker, metrics: dict[str, float], seconds: dict[str, float]) -> None:
+    """One optimizer step into the meters (averaged until the next log line); `seconds`: data, teacher, update."""
+    tracker.step()
+    tracker.loss, tracker.lr = metrics["train/loss"], metrics["train/lr"]
+    tracker.grad_norm = metrics.get("train/grad_norm", float("nan"))
+    tracker.dataloading_s, tracker.update_s = seconds["data"], seconds["update"]
+    if "teacher_s" in tracker.metrics:
+        tracker.teacher_s = seconds["teacher"]
+
+
+def log_interval(tracker: MetricsTracker, cfg: TrainConfig, accelerator: Any, progress: Any) -> None:
+    """The interval's log line (every process joins the reduction; the main one prints and logs), then reset."""
+    tracker.reduce_across_ranks()
+    line = log_line(tracker, cfg)
+    if accelerator.is_main_process:
+        progress.write(line)
+        accelerator.log({f"train/{k}": v for k, v in tracker.to_dict().items()
+                         if k in ("samples_per_s", "update_s", "dataloading_s", "teacher_s")}, step=tracker.steps)  # fmt: skip
+    tracker.reset_averages()
+
+
+def log_line(tracker: MetricsTracker, cfg: TrainConfig) -> str:
     """The interval's averages as one line; samples/s from the slowest process's step time."""
+    processes = tracker.accelerator.num_processes
     step_time = tracker.update_s.avg + tracker.dataloading_s.avg + (tracker.teacher_s.avg if "teacher_s" in tracker.metrics else 0.0)
     if step_time > 0:
-        tracker.samples_per_s = cfg.batch_size * cfg.gradient_accumulation_steps * tracker.accelerator.num_processes / step_time
-    line = str(tracker)
-    return line + (f" cpl:{format_big_number(couplings_served)}" if cfg.stage != "flow_matching" else "")
+        tracker.samples_per_s = cfg.batch_size * cfg.gradient_accumulation_steps * processes / step_time
+    if cfg.stage == "flow_matching":
+        return str(tracker)
+    return f"{tracker} cpl:{format_big_number(cfg.couplings_seen(tracker.steps, processes))}"
 
 
 def startup_summary(cfg: TrainConfig, *, meta: Any, policy: Any, teacher: Any, num_samples: int, processes: int,

@@ -58,7 +58,7 @@ from hf_reflow.data import StepBatchSampler, load_metadata, make_dataset
 from hf_reflow.errors import ConfigError, TrainingError
 from hf_reflow.policies.base import PolicyAdapter
 from hf_reflow.policies.factory import adapter_for
-from hf_reflow.training.console import log_line, make_tracker, startup_summary
+from hf_reflow.training.console import log_interval, make_tracker, startup_summary, track
 from hf_reflow.training.losses import StudentLoss, Targets
 from hf_reflow.training.optim import build_optimizer, make_ema, trainable
 from hf_reflow.training.shortcut import ShortcutLoss
@@ -250,7 +250,6 @@ class ReflowTrainer:
             disable=not accelerator.is_main_process,
         )
         lines: list[tuple[dict[str, Tensor], Targets]] = []  # this batch's micro-batches and their lines
-        fresh_batches = start_step // cfg.coupling_reuse * cfg.gradient_accumulation_steps  # couplings served so far
         for step in progress:
             fresh = step % cfg.coupling_reuse == 0  # resumed runs start here too (checkpoints fall on it)
             lines = [] if fresh else lines
@@ -265,7 +264,6 @@ class ReflowTrainer:
                     targets = self.make_targets(state.adapter, batch)
                     lines.append((batch, targets))
                     seconds["teacher"] += time.perf_counter() - clock
-                    fresh_batches += 1
                 else:  # the same noise -> end point lines, new times
                     batch, targets = lines[micro]
                     targets = self.retime(targets)
@@ -274,12 +272,12 @@ class ReflowTrainer:
                 seconds["update"] += time.perf_counter() - clock
             if state.ema is not None:
                 state.ema.step(trainable(state.student.policy))
-            self._track(state.tracker, metrics, seconds)
+            track(state.tracker, metrics, seconds)
             if (step + 1) % cfg.log_every == 0 or step + 1 == cfg.steps:
                 accelerator.log(metrics, step=step + 1)
                 self.history.append({"step": step + 1, **metrics})
                 progress.set_postfix(loss=f"{metrics['train/loss']:.4f}")
-                self._log_interval(state, fresh_batches * cfg.batch_size * accelerator.num_processes, progress)
+                log_interval(state.tracker, cfg, accelerator, progress)
             if cfg.save_every and (step + 1) % cfg.save_every == 0 and step + 1 < cfg.steps:
                 self._save_training_checkpoint(state, step + 1)
             if self.evaluate is not None and ((step + 1) % cfg.env_eval_freq == 0 or step + 1 == cfg.steps):
@@ -311,27 +309,6 @@ class ReflowTrainer:
             self.history.append({"step": step, **metrics})
             progress.write(f"eval step:{step} " + " ".join(f"{k.removeprefix('eval/')}:{v:.3g}" for k, v in metrics.items()))
         accelerator.wait_for_everyone()
-
-    def _track(self, tracker: Any, metrics: dict[str, float], seconds: dict[str, float]) -> None:
-        """One optimizer step into lerobot-train's meters (averaged until the next log line)."""
-        tracker.step()
-        tracker.loss, tracker.lr = metrics["train/loss"], metrics["train/lr"]
-        tracker.grad_norm = metrics.get("train/grad_norm", float("nan"))
-        tracker.dataloading_s, tracker.update_s = seconds["data"], seconds["update"]
-        if "teacher_s" in tracker.metrics:
-            tracker.teacher_s = seconds["teacher"]
-
-    def _log_interval(self, state: _LoopState, couplings_served: int, progress: Any) -> None:
-        """lerobot-train's log line for the interval (every process joins the reduction), then reset it."""
-        tracker, accelerator = state.tracker, state.accelerator
-        tracker.reduce_across_ranks()
-        line = log_line(tracker, self.config, couplings_served)
-        if accelerator.is_main_process:
-            progress.write(line)
-            accelerator.log({f"train/{k}": v for k, v in tracker.to_dict().items()
-                             if k in ("samples_per_s", "update_s", "dataloading_s", "teacher_s")},
-                            step=tracker.steps)  # fmt: skip
-        tracker.reset_averages()
 
     def train_step(self, state: _LoopState, batch: dict[str, Tensor], targets: Targets, step: int) -> dict[str, float]:
         """One micro-batch: loss on `targets`, backward; optimizer step when gradients sync."""
