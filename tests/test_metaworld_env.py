@@ -125,10 +125,10 @@ def test_every_detour_task_has_first_target_horizon_and_prompts():
     assert mw.default_max_steps("pick-place-v3") == mw.DEFAULT_MAX_STEPS  # scripted-only task
     assert len(NEW_DETOUR_TASKS) >= 6
     for task in mw.TASKS_MULTIMODAL:
-        source, offset = mw._FIRST_TARGET[task]
+        source, offset = mw.tasks._FIRST_TARGET[task]
         assert source in ("goal", "object") and len(offset) == 2
         horizon = mw.default_max_steps(task)
-        assert horizon == mw._MAX_STEPS[task] and horizon % 10 == 0 and 1 <= horizon <= mw.MAX_ENV_STEPS
+        assert horizon == mw.tasks._MAX_STEPS[task] and horizon % 10 == 0 and 1 <= horizon <= mw.MAX_ENV_STEPS
         assert mw.task_prompt(task, "multimodal").endswith("around the obstacle")
         assert not mw.task_prompt(task, "scripted").startswith("solve the")  # a written prompt
     with pytest.raises(ValueError, match="Unknown Meta-World task"):
@@ -282,7 +282,7 @@ def test_crash_while_writing_leaves_nothing(tmp_path, monkeypatch):
     def crash(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(mw, "_add_episode", crash)
+    monkeypatch.setattr(mw.dataset, "_add_episode", crash)  # where write_dataset looks it up
     with pytest.raises(KeyboardInterrupt):
         mw.write_dataset(tmp_path / "demos", tasks=["reach-v3"], episodes_per_task=1)
     assert list(tmp_path.iterdir()) == []
