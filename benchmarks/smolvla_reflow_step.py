@@ -195,7 +195,7 @@ def time_steps(steps: dict, batch, noise, t, device: str, repeats: int, warmup: 
 @torch.no_grad()
 def chunk_latency(adapter, batch, device: str, repeats: int, step_counts=(1, 2, 5, 10)) -> dict[str, float]:
     """Median ms of one action chunk (one observation: encode + N velocity calls) per step count."""
-    from hf_reflow.sampling import sample_policy
+    from hf_reflow.policies.base import sample_policy
 
     adapter.policy.eval()
     single = first_observation(batch)

@@ -11,20 +11,17 @@ sigma is our t and its `model_output` is our velocity, so `scheduler.step` compu
   second-order steps from t = 1 to t = 1/1000, then one Euler step to 0; 2N-1 evaluations.
 
 The velocity function is called with t as a (B,) float tensor in [0, 1], never diffusers'
-`timesteps` (t x 1000).
+`timesteps` (t x 1000). `seeded_noise` is the one source of evaluation noise.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
 import torch
 from torch import Tensor
-
-if TYPE_CHECKING:
-    from hf_reflow.policies.base import PolicyAdapter
 
 Solver = Literal["euler", "heun"]
 SOLVERS: tuple[str, ...] = ("euler", "heun")
@@ -47,6 +44,16 @@ class SampleOutput:
     nfe: int
     path: Tensor | None = None
     times: Tensor | None = None
+
+
+def seeded_noise(shape: tuple[int, ...], seed: int) -> Tensor:
+    """Standard normal noise of `shape` (float32, CPU) drawn from a fresh generator seeded with `seed` alone.
+
+    The one source of evaluation noise: equal (shape, seed) give equal noise in any process and after any
+    other draw, so step counts and stages of one action shape are compared on the same noise
+    (paired evaluation). Move it to the model's device / dtype after drawing, so the draw never changes.
+    """
+    return torch.randn(shape, generator=torch.Generator().manual_seed(int(seed)))
 
 
 def lerobot_sigmas(num_steps: int) -> list[float]:
@@ -113,44 +120,4 @@ def integrate(
         times.append(0.0)
     return SampleOutput(
         action=x_t, nfe=nfe, path=torch.stack(path), times=torch.tensor(times, dtype=torch.float32)
-    )
-
-
-@torch.no_grad()
-def sample_policy(
-    adapter: PolicyAdapter,
-    batch: dict[str, Tensor],
-    noise: Tensor,
-    *,
-    num_steps: int = 10,
-    solver: Solver = "euler",
-    return_path: bool = False,
-    velocity: Callable[[Tensor, Tensor, Any], Tensor] | None = None,
-) -> SampleOutput:
-    """Sample action chunks from a policy through its adapter.
-
-    The observation is encoded once (`adapter.encode`, e.g. SmolVLA's VLM prefix cache) and reused by
-    every velocity evaluation of the solve.
-
-    Args:
-        adapter: the policy's adapter.
-        batch: a preprocessed (normalised, batched, on-device) observation batch.
-        noise: (B, chunk, action_dim) in the adapter's `action_shape`.
-        velocity: `adapter.velocity` or a stand-in with its signature (e.g. a compiled one); None: the adapter's.
-    """
-    velocity = adapter.velocity if velocity is None else velocity
-    if getattr(adapter, "supports_step_size", False):  # a shortcut policy is told d = 1 / num_steps here
-        trained, adapter.num_steps = adapter.num_steps, num_steps
-        try:
-            condition = adapter.encode(batch)
-        finally:
-            adapter.num_steps = trained
-    else:
-        condition = adapter.encode(batch)
-    return integrate(
-        lambda x_t, t: velocity(x_t, t, condition),
-        noise,
-        num_steps=num_steps,
-        solver=solver,
-        return_path=return_path,
     )

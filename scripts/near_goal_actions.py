@@ -76,8 +76,8 @@ def main(argv: list[str]) -> None:
     for stage, step_counts in STAGES.items():
         loaded = load_checkpoint(str(root / stage / "pretrained_model"))
         for steps in step_counts:
-            loaded.adapter.num_steps = steps
-            eps = rollout(loaded, task, seeds)
+            with loaded.adapter.inference_steps(steps):
+                eps = rollout(loaded, task, seeds)
             failed = [e for e in eps if not e["success"]]
             report[f"{stage}@{steps}"] = {
                 "success": float(np.mean([e["success"] for e in eps])),

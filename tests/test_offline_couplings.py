@@ -39,8 +39,8 @@ def test_blocks_are_the_teacher_end_points_of_seeded_noise(stored, teacher_1rf, 
 
     from hf_reflow.artifacts.checkpoints import load_config, load_policy, load_processors
     from hf_reflow.data import make_dataset
+    from hf_reflow.policies.base import sample_policy
     from hf_reflow.policies.factory import adapter_for
-    from hf_reflow.sampling import sample_policy
 
     spec, tensors = load_couplings(str(stored))
     assert (spec.num_blocks, tensors["noise"].shape, spec.action_shape) == (3, (150, 8, 2), [8, 2])

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
+from hf_reflow.policies.base import sample_policy
 from hf_reflow.policies.factory import adapter_for
-from hf_reflow.sampling import sample_policy
 from hf_reflow.testing import tiny_pi0
 
 

@@ -195,9 +195,9 @@ def test_space_compares_pi0_checkpoints(chains, image_dataset, pi0_env):
     assert [r["k"] for r in rows] == [1] * 3 + [2] * 6
     for row in rows:
         assert row["nfe"] == row["steps"] and row["latency_ms"] > 0
-        assert (row["mse_vs_10step"] == 0) == (row["steps"] == 10)
+        assert (row["error_vs_10step"] == 0) == (row["steps"] == 10)
         assert (row["straightness"] == 0) == (row["steps"] == 1)
-        assert row["mse_vs_expert"] > 0  # in action units: the 4 real dims, unnormalised
+        assert row["error_vs_expert"] > 0  # in action units: the 4 real dims, unnormalised
 
 
 def _reflow_args(teacher: Path, dataset: Path, out: Path, *extra: str) -> list[str]:

@@ -11,9 +11,9 @@ from hf_reflow import sampling
 from hf_reflow.artifacts.checkpoints import load_policy, load_processors
 from hf_reflow.configs import DatasetConfig
 from hf_reflow.data import make_dataset
+from hf_reflow.policies.base import sample_policy
 from hf_reflow.policies.factory import adapter_for
 from hf_reflow.policies.smolvla import _lerobot_inputs
-from hf_reflow.sampling import sample_policy
 from hf_reflow.testing import tiny_smolvla
 
 
@@ -196,7 +196,7 @@ def test_trainer_shared_backbone_matches_unshared(smolvla_teacher, image_dataset
     """Two reflow steps give the same student weights with and without the shared VLM prefix."""
     from safetensors.torch import load_file
 
-    from hf_reflow.configs import parse_train_config
+    from hf_reflow.parsing import parse_train_config
     from hf_reflow.training.trainer import ReflowTrainer
 
     weights = {}
@@ -259,7 +259,7 @@ def test_recipes_parse_with_the_guides_defaults(recipe, tmp_path):
     import yaml
     from conftest import REPO, fake_checkpoint
 
-    from hf_reflow.configs import parse_train_config
+    from hf_reflow.parsing import parse_train_config
 
     path = REPO / "recipes" / f"{recipe}.yaml"
     policy = yaml.safe_load(path.read_text())["policy"]

@@ -114,7 +114,7 @@ def test_compare_api_returns_figures_and_table(server, chain_dir):
     assert [r["k"] for r in rows] == [1] * 4 + [2] * 4
     for row in rows:
         assert row["nfe"] == row["steps"] and row["latency_ms"] > 0
-        assert (row["mse_vs_10step"] == 0) == (row["steps"] == 10)
+        assert (row["error_vs_10step"] == 0) == (row["steps"] == 10)
         assert (row["straightness"] == 0) == (row["steps"] == 1)  # one step is a straight segment
     # The page's numbers are the library's: recompute them from the same observation and noise seed.
     dataset = compare.open_dataset(str(chain_dir / "data"), None)
@@ -127,7 +127,7 @@ def test_compare_api_returns_figures_and_table(server, chain_dir):
         ]
     )
     for got, want in zip(rows, expected, strict=True):
-        for key in ("straightness", "mse_vs_10step", "mse_vs_expert"):
+        for key in ("straightness", "error_vs_10step", "error_vs_expert"):
             assert got[key] == pytest.approx(want[key], abs=1e-5)
 
 
@@ -136,7 +136,7 @@ def test_noise_seed_is_shared_and_policies_load_once(server):
     first = _compare(client, stages=["2-RF"], steps="1,2")[3]["data"]
     again = _compare(client, stages=["2-RF"], steps="1,2")[3]["data"]
     other = _compare(client, stages=["2-RF"], steps="1,2", seed=7)[3]["data"]
-    column = 7  # mse_vs_10step
+    column = 7  # error_vs_10step
     assert [r[column] for r in first] == [r[column] for r in again]
     assert [r[column] for r in first] != [r[column] for r in other]
     assert demo.space_app.cache.loads == 2  # 1-RF and 2-RF, each read once across all calls

@@ -16,8 +16,8 @@ from safetensors.torch import load_file
 from hf_reflow.artifacts.checkpoints import load_config, load_policy, load_processors, read_reflow_info
 from hf_reflow.data import StepBatchSampler
 from hf_reflow.evaluation.offline import observation_batch
+from hf_reflow.policies.base import sample_policy
 from hf_reflow.policies.factory import adapter_for
-from hf_reflow.sampling import sample_policy
 from hf_reflow.training.teacher import OnlineTeacher
 from hf_reflow.training.trainer import ReflowTrainer
 

@@ -2,11 +2,11 @@
 worker processes, the toy env's closed loop, and the episode taxonomy.
 
 One job = (checkpoint, step count, task, episode seeds). A worker loads each checkpoint once (its own
-`CheckpointCache`), sets the policy's step count, and rolls episodes out on evaluation layouts
-(`metaworld.EVAL_LAYOUT_SEED`, never a demonstration layout). Policy noise is a pure function of
-(episode seed, chunk index), so a cell's result does not depend on which worker ran it, and every stage
-and step count meets the same layouts and the same noise (paired evaluation). Each episode is classified
-as success, collision, stall or timeout.
+`CheckpointCache`), sets the policy's step count for the job's scope (`inference_steps`), and rolls
+episodes out on evaluation layouts (`metaworld.EVAL_LAYOUT_SEED`, never a demonstration layout). Policy
+noise is a pure function of (episode seed, chunk index) (`sampling.seeded_noise`), so a cell's result does
+not depend on which worker ran it, and every stage and step count meets the same layouts and the same
+noise (paired evaluation). Each episode is classified as success, collision, stall or timeout.
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ from hf_reflow.envs.lerobot_env import ENV_TYPE
 from hf_reflow.errors import CheckpointError, ConfigError
 from hf_reflow.evaluation.diagnostics import episode_diagnostics
 from hf_reflow.policies.factory import adapter_for
+from hf_reflow.sampling import seeded_noise
 
 # Bumped whenever a rollout's result for the same (checkpoint, step count, task, seed) changes, so cached
 # evaluations made under an older protocol are redone.
@@ -141,7 +142,7 @@ class PolicyController:
 
     def chunk_noise(self, chunk: int) -> torch.Tensor:
         """(1, chunk, action_dim) standard normal noise drawn from `chunk_seed(chunk)`."""
-        return torch.randn((1, *self.noise_shape), generator=torch.Generator().manual_seed(self.chunk_seed(chunk)))
+        return seeded_noise((1, *self.noise_shape), self.chunk_seed(chunk))
 
     def __call__(self, state: np.ndarray) -> np.ndarray:
         """(41,) Meta-World state -> (action_dim,) action; records the hand and, with a camera, frames."""
@@ -213,13 +214,13 @@ def replanning(policy: Any, n_action_steps: int | None) -> Iterator[int]:
 # ---- the toy env ------------------------------------------------------------------------------
 def toy_closed_loop(loaded: Any, *, nfe: int, episodes: int, seed: int = TOY_EPISODE_SEED_BASE) -> dict:
     """Success (goal reached, no collision), collision rate, left share and mean steps on the toy env."""
-    loaded.adapter.num_steps = nfe
     controller = PolicyController(loaded.policy, loaded.preprocessor, loaded.postprocessor, None, noise="per_episode")
     results = []
-    for episode in range(episodes):
-        controller.reset()
-        controller.start(seed + episode)
-        results.append(toy.rollout(controller, seed + episode))
+    with loaded.adapter.inference_steps(nfe):  # every episode at `nfe` steps per chunk
+        for episode in range(episodes):
+            controller.reset()
+            controller.start(seed + episode)
+            results.append(toy.rollout(controller, seed + episode))
     successes = [r for r in results if r.success]
     return {
         "episodes": episodes,
@@ -236,15 +237,14 @@ def run_job(job: RolloutJob, cache: CheckpointCache) -> list[dict[str, Any]]:
     from hf_reflow.envs import metaworld  # Meta-World is an optional extra: imported when it is used
 
     loaded = cache.get(job.checkpoint)
-    loaded.adapter.num_steps = job.nfe
     env = metaworld.make_env(
         job.task, layout_seed=metaworld.EVAL_LAYOUT_SEED, mode=job.mode,
         max_steps=job.max_steps or metaworld.default_max_steps(job.task),
     )  # fmt: skip
     prompt = metaworld.task_prompt(job.task, job.mode)
     episodes = []
-    try:
-        with replanning(loaded.policy, job.n_action_steps) as stride:
+    try:  # the job's step count and re-planning hold for all its episodes, then the cached policy's own return
+        with loaded.adapter.inference_steps(job.nfe), replanning(loaded.policy, job.n_action_steps) as stride:
             controller = PolicyController(loaded.policy, loaded.preprocessor, loaded.postprocessor, prompt)
             for seed in job.episode_seeds:
                 controller.start(seed)

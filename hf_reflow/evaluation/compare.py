@@ -27,7 +27,8 @@ from hf_reflow.envs import toy
 from hf_reflow.errors import ConfigError, DataError
 from hf_reflow.evaluation.closed_loop import Camera, PolicyController
 from hf_reflow.evaluation.offline import REFERENCE_STEPS, latency_ms
-from hf_reflow.sampling import sample_policy
+from hf_reflow.policies.base import sample_policy
+from hf_reflow.sampling import seeded_noise
 
 MAX_COMPARE_STEPS = 100
 DEFAULT_STEP_COUNTS = (1, 2, 4, 10)
@@ -271,8 +272,8 @@ class Trajectory:
     times: np.ndarray
     latency_ms: float
     straightness: float
-    mse_vs_reference: float
-    mse_vs_expert: float
+    error_vs_10step: float  # MSE vs the same policy's REFERENCE_STEPS chunk, normalised space (as `hf-reflow eval`)
+    error_vs_expert: float  # MSE vs the expert's next actions, action units
 
 
 @dataclass
@@ -285,11 +286,6 @@ class PolicyComparison:
     k: int | None
     reference: Trajectory
     runs: list[Trajectory]
-
-
-def shared_noise(action_shape: tuple[int, int], seed: int) -> Tensor:
-    """(1, chunk, action_dim) standard normal noise from `seed`: equal for policies of equal shape."""
-    return torch.randn(1, *action_shape, generator=torch.Generator().manual_seed(int(seed)))
 
 
 @torch.no_grad()
@@ -316,8 +312,8 @@ def _trajectory(
         times=out.times.cpu().numpy(),
         latency_ms=latency_ms(loaded.adapter, batch, noise, steps, repeats),
         straightness=float(flow.straightness(out.path, out.times)[0]),
-        mse_vs_reference=float((out.action - reference).pow(2).mean()),
-        mse_vs_expert=float(np.mean((chunk[:horizon] - expert[:horizon]) ** 2)),
+        error_vs_10step=float((out.action - reference).pow(2).mean()),
+        error_vs_expert=float(np.mean((chunk[:horizon] - expert[:horizon]) ** 2)),
     )
     return trajectory, out.action
 
@@ -331,11 +327,12 @@ def compare_policy(
     seed: int,
     latency_repeats: int = 3,
 ) -> PolicyComparison:
-    """The 10-step reference and every step count of one policy, all from `shared_noise(seed)`."""
+    """The 10-step reference and every step count of one policy, all from the noise of `seed`."""
     check_observation(loaded, name, observation)
     with loaded.lock:
         batch = loaded.preprocessor(dict(observation.raw))
-        noise = shared_noise(loaded.adapter.action_shape, seed)
+        # (1, chunk, action_dim), equal for every policy of equal action shape: the comparison is paired.
+        noise = seeded_noise((1, *loaded.adapter.action_shape), seed)
         expert = observation.expert_action
         reference, ref_action = _trajectory(
             loaded, batch, noise, REFERENCE_STEPS, expert, None, latency_repeats
@@ -361,8 +358,8 @@ def table_rows(comparisons: list[PolicyComparison]) -> list[dict[str, Any]]:
             "nfe": run.nfe,
             "latency_ms": round(run.latency_ms, 3),
             "straightness": round(run.straightness, 5),
-            "mse_vs_10step": round(run.mse_vs_reference, 5),
-            "mse_vs_expert": round(run.mse_vs_expert, 5),
+            "error_vs_10step": round(run.error_vs_10step, 5),
+            "error_vs_expert": round(run.error_vs_expert, 5),
         }
         for c in comparisons
         for run in c.runs
@@ -434,17 +431,10 @@ def rollout(
     `max_steps`: the episode's step limit (Meta-World default: the task's own horizon).
     """
     parse_step_counts([steps])
-    with loaded.lock:
-        saved = loaded.adapter.num_steps
-        loaded.adapter.num_steps = steps
-        try:
-            return (
-                _toy_rollout(loaded, seed)
-                if env == "toy"
-                else _metaworld_rollout(loaded, task, seed, max_steps, frames)
-            )
-        finally:
-            loaded.adapter.num_steps = saved
+    with loaded.lock, loaded.adapter.inference_steps(steps):
+        if env == "toy":
+            return _toy_rollout(loaded, seed)
+        return _metaworld_rollout(loaded, task, seed, max_steps, frames)
 
 
 def _toy_rollout(loaded: LoadedCheckpoint, seed: int) -> RolloutResult:

@@ -56,10 +56,9 @@ def attach_env_closed_loop(rows: list[dict], env_cfg: Any, *, episodes: int,
     try:
         for row in rows:
             loaded = cache.get(row["checkpoint"])
-            loaded.adapter.num_steps = row["nfe"]
             env_pre, env_post = make_env_pre_post_processors(env_cfg, loaded.config)
             per_task = {}
-            with replanning(loaded.policy, row["n_action_steps"]) as stride:
+            with loaded.adapter.inference_steps(row["nfe"]), replanning(loaded.policy, row["n_action_steps"]) as stride:
                 controller = PolicyController(loaded.policy, loaded.preprocessor, loaded.postprocessor, None)
                 for name, vec in _tasks(envs):
                     runs = [_episode(vec, controller, seed, env_pre, env_post) for seed in seeds]

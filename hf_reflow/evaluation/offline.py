@@ -18,8 +18,8 @@ from hf_reflow import flow
 from hf_reflow.artifacts.checkpoints import load_checkpoint
 from hf_reflow.data import make_dataset
 from hf_reflow.evaluation.closed_loop import toy_closed_loop
-from hf_reflow.policies.base import PolicyAdapter
-from hf_reflow.sampling import sample_policy
+from hf_reflow.policies.base import PolicyAdapter, sample_policy
+from hf_reflow.sampling import seeded_noise
 
 REFERENCE_STEPS = 10  # the step count every other is compared with (the policies' default)
 
@@ -36,8 +36,8 @@ def offline_metrics(adapter: PolicyAdapter, batch: dict[str, Any], nfes: list[in
     """Per step count: straightness of the Euler path, MSE vs the 10-step chunk and vs the demonstration,
     the predicted chunk's size relative to the demonstration's (shrinkage), ms per chunk call."""
     action, _ = adapter.action_target(batch)
-    generator = torch.Generator().manual_seed(seed)
-    noise = torch.randn(action.shape[0], *adapter.action_shape, generator=generator).to(action)
+    # (B, chunk, action_dim), drawn once on the CPU and shared by every step count
+    noise = seeded_noise((action.shape[0], *adapter.action_shape), seed).to(action)
     reference = sample_policy(adapter, batch, noise, num_steps=REFERENCE_STEPS).action
     rows = []
     for nfe in nfes:

@@ -5,6 +5,8 @@ An adapter wraps one LeRobot `PreTrainedPolicy` and exposes its flow in hf-reflo
     condition = adapter.encode(batch)              # once per batch (e.g. a VLM prefix cache)
     velocity  = adapter.velocity(x_t, t, condition)  # (B, chunk, action_dim), t of shape (B,)
     loss      = adapter.loss(batch, noise, action, t)  # (B,) per sample, with gradients
+    with adapter.inference_steps(n): ...            # the policy's own step count, set for a scope only
+    out       = sample_policy(adapter, batch, noise, num_steps=n)  # encode once, then the ODE solve
 
 All tensors live in the policy's normalised action space (the space its pre/post processors map
 to and from), so a student that shares its teacher's processors can regress on teacher samples.
@@ -12,13 +14,16 @@ to and from), so a student that shares its teacher's processors can regress on t
 
 from __future__ import annotations
 
+import contextlib
 from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterator
 from typing import Any, ClassVar
 
 import torch
 from torch import Tensor
 
 from hf_reflow import flow
+from hf_reflow.sampling import SampleOutput, Solver, integrate
 
 
 class PolicyAdapter(ABC):
@@ -99,6 +104,65 @@ class PolicyAdapter(ABC):
     @num_steps.setter
     def num_steps(self, value: int) -> None:
         setattr(self.config, self.steps_field, int(value))
+
+    @contextlib.contextmanager
+    def inference_steps(self, num_steps: int | None) -> Iterator[int]:
+        """Run the policy at `num_steps` inside the `with`; the previous count is restored after, also on error.
+
+        The count lives in the policy's config (`steps_field`), where LeRobot's `select_action`, a shortcut
+        student's step size d = 1 / num_steps and `save_pretrained` read it, so it is set only for a scope.
+
+        Args:
+            num_steps: the step count to use; None keeps the current one (a no-op scope).
+
+        Yields:
+            The step count in force inside the `with`.
+        """
+        previous = self.num_steps
+        if num_steps is not None:
+            self.num_steps = num_steps
+        try:
+            yield self.num_steps
+        finally:
+            self.num_steps = previous
+
+
+@torch.no_grad()
+def sample_policy(
+    adapter: PolicyAdapter,
+    batch: dict[str, Tensor],
+    noise: Tensor,
+    *,
+    num_steps: int = 10,
+    solver: Solver = "euler",
+    return_path: bool = False,
+    velocity: Callable[[Tensor, Tensor, Any], Tensor] | None = None,
+) -> SampleOutput:
+    """Sample action chunks from a policy through its adapter.
+
+    The observation is encoded once (`adapter.encode`, e.g. SmolVLA's VLM prefix cache) and reused by
+    every velocity evaluation of the solve (`hf_reflow.sampling.integrate`).
+
+    Args:
+        adapter: the policy's adapter.
+        batch: a preprocessed (normalised, batched, on-device) observation batch.
+        noise: (B, chunk, action_dim) in the adapter's `action_shape`.
+        num_steps: solver steps; solver: `euler` or `heun`; return_path: also return the recorded path.
+        velocity: `adapter.velocity` or a stand-in with its signature (e.g. a compiled one); None: the adapter's.
+    """
+    velocity = adapter.velocity if velocity is None else velocity
+    if getattr(adapter, "supports_step_size", False):  # a shortcut policy is told d = 1 / num_steps here
+        with adapter.inference_steps(num_steps):
+            condition = adapter.encode(batch)
+    else:
+        condition = adapter.encode(batch)
+    return integrate(
+        lambda x_t, t: velocity(x_t, t, condition),
+        noise,
+        num_steps=num_steps,
+        solver=solver,
+        return_path=return_path,
+    )
 
 
 def same_weights(module: torch.nn.Module, other: torch.nn.Module) -> bool:
