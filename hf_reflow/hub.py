@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from hf_reflow.atomic import write_text
 from hf_reflow.errors import HubError
 
 logger = logging.getLogger(__name__)
@@ -285,8 +286,3 @@ def write_push_record(folder: Path, result: PushResult, revision: str | None) ->
     write_text(folder / PUSH_RECORD, json.dumps(record, indent=2, sort_keys=True))
 
 
-def write_text(file: Path, text: str) -> None:
-    """Replace `file` with `text` atomically (a reader never sees half a file)."""
-    tmp = file.with_name(f".{file.name}.tmp-{os.getpid()}")
-    tmp.write_text(text)
-    tmp.replace(file)

@@ -27,11 +27,12 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-from hf_reflow.artifacts.checkpoints import PRETRAINED_DIR
-from hf_reflow.errors import ConfigError
+from hf_reflow.atomic import write_text
+from hf_reflow.errors import CheckpointError, ConfigError
 from hf_reflow.evaluation import compare
-from hf_reflow.hub import SPACE_SDK, Hub, check_repo_id, read_push_record
+from hf_reflow.hub import SPACE_SDK, Hub, check_repo_id
 from hf_reflow.publish.cards import hub_id
+from hf_reflow.refs import CheckpointRef
 
 logger = logging.getLogger(__name__)
 
@@ -181,7 +182,7 @@ def hub_chain(chain: str | None = None, policies: list[str] | None = None, *, en
         raise ConfigError("the chain to push lists no stage; pass --chain=you/mw-1rf,you/mw-2rf.")
     stages, unpushed = [], []
     for spec in specs:
-        repo = _pushed_repo(spec.source) if Path(spec.source).exists() else hub_id(spec.source)
+        repo = _chain_repo(spec.source)
         if repo is None:
             unpushed.append(f"{spec.name} ({spec.source})" if spec.name != spec.source else spec.source)
         stages.append((spec.name if spec.name != spec.source else repo or spec.source, repo))
@@ -207,7 +208,7 @@ def with_env(chain: HubChain, hub: Any) -> HubChain:
         return chain
     envs = {}
     for _, model in chain.stages:
-        config = json.loads(hub.read_text(model, "config.json") or "{}")
+        config = CheckpointRef.of(model).config(hub=hub)
         shapes = tuple(tuple((config.get(k) or {}).get(f, {}).get("shape") or ())
                        for k, f in (("input_features", "observation.state"), ("output_features", "action")))  # fmt: skip
         envs[model] = ENV_SHAPES.get(shapes)
@@ -222,12 +223,12 @@ def with_env(chain: HubChain, hub: Any) -> HubChain:
     return chain
 
 
-def _pushed_repo(path: str) -> str | None:
-    """The Hub repo a local checkpoint (run dir or its pretrained_model/) was pushed to, per its hub.json."""
-    for folder in (Path(path), Path(path) / PRETRAINED_DIR):
-        if (folder / "config.json").is_file():
-            return read_push_record(folder).get("repo_id")
-    return None
+def _chain_repo(source: str) -> str | None:
+    """The Hub repo a chain entry shows: a Hub id itself, or where a local checkpoint was pushed (None: never)."""
+    try:
+        return CheckpointRef.of(source).repo_id
+    except CheckpointError:  # a folder without a checkpoint: nothing to show
+        return None
 
 
 # ---- build and push -----------------------------------------------------------------------------
@@ -247,8 +248,8 @@ def build(destination: str | Path, chain: HubChain) -> Path:
     card.text = (
         f"{card.text.rstrip()}\n\n## The chain this Space shows\n\n| stage | model |\n|---|---|\n{rows}\n"
     )
-    (folder / "README.md").write_text(str(card))
-    (folder / CHAIN_FILE).write_text(chain.to_json())
+    write_text(folder / "README.md", str(card))
+    write_text(folder / CHAIN_FILE, chain.to_json())
     return folder
 
 

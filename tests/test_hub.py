@@ -328,16 +328,16 @@ def test_revision_branch_and_private_repo(online, checkpoint_1rf):
 def test_offline_download_uses_the_cache(online, checkpoint_1rf, monkeypatch):
     from huggingface_hub import constants
 
-    from hf_reflow.artifacts.checkpoints import resolve_checkpoint
+    from hf_reflow.refs import CheckpointRef
 
     publish.push_checkpoint(fast_hub(), checkpoint_1rf, "alice/cached")
-    path = resolve_checkpoint("alice/cached")
+    path = CheckpointRef.of("alice/cached").local()
     assert (Path(path) / "model.safetensors").is_file()
     hits = len(online.state.hits)
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
-    assert resolve_checkpoint("alice/cached") == path and len(online.state.hits) == hits
+    assert CheckpointRef.of("alice/cached").local() == path and len(online.state.hits) == hits
     with pytest.raises(CheckpointError, match="not in the Hugging Face cache"):
-        resolve_checkpoint("alice/never-downloaded")
+        CheckpointRef.of("alice/never-downloaded").local()
 
 
 def test_cli_fails_fast_before_training(hub_server, toy_dataset, tmp_path):

@@ -19,11 +19,11 @@ def test_import_contracts_hold():
     assert "0 broken" in result.stdout
 
 
-def test_importing_the_hub_client_loads_only_errors():
+def test_importing_the_hub_client_loads_only_the_bottom_layer():
     code = "import sys, hf_reflow.hub; print(sorted(m for m in sys.modules if m.startswith('hf_reflow')))"
     result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
-    assert result.stdout.strip() == str(["hf_reflow", "hf_reflow.errors", "hf_reflow.hub"])
+    assert result.stdout.strip() == str(["hf_reflow", "hf_reflow.atomic", "hf_reflow.errors", "hf_reflow.hub"])
 
 
 def test_eval_of_an_unsupported_policy_type_is_one_line(tmp_path, toy_dataset):

@@ -8,10 +8,11 @@ import pytest
 import torch
 from conftest import run_stock_python
 
-from hf_reflow.artifacts.checkpoints import load_config, load_policy, load_processors, resolve_checkpoint
+from hf_reflow.artifacts.checkpoints import load_config, load_policy, load_processors
 from hf_reflow.errors import CheckpointError, ConfigError
+from hf_reflow.policies.base import sample_policy
 from hf_reflow.policies.factory import adapter_for, supported_policy_types
-from hf_reflow.sampling import sample_policy
+from hf_reflow.refs import CheckpointRef, is_repo_id
 
 
 def _batch(n: int = 8, seed: int = 0) -> dict[str, torch.Tensor]:
@@ -45,6 +46,39 @@ def test_adapter_loss_equals_policy_forward(teacher_1rf):
     assert torch.allclose(ours, theirs, atol=1e-6)
 
 
+def _fresh_flow_mlp() -> torch.nn.Module:
+    """An untrained flow_mlp policy (state (4,), action (2,)) trained for 10 steps: no fixture, no training."""
+    from lerobot.configs.types import FeatureType, PolicyFeature
+
+    from hf_reflow.policies.flow_mlp import FlowMLPConfig, FlowMLPPolicy
+
+    config = FlowMLPConfig(
+        input_features={"observation.state": PolicyFeature(FeatureType.STATE, (4,))},
+        output_features={"action": PolicyFeature(FeatureType.ACTION, (2,))},
+        num_steps=10,
+    )
+    return FlowMLPPolicy(config)
+
+
+def test_inference_steps_sets_the_count_for_a_scope_and_restores_it():
+    policy = _fresh_flow_mlp()
+    adapter = adapter_for(policy)
+    with adapter.inference_steps(3) as steps:
+        assert steps == adapter.num_steps == policy.config.num_steps == 3  # where LeRobot's loop reads it
+        with adapter.inference_steps(None) as kept:  # None: a scope that keeps the count in force
+            assert kept == adapter.num_steps == 3
+        assert adapter.num_steps == 3
+    assert adapter.num_steps == policy.config.num_steps == 10
+
+
+def test_inference_steps_restores_the_count_on_error():
+    adapter = adapter_for(_fresh_flow_mlp())
+    with pytest.raises(RuntimeError, match="rollout failed"), adapter.inference_steps(1):
+        assert adapter.num_steps == 1
+        raise RuntimeError("rollout failed")
+    assert adapter.num_steps == 10
+
+
 STOCK_LOADER = """
 import json, sys, torch
 from lerobot.configs.policies import PreTrainedConfig
@@ -64,7 +98,7 @@ print(json.dumps({"type": cfg.type, "num_steps": cfg.num_steps, "chunk": chunk.t
 
 
 def test_checkpoint_loads_with_stock_lerobot_in_a_fresh_process(teacher_1rf):
-    path = resolve_checkpoint(str(teacher_1rf))
+    path = str(CheckpointRef.of(str(teacher_1rf)).local())
     proc = run_stock_python(STOCK_LOADER, path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads(proc.stdout.strip().splitlines()[-1])
@@ -124,10 +158,30 @@ def test_registered_adapter_is_found_by_type():
 
 
 def test_checkpoint_resolution(tmp_path, teacher_1rf):
-    assert resolve_checkpoint(str(teacher_1rf)).endswith("pretrained_model")
+    ref = CheckpointRef.of(str(teacher_1rf))  # a run dir names its final pretrained_model/
+    assert ref.is_local and ref.local().name == "pretrained_model" and ref.repo_id is None
+    assert ref.config()["type"] == "flow_mlp"
+    hub = CheckpointRef.of("user/model-2rf", revision="v1")  # no request until the folder is needed
+    assert not hub.is_local and hub.repo_id == "user/model-2rf" and hub.revision == "v1"
     with pytest.raises(CheckpointError, match="not in the Hugging Face cache"):  # a Hub id, offline, not cached
-        resolve_checkpoint("user/model-2rf")
-    with pytest.raises(CheckpointError, match="holds no checkpoint"):
-        resolve_checkpoint(str(tmp_path))
-    with pytest.raises(CheckpointError, match="no checkpoint at"):
-        resolve_checkpoint("not a path/or/repo")
+        hub.local()
+    with pytest.raises(CheckpointError, match="teacher.path '.*' holds no checkpoint"):
+        CheckpointRef.of(str(tmp_path), flag="teacher.path")
+    for not_a_ref in ("not a path/or/repo", "local/dataset", "a/b/c", ""):
+        with pytest.raises(CheckpointError, match="no checkpoint at|is empty"):
+            CheckpointRef.of(not_a_ref)
+
+
+def test_one_repo_id_rule():
+    assert is_repo_id("alice/mw-2rf") and is_repo_id("org.x/name_1.v2")
+    for value in ("alice", "a/b/c", "local/data", "alice/bad name", "-a/b", None, 3):
+        assert not is_repo_id(value), value
+
+
+def test_a_pushed_folder_remembers_its_repo(tmp_path, teacher_1rf):
+    import shutil
+
+    folder = shutil.copytree(CheckpointRef.of(str(teacher_1rf)).local(), tmp_path / "ckpt")
+    (folder / "hub.json").write_text('{"repo_id": "alice/mw-1rf", "commit": "' + "a" * 40 + '"}')
+    ref = CheckpointRef.of(str(folder))
+    assert (ref.repo_id, ref.commit, ref.folder) == ("alice/mw-1rf", "a" * 40, folder)

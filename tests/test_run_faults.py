@@ -115,6 +115,7 @@ def test_the_pipeline_removes_what_a_killed_dataset_writer_left(tmp_path):
 
     data = tmp_path / "data"
     (data / ".demos.partial-1a2b3c4d" / "meta").mkdir(parents=True)  # kill -9 while writing the demonstrations
+    (data / ".heldout.tmp-4242" / "meta").mkdir(parents=True)  # the same, in hf_reflow.atomic's naming
     (data / "demos" / "meta").mkdir(parents=True)
     remove_partial_datasets(data)
     assert sorted(p.name for p in data.iterdir()) == ["demos"]

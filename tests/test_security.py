@@ -415,12 +415,12 @@ def test_a_trusted_local_checkpoint_may_name_a_class_path(run_dir, tmp_path):
 
 def test_a_hub_checkpoint_is_never_trusted(run_dir, tmp_path, monkeypatch):
     """The trust flag covers a local folder only: a Hub id (here resolved to a local snapshot) is checked."""
-    from hf_reflow.artifacts import checkpoints
+    from hf_reflow.refs import CheckpointRef
 
     marker = tmp_path / "marker"
     evil = _evil_checkpoint(run_dir, tmp_path, _payload_step("os.system", marker))
     config = load_config(str(evil))
-    monkeypatch.setattr(checkpoints, "resolve_checkpoint", lambda path, revision=None: str(evil))
+    monkeypatch.setattr(CheckpointRef, "_snapshot", property(lambda self: evil))  # the Hub id's snapshot
     with pytest.raises(CheckpointError) as info:
         load_processors("someone/evil-policy", config, allow_unregistered_processor_steps=True)
     _assert_one_line_refusal(info.value, "refusing processor step 0", "'os.system'")

@@ -9,10 +9,11 @@ import torch
 from conftest import run_stock_python, train_config
 
 from hf_reflow import flow
-from hf_reflow.artifacts.checkpoints import load_config, load_policy, resolve_checkpoint
+from hf_reflow.artifacts.checkpoints import load_config, load_policy
 from hf_reflow.errors import ConfigError
+from hf_reflow.policies.base import sample_policy
 from hf_reflow.policies.factory import adapter_for
-from hf_reflow.sampling import sample_policy
+from hf_reflow.refs import CheckpointRef
 
 
 def test_levels_and_step_sizes():
@@ -64,7 +65,7 @@ def test_shortcut_stage_trains_and_loads_in_stock_lerobot(tmp_path, toy_dataset,
 
     cfg = train_config(stage="shortcut", steps=5, output_dir=str(tmp_path / "sc"), dataset__root=str(toy_dataset),
                        teacher__path=str(teacher_1rf), teacher__num_inference_steps=4)  # fmt: skip
-    path = resolve_checkpoint(str(ReflowTrainer(cfg).train()))
+    path = str(CheckpointRef.of(ReflowTrainer(cfg).train()).local())
     config = json.loads((tmp_path / "sc" / "pretrained_model" / "config.json").read_text())
     info = json.loads((tmp_path / "sc" / "pretrained_model" / "reflow.json").read_text())
     assert config["step_size_conditioning"] and config["num_steps"] == 1 and (info["stage"], info["k"]) == ("shortcut", 1)

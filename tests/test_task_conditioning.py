@@ -10,8 +10,9 @@ import pytest
 import torch
 from conftest import run_stock_python, train_config
 
-from hf_reflow.artifacts.checkpoints import load_config, load_policy, load_processors, resolve_checkpoint
+from hf_reflow.artifacts.checkpoints import load_config, load_policy, load_processors
 from hf_reflow.errors import ConfigError
+from hf_reflow.refs import CheckpointRef
 
 TASKS = ("push left", "push right")  # same states, opposite actions: only the task tells them apart
 
@@ -44,7 +45,7 @@ def two_task_policy(tmp_path_factory) -> str:
     root = _two_task_dataset(tmp_path_factory.mktemp("data") / "two_tasks")
     out = tmp_path_factory.mktemp("runs") / "tc"
     cfg = train_config(steps=150, batch_size=64, output_dir=str(out), dataset__root=str(root), optim__warmup_steps=10)
-    return resolve_checkpoint(str(ReflowTrainer(cfg).train()))
+    return str(CheckpointRef.of(ReflowTrainer(cfg).train()).local())
 
 
 def _chunk(path: str, task: str, num_steps: int = 4) -> torch.Tensor:

@@ -11,9 +11,6 @@ every file a checkpoint names only from inside it (`processor_safety.py`), and t
 from __future__ import annotations
 
 import json
-import os
-import re
-import shutil
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass, field
@@ -25,50 +22,25 @@ import torch
 from hf_reflow import __version__
 from hf_reflow.artifacts.io import disk_writes
 from hf_reflow.artifacts.processor_safety import PROCESSOR_FILES, check_contained, check_processor_steps
-from hf_reflow.errors import CheckpointError, HubError
-from hf_reflow.hub import Hub, read_push_record
+from hf_reflow.atomic import atomic_path
+from hf_reflow.errors import CheckpointError
+from hf_reflow.hub import read_push_record
 from hf_reflow.policies.base import PolicyAdapter
 from hf_reflow.policies.factory import adapter_class, adapter_for
+from hf_reflow.refs import CONFIG_FILE, WEIGHTS, CheckpointRef
 from hf_reflow.stages import stage_k
 
 REFLOW_INFO = "reflow.json"
-WEIGHTS = "model.safetensors"
-PRETRAINED_DIR = "pretrained_model"
-_REPO_ID = re.compile(r"^[\w.-]+/[\w.-]+$")
 
 
-def resolve_checkpoint(path_or_repo: str | Path, *, revision: str | None = None) -> str:
-    """The local folder of a checkpoint: a folder holding `config.json` (a run dir resolves to its final
-    `pretrained_model/`), or a Hub repo id downloaded through huggingface_hub's cache (`HF_HUB_OFFLINE` honoured).
-    """
-    path = Path(path_or_repo)
-    for candidate in (path, path / PRETRAINED_DIR):
-        if (candidate / "config.json").is_file():
-            return str(candidate)
-    if path.exists():
-        raise CheckpointError(
-            f"{str(path)!r} holds no checkpoint (no config.json in it or in {PRETRAINED_DIR}/); "
-            "pass a training output dir or its pretrained_model/ folder."
-        )
-    if _REPO_ID.match(str(path_or_repo)):
-        try:
-            return str(Hub().download(str(path_or_repo), revision=revision))
-        except HubError as e:
-            raise CheckpointError(f"checkpoint {str(path_or_repo)!r} is no local folder; as a Hub repo id: {e}") from None
-    raise CheckpointError(
-        f"no checkpoint at {str(path_or_repo)!r} (no such folder, and not a Hub repo id like user/name); pass a "
-        "training output dir, its pretrained_model/ folder or a Hub repo id."
-    )
-
-
-def load_config(path_or_repo: str, *, revision: str | None = None) -> Any:
+def load_config(path_or_repo: str | CheckpointRef, *, revision: str | None = None) -> Any:
     """The LeRobot policy config of a checkpoint, without loading weights."""
     from lerobot.configs.policies import PreTrainedConfig
 
     import hf_reflow.policies.flow_mlp  # noqa: F401  (registers the built-in policy type)
 
-    source = resolve_checkpoint(path_or_repo, revision=revision)
-    check_contained(source, ("config.json",))
+    source = str(CheckpointRef.of(path_or_repo, revision=revision).local())
+    check_contained(source, (CONFIG_FILE,))
     try:
         return PreTrainedConfig.from_pretrained(source)
     except Exception as e:
@@ -78,11 +50,11 @@ def load_config(path_or_repo: str, *, revision: str | None = None) -> Any:
         ) from None
 
 
-def load_policy(path_or_repo: str, *, device: torch.device | str = "cpu", revision: str | None = None, config=None):
+def load_policy(path_or_repo: str | CheckpointRef, *, device: torch.device | str = "cpu", revision: str | None = None, config=None):
     """Load a LeRobot policy (any registered type) from a checkpoint onto `device`, in eval mode."""
     from lerobot.policies.factory import get_policy_class
 
-    source = resolve_checkpoint(path_or_repo, revision=revision)
+    source = str(CheckpointRef.of(path_or_repo, revision=revision).local())
     config = load_config(source) if config is None else config
     config.device = torch.device(device).type
     check_weights(source)
@@ -116,7 +88,7 @@ def check_weights(folder: str | Path) -> None:
 
 
 def load_processors(
-    path_or_repo: str,
+    path_or_repo: str | CheckpointRef,
     config: Any,
     *,
     device: torch.device | str = "cpu",
@@ -131,11 +103,11 @@ def load_processors(
     """
     from lerobot.policies.factory import make_pre_post_processors
 
-    source = resolve_checkpoint(path_or_repo, revision=revision)
-    trusted = allow_unregistered_processor_steps and Path(path_or_repo).exists()
+    ref = CheckpointRef.of(path_or_repo, revision=revision)
+    source = str(ref.local())
     check_contained(source, PROCESSOR_FILES)
-    if not trusted:
-        check_processor_steps(source, config, trust_hint=Path(path_or_repo).exists())
+    if not (allow_unregistered_processor_steps and ref.is_local):  # a Hub checkpoint is never trusted
+        check_processor_steps(source, config, trust_hint=ref.is_local)
     overrides = {"device_processor": {"device": str(device)}}
     return make_pre_post_processors(config, pretrained_path=source, preprocessor_overrides=overrides)
 
@@ -154,20 +126,21 @@ class LoadedCheckpoint:
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False)  # held while sampling with it
 
 
-def load_checkpoint(path_or_repo: str, *, device: torch.device | str = "cpu", revision: str | None = None,
+def load_checkpoint(path_or_repo: str | CheckpointRef, *, device: torch.device | str = "cpu", revision: str | None = None,
                     allow_unregistered_processor_steps: bool = False) -> LoadedCheckpoint:  # fmt: skip
     """Policy + adapter + processors + lineage of a checkpoint (local folder or Hub id).
 
     The policy type is checked against the adapters before any weight is read, and the processors
     (never trusted unless asked, see `load_processors`) before the weights.
     """
-    config = load_config(path_or_repo, revision=revision)  # CheckpointError for a bad path / repo id
+    ref = CheckpointRef.of(path_or_repo, revision=revision)  # CheckpointError for a bad path / repo id
+    config = load_config(ref)
     adapter_class(config.type)  # ConfigError naming the supported types, before the weights
-    pre, post = load_processors(path_or_repo, config, device=device, revision=revision,
+    pre, post = load_processors(ref, config, device=device,
                                 allow_unregistered_processor_steps=allow_unregistered_processor_steps)  # fmt: skip
-    policy = load_policy(path_or_repo, device=device, revision=revision, config=config)
-    info = read_reflow_info(path_or_repo) if Path(path_or_repo).exists() else {}
-    return LoadedCheckpoint(str(path_or_repo), config, policy, adapter_for(policy), pre, post, info)
+    policy = load_policy(ref, device=device, config=config)
+    info = read_reflow_info(ref.folder) if ref.is_local else {}
+    return LoadedCheckpoint(ref.source, config, policy, adapter_for(policy), pre, post, info)
 
 
 class CheckpointCache:
@@ -196,9 +169,9 @@ class CheckpointCache:
         return loaded
 
 
-def read_reflow_info(path: str | Path) -> dict[str, Any]:
+def read_reflow_info(path: str | Path | CheckpointRef) -> dict[str, Any]:
     """`reflow.json` of a local checkpoint ({} for a checkpoint hf-reflow did not train)."""
-    file = Path(resolve_checkpoint(path)) / REFLOW_INFO
+    file = CheckpointRef.of(path).local() / REFLOW_INFO
     if not file.is_file():
         return {}
     try:
@@ -215,13 +188,14 @@ def read_reflow_info(path: str | Path) -> dict[str, Any]:
     return info
 
 
-def teacher_lineage(path: str) -> dict[str, Any]:
+def teacher_lineage(path: str | CheckpointRef) -> dict[str, Any]:
     """The teacher's `reflow.json` (for the student's k): {} when it has none or is a Hub id not at hand;
     a local one that is damaged is a `CheckpointError`."""
+    ref = CheckpointRef.of(path)
     try:
-        return read_reflow_info(path)
+        return read_reflow_info(ref)
     except CheckpointError:
-        if Path(path).exists():
+        if ref.is_local:
             raise
         return {}
 
@@ -262,7 +236,7 @@ def stage_lineage(cfg: Any, *, num_processes: int, lr: float) -> dict[str, Any]:
 
 def checkpoint_commit(path_or_repo: str, *, revision: str | None = None) -> str | None:
     """The Hub commit a checkpoint comes from: a Hub id's snapshot, or what a pushed local folder recorded."""
-    folder = Path(resolve_checkpoint(path_or_repo, revision=revision))
+    folder = CheckpointRef.of(path_or_repo, revision=revision).local()
     if folder.parent.name == "snapshots" and len(folder.name) == 40:  # huggingface_hub cache layout
         return folder.name
     return read_push_record(folder).get("commit")
@@ -277,31 +251,11 @@ def save_checkpoint(
     state_dict: dict[str, torch.Tensor] | None = None,
 ) -> Path:
     """Write a stock-loadable checkpoint to `directory` via a temporary sibling, then rename it in place."""
-    directory = Path(directory)
-    tmp = directory.with_name(f".{directory.name}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    try:
-        with disk_writes(tmp):
-            policy.save_pretrained(tmp, state_dict=state_dict)
-            preprocessor.save_pretrained(tmp)
-            postprocessor.save_pretrained(tmp)
+    with atomic_path(Path(directory)) as tmp, disk_writes(tmp):  # a half-written checkpoint never stays behind
+        policy.save_pretrained(tmp, state_dict=state_dict)
+        preprocessor.save_pretrained(tmp)
+        postprocessor.save_pretrained(tmp)
         (tmp / REFLOW_INFO).write_text(json.dumps(info, indent=2, sort_keys=True))
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)  # a half-written checkpoint never stays behind
-        raise
-    _replace_dir(tmp, directory)
-    return directory
-
-
-def _replace_dir(src: Path, dst: Path) -> None:
-    """Move `src` to `dst`, replacing an older `dst` with only a brief window without it."""
-    if dst.exists():
-        old = dst.with_name(f".{dst.name}.old-{os.getpid()}")
-        dst.rename(old)
-        src.rename(dst)
-        shutil.rmtree(old)
-    else:
-        dst.parent.mkdir(parents=True, exist_ok=True)
-        src.rename(dst)
+    return Path(directory)
 
 

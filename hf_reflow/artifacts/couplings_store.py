@@ -35,10 +35,10 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from hf_reflow.artifacts.checkpoints import resolve_checkpoint
 from hf_reflow.data import is_data_file_error, load_metadata
 from hf_reflow.errors import DataError
 from hf_reflow.hub import Hub
+from hf_reflow.refs import WEIGHTS, CheckpointRef
 
 logger = logging.getLogger(__name__)
 
@@ -115,7 +115,7 @@ def features(action_shape: tuple[int, ...]) -> Any:
 def weights_sha256(checkpoint: str | Path, *, revision: str | None = None) -> str:
     """sha256 of a checkpoint's `model.safetensors`: which teacher made a set of couplings."""
     digest = hashlib.sha256()
-    with open(Path(resolve_checkpoint(str(checkpoint), revision=revision)) / "model.safetensors", "rb") as f:
+    with open(CheckpointRef.of(str(checkpoint), revision=revision).local() / WEIGHTS, "rb") as f:
         while chunk := f.read(1 << 22):
             digest.update(chunk)
     return digest.hexdigest()

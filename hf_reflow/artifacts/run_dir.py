@@ -20,10 +20,13 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
-from hf_reflow.artifacts.checkpoints import PRETRAINED_DIR, check_weights
+from hf_reflow.artifacts.checkpoints import check_weights
 from hf_reflow.artifacts.run_lock import LOCK_FILE
+from hf_reflow.atomic import TEMPORARY_MARK, atomic_path, remove
 from hf_reflow.configs import RECORD_KEYS, TrainConfig, resolved_paths
 from hf_reflow.errors import CheckpointError, ConfigError
+from hf_reflow.parsing import train_config_from_dict
+from hf_reflow.refs import PRETRAINED_DIR, checkpoint_folder
 
 logger = logging.getLogger(__name__)
 
@@ -75,7 +78,7 @@ def _finished(output_dir: Path) -> bool:
     """The run's final model is there and its weights read; damaged final weights (e.g. truncated) are removed,
     so the resume rebuilds them from the last checkpoint's training state."""
     final = output_dir / PRETRAINED_DIR
-    if not (final / "config.json").is_file():
+    if checkpoint_folder(final) != final:
         return False
     try:
         check_weights(final)
@@ -120,7 +123,7 @@ def _saved_config(saved: Path) -> TrainConfig:
     and its policy resolves as it did then (an older run's policy section holds only the fields it set)."""
     data = {k: v for k, v in _read_saved_config(saved).items() if k not in RECORD_KEYS}
     try:
-        return TrainConfig.from_dict(data)
+        return train_config_from_dict(data)
     except ConfigError as e:
         raise CheckpointError(
             f"{str(saved)!r} no longer parses as a run config ({e}); delete the output dir to start over, or "
@@ -135,11 +138,8 @@ def remove_temporary(output_dir: Path) -> None:
         if not folder.is_dir():
             continue
         for path in folder.iterdir():
-            if path.name.startswith(".") and (".tmp" in path.name or ".old-" in path.name):
-                if path.is_dir() and not path.is_symlink():
-                    shutil.rmtree(path, ignore_errors=True)
-                else:
-                    path.unlink(missing_ok=True)
+            if path.name.startswith(".") and (TEMPORARY_MARK in path.name or ".old-" in path.name):
+                remove(path)
 
 
 def find_resumable_checkpoint(output_dir: Path, loads: Callable[[Path], None]) -> int | None:
@@ -171,12 +171,8 @@ def checkpoint_dir(output_dir: Path, step: int) -> Path:
 
 def point_last_at(checkpoint: Path) -> None:
     """`checkpoints/last` -> `checkpoint` (relative), replaced atomically."""
-    link = checkpoint.parent / LAST
-    tmp = checkpoint.parent / f".{LAST}.tmp-{os.getpid()}"
-    if tmp.is_symlink() or tmp.exists():
-        tmp.unlink()
-    os.symlink(checkpoint.name, tmp, target_is_directory=True)
-    os.replace(tmp, link)
+    with atomic_path(checkpoint.parent / LAST) as tmp:
+        os.symlink(checkpoint.name, tmp, target_is_directory=True)
 
 
 def link_tree(src: Path, dst: Path) -> None:
@@ -188,9 +184,5 @@ def link_tree(src: Path, dst: Path) -> None:
         except OSError:
             shutil.copy2(a, b)
 
-    tmp = dst.with_name(f".{dst.name}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    shutil.copytree(src, tmp, copy_function=link_or_copy)
-    if dst.exists():
-        shutil.rmtree(dst)
-    tmp.rename(dst)
+    with atomic_path(dst) as tmp:
+        shutil.copytree(src, tmp, copy_function=link_or_copy)

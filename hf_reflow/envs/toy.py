@@ -9,12 +9,12 @@ State (4,): hand x, y, goal x, y. Action (2,): velocity (per second); the hand m
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from hf_reflow.atomic import atomic_path
 from hf_reflow.envs.writing import discard_dataset
 from hf_reflow.errors import DataError
 
@@ -74,26 +74,23 @@ def write_dataset(root: str | Path, *, episodes: int, seed: int = 0, repo_id: st
         raise DataError(f"episodes must be >= 1, got {episodes}.")
     if root.exists() and any(root.iterdir()):
         raise DataError(f"{str(root)!r} already exists and is not empty; choose a new --root or delete it.")
-    tmp = root.with_name(f".{root.name}.tmp-{os.getpid()}")
     features = {
         "observation.state": {"dtype": "float32", "shape": (4,), "names": ["x", "y", "goal_x", "goal_y"]},
         "action": {"dtype": "float32", "shape": (2,), "names": ["vx", "vy"]},
     }
     dataset = None
-    try:
-        dataset = LeRobotDataset.create(repo_id, FPS, features, root=tmp, use_videos=False)
-        for index in range(episodes):
-            episode = expert_episode(seed * 100_000 + index)
-            for state, action in zip(episode.states, episode.actions, strict=True):
-                dataset.add_frame({"observation.state": state, "action": action, "task": TASK})
-            dataset.save_episode()
-        dataset.finalize()
-        if root.exists():
-            root.rmdir()
-        tmp.rename(root)
-    except BaseException:  # a full disk, Ctrl-C: nothing half-written stays behind
-        discard_dataset(dataset, tmp)
-        raise
+    with atomic_path(root) as tmp:
+        try:
+            dataset = LeRobotDataset.create(repo_id, FPS, features, root=tmp, use_videos=False)
+            for index in range(episodes):
+                episode = expert_episode(seed * 100_000 + index)
+                for state, action in zip(episode.states, episode.actions, strict=True):
+                    dataset.add_frame({"observation.state": state, "action": action, "task": TASK})
+                dataset.save_episode()
+            dataset.finalize()
+        except BaseException:  # a full disk, Ctrl-C: LeRobot's writer is closed before the folder goes
+            discard_dataset(dataset, tmp)
+            raise
     return root
 
 

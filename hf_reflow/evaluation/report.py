@@ -20,6 +20,8 @@ from typing import Any
 
 import numpy as np
 
+from hf_reflow.atomic import write_text
+
 METRICS = ("success_rate", "collision_rate", "stall_rate", "timeout_rate", "left_share", "side_switches",
            "mean_steps", "straightness", "error_vs_10step", "error_vs_data", "latency_ms", "passes_per_env_step",
            "ms_per_env_step", "hand_speed", "chunk_jump", "action_change", "miss_closest_goal_m", "miss_closest_hand_goal_m",
@@ -438,8 +440,8 @@ def write(out: Path, cfg: Any, rows: list[dict], *, log: Any = print) -> dict[st
     summary = summarise(rows)
     results = {"recipe": dataclasses.asdict(cfg), "summary": summary, "per_task": per_task(rows, summary, list(cfg.data.tasks)),
                "targets": targets(summary), "speedup_at_equal_success": speedup_at_equal_success(summary), "rows": rows}  # fmt: skip
-    (out / "results.json").write_text(json.dumps(results, indent=2, default=float))
-    (out / "report.md").write_text(markdown(summary, cfg, rows))
+    write_text(out / "results.json", json.dumps(results, indent=2, default=float))
+    write_text(out / "report.md", markdown(summary, cfg, rows))
     try:
         plot(summary, out / "report.png")
     except Exception as e:  # a figure must never cost a finished run its results

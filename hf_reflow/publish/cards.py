@@ -12,15 +12,16 @@ from __future__ import annotations
 
 import json
 import logging
-import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from hf_reflow.artifacts.checkpoints import PRETRAINED_DIR, REFLOW_INFO, read_reflow_info, resolve_checkpoint
+from hf_reflow.artifacts.checkpoints import REFLOW_INFO, read_reflow_info
 from hf_reflow.artifacts.couplings_store import check_complete
-from hf_reflow.errors import HubError
+from hf_reflow.errors import CheckpointError, HubError
 from hf_reflow.hub import read_push_record
+from hf_reflow.refs import CheckpointRef, checkpoint_folder, is_repo_id
+from hf_reflow.stages import LEAF_STAGES, stage_label
 
 logger = logging.getLogger(__name__)
 
@@ -28,7 +29,6 @@ TEMPLATES = Path(__file__).parent / "templates"
 HUB_URL = "https://huggingface.co"
 DEFAULT_LICENSE = "apache-2.0"
 MAX_LINEAGE = 32
-_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 # Columns of the evaluation table and of `model-index`, as `hf-reflow eval --output=` names them.
 EVAL_METRICS = {
     "success_rate": "success rate",
@@ -38,28 +38,21 @@ EVAL_METRICS = {
 }
 
 
-def stage_label(info: dict[str, Any]) -> str:
-    """`2-RF`, `2-RF distilled (1 step)`, ... from a `reflow.json`."""
-    k = info.get("k", "?")
-    return f"{k}-RF distilled (1 step)" if info.get("distilled") else f"{k}-RF"
+def _label(info: dict[str, Any]) -> str:
+    """`2-RF`, `2-RF distilled`, `2-RF shortcut` from a `reflow.json` (`stages.stage_label`)."""
+    return stage_label(info.get("stage") or ("distill" if info.get("distilled") else None), info.get("k", "?"))
 
 
 def tags(info: dict[str, Any], policy_type: str) -> list[str]:
-    """Hub tags: reflow, rectified-flow, lerobot, the policy type, `<k>-rf` (and `distilled`)."""
+    """Hub tags: reflow, rectified-flow, lerobot, the policy type, `<k>-rf` (and `distilled` / `shortcut`)."""
     out = ["reflow", "rectified-flow", "lerobot", "robotics", policy_type, f"{info.get('k', 1)}-rf"]
-    return out + (["distilled"] if info.get("distilled") else [])
+    leaf = info.get("stage") or ("distill" if info.get("distilled") else None)
+    return out + ([LEAF_STAGES[leaf]] if leaf in LEAF_STAGES else [])
 
 
 def hub_id(value: Any) -> str | None:
-    """`value` when it names a Hub repo: `namespace/name`, not an existing local path, not `local/...`."""
-    if (
-        not isinstance(value, str)
-        or not _HUB_ID.match(value)
-        or value.startswith("local/")
-        or Path(value).exists()
-    ):
-        return None
-    return value
+    """`value` when it names a Hub repo (`refs.is_repo_id`), else None."""
+    return value if is_repo_id(value) else None
 
 
 def hub_datasets(info: dict[str, Any]) -> list[str]:
@@ -104,30 +97,24 @@ def _step_count(value: Any) -> bool:
 
 def _final_folder(path: str | Path) -> Path:
     """A run dir and its `pretrained_model/` name the same checkpoint."""
-    path = Path(path)
-    return (
-        (path / "pretrained_model").resolve()
-        if (path / "pretrained_model" / "config.json").is_file()
-        else path.resolve()
-    )
+    return (checkpoint_folder(path) or Path(path)).resolve()
 
 
 # ---- the facts a card needs from the Hub ------------------------------------------------------
 def source(hub: Any, path: str) -> dict[str, Any]:
     """A checkpoint named by a local path or a Hub id: repo_id (None if never pushed), commit, path,
     folder (local), k, stage, teacher and its `reflow.json` as `info`."""
-    local = Path(path)
-    folder = next((f for f in (local, local / PRETRAINED_DIR) if (f / "config.json").is_file()), None)
-    if folder is not None:
-        info, record = read_reflow_info(folder), read_push_record(folder)
-        row = {"repo_id": record.get("repo_id"), "commit": record.get("commit"), "folder": str(folder)}
-    else:
-        try:
+    try:
+        ref = CheckpointRef.of(path)
+        if ref.is_local:
+            info = read_reflow_info(ref)
+            row = {"repo_id": ref.repo_id, "commit": ref.commit, "folder": str(ref.folder)}
+        else:  # through the caller's client (its endpoint and token)
             info = json.loads(hub.read_text(path, REFLOW_INFO) or "{}")
             row = {"repo_id": path, "commit": hub.repo_info(path).sha}
-        except HubError as e:
-            logger.warning("%s is neither a local checkpoint nor readable on the Hub (%s)", path, e)
-            info, row = {}, {"repo_id": None, "commit": None}
+    except (CheckpointError, HubError) as e:
+        logger.warning("%s is neither a local checkpoint nor readable on the Hub (%s)", path, e)
+        info, row = {}, {"repo_id": None, "commit": None}
     return {**row, "path": path, "k": info.get("k", "?"), "stage": info.get("stage", "unknown"),
             "teacher": info.get("teacher"), "info": info}  # fmt: skip
 
@@ -203,9 +190,8 @@ class StageCard:
 def checkpoint_card(hub: Any, checkpoint: str | Path, repo_id: str, *, eval_rows: list[dict[str, Any]] | None = None,
                     license: str | None = None) -> StageCard:  # fmt: skip
     """The card of a local checkpoint about to be pushed to `repo_id` (`license`: override)."""
-    folder = Path(resolve_checkpoint(checkpoint))
-    info = read_reflow_info(folder)
-    policy_config = json.loads((folder / "config.json").read_text())
+    ref = CheckpointRef.of(checkpoint)
+    folder, info, policy_config = ref.local(), read_reflow_info(ref), ref.config()
     teachers = lineage(hub, info)
     base = base_source(hub, folder, info, teachers)
     card = model_card(
@@ -213,7 +199,7 @@ def checkpoint_card(hub: Any, checkpoint: str | Path, repo_id: str, *, eval_rows
         license={"license": license} if license else card_license(hub, base), base_model=base.get("repo_id"),
         couplings_repo=pushed_id(info.get("couplings_dataset")),
     )  # fmt: skip
-    label = f"{stage_label(info)} {policy_config.get('type', '')} policy ({info.get('num_steps', '?')} steps)"
+    label = f"{_label(info)} {policy_config.get('type', '')} policy ({info.get('num_steps', '?')} steps)"
     return StageCard(folder, card, label, teachers[-1].get("repo_id") if teachers else None)
 
 
@@ -339,7 +325,7 @@ def _template_values(repo_id, info, policy_config, lineage, eval_rows) -> dict[s
     return {
         "title": repo_id.split("/")[-1],
         "repo_id": repo_id,
-        "stage_label": stage_label(info),
+        "stage_label": _label(info),
         "stage": info.get("stage", "unknown"),
         "k": k,
         "what": _what(info),
@@ -398,6 +384,9 @@ def _what(info: dict[str, Any]) -> str:
         return "flow matching on demonstrations (1-Rectified Flow), the teacher of the reflow stages."
     if stage == "distill":
         return "distilled from its teacher's ODE end points at t = 1 only (InstaFlow-style), for one-step sampling."
+    if stage == "shortcut":
+        return ("a shortcut model (Frans et al. 2024) of its teacher: the teacher's flow plus a step-size input, trained "
+                "on its couplings so that one large step lands where two smaller ones do, for 1-2 step sampling.")
     return "trained by reflow on (noise, teacher ODE end point) couplings of its teacher, so its paths are straighter."
 
 

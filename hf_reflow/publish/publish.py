@@ -16,6 +16,7 @@ from typing import Any
 
 from hf_reflow.artifacts.checkpoints import teacher_lineage
 from hf_reflow.artifacts.run_dir import link_tree
+from hf_reflow.atomic import write_text
 from hf_reflow.errors import HubError, ReflowError
 from hf_reflow.hub import (
     CARD,
@@ -24,10 +25,9 @@ from hf_reflow.hub import (
     check_no_outside_links,
     check_repo_id,
     write_push_record,
-    write_text,
 )
 from hf_reflow.publish import cards
-from hf_reflow.stages import stage_k
+from hf_reflow.stages import repo_suffix, stage_k
 
 logger = logging.getLogger(__name__)
 
@@ -81,8 +81,7 @@ def staged(folder: Path, card: str) -> Iterator[Path]:
 # ---- around training (`push_to_hub: true` in a TrainConfig) ---------------------------------
 def repo_for_stage(template: str, hub_model_id: str, *, k: int, stage: str) -> str:
     """`template` (e.g. `{hub_model_id}-{k}rf{suffix}`) filled for a stage of kind `stage` and its k."""
-    suffix = {"distill": "-distilled", "shortcut": "-shortcut"}.get(stage, "")
-    return template.format(hub_model_id=hub_model_id, k=k, stage=stage, suffix=suffix)
+    return template.format(hub_model_id=hub_model_id, k=k, stage=stage, suffix=repo_suffix(stage))
 
 
 def stage_repo_id(config: Any) -> str:

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +31,7 @@ from hf_reflow.artifacts.couplings_store import (
     read_spec,
     weights_sha256,
 )
+from hf_reflow.atomic import TEMPORARY_MARK, atomic_path, write_text
 from hf_reflow.data import load_metadata, make_dataset
 from hf_reflow.errors import ConfigError
 from hf_reflow.training.teacher import OnlineTeacher
@@ -101,9 +101,9 @@ def _check_or_write_spec(root: Path, spec: CouplingsSpec, state: Any) -> None:
             )
     elif state.is_main_process:
         (root / SHARDS).mkdir(parents=True, exist_ok=True)
-        file.write_text(json.dumps(dataclasses.asdict(spec), indent=2, sort_keys=True))
+        write_text(file, json.dumps(dataclasses.asdict(spec), indent=2, sort_keys=True))
     if state.is_main_process:  # shards a killed or failed run left half-written (no process writes yet)
-        for stale in (root / SHARDS).glob("*.tmp-*"):
+        for stale in (root / SHARDS).glob(f"*{TEMPORARY_MARK}*"):
             stale.unlink(missing_ok=True)
     state.wait_for_everyone()
 
@@ -127,10 +127,5 @@ def _make_block(
         "noise": noise.numpy(), "action": torch.cat(actions).numpy(), "row": rows.numpy(), **where,
         "teacher_steps": [spec.teacher_num_inference_steps] * size, "solver": [spec.teacher_solver] * size,
     }  # fmt: skip
-    tmp = block_path(root, block).with_suffix(f".tmp-{os.getpid()}")
-    try:
+    with atomic_path(block_path(root, block)) as tmp:  # a full disk: no half-written shard stays behind
         ArrowDataset.from_dict(columns, features=features(spec.action_shape)).to_parquet(str(tmp))
-        tmp.rename(block_path(root, block))
-    except BaseException:  # a full disk: no half-written shard stays behind
-        tmp.unlink(missing_ok=True)
-        raise

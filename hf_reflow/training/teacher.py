@@ -17,14 +17,14 @@ from hf_reflow.artifacts.checkpoints import (
     check_weights,
     load_config,
     load_policy,
-    resolve_checkpoint,
     teacher_lineage,
 )
 from hf_reflow.configs import TeacherConfig
 from hf_reflow.errors import CheckpointError
-from hf_reflow.policies.base import PolicyAdapter
+from hf_reflow.policies.base import PolicyAdapter, sample_policy
 from hf_reflow.policies.factory import adapter_for
-from hf_reflow.sampling import integrate, sample_policy
+from hf_reflow.refs import CheckpointRef
+from hf_reflow.sampling import integrate
 
 
 def check_compatible(teacher_config: Any, student_config: Any) -> None:
@@ -57,9 +57,10 @@ class OnlineTeacher:
     def __init__(self, cfg: TeacherConfig, *, device: torch.device, dtype: torch.dtype = torch.float32) -> None:
         self.cfg, self.device, self.dtype = cfg, device, dtype
         # Checked now, before any training: its config, lineage and weights file (header only, no weights yet).
-        self.config = load_config(cfg.path, revision=cfg.revision)
-        self.lineage = teacher_lineage(cfg.path)
-        check_weights(resolve_checkpoint(cfg.path, revision=cfg.revision))
+        self.ref = CheckpointRef.of(cfg.path, revision=cfg.revision, flag="teacher.path")  # resolved once
+        self.config = load_config(self.ref)
+        self.lineage = teacher_lineage(self.ref)
+        check_weights(self.ref.local())
         self._adapter: PolicyAdapter | None = None
         self._velocity: Any = None  # the adapter's velocity call, compiled with `teacher.compile`
         self._student: PolicyAdapter | None = None  # set by `share_backbone_with`
@@ -71,7 +72,7 @@ class OnlineTeacher:
             # those draws off the training RNG stream so a resumed run sees the same noise.
             cuda = [self.device] if self.device.type == "cuda" else []
             with torch.random.fork_rng(devices=cuda):
-                policy = load_policy(self.cfg.path, device=self.device, revision=self.cfg.revision, config=self.config)
+                policy = load_policy(self.ref, device=self.device, config=self.config)
             policy.requires_grad_(False).eval().to(dtype=self.dtype)
             self._adapter = adapter_for(policy)
             if self._student is not None:
