@@ -36,7 +36,7 @@ from smolvla_reflow_step import report_json  # noqa: E402
 
 
 def train_config(args, way: str, out: Path, couplings: Path | None = None) -> Any:
-    from hf_reflow.configs import TrainConfig
+    from hf_reflow.parsing import train_config_from_dict
 
     cheap = way == "online_cheap"
     data = {
@@ -50,7 +50,7 @@ def train_config(args, way: str, out: Path, couplings: Path | None = None) -> An
         "couplings": {"path": str(couplings) if couplings else None},
         "optim": {"lr": 1e-5, "warmup_steps": 0},
     }  # fmt: skip
-    return TrainConfig.from_dict(data)
+    return train_config_from_dict(data)
 
 
 def run_way(args, way: str, out: Path) -> dict[str, float]:

@@ -18,7 +18,9 @@ import json
 import logging
 import os
 import sys
+from pathlib import Path
 
+from hf_reflow.atomic import write_text
 from hf_reflow.errors import ConfigError, ReflowError
 
 USAGE = """usage: hf-reflow <command> [--config_path=RECIPE.yaml] [--key=value ...]   (hf-reflow <command> --help: its options)
@@ -37,7 +39,7 @@ commands:
 
 
 def cmd_train(args: list[str]) -> int:
-    from hf_reflow.configs import parse_train_config
+    from hf_reflow.parsing import parse_train_config
 
     config = parse_train_config(args)  # every key checked before anything loads
     from hf_reflow.publish.publish import check_stage_push, push_stage_from_main_process
@@ -58,7 +60,7 @@ def cmd_train(args: list[str]) -> int:
 
 
 def cmd_pipeline(args: list[str]) -> int:
-    from hf_reflow.configs import parse_pipeline_config
+    from hf_reflow.parsing import parse_pipeline_config
 
     config = parse_pipeline_config(args)
     from hf_reflow.pipeline import run
@@ -68,7 +70,8 @@ def cmd_pipeline(args: list[str]) -> int:
 
 
 def cmd_dataset(args: list[str]) -> int:
-    from hf_reflow.configs import HelpRequested, MetaWorldDataConfig, ToyDataConfig, render_help
+    from hf_reflow.configs import MetaWorldDataConfig, ToyDataConfig
+    from hf_reflow.parsing import HelpRequested, render_help
 
     sources = {"metaworld": _dataset_metaworld, "toy": _dataset_toy}
     if args and args[0] in ("-h", "--help"):
@@ -84,7 +87,8 @@ def cmd_dataset(args: list[str]) -> int:
 
 
 def _dataset_toy(args: list[str]) -> int:
-    from hf_reflow.configs import ToyDataConfig, parse_config
+    from hf_reflow.configs import ToyDataConfig
+    from hf_reflow.parsing import parse_config
 
     cfg = parse_config(ToyDataConfig, args, command="dataset toy")
     from hf_reflow.envs import toy
@@ -95,7 +99,8 @@ def _dataset_toy(args: list[str]) -> int:
 
 
 def _dataset_metaworld(args: list[str]) -> int:
-    from hf_reflow.configs import MetaWorldDataConfig, parse_config
+    from hf_reflow.configs import MetaWorldDataConfig
+    from hf_reflow.parsing import parse_config
 
     cfg = parse_config(MetaWorldDataConfig, args, command="dataset metaworld")
     from hf_reflow.envs import metaworld
@@ -117,8 +122,8 @@ def _dataset_metaworld(args: list[str]) -> int:
 
 
 def cmd_eval(args: list[str]) -> int:
-    from hf_reflow.configs import EvaluateConfig, parse_config
-    from hf_reflow.parsing import parse_env_config, split_env_args
+    from hf_reflow.configs import EvaluateConfig
+    from hf_reflow.parsing import parse_config, parse_env_config, split_env_args
 
     env_args, args = split_env_args(args)
     cfg = parse_config(EvaluateConfig, args, command="eval")
@@ -135,34 +140,23 @@ def cmd_eval(args: list[str]) -> int:
                 f"{', '.join(valid_task_names(cfg.mode))}."
             )
     from hf_reflow.data import load_metadata
-    from hf_reflow.evaluation.offline import evaluate_checkpoint
+    from hf_reflow.evaluation.evaluate import EvalSettings, EvalTarget, evaluate
 
     load_metadata(cfg.dataset)  # a clear error before any checkpoint loads
-    rows = []
-    for path in cfg.policy.path:
-        rows += evaluate_checkpoint(
-            path, cfg.dataset, nfes=cfg.nfe, num_samples=cfg.num_samples, episodes=cfg.episodes,
-            env=cfg.env if cfg.env == "toy" else "none", seed=cfg.seed,
-        )  # fmt: skip
-    if cfg.env == "metaworld" and cfg.episodes > 0:
-        from hf_reflow.evaluation.closed_loop import attach_closed_loop
-
-        rows = attach_closed_loop(rows, tasks=cfg.tasks, mode=cfg.mode, episodes=cfg.episodes, workers=cfg.workers,
-                                  n_action_steps=cfg.n_action_steps)  # fmt: skip
-    if env_cfg is not None and cfg.episodes > 0:
-        from hf_reflow.evaluation.lerobot_envs import attach_env_closed_loop
-
-        rows = attach_env_closed_loop(rows, env_cfg, episodes=cfg.episodes, n_action_steps=cfg.n_action_steps)
+    settings = EvalSettings(nfes=cfg.nfe, num_samples=cfg.num_samples, seed=cfg.seed, episodes=cfg.episodes,
+                            env=cfg.env, tasks=tuple(cfg.tasks), mode=cfg.mode, workers=cfg.workers,
+                            n_action_steps=cfg.n_action_steps, env_config=env_cfg)  # fmt: skip
+    rows = evaluate([EvalTarget(path) for path in cfg.policy.path], cfg.dataset, settings)
     print(format_table(rows))
     if cfg.output:
-        with open(cfg.output, "w") as f:
-            json.dump(rows, f, indent=2)
+        write_text(Path(cfg.output), json.dumps(rows, indent=2))
         print(f"results: {cfg.output}")
     return 0
 
 
 def cmd_push(args: list[str]) -> int:
-    from hf_reflow.configs import PushConfig, parse_config
+    from hf_reflow.configs import PushConfig
+    from hf_reflow.parsing import parse_config
 
     cfg = parse_config(PushConfig, args, command="push")
     from hf_reflow.hub import Hub
@@ -184,7 +178,8 @@ def cmd_push(args: list[str]) -> int:
 
 
 def cmd_couplings(args: list[str]) -> int:
-    from hf_reflow.configs import CouplingsGenerateConfig, HelpRequested, parse_config, render_help
+    from hf_reflow.configs import CouplingsGenerateConfig
+    from hf_reflow.parsing import HelpRequested, parse_config, render_help
 
     if args and args[0] in ("-h", "--help"):
         raise HelpRequested(render_help(CouplingsGenerateConfig, "couplings generate"))
@@ -212,7 +207,8 @@ SPACE_SWITCHES = ("--push", "--private")  # `hf-reflow space --push --private`: 
 
 
 def cmd_space(args: list[str]) -> int:
-    from hf_reflow.configs import SpaceConfig, parse_config
+    from hf_reflow.configs import SpaceConfig
+    from hf_reflow.parsing import parse_config
 
     args = [f"{arg}=true" if arg in SPACE_SWITCHES and (i + 1 == len(args) or args[i + 1].startswith("--")) else arg
             for i, arg in enumerate(args)]  # fmt: skip
@@ -286,7 +282,7 @@ def main(argv: list[str] | None = None) -> int:
     if not argv or argv[0] in ("-h", "--help", "help"):
         print(USAGE)
         return 0
-    from hf_reflow.configs import HelpRequested
+    from hf_reflow.parsing import HelpRequested
 
     command = COMMANDS.get(argv[0])
     try:

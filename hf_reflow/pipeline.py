@@ -27,20 +27,23 @@ from typing import Any
 
 from hf_reflow import space
 from hf_reflow.artifacts.run_lock import LOCK_FILE, run_lock
-from hf_reflow.configs import PIPELINE_STAGES, DatasetConfig, PipelineConfig, stage_k
+from hf_reflow.atomic import TEMPORARY_MARK, write_text
+from hf_reflow.configs import PIPELINE_STAGES, DatasetConfig, PipelineConfig
 from hf_reflow.errors import ConfigError, HubError
 from hf_reflow.evaluation import report
 from hf_reflow.evaluation.chain import evaluate_chain
 from hf_reflow.evaluation.closed_loop import controllers_of
 from hf_reflow.hub import SPACE_SDK, Hub
+from hf_reflow.parsing import stage_config
 from hf_reflow.publish.publish import push_checkpoint, repo_for_stage
+from hf_reflow.refs import PRETRAINED_DIR, checkpoint_folder
+from hf_reflow.stages import LEAF_STAGES, run_name, stage_k, stage_label
 from hf_reflow.training.couplings import generate
 from hf_reflow.training.trainer import ReflowTrainer
 
 # Recipe sections whose change makes an existing run a different run (eval settings may change freely,
 # seeds and stages may be extended: finished ones are reused).
 _RUN_DEFINING = ("data", "train", "flow_matching", "reflow", "distill", "shortcut", "num_couplings", "coupling_states")
-_LEAVES = {"distill": "distilled", "shortcut": "shortcut"}  # students of a k-RF that no later stage uses
 
 
 @dataclass(frozen=True)
@@ -53,7 +56,7 @@ class Stage:
 
     @property
     def label(self) -> str:
-        return f"{self.k}-RF {_LEAVES[self.kind]}" if self.kind in _LEAVES else f"{self.k}-RF"
+        return stage_label(self.kind, self.k)
 
 
 def chain(stages: list[str]) -> list[Stage]:
@@ -64,13 +67,13 @@ def chain(stages: list[str]) -> list[Stage]:
     """
     out, k = [], 0
     for kind in stages:
-        if kind in _LEAVES:
+        if kind in LEAF_STAGES:
             if k == 0:
                 raise ConfigError(f"a {kind} stage needs a teacher: put it after flow_matching or reflow.")
-            out.append(Stage(kind, k, f"{k}rf-{kind}"))
+            out.append(Stage(kind, k, run_name(kind, k)))
         else:
             k = stage_k(kind, k)
-            out.append(Stage(kind, k, f"{k}rf"))
+            out.append(Stage(kind, k, run_name(kind, k)))
     if len({s.name for s in out}) != len(out):
         raise ConfigError(f"stages {stages} train the same student of one k-RF twice; keep one distill / shortcut per k.")
     return out
@@ -107,12 +110,13 @@ def check_output_dir(cfg: PipelineConfig, out: Path) -> None:
                 "use another --output_dir, or --force=true to delete it and start over."
             )
     out.mkdir(parents=True, exist_ok=True)
-    saved.write_text(json.dumps({k: v for k, v in mine.items() if k != "force"}, indent=2))
+    write_text(saved, json.dumps({k: v for k, v in mine.items() if k != "force"}, indent=2))
 
 
 def remove_partial_datasets(folder: Path) -> None:
-    """Delete the `.<name>.partial-*` folders a killed dataset writer left (the caller holds the run lock)."""
-    for stale in Path(folder).glob(".*.partial-*"):
+    """Delete the `.<name>.tmp-*` folders a killed dataset writer left (`.partial-*`: those of older versions;
+    the caller holds the run lock)."""
+    for stale in [*Path(folder).glob(f".*{TEMPORARY_MARK}-*"), *Path(folder).glob(".*.partial-*")]:
         shutil.rmtree(stale, ignore_errors=True)
 
 
@@ -146,7 +150,7 @@ def write_datasets(cfg: PipelineConfig, out: Path) -> tuple[Path, Path]:
                 hold_steps=hold,
                 **common,
             )
-        (root.parent / f"{root.name}.json").write_text(json.dumps(summary, indent=2, default=float))
+        write_text(root.parent / f"{root.name}.json", json.dumps(summary, indent=2, default=float))
         _log(
             f"  {summary['episodes_written']}/{summary['episodes_attempted']} episodes kept "
             f"({summary['episodes_failed']} failed expert episodes dropped), {summary['frames']} frames, "
@@ -160,7 +164,7 @@ def train_chain(cfg: PipelineConfig, out: Path, seed: int, demos: Path) -> list[
     done, teacher, teacher_stage = [], None, None
     for stage in chain(cfg.stages):
         run_dir = out / f"seed{seed}" / stage.name
-        finished = (run_dir / "pretrained_model" / "config.json").is_file()
+        finished = checkpoint_folder(run_dir / PRETRAINED_DIR) is not None
         frames, couplings = demos, None
         if stage.kind != "flow_matching" and cfg.coupling_states == "closed_loop":
             frames = out / f"seed{seed}" / "states" / teacher_stage.name  # one set per teacher
@@ -170,7 +174,7 @@ def train_chain(cfg: PipelineConfig, out: Path, seed: int, demos: Path) -> list[
             couplings = str(out / f"seed{seed}" / "couplings" / stage.name)
             if not finished:
                 generate_couplings(cfg, teacher, frames, couplings, seed, stage)
-        train_cfg = cfg.stage_config(
+        train_cfg = stage_config(cfg, 
             stage.kind, seed=seed, output_dir=str(run_dir), teacher=teacher, dataset_root=str(frames), couplings=couplings
         )
         _log(
@@ -180,7 +184,7 @@ def train_chain(cfg: PipelineConfig, out: Path, seed: int, demos: Path) -> list[
         checkpoint = ReflowTrainer(train_cfg).train()
         done.append((stage, checkpoint))
         # A distilled or shortcut student is a leaf: the next reflow round takes the last k-RF as its teacher.
-        if stage.kind not in _LEAVES:
+        if stage.kind not in LEAF_STAGES:
             teacher, teacher_stage = str(checkpoint), stage
     return done
 
@@ -206,7 +210,7 @@ def generate_couplings(
     cfg: PipelineConfig, teacher: str, demos: Path, output: str, seed: int, stage: Stage
 ) -> None:
     """`num_couplings` (noise, teacher end point) pairs made once (resumable), for one reflow / distill stage."""
-    train_cfg = cfg.stage_config(
+    train_cfg = stage_config(cfg, 
         stage.kind, seed=seed, output_dir="<unused>", teacher=teacher, dataset_root=str(demos)
     )
     _log(f"seed {seed} {stage.label}: {cfg.num_couplings} couplings from {teacher} -> {output}")
@@ -304,4 +308,4 @@ def write_chain_index(out: Path, cfg: PipelineConfig, stages: list[tuple[Stage, 
         ],
         "results": "results.json",
     }
-    (out / "pipeline.json").write_text(json.dumps(index, indent=2))
+    write_text(out / "pipeline.json", json.dumps(index, indent=2))

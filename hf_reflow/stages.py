@@ -8,6 +8,24 @@ from hf_reflow.errors import ConfigError
 STAGES = ("flow_matching", "reflow", "distill", "shortcut")
 # Step count written into each stage's final checkpoint unless `num_steps` says otherwise.
 RECOMMENDED_NUM_STEPS = {"flow_matching": 10, "reflow": 2, "distill": 1, "shortcut": 1}
+# Students of a k-RF that no later stage uses (the next reflow round still learns from that k-RF): the word
+# their label and Hub repo name add.
+LEAF_STAGES = {"distill": "distilled", "shortcut": "shortcut"}
+
+
+def stage_label(stage: str | None, k: int | str) -> str:
+    """`2-RF`, `2-RF distilled`, `2-RF shortcut`: how logs, results, cards and the Space name a stage's model."""
+    return f"{k}-RF {LEAF_STAGES[stage]}" if stage in LEAF_STAGES else f"{k}-RF"
+
+
+def repo_suffix(stage: str | None) -> str:
+    """`{suffix}` of `hub_repo_template` for a stage: `-distilled`, `-shortcut`, or nothing for a k-RF."""
+    return f"-{LEAF_STAGES[stage]}" if stage in LEAF_STAGES else ""
+
+
+def run_name(stage: str, k: int) -> str:
+    """A stage's folder in a pipeline run: `2rf`, or `2rf-distill` / `2rf-shortcut` for a leaf student."""
+    return f"{k}rf-{stage}" if stage in LEAF_STAGES else f"{k}rf"
 
 
 def stage_k(stage: str, teacher_k: int) -> int:

@@ -46,7 +46,7 @@ def fake_checkpoint(folder: Path, policy_type: str = "flow_mlp", **fields) -> st
 
 def train_config(**overrides):
     """A TrainConfig for tests: tiny policy, tensorboard off, small batches."""
-    from hf_reflow.configs import TrainConfig
+    from hf_reflow.parsing import train_config_from_dict
 
     data = {"steps": 20, "batch_size": 32, "log_every": 1, "log_with": [], "policy": dict(TINY_POLICY)}
     for key, value in overrides.items():
@@ -55,7 +55,7 @@ def train_config(**overrides):
         for part in parents:
             node = node.setdefault(part, {})
         node[leaf] = value
-    return TrainConfig.from_dict(data)
+    return train_config_from_dict(data)
 
 
 _CLI = ForkServer(REPO, {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(REPO)})

@@ -115,7 +115,7 @@ CASES = [
     Case("output_dir_on_proc", ["train", "--dataset.root={data}", "--output_dir=/proc/hf-reflow-run", *TINY], "not writable"),
     Case("disk_full", TRAIN, "free disk space", fsize=4096),
     # ---- the teacher
-    Case("teacher_missing", [*REFLOW, "--teacher.path={missing}"], "holds no checkpoint"),
+    Case("teacher_missing", [*REFLOW, "--teacher.path={missing}"], "no checkpoint at teacher.path"),
     Case("teacher_is_a_dataset", [*REFLOW, "--teacher.path={data}"], "holds no checkpoint"),
     Case("teacher_truncated_weights", [*REFLOW, "--teacher.path={bad_truncated}"], "model.safetensors"),
     Case("teacher_random_weights", [*REFLOW, "--teacher.path={bad_random}"], "model.safetensors"),

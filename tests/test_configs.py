@@ -8,8 +8,9 @@ import pytest
 import yaml
 from conftest import fake_checkpoint
 
-from hf_reflow.configs import RECOMMENDED_NUM_STEPS, parse_train_config
-from hf_reflow.errors import ConfigError
+from hf_reflow.configs import RECOMMENDED_NUM_STEPS
+from hf_reflow.errors import ConfigError, ReflowError
+from hf_reflow.parsing import parse_train_config, stage_config
 
 RECIPES = Path(__file__).resolve().parents[1] / "recipes"
 
@@ -57,7 +58,7 @@ def test_numbers_written_as_text_are_numbers():
         (["--stage=rf3"], "stage must be one of flow_matching, reflow, distill"),
         (["--stage=reflow"], "needs a teacher"),
         (["--teacher.solver=rk4", "--stage=reflow", "--teacher.path=a/b"], "teacher.solver must be one of euler, heun"),
-        (["--stage=reflow", "--teacher.path=/no/such/dir"], "teacher.path '/no/such/dir' holds no checkpoint"),
+        (["--stage=reflow", "--teacher.path=/no/such/dir"], "no checkpoint at teacher.path '/no/such/dir'"),
         (["--policy.hidden_dim=big"], "policy.hidden_dim must be int; got 'big'"),
         (["--policy.chunk_size=4"], "n_action_steps must be in 1..chunk_size (4), got 8"),
         (["--policy.type=nope"], "policy.type 'nope' is not a LeRobot policy type; known types: act"),
@@ -76,7 +77,7 @@ def test_numbers_written_as_text_are_numbers():
     ],
 )
 def test_bad_config_is_explained(args, message):
-    with pytest.raises(ConfigError, match=None) as info:
+    with pytest.raises(ReflowError, match=None) as info:  # ConfigError; CheckpointError for a bad teacher.path
         parse_train_config(args)
     assert message in str(info.value)
 
@@ -143,11 +144,11 @@ def test_every_train_recipe_parses_and_says_which_optimizer(recipe, tmp_path):
 @pytest.mark.parametrize("recipe", sorted(RECIPES.glob("metaworld/*.yaml")), ids=lambda p: p.name)
 def test_metaworld_recipes_train_as_before(recipe, teacher):
     """Each stage's optimizer is hf-reflow's AdamW + warmup-cosine, set in full (not left to a preset)."""
-    from hf_reflow.configs import parse_pipeline_config
+    from hf_reflow.parsing import parse_pipeline_config
 
     config = parse_pipeline_config([f"--config_path={recipe}"])
     for stage in config.stages:
-        optim = config.stage_config(stage, seed=0, output_dir="o", teacher=teacher, dataset_root="d").optim
+        optim = stage_config(config, stage, seed=0, output_dir="o", teacher=teacher, dataset_root="d").optim
         assert optim.type == "adamw" and optim.scheduler == "warmup_cosine" and optim.grad_clip_norm == 1.0
         assert optim.betas == [0.9, 0.999] and optim.eps == 1e-8 and optim.weight_decay == 1e-4
         assert optim.min_lr_ratio == 0.1 and optim.lr is not None and optim.warmup_steps is not None
@@ -177,7 +178,7 @@ def test_a_student_starts_from_its_teachers_config(teacher):
 
 
 def test_a_pipeline_stages_policy_keys_are_checked_up_front():
-    from hf_reflow.configs import parse_pipeline_config
+    from hf_reflow.parsing import parse_pipeline_config
 
     with pytest.raises(ConfigError, match=r"stage reflow: unknown policy key\(s\) policy.hidden_dimm for type 'flow_mlp'"):
         parse_pipeline_config([f"--config_path={RECIPES / 'metaworld/tiny.yaml'}", "--reflow.policy.hidden_dimm=3"])
@@ -268,8 +269,9 @@ def _lerobot_train_keys() -> list[str]:
 
 
 def test_every_lerobot_train_flag_is_accepted_or_refused_by_name():
-    from hf_reflow.configs import ALIASES, LEROBOT_TRAIN_REFUSED, TrainConfig, refuse_lerobot_train_flags
-    from hf_reflow.parsing import _field_of
+    from hf_reflow.configs import TrainConfig
+    from hf_reflow.parsing import ALIASES, LEROBOT_TRAIN_REFUSED, refuse_lerobot_train_flags
+    from hf_reflow.parsing.decode import _field_of
 
     unhandled = []
     for key in _lerobot_train_keys():

@@ -40,8 +40,8 @@ def test_dataset_image_transforms_augment_the_frames_as_lerobot_train(image_data
     import torch
     from lerobot.datasets.lerobot_dataset import LeRobotDataset
 
-    from hf_reflow.configs import parse_train_config
     from hf_reflow.data import make_dataset
+    from hf_reflow.parsing import parse_train_config
 
     config = parse_train_config([f"--dataset.root={image_dataset}", "--dataset.image_transforms.enable=true",
                                  "--dataset.image_transforms.max_num_transforms=2"])  # fmt: skip

@@ -267,15 +267,15 @@ def test_dataset_metaworld_cli(tmp_path):
 
 @pytest.mark.parametrize("recipe", sorted((REPO / "recipes" / "metaworld").glob("*.yaml")), ids=lambda p: p.name)
 def test_metaworld_recipes_parse(recipe):
-    from hf_reflow.configs import parse_pipeline_config
+    from hf_reflow.parsing import parse_pipeline_config
 
     cfg = parse_pipeline_config([f"--config={recipe}"])
     assert cfg.stages[0] == "flow_matching" and cfg.eval.nfe
 
 
 def test_a_new_stage_section_extends_a_finished_chain_but_a_trained_one_may_not_change(tmp_path):
-    from hf_reflow.configs import parse_pipeline_config
     from hf_reflow.errors import ConfigError
+    from hf_reflow.parsing import parse_pipeline_config
     from hf_reflow.pipeline import check_output_dir
 
     out = tmp_path / "run"

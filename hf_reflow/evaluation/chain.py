@@ -11,8 +11,9 @@ import json
 from pathlib import Path
 from typing import Any
 
-from hf_reflow.evaluation.closed_loop import PROTOCOL, attach_closed_loop
-from hf_reflow.evaluation.offline import evaluate_checkpoint
+from hf_reflow.atomic import write_text
+from hf_reflow.evaluation.closed_loop import PROTOCOL
+from hf_reflow.evaluation.evaluate import EvalSettings, EvalTarget, evaluate
 
 
 def evaluate_chain(
@@ -39,21 +40,15 @@ def evaluate_chain(
             if cache.is_file() and json.loads(cache.read_text()).get("settings") == settings:
                 rows += json.loads(cache.read_text())["rows"]
                 continue
-            own = stage.kind == "distill"
-            log(f"evaluating seed {seed} {stage.label} offline at {'its own step count' if own else eval_cfg.nfe}")
-            stage_rows = evaluate_checkpoint(
-                str(checkpoint), heldout, nfes=eval_cfg.nfe, num_samples=eval_cfg.num_samples, own_steps_only=own
-            )
-            for row in stage_rows:
-                row.update({"seed": seed, "name": stage.label, "run": stage.name, "stage": stage.kind, "k": stage.k})
-            todo.append((cache, stage_rows))
-    if eval_cfg.episodes > 0:
-        pending = [row for _, stage_rows in todo for row in stage_rows]
-        done = attach_closed_loop(pending, tasks=tasks, mode=mode, episodes=eval_cfg.episodes, workers=eval_cfg.workers,
-                                  n_action_steps=eval_cfg.n_action_steps, log=log)  # fmt: skip
-        todo = [(cache, [row for row in done if row["checkpoint"] == stage_rows[0]["checkpoint"]])
-                for cache, stage_rows in todo if stage_rows]  # fmt: skip
-    for cache, stage_rows in todo:
-        cache.write_text(json.dumps({"settings": settings, "rows": stage_rows}, indent=2))
+            labels = {"seed": seed, "name": stage.label, "run": stage.name, "stage": stage.kind, "k": stage.k}
+            todo.append((cache, EvalTarget(str(checkpoint), own_steps_only=stage.kind == "distill", labels=labels,
+                                           title=f"seed {seed} {stage.label}")))  # fmt: skip
+    measure = EvalSettings(nfes=eval_cfg.nfe, num_samples=eval_cfg.num_samples, episodes=eval_cfg.episodes,
+                           env="metaworld", tasks=tuple(tasks), mode=mode, workers=eval_cfg.workers,
+                           n_action_steps=eval_cfg.n_action_steps)  # fmt: skip
+    done = evaluate([target for _, target in todo], heldout, measure, log=log)
+    for cache, target in todo:  # each stage's rows cached beside its checkpoint
+        stage_rows = [row for row in done if row["checkpoint"] == target.checkpoint]
+        write_text(cache, json.dumps({"settings": settings, "rows": stage_rows}, indent=2))
         rows += stage_rows
     return rows

@@ -1,0 +1,219 @@
+"""The other commands: eval, dataset, couplings, push, space."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import ClassVar
+
+from hf_reflow.configs.fields import (
+    EXPERT_AIM_HELP,
+    HOLD_STEPS_HELP,
+    MAX_COUNT,
+    MAX_ODE_STEPS,
+    N_ACTION_STEPS_HELP,
+    _at_most,
+    _check_new_folder,
+    _choice,
+    _n_action_steps,
+    _opt,
+    _output_file,
+    _revision,
+    _seed,
+)
+from hf_reflow.configs.pipeline import DemoConfig
+from hf_reflow.configs.train import DatasetConfig, TeacherConfig
+from hf_reflow.errors import ConfigError
+
+
+@dataclass
+class EvalPolicyConfig:
+    """The checkpoints to evaluate."""
+
+    path: list[str] = _opt(help="checkpoint dirs / run dirs / Hub ids, comma-separated (required)", factory=list)
+
+
+@dataclass
+class EvaluateConfig:
+    """`hf-reflow eval`: offline metrics (and closed loop with --env) of checkpoints at each step count."""
+
+    policy: EvalPolicyConfig = _opt(help="the checkpoints", factory=EvalPolicyConfig)
+    dataset: DatasetConfig = _opt(help="held-out observations (and the toy env's goals)", factory=DatasetConfig)
+    nfe: list[int] = _opt(help="Euler step counts to evaluate, e.g. 1,2,4,10", factory=lambda: [1, 2, 4, 10])
+    num_samples: int = _opt(64, "held-out observations for the offline metrics")
+    env: str = _opt("none", "closed loop: none | toy | metaworld; or any LeRobot env with lerobot-eval's "
+                    "--env.type=TYPE --env.<field>=... (e.g. --env.type=metaworld_detour --env.task=push-v3)")
+    episodes: int = _opt(50, "closed-loop episodes (per task with metaworld or a LeRobot env)")
+    seed: int = _opt(0, "seed of noise and episodes")
+    output: str | None = _opt(None, "write the rows as JSON here")
+    tasks: list[str] = _opt(help="metaworld: tasks to roll out", factory=lambda: ["reach-v3", "push-v3"])
+    mode: str = _opt("multimodal", "metaworld: multimodal (detour left / right of an obstacle) | scripted")
+    workers: int = _opt(0, "metaworld: rollout processes; 0 = one per CPU core")
+    n_action_steps: list[int] | None = _opt(None, N_ACTION_STEPS_HELP)
+    HELP_EXTRA: ClassVar[tuple[str, ...]] = (
+        "  --env.type=TYPE  (str)",
+        "      closed loop in any LeRobot env type (lerobot-eval's flag; plugins' types too), e.g. metaworld_detour",
+        "  --env.<field>=VALUE",
+        "      a field of that env type's LeRobot config, e.g. --env.task=push-v3",
+    )
+
+    def __post_init__(self) -> None:
+        _seed(self.seed)
+        _n_action_steps(self.n_action_steps)
+        if not self.policy.path:
+            raise ConfigError("--policy.path is required (one checkpoint, or several separated by commas).")
+        _choice("env", self.env, ("none", "toy", "metaworld"))
+        if not self.nfe or any(not 1 <= n <= MAX_ODE_STEPS for n in self.nfe):
+            raise ConfigError(f"nfe must list step counts in 1..{MAX_ODE_STEPS}, e.g. --nfe=1,2,4,10; got {self.nfe}.")
+        for name in ("num_samples", "episodes", "workers"):
+            if getattr(self, name) < (1 if name == "num_samples" else 0):
+                raise ConfigError(f"{name} must be >= {1 if name == 'num_samples' else 0}, got {getattr(self, name)}.")
+            _at_most(name, getattr(self, name), MAX_COUNT)
+        if self.env == "metaworld":
+            DemoConfig(tasks=self.tasks, mode=self.mode)  # checks the mode
+        _output_file("--output", self.output)
+
+
+@dataclass
+class ToyDataConfig:
+    """`hf-reflow dataset toy`: the 2-D bimodal toy demonstrations as a LeRobotDataset."""
+
+    root: str | None = _opt(None, "folder to write the dataset into (required)")
+    episodes: int = _opt(200, "expert episodes")
+    seed: int = _opt(0, "seed of the episodes")
+    repo_id: str = _opt("local/toy", "dataset repo id written into its metadata")
+
+    def __post_init__(self) -> None:
+        _seed(self.seed)
+        if not self.root:
+            raise ConfigError("--root is required: the folder to write the dataset into.")
+        _check_new_folder("--root", self.root)
+        if self.episodes < 1:
+            raise ConfigError(f"episodes must be >= 1, got {self.episodes}.")
+        _at_most("episodes", self.episodes, 1_000_000)
+
+
+@dataclass
+class MetaWorldDataConfig:
+    """`hf-reflow dataset metaworld`: Meta-World expert demonstrations as a LeRobotDataset."""
+
+    root: str | None = _opt(None, "folder to write the dataset into (required)")
+    tasks: list[str] = _opt(help="Meta-World tasks, e.g. reach-v3,push-v3", factory=lambda: ["reach-v3", "push-v3"])
+    episodes: int = _opt(100, "expert episodes attempted per task (failed ones are dropped and counted)")
+    mode: str = _opt("multimodal", "multimodal (detour left / right of an obstacle) | scripted")
+    seed: int = _opt(0, "seed of the episodes")
+    images: bool = _opt(False, "also render a camera image per frame (for VLA policies)")
+    image_size: int = _opt(96, "rendered image size in pixels")
+    repo_id: str = _opt("local/metaworld", "dataset repo id written into its metadata")
+    layout: str = _opt("demo", "demo (training layouts) | eval (held-out layouts)")
+    hold_steps: int = _opt(0, HOLD_STEPS_HELP)
+    expert_aim: str = _opt("hand", EXPERT_AIM_HELP)
+    policy_path: str | None = _opt(
+        None, "roll out this checkpoint (local or Hub id) instead of the expert, keeping every episode: the states "
+        "a frozen teacher visits in closed loop, for reflow couplings (`hf-reflow couplings generate` on them)"
+    )
+
+    def __post_init__(self) -> None:
+        _seed(self.seed)
+        if not self.root:
+            raise ConfigError("--root is required: the folder to write the dataset into.")
+        _check_new_folder("--root", self.root)
+        _choice("layout", self.layout, ("demo", "eval"), " (demo: training layouts, eval: held-out layouts)")
+        if self.image_size < 8:
+            raise ConfigError(f"image_size must be >= 8, got {self.image_size}.")
+        DemoConfig(tasks=self.tasks, episodes=self.episodes, mode=self.mode, hold_steps=self.hold_steps,
+                   expert_aim=self.expert_aim)  # the recipe's checks  # fmt: skip
+
+
+@dataclass
+class CouplingsGenerateConfig:
+    """`hf-reflow couplings generate`: (noise, teacher end point) couplings written once as a dataset."""
+
+    teacher: TeacherConfig = _opt(help="the frozen teacher (path required)", factory=TeacherConfig)
+    dataset: DatasetConfig = _opt(help="observations to condition on", factory=DatasetConfig)
+    output: str | None = _opt(None, "folder to write the couplings into (required)")
+    num_couplings: int = _opt(10_000, "couplings to generate")
+    block_size: int = _opt(1024, "couplings per stored block")
+    batch_size: int = _opt(256, "teacher batch size")
+    seed: int = _opt(0, "seed of noise and observation order")
+
+    def __post_init__(self) -> None:
+        _seed(self.seed)
+        if not self.teacher.path or not self.output:
+            raise ConfigError("--teacher.path=CHECKPOINT (local or Hub id) and --output=DIR are required.")
+        for name in ("num_couplings", "block_size", "batch_size"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}.")
+            _at_most(name, getattr(self, name), MAX_COUNT)
+        if self.dataset.root and Path(self.output).resolve().is_relative_to(Path(self.dataset.root).resolve()):
+            raise ConfigError(
+                f"--output={self.output!r} lies inside the dataset --dataset.root={self.dataset.root!r}, whose files it "
+                "would mix with; write the couplings to a folder of their own."
+            )
+
+
+@dataclass
+class PushConfig:
+    """`hf-reflow push`: a checkpoint (+ model card) as a Hub model, or stored couplings as a Hub dataset."""
+
+    checkpoint: str | None = _opt(None, "checkpoint or run dir to push as a model")
+    couplings: str | None = _opt(None, "couplings folder to push as a dataset")
+    repo_id: str | None = _opt(None, "namespace/name (required)")
+    eval: str | None = _opt(None, "results JSON (hf-reflow eval --output) for the model card")
+    private: bool = _opt(False, "create the repo private")
+    revision: str | None = _opt(None, "branch to push to (created if missing); null: main")
+    commit_message: str | None = _opt(None, "commit message; null: a generated one")
+    license: str | None = _opt(None, "license in the card; null: the starting checkpoint's, else apache-2.0")
+    set_new_version: bool = _opt(False, "also point the teacher's card to this repo with new_version")
+
+    def __post_init__(self) -> None:
+        _revision("revision", self.revision)
+        if not self.repo_id or bool(self.checkpoint) == bool(self.couplings):
+            raise ConfigError(
+                "push needs --repo_id=namespace/name and one of --checkpoint=DIR (a model) or --couplings=DIR (a dataset), "
+                "e.g. --checkpoint=outputs/toy/2rf --repo_id=you/toy-2rf."
+            )
+        for flag, path in (("--checkpoint", self.checkpoint), ("--couplings", self.couplings)):
+            if path and not Path(path).is_dir():
+                what = "checkpoint" if flag == "--checkpoint" else "couplings folder"
+                raise ConfigError(f"no {what} at {path!r} ({flag} must be a local folder to push).")
+        if self.eval and not Path(self.eval).is_file():
+            raise ConfigError(f"cannot read eval results: --eval file {self.eval!r} not found; pass the JSON written by `hf-reflow eval --output=...`.")
+
+
+@dataclass
+class SpaceDatasetConfig:
+    """Observations the Space samples from; null: the chain's."""
+
+    root: str | None = _opt(None, "local LeRobotDataset folder")
+    repo_id: str | None = _opt(None, "dataset repo id")
+
+
+@dataclass
+class SpaceConfig:
+    """`hf-reflow space`: serve the Gradio Space on 127.0.0.1, write it out for deployment, or push it to the Hub."""
+
+    chain: str | None = _opt(None, "a pipeline output dir (its pipeline.json lists the stages)")
+    policies: list[str] | None = _opt(None, "checkpoints to compare instead of a chain, comma-separated")
+    dataset: SpaceDatasetConfig = _opt(help="observations", factory=SpaceDatasetConfig)
+    env: str | None = _opt(None, "closed-loop env: toy | metaworld; null: from the chain")
+    port: int | None = _opt(None, "server port (1..65535); null: Gradio's default")
+    allow_any_policy: bool = _opt(False, "let visitors load any local path / Hub id, not only the chain's stages (a private server only)")
+    bundle: str | None = _opt(None, "write a deployable Space showing --chain (Hub ids, as --push) to this folder instead of serving")
+    push: bool = _opt(False, "push a Gradio Space showing the chain (Hub ids: pushed stages or --chain=a/x-1rf,a/x-2rf) to repo_id")
+    repo_id: str | None = _opt(None, "the Space to push to, namespace/name (with --push=true)")
+    private: bool = _opt(False, "create the Space private (with --push=true)")
+
+    def __post_init__(self) -> None:
+        if self.push and not self.repo_id:
+            raise ConfigError("--push=true needs --repo_id=namespace/name of the Space, e.g. --repo_id=you/reflow-compare.")
+        if self.repo_id and not self.push:
+            raise ConfigError("--repo_id names the Space to push to; add --push=true (or drop --repo_id to serve locally).")
+        if self.push and self.bundle:
+            raise ConfigError("choose one of --push=true (push the Space) or --bundle=DIR (write it to a folder).")
+        if self.push and self.dataset.root:
+            raise ConfigError("a pushed Space cannot read a local --dataset.root; pass a Hub dataset as --dataset.repo_id.")
+        if self.port is not None and not 1 <= self.port <= 65535:
+            raise ConfigError(f"port must be in 1..65535; got {self.port}.")
+        if self.allow_any_policy and (self.push or self.bundle):
+            raise ConfigError("allow_any_policy is for a server you run yourself; a pushed or bundled Space loads only its chain.")

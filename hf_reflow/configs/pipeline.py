@@ -1,0 +1,154 @@
+"""`hf-reflow pipeline`: demonstrations -> 1-RF -> reflow rounds -> distill -> evaluation."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from hf_reflow.configs.fields import (
+    COUPLING_STATES,
+    EXPERT_AIM_HELP,
+    EXPERT_AIMS,
+    HOLD_STEPS_HELP,
+    MAX_COUNT,
+    N_ACTION_STEPS_HELP,
+    _at_least,
+    _at_most,
+    _choice,
+    _n_action_steps,
+    _opt,
+    _seed,
+)
+from hf_reflow.errors import ConfigError
+from hf_reflow.refs import is_repo_id
+
+PIPELINE_STAGES = ("flow_matching", "reflow", "distill", "shortcut")
+
+
+@dataclass
+class DemoConfig:
+    """Meta-World expert demonstrations written as a LeRobotDataset by the pipeline."""
+
+    tasks: list[str] = _opt(help="Meta-World tasks", factory=lambda: ["reach-v3", "push-v3"])
+    episodes: int = _opt(100, "expert episodes attempted per task (failed ones are dropped and counted)")
+    mode: str = _opt("multimodal", "multimodal (detour left/right of an obstacle) | scripted")
+    seed: int = _opt(0, "seed of the episodes")
+    images: bool = _opt(False, "also render a small camera image per frame (for VLA policies)")
+    image_size: int = _opt(96, "rendered image size in pixels")
+    heldout_episodes: int = _opt(10, "expert episodes per task on evaluation layouts, for offline metrics")
+    hold_steps: int = _opt(0, HOLD_STEPS_HELP)
+    expert_aim: str = _opt("hand", EXPERT_AIM_HELP)
+
+    def __post_init__(self) -> None:
+        _seed(self.seed)
+        _choice("data.mode", self.mode, ("multimodal", "scripted"))
+        _choice("data.expert_aim", self.expert_aim, EXPERT_AIMS)
+        if self.episodes < 1 or self.heldout_episodes < 1:
+            raise ConfigError(
+                f"data.episodes and data.heldout_episodes must be >= 1, got {self.episodes} and "
+                f"{self.heldout_episodes}; e.g. --data.episodes=100."
+            )
+        _at_most("data.episodes", self.episodes, 1_000_000)
+        _at_least("data.hold_steps", self.hold_steps, 0)
+        _at_most("data.hold_steps", self.hold_steps, 1000)
+        _at_most("data.heldout_episodes", self.heldout_episodes, 1_000_000)
+
+
+@dataclass
+class EvalConfig:
+    """Evaluation of every stage at every step count."""
+
+    nfe: list[int] = _opt(help="Euler step counts", factory=lambda: [1, 2, 4, 10])
+    episodes: int = _opt(50, "closed-loop episodes per task and cell (stage x step count)")
+    num_samples: int = _opt(256, "held-out observations for the offline metrics")
+    workers: int = _opt(0, "rollout processes; 0 = one per CPU core")
+    n_action_steps: list[int] | None = _opt(None, N_ACTION_STEPS_HELP)
+
+    def __post_init__(self) -> None:
+        _n_action_steps(self.n_action_steps)
+        if not self.nfe or any(not isinstance(n, int) or not 1 <= n <= 100 for n in self.nfe):
+            raise ConfigError(f"eval.nfe must be a list of step counts in 1..100, got {self.nfe!r}.")
+        if self.episodes < 0 or self.num_samples < 1:
+            raise ConfigError(f"eval.episodes must be >= 0 and eval.num_samples >= 1, got {self.episodes}, {self.num_samples}.")
+        _at_most("eval.episodes", self.episodes, 1_000_000)
+        _at_most("eval.num_samples", self.num_samples, MAX_COUNT)
+
+
+@dataclass
+class PipelinePushConfig:
+    """After evaluation, push the first seed's stages (cards, lineage, eval table) to the Hub, then a Gradio
+    Space showing that chain; write access to every repo is checked before anything trains."""
+
+    hub_model_id: str | None = _opt(None, "namespace/name the stage repos are named from (hub_repo_template); null: push nothing")
+    hub_repo_template: str = _opt("{hub_model_id}-{k}rf{suffix}", "repo name per stage, as train's: {hub_model_id}, {k}, {stage}, {suffix} (-distilled, -shortcut)")
+    space_id: str | None = _opt(None, "namespace/name of a Gradio Space showing the pushed chain; null: no Space")
+    private: bool = _opt(False, "create the model repos and the Space private")
+
+    def __post_init__(self) -> None:
+        if self.space_id and not self.hub_model_id:
+            raise ConfigError("push.space_id shows the pushed chain: also set push.hub_model_id=namespace/name.")
+        for name in ("hub_model_id", "space_id"):
+            value = getattr(self, name)
+            if value is not None and not is_repo_id(value):
+                raise ConfigError(f"push.{name} must be namespace/name, got {value!r}.")
+        try:
+            self.hub_repo_template.format(hub_model_id="a/b", k=1, stage="reflow", suffix="")
+        except (KeyError, IndexError, ValueError) as e:
+            raise ConfigError(
+                f"push.hub_repo_template {self.hub_repo_template!r} is invalid ({e!r}); it may use {{hub_model_id}}, "
+                "{k}, {stage} and {suffix}, e.g. '{hub_model_id}-{k}rf{suffix}'."
+            ) from None
+
+
+_SECTION_HELP = "TrainConfig fields (any `hf-reflow train` option) for the {} stage, on top of `train`"
+
+
+@dataclass
+class PipelineConfig:
+    """The whole k-RF chain. `stages` is the chain in order, e.g. [flow_matching, reflow, reflow, distill]
+    for 1-RF -> 2-RF -> 3-RF -> distilled; each stage trains from the previous one as teacher.
+
+    `train` holds `TrainConfig` fields shared by every stage; `flow_matching`, `reflow` and `distill`
+    hold each stage's own fields on top (e.g. steps, optim.lr, flow.time_sampler).
+    """
+
+    output_dir: str = _opt("outputs/metaworld", "where the data, every stage's run and the report go")
+    seeds: list[int] = _opt(help="training seeds; one chain per seed", factory=lambda: [0])
+    stages: list[str] = _opt(help="the chain in order, flow_matching first", factory=lambda: ["flow_matching", "reflow", "distill"])
+    force: bool = _opt(False, "redo finished stages (and the dataset) instead of skipping them")
+    num_couplings: int = _opt(
+        0,
+        "reflow / distill targets: 0 = couplings made online for every batch by the frozen teacher; N > 0 = "
+        "N couplings generated once per stage (`hf-reflow couplings generate`), then trained on like data",
+    )
+    coupling_states: str = _opt(
+        "demonstrations",
+        "the observations the teacher's couplings are made at: demonstrations (the dataset's frames) | closed_loop "
+        "(the states the frozen teacher visits when it acts, on demonstration layouts: `data.episodes` rollouts "
+        "per task, failures kept)",
+    )
+    data: DemoConfig = _opt(help="the demonstrations", factory=DemoConfig)
+    eval: EvalConfig = _opt(help="evaluation of every stage", factory=EvalConfig)
+    push: PipelinePushConfig = _opt(help="push the chain and a Space to the Hub", factory=PipelinePushConfig)
+    train: dict[str, Any] = _opt(help="TrainConfig fields (any `hf-reflow train` option) shared by every stage", factory=dict)
+    flow_matching: dict[str, Any] = _opt(help=_SECTION_HELP.format("flow_matching"), factory=dict)
+    reflow: dict[str, Any] = _opt(help=_SECTION_HELP.format("reflow"), factory=dict)
+    distill: dict[str, Any] = _opt(help=_SECTION_HELP.format("distill"), factory=dict)
+    shortcut: dict[str, Any] = _opt(help=_SECTION_HELP.format("shortcut"), factory=dict)
+
+    def __post_init__(self) -> None:
+        for stage in self.stages:
+            _choice("stages[]", stage, PIPELINE_STAGES)
+        if not self.stages or self.stages[0] != "flow_matching" or "flow_matching" in self.stages[1:]:
+            raise ConfigError(
+                f"stages must start with flow_matching (the 1-RF) and use it once, got {self.stages}; "
+                "e.g. [flow_matching, reflow, distill]."
+            )
+        if self.num_couplings < 0:
+            raise ConfigError(f"num_couplings must be >= 0 (0 = online couplings), got {self.num_couplings}.")
+        _at_most("num_couplings", self.num_couplings, MAX_COUNT)
+        _choice("coupling_states", self.coupling_states, COUPLING_STATES)
+        if not self.seeds:
+            raise ConfigError("seeds must list at least one training seed, e.g. [0] or [0, 1, 2].")
+        for seed in self.seeds:
+            _at_least("each of seeds", seed, 0)

@@ -1,0 +1,362 @@
+"""`hf-reflow train`: one stage of the k-RF chain (`TrainConfig` and its sections), and its saved form."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import draccus
+from lerobot.configs.policies import PreTrainedConfig
+from lerobot.transforms.transforms import ImageTransformsConfig
+
+from hf_reflow.atomic import write_text
+from hf_reflow.configs.fields import (
+    MAX_COUNT,
+    MAX_ODE_STEPS,
+    OPTIMIZERS,
+    SCHEDULERS,
+    TRACKERS,
+    _at_least,
+    _at_most,
+    _choice,
+    _opt,
+    _revision,
+    _seed,
+)
+from hf_reflow.errors import ConfigError
+from hf_reflow.flow import LOSSES, TIME_SAMPLERS, shortcut_levels
+from hf_reflow.sampling import SOLVERS
+from hf_reflow.stages import RECOMMENDED_NUM_STEPS, STAGES
+
+
+@dataclass
+class DatasetConfig:
+    """Where the demonstrations come from (any LeRobotDataset)."""
+
+    repo_id: str = _opt("local/dataset", "Hub dataset id, or any name when `root` holds the dataset")
+    root: str | None = _opt(None, "local LeRobotDataset folder; null: the Hugging Face cache / Hub")
+    episodes: list[int] | None = _opt(None, "subset of episode indices; null: all")
+    num_workers: int = _opt(0, "DataLoader worker processes")
+    in_memory: str = _opt("auto", "auto (small datasets without images) | always | never: hold the frames in memory")
+    video_backend: str | None = _opt(None, "video decoder: torchcodec | pyav; null: torchcodec when its FFmpeg loads, else pyav")
+    image_transforms: ImageTransformsConfig = _opt(
+        help="lerobot-train's image augmentation (LeRobot's ImageTransforms): --dataset.image_transforms.enable=true",
+        factory=ImageTransformsConfig,
+    )
+
+    def __post_init__(self) -> None:
+        _choice("dataset.in_memory", self.in_memory, ("auto", "always", "never"))
+        if self.video_backend is not None:
+            _choice("dataset.video_backend", self.video_backend, ("torchcodec", "pyav"))
+        if self.num_workers < 0:
+            raise ConfigError(f"dataset.num_workers must be >= 0, got {self.num_workers}.")
+        if self.episodes is not None and not self.episodes:
+            raise ConfigError("dataset.episodes is an empty list; list episode indices, e.g. [0,1,2], or null for all.")
+        for episode in self.episodes or []:
+            _at_least("each of dataset.episodes", episode, 0)
+
+
+@dataclass
+class TeacherConfig:
+    """The frozen k-RF teacher whose ODE end points become the student's targets (reflow, distill)."""
+
+    path: str | None = _opt(None, "Hub repo id or local checkpoint / run dir (the guide's teacher_model_path)")
+    revision: str | None = _opt(None, "Hub revision (branch, tag or commit) of the teacher")
+    num_inference_steps: int = _opt(10, "the teacher's ODE steps per coupling (the guide's reflow_num_inference_steps)")
+    solver: str = _opt("euler", "euler (LeRobot's grid) | heun: the teacher's ODE solver")
+    shared_backbone: bool | None = _opt(
+        None,
+        "null (auto): a teacher whose frozen VLM equals the student's (SmolVLA with train_expert_only, student "
+        "initialised from it) uses the student's VLM module and the VLM prefix is computed once per batch; "
+        "true: the same, but an error when it cannot be shared; false: the teacher keeps its own VLM copy",
+    )
+    compile: bool = _opt(
+        False, "torch.compile the teacher's velocity call (first batches pay the compile; same couplings within 1e-5)"
+    )
+
+    def __post_init__(self) -> None:
+        _choice("teacher.solver", self.solver, SOLVERS)
+        _revision("teacher.revision", self.revision)
+        if self.num_inference_steps < 1:
+            raise ConfigError(f"teacher.num_inference_steps must be >= 1, got {self.num_inference_steps}.")
+        _at_most("teacher.num_inference_steps", self.num_inference_steps, MAX_ODE_STEPS)
+
+
+@dataclass
+class CouplingsConfig:
+    """Stored reflow couplings (`hf-reflow couplings generate`) used instead of online generation."""
+
+    path: str | None = _opt(None, "couplings folder or Hub dataset repo id; null: couplings made online per batch")
+    revision: str | None = _opt(None, "Hub revision of the couplings dataset")
+
+    def __post_init__(self) -> None:
+        _revision("couplings.revision", self.revision)
+
+
+@dataclass
+class FlowConfig:
+    """How training times are drawn and velocity errors are scored."""
+
+    time_sampler: str = _opt("beta", f"training-time distribution: {' | '.join(TIME_SAMPLERS)} (beta: SmolVLA's)")
+    loss: str = _opt("mse", f"velocity loss: {' | '.join(LOSSES)}")
+    logit_mean: float = _opt(0.0, "logit_normal sampler: mean")
+    logit_std: float = _opt(1.0, "logit_normal sampler: standard deviation")
+    u_shaped_a: float = _opt(4.0, "u_shaped sampler: concentration at both ends (Lee et al. 2024)")
+
+    def __post_init__(self) -> None:
+        _choice("flow.time_sampler", self.time_sampler, TIME_SAMPLERS)
+        _choice("flow.loss", self.loss, LOSSES)
+        for name in ("logit_std", "u_shaped_a"):
+            if not getattr(self, name) > 0:
+                raise ConfigError(f"flow.{name} must be > 0, got {getattr(self, name)}.")
+
+
+@dataclass
+class OptimConfig:
+    """Optimizer and LR schedule. A field left null takes the policy's own LeRobot preset
+    (`policy.config.get_optimizer_preset()` / `get_scheduler_preset()`, what lerobot-train uses); a value
+    given here wins. `train_config.json` records what was used (`optim_used`)."""
+
+    lr: float | None = _opt(None, "peak learning rate; null: the preset's")
+    weight_decay: float | None = _opt(None, "weight decay; null: the preset's")
+    betas: list[float] | None = _opt(None, "Adam betas, e.g. [0.9, 0.95]; null: the preset's")
+    eps: float | None = _opt(None, "Adam epsilon; null: the preset's")
+    grad_clip_norm: float | None = _opt(None, "gradient-norm clipping (0 = off); null: the preset's")
+    type: str | None = _opt(None, f"optimizer: {' | '.join(OPTIMIZERS)}; null: the preset's")
+    scheduler: str | None = _opt(
+        None,
+        "LR schedule: warmup_cosine (linear warmup, then cosine to min_lr_ratio x lr at the last step) | "
+        "cosine_decay_with_warmup (LeRobot's, pi0 / SmolVLA presets) | constant; null: the preset's",
+    )
+    warmup_steps: int | None = _opt(None, "linear-warmup steps; null: the preset's")
+    decay_steps: int | None = _opt(None, "cosine_decay_with_warmup: decay steps; null: the preset's")
+    min_lr_ratio: float | None = _opt(None, "final LR / peak LR of the cosine decay; null: the preset's")
+
+    def __post_init__(self) -> None:
+        if self.type is not None:
+            _choice("optim.type", self.type, OPTIMIZERS)
+        if self.scheduler is not None:
+            _choice("optim.scheduler", self.scheduler, SCHEDULERS)
+        if self.lr is not None and not 0 < self.lr <= 1e6:  # float32 overflows near 3e38; beyond 1e6 is a typo
+            raise ConfigError(f"optim.lr must be in (0, 1e6], e.g. 1e-4; got {self.lr}.")
+        if self.betas is not None and (len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas)):
+            raise ConfigError(f"optim.betas must be two numbers in [0, 1), e.g. [0.9, 0.999]; got {self.betas}.")
+        if self.min_lr_ratio is not None and self.min_lr_ratio > 1:
+            raise ConfigError(f"optim.min_lr_ratio (final LR / peak LR) must be in [0, 1], got {self.min_lr_ratio}.")
+        for name in ("weight_decay", "eps", "grad_clip_norm", "warmup_steps", "min_lr_ratio"):
+            if (getattr(self, name) or 0) < 0:
+                raise ConfigError(f"optim.{name} must be >= 0, got {getattr(self, name)}.")
+        if self.decay_steps is not None and self.decay_steps < 1:
+            raise ConfigError(f"optim.decay_steps must be >= 1, got {self.decay_steps}.")
+
+    def given(self) -> dict[str, Any]:
+        """The fields set (not null): they override the policy's presets."""
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if getattr(self, f.name) is not None}
+
+
+@dataclass
+class ShortcutConfig:
+    """The `shortcut` stage: one network for 1 and 2 steps (Frans et al. 2024; SnapFlow, arXiv 2604.05656).
+
+    The student starts as its teacher, plus a step-size input whose last layer is zero (so it reproduces
+    the teacher exactly at step 0). Its loss: the flow loss on the teacher's couplings at the smallest
+    step size (`min_step`, its plain flow) + `consistency_weight` x the self-consistency loss (one step
+    of 2d = two steps of d of its own velocity, for 2d in 2 min_step .. 1).
+    """
+
+    min_step: float = _opt(0.125, "smallest step size, 1 / 2^n (its plain flow)")
+    consistency_weight: float = _opt(1.0, "weight of the self-consistency loss")
+
+    def __post_init__(self) -> None:
+        try:
+            if len(shortcut_levels(self.min_step)) < 2:
+                raise ValueError("min_step 1 leaves nothing to distil")
+        except (ValueError, OverflowError) as e:
+            raise ConfigError(f"shortcut.min_step must be 1 / 2^n with n >= 1, e.g. 0.125; got {self.min_step} ({e}).") from None
+        if not math.isfinite(self.consistency_weight) or self.consistency_weight < 0:
+            raise ConfigError(f"shortcut.consistency_weight must be finite and >= 0, got {self.consistency_weight}.")
+
+
+@dataclass
+class WandbConfig:
+    """Weights & Biases, configured as lerobot-train's `--wandb.*` (main process only, Accelerate's tracker)."""
+
+    enable: bool = _opt(False, "log to Weights & Biases (beside log_with's trackers)")
+    project: str = _opt("hf-reflow", "W&B project")
+    entity: str | None = _opt(None, "W&B entity (user or team); null: your default")
+    notes: str | None = _opt(None, "W&B run notes")
+    run_id: str | None = _opt(None, "W&B run id, e.g. to continue a run after --resume=true")
+    mode: str | None = _opt(None, "online | offline (no network; `wandb sync` later) | disabled; null: WANDB_MODE or online")
+    add_tags: bool = _opt(True, "tag the run policy:TYPE, seed:N, dataset:REPO_ID, stage:STAGE (lerobot-train's tags + the stage)")
+    disable_artifact: bool = _opt(False, "false: log the final model.safetensors as a W&B model artifact, as lerobot-train does")
+
+    def __post_init__(self) -> None:
+        if self.mode is not None:
+            _choice("wandb.mode", self.mode, ("online", "offline", "disabled"))
+
+
+POLICY_HELP = (
+    "the student: a LeRobot PreTrainedConfig, resolved as lerobot-train resolves it. `path`: start from a "
+    "checkpoint (its config.json and weights); `type`: a new policy of that LeRobot type (default flow_mlp). A "
+    "reflow / distill student initialised from its teacher starts from the teacher's config.json (teacher.path "
+    "is its implicit policy.path). Then any field of that type's config class, decoded by draccus, e.g. "
+    "--policy.chunk_size=16; `device` (unset: auto). --policy.discover_packages_path=PKG imports a package "
+    "that registers more policy types. List a type's fields: --policy.type=TYPE --help"
+)
+
+
+@dataclass
+class TrainEvalConfig:
+    """lerobot-train's `--eval.*` for the evaluation during training (`--env.type` + `--env_eval_freq`)."""
+
+    n_episodes: int = _opt(50, "closed-loop episodes per evaluation (paired: the same episode seeds every time)")
+
+    def __post_init__(self) -> None:
+        if self.n_episodes < 1:
+            raise ConfigError(f"eval.n_episodes must be >= 1, got {self.n_episodes}.")
+        _at_most("eval.n_episodes", self.n_episodes, MAX_COUNT)
+
+
+@dataclass
+class TrainConfig:
+    """One training stage: 1-RF (`flow_matching`), k+1-RF (`reflow`), one-step `distill` or `shortcut` (1-2 steps)."""
+
+    stage: str = _opt("flow_matching", "flow_matching (1-RF) | reflow (k+1-RF) | distill (1-step student, t = 1) | shortcut")
+    output_dir: str = _opt("outputs/run", "run directory (lerobot-train's layout: checkpoints/<step>, checkpoints/last)")
+    seed: int = _opt(0, "seed of weights, noise, times and batch order")
+    cudnn_deterministic: bool = _opt(False, "deterministic cuDNN kernels (lerobot-train's; GPU only; benchmark mode is never on)")
+    steps: int = _opt(1000, "optimizer steps")
+    batch_size: int = _opt(64, "per process and micro-step")
+    gradient_accumulation_steps: int = _opt(1, "micro-steps per optimizer step")
+    mixed_precision: str = _opt("no", "no | fp16 | bf16 (Accelerate)")
+    num_steps: int | None = _opt(
+        None, "inference steps saved in the final checkpoint; null: the stage's (10 for 1-RF, 2 for reflow, 1 for distill)"
+    )
+    coupling_reuse: int = _opt(
+        1,
+        "student updates per batch of (noise, target) pairs, each with fresh t: online reflow solves the teacher "
+        "once per r updates (1: every update); steps and save_every must be multiples of it",
+    )
+    init_from_teacher: bool = _opt(True, "reflow / distill: the student starts from the teacher's weights")
+    ema_decay: float | None = _opt(None, "EMA of the weights in the final checkpoint, e.g. 0.999; null: no EMA")
+    save_every: int = _opt(0, "also checkpoint every N steps (lerobot-train's save_freq); 0: the final one only")
+    log_every: int = _opt(50, "log metrics every N steps (lerobot-train's log_freq)")
+    log_with: list[str] = _opt(help=f"local trackers: {', '.join(TRACKERS)} (wandb: --wandb.enable=true)", factory=lambda: ["tensorboard"])
+    wandb: WandbConfig = _opt(help="Weights & Biases", factory=WandbConfig)
+    job_name: str | None = _opt(None, "run name for the trackers (lerobot-train's job_name); null: the output dir's name")
+    resume: bool = _opt(False, "continue the run in output_dir from its newest checkpoint, bitwise as if uninterrupted")
+    push_to_hub: bool = _opt(False, "push the final checkpoint + model card (access checked before training); = policy.push_to_hub")
+    hub_model_id: str | None = _opt(None, "namespace/name; the repo is hub_repo_template's (= policy.repo_id: exactly this repo)")
+    hub_repo_template: str = _opt("{hub_model_id}-{k}rf{suffix}", "repo name per stage; may use {hub_model_id}, {k}, {stage}, {suffix} (-distilled)")
+    hub_private: bool = _opt(False, "create the Hub repo private")
+    hub_revision: str | None = _opt(None, "branch to push to (created if missing); null: main")
+    hub_set_new_version: bool = _opt(False, "point the teacher's card to this stage with new_version")
+    # Not a constructor argument: `policy_config` resolves it after the rest is decoded (and draccus, which
+    # would register every LeRobot policy type's fields for it, taking ~0.3 s a parse, skips it).
+    policy: PreTrainedConfig | None = field(default=None, init=False, metadata={"help": POLICY_HELP})
+    dataset: DatasetConfig = _opt(help="the demonstrations", factory=DatasetConfig)
+    teacher: TeacherConfig = _opt(help="the frozen teacher", factory=TeacherConfig)
+    couplings: CouplingsConfig = _opt(help="stored couplings", factory=CouplingsConfig)
+    flow: FlowConfig = _opt(help="flow-matching times and loss", factory=FlowConfig)
+    optim: OptimConfig = _opt(help="optimizer and schedule", factory=OptimConfig)
+    shortcut: ShortcutConfig = _opt(help="the shortcut stage", factory=ShortcutConfig)
+    # lerobot-train's evaluation during training: --env.type=TYPE --env.<field>=... (any LeRobot env, kept as
+    # given and parsed by LeRobot's EnvConfig), every env_eval_freq steps, eval.n_episodes episodes.
+    env: dict[str, Any] | None = _opt(None, "closed-loop evaluation during training in this LeRobot env: "
+                                      "--env.type=TYPE --env.<field>=VALUE (lerobot-train's flags)")
+    env_eval_freq: int = _opt(20_000, "with --env.type: evaluate every N steps and at the end (lerobot-train's)")
+    eval: TrainEvalConfig = _opt(help="evaluation during training", factory=lambda: TrainEvalConfig())
+
+    def __post_init__(self) -> None:
+        _choice("stage", self.stage, STAGES)
+        self._check_env()
+        _choice("mixed_precision", self.mixed_precision, ("no", "fp16", "bf16"))
+        for tracker in self.log_with:
+            _choice("log_with", tracker, TRACKERS, " (wandb: --wandb.enable=true)" if tracker == "wandb" else "")
+        if self.stage != "flow_matching" and not self.teacher.path:
+            raise ConfigError(
+                f"stage {self.stage!r} needs a teacher: set --teacher.path=<k-RF checkpoint dir or Hub repo id>."
+            )
+        for name in ("steps", "batch_size", "gradient_accumulation_steps", "log_every"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}.")
+            _at_most(name, getattr(self, name), MAX_COUNT)
+        if self.save_every < 0:
+            raise ConfigError(f"save_every must be >= 0 (0 = final checkpoint only), got {self.save_every}.")
+        self._check_reuse()
+        if self.num_steps is not None and self.num_steps < 1:
+            raise ConfigError(f"num_steps must be >= 1, got {self.num_steps}.")
+        _seed(self.seed)
+        _revision("hub_revision", self.hub_revision)
+        if self.ema_decay is not None and not 0 <= self.ema_decay < 1:
+            raise ConfigError(f"ema_decay must be in [0, 1) (e.g. 0.999) or null for no EMA, got {self.ema_decay}.")
+        if self.couplings.path and self.stage == "flow_matching":
+            raise ConfigError("couplings.path is for reflow / distill stages; flow_matching trains on the dataset.")
+        if self.push_to_hub and not self.hub_model_id:
+            raise ConfigError(
+                "push_to_hub needs hub_model_id (namespace/name), e.g. --hub_model_id=you/toy or --policy.repo_id=you/toy-2rf."
+            )
+        try:
+            self.hub_repo_template.format(hub_model_id="a/b", k=1, stage="reflow", suffix="")
+        except (KeyError, IndexError, ValueError) as e:
+            raise ConfigError(
+                f"hub_repo_template {self.hub_repo_template!r} is invalid ({e!r}); it may use {{hub_model_id}}, {{k}}, "
+                "{stage} and {suffix}, e.g. '{hub_model_id}-{k}rf{suffix}'."
+            ) from None
+
+    def _check_env(self) -> None:
+        if self.env_eval_freq < 1:
+            raise ConfigError(f"env_eval_freq must be >= 1, got {self.env_eval_freq}.")
+
+    def _check_reuse(self) -> None:
+        # Checkpoints fall on the first update of a batch, so a resumed run needs no couplings it did not save.
+        r = self.coupling_reuse
+        if r < 1:
+            raise ConfigError(f"coupling_reuse must be >= 1 (1 = one update per batch), got {r}.")
+        for name in ("steps", "save_every"):
+            if getattr(self, name) % r:
+                raise ConfigError(
+                    f"{name}={getattr(self, name)} is not a multiple of coupling_reuse={r}: each batch of couplings "
+                    f"serves {r} updates and checkpoints fall between batches; set {name} to a multiple of {r}."
+                )
+
+    @property
+    def final_num_steps(self) -> int:
+        return self.num_steps if self.num_steps is not None else RECOMMENDED_NUM_STEPS[self.stage]
+
+    def couplings_seen(self, steps: int, num_processes: int) -> int:
+        """Couplings drawn (online: made) in the first `steps` updates: a batch of them serves `coupling_reuse`."""
+        fresh_batches = -(-steps // self.coupling_reuse) * self.gradient_accumulation_steps  # ceil: a batch starts
+        return fresh_batches * self.batch_size * num_processes
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready, as draccus encodes it (the policy with its `type`): a recipe for `--config_path`."""
+        return draccus.encode(self)
+
+
+# Settings that name local paths: stored resolved, so `--config_path=<a run's train_config.json>` reproduces the
+# run from any directory. A value that is no local path (a Hub id) is kept as given.
+PATH_KEYS = (("output_dir",), ("dataset", "root"), ("teacher", "path"), ("couplings", "path"), ("policy", "pretrained_path"))
+
+
+def resolved_paths(data: dict[str, Any]) -> dict[str, Any]:
+    """`TrainConfig.to_dict()` with every local path in `PATH_KEYS` made absolute (the output dir always)."""
+    data = json.loads(json.dumps(data))  # a deep copy
+    for *parents, leaf in PATH_KEYS:
+        node = data
+        for key in parents:
+            node = node.get(key) if isinstance(node, dict) else None
+        value = node.get(leaf) if isinstance(node, dict) else None
+        if isinstance(value, str) and value and (leaf == "output_dir" or Path(value).exists()):
+            node[leaf] = str(Path(value).resolve())
+    return data
+
+
+def save_config(config: TrainConfig, path: Path, record: dict[str, Any] | None = None) -> None:
+    """Write `config` (plus `record`, e.g. `optim_used`, ignored when read back) as JSON: a recipe for --config_path."""
+    data = {**resolved_paths(config.to_dict()), **(record or {})}
+    write_text(path, json.dumps(data, indent=2, sort_keys=True))
