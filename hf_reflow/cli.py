@@ -22,6 +22,7 @@ from pathlib import Path
 
 from hf_reflow.atomic import write_text
 from hf_reflow.errors import ConfigError, ReflowError
+from hf_reflow.metrics import CONSOLE_COLUMNS
 
 USAGE = """usage: hf-reflow <command> [--config_path=RECIPE.yaml] [--key=value ...]   (hf-reflow <command> --help: its options)
 
@@ -160,9 +161,10 @@ def cmd_push(args: list[str]) -> int:
 
     cfg = parse_config(PushConfig, args, command="push")
     from hf_reflow.hub import Hub
-    from hf_reflow.publish import cards, publish
+    from hf_reflow.publish import publish
+    from hf_reflow.publish.eval_rows import load_eval_rows
 
-    rows = cards.load_eval_rows(cfg.eval, cfg.checkpoint) if cfg.eval and not cfg.couplings else None  # local, first
+    rows = load_eval_rows(cfg.eval, cfg.checkpoint) if cfg.eval and not cfg.couplings else None  # local, first
     hub = Hub()
     hub.check_push_access(cfg.repo_id, repo_type="dataset" if cfg.couplings else "model", private=cfg.private)
     common = {"private": cfg.private, "revision": cfg.revision, "commit_message": cfg.commit_message}
@@ -242,9 +244,7 @@ def cmd_space(args: list[str]) -> int:
 
 def format_table(rows: list[dict]) -> str:
     """A plain-text table of evaluation rows."""
-    columns = [c for c in ("checkpoint", "k", "nfe", "n_action_steps", "success_rate", "collision_rate", "timeout_rate",
-                           "left_share", "miss_closest_goal_m", "miss_final_goal_m", "chunk_jump", "passes_per_env_step",
-                           "straightness", "error_vs_10step", "latency_ms") if any(c in r for r in rows)]  # fmt: skip
+    columns = [c for c in CONSOLE_COLUMNS if any(c in r for r in rows)]
 
     def fmt(value: object) -> str:
         return f"{value:.4g}" if isinstance(value, float) else str(value)

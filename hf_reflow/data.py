@@ -6,6 +6,8 @@ uninterrupted run would have seen, and each Accelerate process takes its own sli
 
 from __future__ import annotations
 
+import functools
+import logging
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -15,7 +17,8 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset, Sampler
 
-from hf_reflow.errors import DataError
+from hf_reflow.errors import DataError, HubError
+from hf_reflow.hub import Hub
 
 IN_MEMORY_MAX_FRAMES = 200_000
 
@@ -39,8 +42,25 @@ def video_backend() -> str:
     return "torchcodec"
 
 
+logger = logging.getLogger(__name__)
 HINT = ("point --dataset.root at a LeRobotDataset folder (e.g. made by `hf-reflow dataset toy`) or "
         "--dataset.repo_id at a Hub dataset")
+
+
+def dataset_source(cfg: DatasetConfig) -> dict[str, Any]:
+    """Where the demonstrations came from, for a checkpoint's lineage: repo id, local root, the revision asked
+    for and, for a Hub dataset, the commit it resolves to (None when the Hub cannot be reached)."""
+    commit = None if cfg.root else _hub_dataset_commit(cfg.repo_id, cfg.revision)
+    return {"repo_id": cfg.repo_id, "root": cfg.root, "revision": cfg.revision, "commit": commit}
+
+
+@functools.lru_cache(maxsize=16)  # asked at every checkpoint save: one request per run
+def _hub_dataset_commit(repo_id: str, revision: str | None) -> str | None:
+    try:
+        return Hub(retries=0).repo_info(repo_id, revision=revision, repo_type="dataset").sha
+    except HubError as e:
+        logger.warning("cannot resolve the commit of dataset %s (%s); the lineage records none", repo_id, e)
+        return None
 
 
 def load_metadata(cfg: DatasetConfig) -> LeRobotDatasetMetadata:
@@ -52,7 +72,7 @@ def load_metadata(cfg: DatasetConfig) -> LeRobotDatasetMetadata:
         found = "no such folder" if not Path(cfg.root).exists() else "not a folder" if not Path(cfg.root).is_dir() else "no meta/info.json in it"
         raise DataError(f"no dataset at {cfg.root!r} ({found}); {HINT}.")
     try:
-        meta = LeRobotDatasetMetadata(cfg.repo_id, root=cfg.root)
+        meta = LeRobotDatasetMetadata(cfg.repo_id, root=cfg.root, revision=cfg.revision)
     except Exception as e:  # no network, not a LeRobot dataset, a damaged meta/ folder
         where = f"root {cfg.root!r}" if cfg.root else f"repo_id {cfg.repo_id!r}"
         raise DataError(f"cannot open the dataset at {where} ({type(e).__name__}: {str(e).splitlines()[0][:200]}); {HINT}.") from None
@@ -131,7 +151,7 @@ def make_dataset(cfg: DatasetConfig, policy_config: Any) -> Dataset:
     delta = resolve_delta_timestamps(policy_config, meta)
     try:
         dataset = LeRobotDataset(
-            cfg.repo_id, root=cfg.root, episodes=cfg.episodes, delta_timestamps=delta,
+            cfg.repo_id, root=cfg.root, episodes=cfg.episodes, delta_timestamps=delta, revision=cfg.revision,
             video_backend=cfg.video_backend or video_backend(),
             image_transforms=ImageTransforms(cfg.image_transforms) if cfg.image_transforms.enable else None,
         )

@@ -125,7 +125,8 @@ def flow_loss(
         target: (B, chunk, action_dim).
         kind: `mse` (mean of squared errors) or `pseudo_huber` (sqrt(||d||^2 + c^2) - c over the
             whole sample, Lee et al. 2024; robust to the outliers of imperfect couplings).
-        mask: optional (B, chunk) bool, True where the action is real (False = padding).
+        mask: optional (B, chunk) bool, True where the action is real (False = padding), or float weights
+            (0 for padding; `executed_weights` times the padding mask).
         huber_c: pseudo-Huber c; default `pseudo_huber_c(chunk * action_dim)`.
 
     Returns:
@@ -160,6 +161,16 @@ def reduce_squared_error(
         # that leaves ~1e-10 instead of 0 in float32 at s = 0 (and loses precision for s << c^2).
         return sum_sq / (torch.sqrt(sum_sq + c * c) + c)
     raise ValueError(f"Unknown loss {kind!r}. Choose one of {', '.join(LOSSES)}.")
+
+
+def executed_weights(chunk: int, executed: int, weight: float) -> Tensor:
+    """(chunk,) loss weights: `weight` for the first `executed` actions (those a policy runs before it
+    re-plans), 1 for the rest, scaled to mean 1 so the loss keeps its scale. weight = 1: all ones."""
+    if not 1 <= executed <= chunk:
+        raise ValueError(f"executed actions must be in 1..chunk ({chunk}), got {executed}.")
+    w = torch.ones(chunk)
+    w[:executed] = weight
+    return w * (chunk / w.sum())
 
 
 def distillation_inputs(noise: Tensor, teacher_action: Tensor) -> tuple[Tensor, Tensor, Tensor]:

@@ -31,7 +31,7 @@ from hf_reflow.atomic import write_text
 from hf_reflow.errors import CheckpointError, ConfigError
 from hf_reflow.evaluation import compare
 from hf_reflow.hub import SPACE_SDK, Hub, check_repo_id
-from hf_reflow.publish.cards import hub_id
+from hf_reflow.publish.lineage import hub_id
 from hf_reflow.refs import CheckpointRef
 
 logger = logging.getLogger(__name__)

@@ -150,7 +150,7 @@ CASES = [
     Case("dataset_unknown_source", ["dataset", "moon", "--root={out}"], "needs a source"),
     Case("dataset_metaworld_unknown_task", ["dataset", "metaworld", "--root={out}", "--tasks=[fly-v3]"], "fly-v3"),
     Case("dataset_metaworld_expert_aim", ["dataset", "metaworld", "--root={out}", "--expert_aim=nose"],
-         "data.expert_aim must be one of hand, fingertips"),
+         "expert_aim must be one of hand, fingertips"),
     Case("pipeline_expert_aim", ["pipeline", "--data.expert_aim=elbow"], "data.expert_aim must be one of hand"),
     # ---- couplings
     Case("couplings_without_subcommand", ["couplings"], "generate"),

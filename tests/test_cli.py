@@ -7,6 +7,8 @@ import re
 import pytest
 from conftest import run_cli, run_console_script, write_random_dataset
 
+from hf_reflow.metrics import COLUMNS
+
 TINY = ["--policy.hidden_dim=32", "--policy.chunk_size=8", "--policy.n_action_steps=4", "--log_with=[]", "--batch_size=8"]
 
 
@@ -142,6 +144,7 @@ def test_eval_prints_a_table_by_step_count(tmp_path, teacher_1rf, toy_dataset):
     rows = json.loads(out.read_text())
     assert [r["nfe"] for r in rows] == [1, 2]
     assert {"success_rate", "collision_rate", "left_share", "straightness", "error_vs_10step", "latency_ms"} <= rows[0].keys()
+    assert set(rows[0]) <= set(COLUMNS), set(rows[0]) - set(COLUMNS)  # every column is named in hf_reflow.metrics
     assert_user_error(run_cli("eval", f"--dataset.root={toy_dataset}"), "--policy.path is required")
 
 
@@ -242,7 +245,7 @@ def test_policy_fields_are_checked_against_the_teachers_type(tmp_path, teacher_1
     ("args", "fragment"),
     [
         (["eval", "--policy.path=a", "--nfe=1,two"], "nfe[] must be int; got 'two'"),
-        (["eval", "--policy.path=a", "--bogus=1"], "unknown config key(s) bogus; valid keys: policy, dataset, nfe"),
+        (["eval", "--policy.path=a", "--bogus=1"], "unknown config key(s) bogus; valid keys: nfe, num_samples, episodes, workers, n_action_steps, policy, dataset"),
         (["eval", "--policy.pth=a"], "valid keys under policy: path"),
         (["eval", "--policy.path=a", "--env=moon"], "env must be one of none, toy, metaworld"),
         (["dataset", "toy", "--root=R", "--episodes=many"], "episodes must be int"),

@@ -304,7 +304,7 @@ def test_lerobot_train_optimizer_and_scheduler_flags(args, expected):
 @pytest.mark.parametrize(
     ("flag", "fragment"),
     [("--eval.batch_size=4", "one env in the training process"), ("--eval.recording=true", "no episode recording"),
-     ("--peft.r=8", "no PEFT / LoRA adapters"), ("--dataset.revision=v1", "--dataset.root=DIR"),
+     ("--peft.r=8", "no PEFT / LoRA adapters"),
      ("--use_policy_training_preset=false", "policy's preset"), ("--save_checkpoint=false", "--save_every=N"),
      ("--dataset.use_imagenet_stats=true", "dataset's own stats")],
 )  # fmt: skip
@@ -327,6 +327,29 @@ def test_dataset_video_backend_reaches_the_dataset(toy_dataset, monkeypatch):
     assert seen["video_backend"] == "pyav"
     with pytest.raises(ConfigError, match="dataset.video_backend"):
         parse_train_config(["--dataset.video_backend=ffmpeg"])
+
+
+def test_dataset_revision_reaches_lerobot_and_the_lineage(toy_dataset, monkeypatch, tmp_path):
+    """lerobot-train's --dataset.revision: passed to LeRobot's dataset and metadata, kept in train_config.json
+    and in reflow.json (a local root has no Hub commit to resolve)."""
+    from lerobot.datasets import lerobot_dataset
+
+    from hf_reflow import data
+    from hf_reflow.artifacts.checkpoints import stage_lineage
+
+    seen = {}
+    for cls in (lerobot_dataset.LeRobotDataset, lerobot_dataset.LeRobotDatasetMetadata):
+        real = cls.__init__
+        monkeypatch.setattr(cls, "__init__", lambda self, *a, _real=real, _cls=cls.__name__, **k:
+                            seen.update({_cls: k.get("revision")}) or _real(self, *a, **k))  # fmt: skip
+    config = parse_train_config([f"--dataset.root={toy_dataset}", "--dataset.revision=v1.0"])
+    data.make_dataset(config.dataset, config.policy)
+    assert seen["LeRobotDataset"] == "v1.0"
+    assert config.to_dict()["dataset"]["revision"] == "v1.0"
+    lineage = stage_lineage(config, num_processes=1, lr=1e-3)["dataset"]
+    assert lineage == {"repo_id": config.dataset.repo_id, "root": str(toy_dataset), "revision": "v1.0", "commit": None}
+    with pytest.raises(ConfigError, match="dataset.revision .* is not a valid Hub revision"):
+        parse_train_config(["--dataset.revision=bad rev"])
 
 
 def test_a_runs_train_config_reproduces_it_from_another_directory(tmp_path, toy_dataset, monkeypatch):

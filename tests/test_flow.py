@@ -11,9 +11,11 @@ from hf_reflow.flow import (
     LOSSES,
     TIME_SAMPLERS,
     distillation_inputs,
+    executed_weights,
     flow_loss,
     interpolate,
     pseudo_huber_c,
+    reduce_squared_error,
     sample_time,
     straightness,
     velocity_target,
@@ -294,3 +296,19 @@ def test_straightness_per_sample_independent_of_batch():
     for i in range(5):
         torch.testing.assert_close(straightness(path[:, i : i + 1], times), full[i : i + 1])
     torch.testing.assert_close(straightness(path[:, [4, 0]], times), full[[4, 0]])
+
+
+def test_executed_weights_closed_form_and_loss_scale():
+    w = executed_weights(16, 8, 3.0)  # 8 x 3 + 8 x 1 = 32 -> scaled by 16 / 32
+    assert torch.allclose(w[:8], torch.full((8,), 1.5)) and torch.allclose(w[8:], torch.full((8,), 0.5))
+    assert torch.allclose(w.mean(), torch.tensor(1.0))
+    assert torch.allclose(executed_weights(4, 2, 1.0), torch.ones(4))
+    # An error only on executed actions costs `weight` times one only on the rest, and uniform errors cost the same.
+    sq_first, sq_last = torch.zeros(1, 16, 2), torch.zeros(1, 16, 2)
+    sq_first[:, :8], sq_last[:, 8:] = 1.0, 1.0
+    weights = w.expand(1, -1)
+    first, last = (reduce_squared_error(s, mask=weights) for s in (sq_first, sq_last))
+    assert torch.allclose(first, 3 * last)
+    assert torch.allclose(reduce_squared_error(torch.ones(1, 16, 2), mask=weights), torch.ones(1))
+    with pytest.raises(ValueError, match="executed actions must be in 1..chunk"):
+        executed_weights(4, 5, 2.0)

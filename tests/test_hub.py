@@ -423,6 +423,11 @@ def test_couplings_pushed_as_a_dataset_train_by_repo_id(online, checkpoint_1rf, 
     )
     result = publish.push_couplings(hub, folder, "alice/toy-couplings")
     assert result.created and not publish.push_couplings(hub, folder, "alice/toy-couplings").created
+    # --dataset.revision: a Hub dataset's lineage records the commit its revision resolves to
+    from hf_reflow.data import dataset_source
+
+    source = dataset_source(DatasetConfig(repo_id="alice/toy-couplings", revision="main"))
+    assert source == {"repo_id": "alice/toy-couplings", "root": None, "revision": "main", "commit": result.commit}
     files = online.repo("alice/toy-couplings", "datasets").files("main")
     assert set(files) == {
         ".gitattributes",

@@ -10,6 +10,8 @@ import numpy as np
 import pytest
 from conftest import REPO, run_cli, run_stock_python
 
+from hf_reflow.metrics import COLUMNS
+
 TINY = str(REPO / "recipes" / "metaworld" / "tiny.yaml")
 ROW_COLUMNS = {
     "seed", "name", "stage", "k", "nfe", "checkpoint", "straightness", "error_vs_10step", "error_vs_data", "latency_ms",
@@ -41,6 +43,8 @@ def test_tiny_pipeline_writes_every_stage_and_column(tiny_run):
     assert names == ["1-RF", "1-RF", "2-RF", "2-RF", "2-RF distilled", "2-RF shortcut", "2-RF shortcut"]
     for row in results["rows"]:
         assert set(row) >= ROW_COLUMNS, ROW_COLUMNS - set(row)
+        assert set(row) <= set(COLUMNS), set(row) - set(COLUMNS)  # every column is named in hf_reflow.metrics
+        assert all(set(task) <= set(COLUMNS) for task in row["per_task"].values())
         assert row["episodes"] == 2 and set(row["per_task"]) == {"reach-v3", "push-v3"}
         assert sum(row[f"{o}_rate"] for o in ("success", "collision", "stall", "timeout")) == pytest.approx(1.0)
     for entry in results["summary"]:

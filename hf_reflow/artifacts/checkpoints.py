@@ -23,6 +23,7 @@ from hf_reflow import __version__
 from hf_reflow.artifacts.io import disk_writes
 from hf_reflow.artifacts.processor_safety import PROCESSOR_FILES, check_contained, check_processor_steps
 from hf_reflow.atomic import atomic_path
+from hf_reflow.data import dataset_source
 from hf_reflow.errors import CheckpointError
 from hf_reflow.hub import read_push_record
 from hf_reflow.policies.base import PolicyAdapter
@@ -221,7 +222,7 @@ def stage_lineage(cfg: Any, *, num_processes: int, lr: float) -> dict[str, Any]:
         "couplings_seen": cfg.couplings_seen(cfg.steps, num_processes) if student_of_teacher else 0,
         "coupling_reuse": cfg.coupling_reuse,
         "couplings_dataset": cfg.couplings.path,  # stored couplings; None = made online
-        "dataset": {"repo_id": cfg.dataset.repo_id, "root": cfg.dataset.root},
+        "dataset": dataset_source(cfg.dataset),  # repo id, root, revision and the commit it resolved to
         "train_steps": cfg.steps,
         "batch_size": cfg.batch_size,
         "num_processes": num_processes,

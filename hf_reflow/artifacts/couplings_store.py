@@ -94,6 +94,7 @@ class CouplingsSpec:
     action_shape: list[int]
     policy_type: str
     format: str = FORMAT
+    dataset_revision: str | None = None  # the Hub revision the frames were read at (None: main, or a local root)
 
     @property
     def num_blocks(self) -> int:

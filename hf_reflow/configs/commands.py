@@ -7,21 +7,16 @@ from pathlib import Path
 from typing import ClassVar
 
 from hf_reflow.configs.fields import (
-    EXPERT_AIM_HELP,
-    HOLD_STEPS_HELP,
     MAX_COUNT,
-    MAX_ODE_STEPS,
-    N_ACTION_STEPS_HELP,
     _at_most,
     _check_new_folder,
     _choice,
-    _n_action_steps,
     _opt,
     _output_file,
     _revision,
     _seed,
 )
-from hf_reflow.configs.pipeline import DemoConfig
+from hf_reflow.configs.pipeline import DemoSettings, StepCountEval
 from hf_reflow.configs.train import DatasetConfig, TeacherConfig
 from hf_reflow.errors import ConfigError
 
@@ -34,22 +29,17 @@ class EvalPolicyConfig:
 
 
 @dataclass
-class EvaluateConfig:
+class EvaluateConfig(StepCountEval):
     """`hf-reflow eval`: offline metrics (and closed loop with --env) of checkpoints at each step count."""
 
     policy: EvalPolicyConfig = _opt(help="the checkpoints", factory=EvalPolicyConfig)
     dataset: DatasetConfig = _opt(help="held-out observations (and the toy env's goals)", factory=DatasetConfig)
-    nfe: list[int] = _opt(help="Euler step counts to evaluate, e.g. 1,2,4,10", factory=lambda: [1, 2, 4, 10])
-    num_samples: int = _opt(64, "held-out observations for the offline metrics")
     env: str = _opt("none", "closed loop: none | toy | metaworld; or any LeRobot env with lerobot-eval's "
                     "--env.type=TYPE --env.<field>=... (e.g. --env.type=metaworld_detour --env.task=push-v3)")
-    episodes: int = _opt(50, "closed-loop episodes (per task with metaworld or a LeRobot env)")
     seed: int = _opt(0, "seed of noise and episodes")
     output: str | None = _opt(None, "write the rows as JSON here")
     tasks: list[str] = _opt(help="metaworld: tasks to roll out", factory=lambda: ["reach-v3", "push-v3"])
     mode: str = _opt("multimodal", "metaworld: multimodal (detour left / right of an obstacle) | scripted")
-    workers: int = _opt(0, "metaworld: rollout processes; 0 = one per CPU core")
-    n_action_steps: list[int] | None = _opt(None, N_ACTION_STEPS_HELP)
     HELP_EXTRA: ClassVar[tuple[str, ...]] = (
         "  --env.type=TYPE  (str)",
         "      closed loop in any LeRobot env type (lerobot-eval's flag; plugins' types too), e.g. metaworld_detour",
@@ -59,18 +49,12 @@ class EvaluateConfig:
 
     def __post_init__(self) -> None:
         _seed(self.seed)
-        _n_action_steps(self.n_action_steps)
         if not self.policy.path:
             raise ConfigError("--policy.path is required (one checkpoint, or several separated by commas).")
         _choice("env", self.env, ("none", "toy", "metaworld"))
-        if not self.nfe or any(not 1 <= n <= MAX_ODE_STEPS for n in self.nfe):
-            raise ConfigError(f"nfe must list step counts in 1..{MAX_ODE_STEPS}, e.g. --nfe=1,2,4,10; got {self.nfe}.")
-        for name in ("num_samples", "episodes", "workers"):
-            if getattr(self, name) < (1 if name == "num_samples" else 0):
-                raise ConfigError(f"{name} must be >= {1 if name == 'num_samples' else 0}, got {getattr(self, name)}.")
-            _at_most(name, getattr(self, name), MAX_COUNT)
+        super().__post_init__()
         if self.env == "metaworld":
-            DemoConfig(tasks=self.tasks, mode=self.mode)  # checks the mode
+            DemoSettings(tasks=self.tasks, mode=self.mode)  # checks the mode
         _output_file("--output", self.output)
 
 
@@ -94,35 +78,23 @@ class ToyDataConfig:
 
 
 @dataclass
-class MetaWorldDataConfig:
+class MetaWorldDataConfig(DemoSettings):
     """`hf-reflow dataset metaworld`: Meta-World expert demonstrations as a LeRobotDataset."""
 
     root: str | None = _opt(None, "folder to write the dataset into (required)")
-    tasks: list[str] = _opt(help="Meta-World tasks, e.g. reach-v3,push-v3", factory=lambda: ["reach-v3", "push-v3"])
-    episodes: int = _opt(100, "expert episodes attempted per task (failed ones are dropped and counted)")
-    mode: str = _opt("multimodal", "multimodal (detour left / right of an obstacle) | scripted")
-    seed: int = _opt(0, "seed of the episodes")
-    images: bool = _opt(False, "also render a camera image per frame (for VLA policies)")
-    image_size: int = _opt(96, "rendered image size in pixels")
     repo_id: str = _opt("local/metaworld", "dataset repo id written into its metadata")
     layout: str = _opt("demo", "demo (training layouts) | eval (held-out layouts)")
-    hold_steps: int = _opt(0, HOLD_STEPS_HELP)
-    expert_aim: str = _opt("hand", EXPERT_AIM_HELP)
     policy_path: str | None = _opt(
         None, "roll out this checkpoint (local or Hub id) instead of the expert, keeping every episode: the states "
         "a frozen teacher visits in closed loop, for reflow couplings (`hf-reflow couplings generate` on them)"
     )
 
     def __post_init__(self) -> None:
-        _seed(self.seed)
+        super().__post_init__()
         if not self.root:
             raise ConfigError("--root is required: the folder to write the dataset into.")
         _check_new_folder("--root", self.root)
         _choice("layout", self.layout, ("demo", "eval"), " (demo: training layouts, eval: held-out layouts)")
-        if self.image_size < 8:
-            raise ConfigError(f"image_size must be >= 8, got {self.image_size}.")
-        DemoConfig(tasks=self.tasks, episodes=self.episodes, mode=self.mode, hold_steps=self.hold_steps,
-                   expert_aim=self.expert_aim)  # the recipe's checks  # fmt: skip
 
 
 @dataclass

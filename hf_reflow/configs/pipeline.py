@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 from hf_reflow.configs.fields import (
     COUPLING_STATES,
@@ -11,6 +11,7 @@ from hf_reflow.configs.fields import (
     EXPERT_AIMS,
     HOLD_STEPS_HELP,
     MAX_COUNT,
+    MAX_ODE_STEPS,
     N_ACTION_STEPS_HELP,
     _at_least,
     _at_most,
@@ -26,52 +27,75 @@ PIPELINE_STAGES = ("flow_matching", "reflow", "distill", "shortcut")
 
 
 @dataclass
-class DemoConfig:
-    """Meta-World expert demonstrations written as a LeRobotDataset by the pipeline."""
+class DemoSettings:
+    """Meta-World expert demonstrations, as `hf-reflow dataset metaworld` and the pipeline write them."""
 
-    tasks: list[str] = _opt(help="Meta-World tasks", factory=lambda: ["reach-v3", "push-v3"])
+    tasks: list[str] = _opt(help="Meta-World tasks, e.g. reach-v3,push-v3", factory=lambda: ["reach-v3", "push-v3"])
     episodes: int = _opt(100, "expert episodes attempted per task (failed ones are dropped and counted)")
-    mode: str = _opt("multimodal", "multimodal (detour left/right of an obstacle) | scripted")
+    mode: str = _opt("multimodal", "multimodal (detour left / right of an obstacle) | scripted")
     seed: int = _opt(0, "seed of the episodes")
-    images: bool = _opt(False, "also render a small camera image per frame (for VLA policies)")
+    images: bool = _opt(False, "also render a camera image per frame (for VLA policies)")
     image_size: int = _opt(96, "rendered image size in pixels")
-    heldout_episodes: int = _opt(10, "expert episodes per task on evaluation layouts, for offline metrics")
     hold_steps: int = _opt(0, HOLD_STEPS_HELP)
     expert_aim: str = _opt("hand", EXPERT_AIM_HELP)
+    PREFIX: ClassVar[str] = ""  # how the flags are spelt: `--episodes` (dataset) or `--data.episodes` (pipeline)
 
     def __post_init__(self) -> None:
+        p = self.PREFIX
         _seed(self.seed)
-        _choice("data.mode", self.mode, ("multimodal", "scripted"))
-        _choice("data.expert_aim", self.expert_aim, EXPERT_AIMS)
-        if self.episodes < 1 or self.heldout_episodes < 1:
-            raise ConfigError(
-                f"data.episodes and data.heldout_episodes must be >= 1, got {self.episodes} and "
-                f"{self.heldout_episodes}; e.g. --data.episodes=100."
-            )
-        _at_most("data.episodes", self.episodes, 1_000_000)
-        _at_least("data.hold_steps", self.hold_steps, 0)
-        _at_most("data.hold_steps", self.hold_steps, 1000)
+        _choice(f"{p}mode", self.mode, ("multimodal", "scripted"))
+        _choice(f"{p}expert_aim", self.expert_aim, EXPERT_AIMS)
+        _at_least(f"{p}episodes", self.episodes, 1)
+        _at_most(f"{p}episodes", self.episodes, 1_000_000)
+        _at_least(f"{p}hold_steps", self.hold_steps, 0)
+        _at_most(f"{p}hold_steps", self.hold_steps, 1000)
+        if self.image_size < 8:
+            raise ConfigError(f"{p}image_size must be >= 8, got {self.image_size}.")
+
+
+@dataclass
+class DemoConfig(DemoSettings):
+    """Meta-World expert demonstrations written as a LeRobotDataset by the pipeline."""
+
+    heldout_episodes: int = _opt(10, "expert episodes per task on evaluation layouts, for offline metrics")
+    PREFIX: ClassVar[str] = "data."
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _at_least("data.heldout_episodes", self.heldout_episodes, 1)
         _at_most("data.heldout_episodes", self.heldout_episodes, 1_000_000)
 
 
 @dataclass
-class EvalConfig:
-    """Evaluation of every stage at every step count."""
+class StepCountEval:
+    """What every evaluation measures, `hf-reflow eval`'s and the pipeline's: the step counts, the offline
+    observations, closed-loop episodes, their worker processes and re-planning."""
 
-    nfe: list[int] = _opt(help="Euler step counts", factory=lambda: [1, 2, 4, 10])
-    episodes: int = _opt(50, "closed-loop episodes per task and cell (stage x step count)")
-    num_samples: int = _opt(256, "held-out observations for the offline metrics")
-    workers: int = _opt(0, "rollout processes; 0 = one per CPU core")
+    nfe: list[int] = _opt(help="Euler step counts to evaluate, e.g. 1,2,4,10", factory=lambda: [1, 2, 4, 10])
+    num_samples: int = _opt(64, "held-out observations for the offline metrics")
+    episodes: int = _opt(50, "closed-loop episodes per task and cell (checkpoint x step count)")
+    workers: int = _opt(0, "Meta-World rollout processes; 0 = one per CPU core")
     n_action_steps: list[int] | None = _opt(None, N_ACTION_STEPS_HELP)
+    PREFIX: ClassVar[str] = ""  # how the flags are spelt: `--nfe` (eval) or `--eval.nfe` (pipeline)
 
     def __post_init__(self) -> None:
+        p = self.PREFIX
         _n_action_steps(self.n_action_steps)
-        if not self.nfe or any(not isinstance(n, int) or not 1 <= n <= 100 for n in self.nfe):
-            raise ConfigError(f"eval.nfe must be a list of step counts in 1..100, got {self.nfe!r}.")
-        if self.episodes < 0 or self.num_samples < 1:
-            raise ConfigError(f"eval.episodes must be >= 0 and eval.num_samples >= 1, got {self.episodes}, {self.num_samples}.")
-        _at_most("eval.episodes", self.episodes, 1_000_000)
-        _at_most("eval.num_samples", self.num_samples, MAX_COUNT)
+        if not self.nfe or any(not isinstance(n, int) or not 1 <= n <= MAX_ODE_STEPS for n in self.nfe):
+            raise ConfigError(f"{p}nfe must list step counts in 1..{MAX_ODE_STEPS}, e.g. --{p}nfe=1,2,4,10; got {self.nfe}.")
+        for name in ("num_samples", "episodes", "workers"):
+            low = 1 if name == "num_samples" else 0
+            if getattr(self, name) < low:
+                raise ConfigError(f"{p}{name} must be >= {low}, got {getattr(self, name)}.")
+            _at_most(f"{p}{name}", getattr(self, name), MAX_COUNT)
+
+
+@dataclass
+class EvalConfig(StepCountEval):
+    """Evaluation of every stage at every step count."""
+
+    num_samples: int = _opt(256, "held-out observations for the offline metrics")
+    PREFIX: ClassVar[str] = "eval."
 
 
 @dataclass

@@ -39,6 +39,8 @@ class DatasetConfig:
 
     repo_id: str = _opt("local/dataset", "Hub dataset id, or any name when `root` holds the dataset")
     root: str | None = _opt(None, "local LeRobotDataset folder; null: the Hugging Face cache / Hub")
+    revision: str | None = _opt(None, "Hub revision (branch, tag or commit) of a Hub dataset; null: main. Recorded "
+                                "with the commit it resolved to in every checkpoint's reflow.json (lerobot-train's)")
     episodes: list[int] | None = _opt(None, "subset of episode indices; null: all")
     num_workers: int = _opt(0, "DataLoader worker processes")
     in_memory: str = _opt("auto", "auto (small datasets without images) | always | never: hold the frames in memory")
@@ -50,6 +52,7 @@ class DatasetConfig:
 
     def __post_init__(self) -> None:
         _choice("dataset.in_memory", self.in_memory, ("auto", "always", "never"))
+        _revision("dataset.revision", self.revision)
         if self.video_backend is not None:
             _choice("dataset.video_backend", self.video_backend, ("torchcodec", "pyav"))
         if self.num_workers < 0:
@@ -106,11 +109,16 @@ class FlowConfig:
     logit_mean: float = _opt(0.0, "logit_normal sampler: mean")
     logit_std: float = _opt(1.0, "logit_normal sampler: standard deviation")
     u_shaped_a: float = _opt(4.0, "u_shaped sampler: concentration at both ends (Lee et al. 2024)")
+    executed_weight: float = _opt(
+        1.0,
+        "loss weight of each chunk's first n_action_steps actions (the ones executed before re-planning) relative "
+        "to the rest; weights are scaled to mean 1 over the chunk; 1 = uniform (not for the shortcut stage)",
+    )
 
     def __post_init__(self) -> None:
         _choice("flow.time_sampler", self.time_sampler, TIME_SAMPLERS)
         _choice("flow.loss", self.loss, LOSSES)
-        for name in ("logit_std", "u_shaped_a"):
+        for name in ("logit_std", "u_shaped_a", "executed_weight"):
             if not getattr(self, name) > 0:
                 raise ConfigError(f"flow.{name} must be > 0, got {getattr(self, name)}.")
 
@@ -294,6 +302,9 @@ class TrainConfig:
         _revision("hub_revision", self.hub_revision)
         if self.ema_decay is not None and not 0 <= self.ema_decay < 1:
             raise ConfigError(f"ema_decay must be in [0, 1) (e.g. 0.999) or null for no EMA, got {self.ema_decay}.")
+        if self.stage == "shortcut" and self.flow.executed_weight != 1.0:
+            raise ConfigError("flow.executed_weight is for the flow_matching, reflow and distill losses; the shortcut "
+                              "stage's loss has no per-action weights: drop it (or set it to 1).")  # fmt: skip
         if self.couplings.path and self.stage == "flow_matching":
             raise ConfigError("couplings.path is for reflow / distill stages; flow_matching trains on the dataset.")
         if self.push_to_hub and not self.hub_model_id:

@@ -21,12 +21,8 @@ from typing import Any
 import numpy as np
 
 from hf_reflow.atomic import write_text
+from hf_reflow.metrics import OUTCOME_RATES, SUMMARY_METRICS
 
-METRICS = ("success_rate", "collision_rate", "stall_rate", "timeout_rate", "left_share", "side_switches",
-           "mean_steps", "straightness", "error_vs_10step", "error_vs_data", "latency_ms", "passes_per_env_step",
-           "ms_per_env_step", "hand_speed", "chunk_jump", "action_change", "miss_closest_goal_m", "miss_closest_hand_goal_m",
-           "miss_final_goal_m", "miss_near_goal_steps", "miss_near_goal_reversals", "collision_progress", "magnitude_vs_data")  # fmt: skip
-OUTCOME_RATES = ("success_rate", "collision_rate", "stall_rate", "timeout_rate")
 BOOTSTRAP_SAMPLES = 4000
 # The targets, checked in report.md (points are success-rate differences to the reference cell).
 TARGET_REFERENCE_SUCCESS = 0.95
@@ -137,7 +133,7 @@ def summarise(rows: list[dict]) -> list[dict]:
         entry: dict[str, Any] = {"name": key[0], "k": cell[0]["k"], "stage": cell[0]["stage"], "nfe": key[1],
                                  "n_action_steps": key[2], "own_n_action_steps": cell[0].get("policy_n_action_steps"),
                                  "seeds": len(cell)}  # fmt: skip
-        entry.update({metric: _mean(cell, metric) for metric in METRICS})
+        entry.update({metric: _mean(cell, metric) for metric in SUMMARY_METRICS})
         if cell[0].get("episodes"):
             entry["episodes"] = int(sum(r["episodes"] for r in cell))
             if len(cell) >= 2:

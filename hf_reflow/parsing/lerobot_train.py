@@ -57,8 +57,6 @@ LEROBOT_TRAIN_REFUSED = {
     "tolerance_s": "frames are read by index (the chunk's delta timestamps); drop the flag",
     "job": "no job settings; name the run with --job_name",
     "dataset.repo_type": "datasets are read as Hub datasets (or a local --dataset.root); drop the flag",
-    "dataset.revision": "the dataset is read at its main revision; download the one you want (`hf download REPO "
-    "--repo-type=dataset --revision=REV --local-dir=DIR`) and pass --dataset.root=DIR",
     "dataset.use_imagenet_stats": "images are normalised with the dataset's own stats (meta/stats.json); drop the flag",
     "dataset.return_uint8": "frames are read as float, as the policies' processors expect; drop the flag",
     "dataset.depth_output_unit": "depth cameras are not read; drop the flag",

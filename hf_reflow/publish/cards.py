@@ -10,32 +10,31 @@ Nothing here calls `RepoCard.validate` (it posts to huggingface.co whatever the 
 
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from hf_reflow.artifacts.checkpoints import REFLOW_INFO, read_reflow_info
+from hf_reflow.artifacts.checkpoints import read_reflow_info
 from hf_reflow.artifacts.couplings_store import check_complete
-from hf_reflow.errors import CheckpointError, HubError
-from hf_reflow.hub import read_push_record
-from hf_reflow.refs import CheckpointRef, checkpoint_folder, is_repo_id
+from hf_reflow.metrics import CARD_METRICS
+from hf_reflow.publish.lineage import (
+    DEFAULT_LICENSE,
+    base_source,
+    card_license,
+    hub_datasets,
+    hub_id,
+    lineage,
+    pushed_id,
+    source,
+)
+from hf_reflow.refs import CheckpointRef
 from hf_reflow.stages import LEAF_STAGES, stage_label
 
 logger = logging.getLogger(__name__)
 
 TEMPLATES = Path(__file__).parent / "templates"
 HUB_URL = "https://huggingface.co"
-DEFAULT_LICENSE = "apache-2.0"
-MAX_LINEAGE = 32
-# Columns of the evaluation table and of `model-index`, as `hf-reflow eval --output=` names them.
-EVAL_METRICS = {
-    "success_rate": "success rate",
-    "straightness": "straightness",
-    "error_vs_10step": "error vs 10 steps",
-    "latency_ms": "latency (ms)",
-}
 
 
 def _label(info: dict[str, Any]) -> str:
@@ -50,131 +49,24 @@ def tags(info: dict[str, Any], policy_type: str) -> list[str]:
     return out + ([LEAF_STAGES[leaf]] if leaf in LEAF_STAGES else [])
 
 
-def hub_id(value: Any) -> str | None:
-    """`value` when it names a Hub repo (`refs.is_repo_id`), else None."""
-    return value if is_repo_id(value) else None
 
 
-def hub_datasets(info: dict[str, Any]) -> list[str]:
-    """The training dataset as a Hub id, when it came from the Hub (a local `root` has no Hub id)."""
-    dataset = info.get("dataset") or {}
-    return [dataset["repo_id"]] if hub_id(dataset.get("repo_id")) and not dataset.get("root") else []
 
 
-def load_eval_rows(path: str | Path, checkpoint: str | Path) -> list[dict[str, Any]]:
-    """Rows of an `hf-reflow eval --output=` file that belong to `checkpoint`, sorted by step count.
-
-    A file written for several checkpoints is filtered by each row's `checkpoint`; rows without one
-    are taken as they are.
-    """
-    path = Path(path)
-    try:
-        rows = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, ValueError, RecursionError) as e:
-        raise HubError(
-            f"cannot read eval results {str(path)!r} ({type(e).__name__}); pass the JSON `hf-reflow eval --output=` wrote."
-        ) from None
-    if not isinstance(rows, list) or not all(isinstance(r, dict) and _step_count(r.get("nfe")) for r in rows):
-        raise HubError(
-            f"eval results {str(path)!r} must be a list of rows whose `nfe` is a step count (an integer >= 1), as "
-            "`hf-reflow eval --output=` writes."
-        )
-    target = _final_folder(checkpoint)
-    mine = [r for r in rows if "checkpoint" not in r or _final_folder(r["checkpoint"]) == target]
-    if not mine:
-        found = sorted({str(r["checkpoint"]) for r in rows})
-        raise HubError(
-            f"eval results {str(path)!r} have no rows for checkpoint {str(checkpoint)!r} (they cover {', '.join(found)}); "
-            "evaluate this checkpoint or pass the matching results file."
-        )
-    return sorted(mine, key=lambda r: (r["nfe"], _step_count(r.get("n_action_steps")) or 0))
 
 
-def _step_count(value: Any) -> bool:
-    """An integer >= 1 (not a bool, a float or a string)."""
-    return type(value) is int and value >= 1
 
 
-def _final_folder(path: str | Path) -> Path:
-    """A run dir and its `pretrained_model/` name the same checkpoint."""
-    return (checkpoint_folder(path) or Path(path)).resolve()
 
 
-# ---- the facts a card needs from the Hub ------------------------------------------------------
-def source(hub: Any, path: str) -> dict[str, Any]:
-    """A checkpoint named by a local path or a Hub id: repo_id (None if never pushed), commit, path,
-    folder (local), k, stage, teacher and its `reflow.json` as `info`."""
-    try:
-        ref = CheckpointRef.of(path)
-        if ref.is_local:
-            info = read_reflow_info(ref)
-            row = {"repo_id": ref.repo_id, "commit": ref.commit, "folder": str(ref.folder)}
-        else:  # through the caller's client (its endpoint and token)
-            info = json.loads(hub.read_text(path, REFLOW_INFO) or "{}")
-            row = {"repo_id": path, "commit": hub.repo_info(path).sha}
-    except (CheckpointError, HubError) as e:
-        logger.warning("%s is neither a local checkpoint nor readable on the Hub (%s)", path, e)
-        info, row = {}, {"repo_id": None, "commit": None}
-    return {**row, "path": path, "k": info.get("k", "?"), "stage": info.get("stage", "unknown"),
-            "teacher": info.get("teacher"), "info": info}  # fmt: skip
 
 
-def lineage(hub: Any, info: dict[str, Any]) -> list[dict[str, Any]]:
-    """A checkpoint's teachers, oldest first (rows of `source`, commit = the one trained from)."""
-    rows: list[dict[str, Any]] = []
-    child, teacher, seen = info, info.get("teacher"), set()
-    while teacher and teacher not in seen and len(rows) < MAX_LINEAGE:
-        seen.add(teacher)
-        row = source(hub, str(teacher))
-        row["commit"] = child.get("teacher_commit") or row["commit"]
-        rows.insert(0, row)
-        child, teacher = row["info"], row["teacher"]
-    return rows
 
 
-def base_source(
-    hub: Any, folder: Path, info: dict[str, Any], teachers: list[dict[str, Any]]
-) -> dict[str, Any]:
-    """What a stage started from: its teacher; else `reflow.json`'s `base_model` (+ `base_model_commit`),
-    else `policy.path` in the run's train_config.json (beside the checkpoint or one level up); {} for none."""
-    if teachers:
-        return teachers[-1]
-    path = info.get("base_model")
-    for config in (folder / "train_config.json", folder.parent / "train_config.json"):
-        if not path and config.is_file():
-            path = (json.loads(config.read_text()).get("policy") or {}).get("path")
-    if not path:
-        return {}
-    row = source(hub, str(path))
-    return {**row, "commit": info.get("base_model_commit") or row["commit"]}
 
 
-def card_license(hub: Any, row: dict[str, Any]) -> dict[str, str]:
-    """`license` (+ `license_name` / `license_link`) from a source's card: its local README.md, else its
-    Hub repo's; apache-2.0 when neither names one."""
-    from huggingface_hub import ModelCard
-
-    text, local = None, Path(row.get("folder") or "") / "README.md"
-    if row.get("folder") and local.is_file():
-        text = local.read_text()
-    elif row.get("repo_id"):
-        try:
-            text = hub.read_text(row["repo_id"], "README.md", revision=row.get("commit"))
-        except HubError as e:
-            logger.warning(
-                "cannot read the license of %s (%s); the card says %s", row["repo_id"], e, DEFAULT_LICENSE
-            )
-    data = ModelCard(text).data.to_dict() if text else {}
-    if not data.get("license"):
-        return {"license": DEFAULT_LICENSE}
-    return {k: data[k] for k in ("license", "license_name", "license_link") if data.get(k)}
 
 
-def pushed_id(path_or_repo: str | None) -> str | None:
-    """The Hub id of a folder that was pushed (its hub.json), or of a Hub id itself."""
-    if path_or_repo and Path(path_or_repo).is_dir():
-        return read_push_record(path_or_repo).get("repo_id")
-    return hub_id(path_or_repo)
 
 
 @dataclass
@@ -203,35 +95,6 @@ def checkpoint_card(hub: Any, checkpoint: str | Path, repo_id: str, *, eval_rows
     return StageCard(folder, card, label, teachers[-1].get("repo_id") if teachers else None)
 
 
-def set_new_version(hub: Any, old_repo: str, new_repo: str) -> bool:
-    """Set `new_version: new_repo` in the card of an hf-reflow stage on the Hub (`reflow` tag); True when
-    committed. Only on request; a failure (e.g. no write access to the teacher) only logs a warning."""
-    # Not `huggingface_hub.metadata_update`: in huggingface_hub 1.33 it cannot use `hub.api`'s endpoint. It
-    # takes a token but no endpoint (and `HfApi` has no such method); it reads the card with `ModelCard.load`,
-    # i.e. the module-level `hf_hub_download` (endpoint: HF_ENDPOINT as read at import), and writes it with
-    # `RepoCard.push_to_hub`, which first POSTs the card to the hard-coded https://huggingface.co/api/validate-yaml
-    # (`RepoCard.validate`) and then uploads through the module-level `upload_file` (an `HfApi()` made at
-    # import). So it would reach huggingface.co from any endpoint. The same steps on `hub.api` instead: read
-    # README.md, set one metadata field, upload README.md.
-    from huggingface_hub import ModelCard
-
-    try:
-        text = hub.read_text(old_repo, "README.md")
-        card = ModelCard(text) if text else None
-        if card is None or "reflow" not in (card.data.tags or []) or card.data.get("new_version") == new_repo:
-            return False
-        card.data.new_version = new_repo
-        with hub.errors(f"update the card of {old_repo}"):
-            hub.api.upload_file(
-                path_or_fileobj=str(card).encode(),
-                path_in_repo="README.md",
-                repo_id=old_repo,
-                commit_message=f"Newer stage: {new_repo}",
-            )
-        return True
-    except HubError as e:
-        logger.warning("could not point %s to its newer stage %s: %s", old_repo, new_repo, e)
-        return False
 
 
 # ---- model card ---------------------------------------------------------------------------------
@@ -243,7 +106,7 @@ def eval_results(rows: list[dict[str, Any]], *, model_name: str, dataset: str | 
     results = []
     for row in rows:
         dataset_id = hub_id(row.get("dataset", dataset))
-        for key, name in EVAL_METRICS.items():
+        for key, name in CARD_METRICS.items():
             if row.get(key) is None or dataset_id is None:
                 continue
             results.append(
@@ -361,7 +224,7 @@ def _template_values(repo_id, info, policy_config, lineage, eval_rows) -> dict[s
         "dataset_text": _dataset_text(info),
         "lerobot_eval_envs": lerobot_eval_envs(eval_rows, policy_config),
         "lineage": [{**row, "link": link(row), "commit": _commit_text(row)} for row in lineage],
-        "eval_rows": [{**{m: _fmt(row.get(m)) for m in EVAL_METRICS}, "nfe": row["nfe"]} for row in eval_rows],
+        "eval_rows": [{**{m: _fmt(row.get(m)) for m in CARD_METRICS}, "nfe": row["nfe"]} for row in eval_rows],
     }  # fmt: skip
 
 
@@ -393,7 +256,10 @@ def _what(info: dict[str, Any]) -> str:
 def _dataset_text(info: dict[str, Any]) -> str:
     dataset = info.get("dataset") or {}
     if hub_datasets(info):
-        return f"[{dataset['repo_id']}]({HUB_URL}/datasets/{dataset['repo_id']})"
+        repo, commit = dataset["repo_id"], dataset.get("commit")
+        at = f" at [`{commit[:8]}`]({HUB_URL}/datasets/{repo}/commit/{commit})" if commit else (
+            f" at revision `{dataset['revision']}`" if dataset.get("revision") else "")
+        return f"[{repo}]({HUB_URL}/datasets/{repo}){at}"
     return f"a local LeRobotDataset (`{dataset.get('repo_id', 'unknown')}`)"
 
 

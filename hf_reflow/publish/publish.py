@@ -48,7 +48,7 @@ def push_checkpoint(hub: Hub, checkpoint: str | Path, repo_id: str, *, private: 
     write_text(stage.folder / CARD, str(stage.card))  # kept locally once pushed, never after a failed push
     write_push_record(stage.folder, result, revision)
     if set_new_version and stage.teacher_repo:
-        cards.set_new_version(hub, stage.teacher_repo, repo_id)
+        point_new_version(hub, stage.teacher_repo, repo_id)
     return result
 
 
@@ -126,3 +126,34 @@ def push_stage(config: Any, final: Path, repo_id: str) -> PushResult:
     unchanged = "" if result.created else ", unchanged"
     logger.warning("pushed %s to %s (commit %s%s)", final, result.url, result.commit[:8], unchanged)
     return result
+
+
+def point_new_version(hub: Any, old_repo: str, new_repo: str) -> bool:
+    """Set `new_version: new_repo` in the card of an hf-reflow stage on the Hub (`reflow` tag); True when
+    committed. Only on request; a failure (e.g. no write access to the teacher) only logs a warning."""
+    # Not `huggingface_hub.metadata_update`: in huggingface_hub 1.33 it cannot use `hub.api`'s endpoint. It
+    # takes a token but no endpoint (and `HfApi` has no such method); it reads the card with `ModelCard.load`,
+    # i.e. the module-level `hf_hub_download` (endpoint: HF_ENDPOINT as read at import), and writes it with
+    # `RepoCard.push_to_hub`, which first POSTs the card to the hard-coded https://huggingface.co/api/validate-yaml
+    # (`RepoCard.validate`) and then uploads through the module-level `upload_file` (an `HfApi()` made at
+    # import). So it would reach huggingface.co from any endpoint. The same steps on `hub.api` instead: read
+    # README.md, set one metadata field, upload README.md.
+    from huggingface_hub import ModelCard
+
+    try:
+        text = hub.read_text(old_repo, "README.md")
+        card = ModelCard(text) if text else None
+        if card is None or "reflow" not in (card.data.tags or []) or card.data.get("new_version") == new_repo:
+            return False
+        card.data.new_version = new_repo
+        with hub.errors(f"update the card of {old_repo}"):
+            hub.api.upload_file(
+                path_or_fileobj=str(card).encode(),
+                path_in_repo="README.md",
+                repo_id=old_repo,
+                commit_message=f"Newer stage: {new_repo}",
+            )
+        return True
+    except HubError as e:
+        logger.warning("could not point %s to its newer stage %s: %s", old_repo, new_repo, e)
+        return False

@@ -68,6 +68,7 @@ def generate(
         teacher_solver=teacher_cfg.solver,
         dataset_repo_id=dataset_cfg.repo_id,
         dataset_root=dataset_cfg.root,
+        dataset_revision=dataset_cfg.revision,
         dataset_fingerprint=dataset_fingerprint(load_metadata(dataset_cfg).root),
         num_frames=len(dataset),
         num_couplings=num_couplings,

@@ -19,7 +19,8 @@ class Targets:
         noise: (B, chunk, action_dim) the line's start (t = 1).
         action: (B, chunk, action_dim) its end (t = 0): the dataset's chunk (1-RF) or the teacher's.
         t: (B,) where on the line the velocity is asked for.
-        mask: (B, chunk) True for real (not padded) actions; None = all real (teacher chunks).
+        mask: (B, chunk) True for real (not padded) actions, or float loss weights (`flow.executed_weight`);
+            None = all real and equal (teacher chunks).
         context: the frozen backbone's output shared by teacher and student, or None.
     """
 

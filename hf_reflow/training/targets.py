@@ -43,7 +43,15 @@ class TargetMaker:
             action, mask = batch[couplings_store.ACTION_KEY].to(noise), None
         else:
             action, mask = self.teacher.end_points(batch, noise, context), None  # teacher chunks have no padding
-        return Targets(noise, action, self.sample_time(noise), mask, context)
+        return Targets(noise, action, self.sample_time(noise), self.weigh(adapter, mask, action), context)
+
+    def weigh(self, adapter: PolicyAdapter, mask: Tensor | None, action: Tensor) -> Tensor | None:
+        """The padding mask (B, chunk), times `flow.executed_weight` on the executed actions when it is not 1."""
+        weight = self.config.flow.executed_weight
+        if weight == 1.0:
+            return mask
+        w = flow.executed_weights(action.shape[1], adapter.policy.config.n_action_steps, weight).to(action)  # (chunk,)
+        return w.expand(action.shape[0], -1) if mask is None else mask.to(action.dtype) * w
 
     def retime(self, targets: Targets) -> Targets:
         """The same lines at fresh times (`coupling_reuse` > 1): no new data, noise or teacher solve."""

@@ -1,0 +1,77 @@
+"""The columns of an evaluation row, named once.
+
+A row is one checkpoint at one step count (and one re-planning interval): what `hf-reflow eval --output=`
+writes, the pipeline's `results.json` holds under `rows`, the report averages over seeds, the console
+prints and a model card files under `model-index`. Each module that writes or reads rows takes the names
+from here (publishing cannot import evaluation, so they live at the bottom layer).
+"""
+
+from __future__ import annotations
+
+# Which checkpoint a row measures and how it was run.
+IDENTITY = {
+    "checkpoint": "the checkpoint evaluated (a folder or a Hub id)",
+    "seed": "the training seed (pipeline)",
+    "name": "the stage's label, e.g. 2-RF distilled (pipeline)",
+    "run": "the stage's run folder, e.g. 2rf-distill (pipeline)",
+    "stage": "flow_matching, reflow, distill or shortcut",
+    "k": "the k of the k-RF",
+    "nfe": "denoising steps per action chunk",
+    "n_action_steps": "actions executed per chunk before re-planning",
+    "policy_n_action_steps": "the policy's own n_action_steps",
+    "env_type": "the LeRobot env type the episodes ran in (its `lerobot-eval --env.type`)",
+    "env_mode": "that env's mode", "first_episode_seed": "the first episode's seed (lerobot-eval's --seed)",
+}
+# Offline, on held-out observations (`evaluation/offline.py`).
+OFFLINE = {
+    "straightness": "Liu et al.'s straightness of the sampled path: 0 for a straight line",
+    "error_vs_10step": "mean squared difference of the chunk from the same noise's 10-step chunk",
+    "error_vs_data": "mean squared difference of the chunk from the demonstration's own chunk (normalised)",
+    "magnitude_vs_data": "mean action norm of the chunk over the demonstration's (below 1: shrunk toward the mean)",
+    "latency_ms": "milliseconds per chunk on this machine",
+}
+# Closed loop (`evaluation/closed_loop.py`, `evaluation/lerobot_envs.py`); `per_task` holds them per task.
+CLOSED_LOOP = {
+    "episodes": "episodes run", "successes": "episodes that succeeded",
+    "success_rate": "share of episodes that succeeded",
+    "collision_rate": "share that touched the obstacle",
+    "stall_rate": "share that ended with the hand nearly still",
+    "timeout_rate": "share still moving when the horizon ended",
+    "left_share": "share of episodes whose detour went left",
+    "side_switches": "times per episode the hand changed side of the start-target line",
+    "mean_steps": "env steps of a successful episode",
+    "chunks": "chunks predicted", "env_steps": "env steps run",
+    "passes_per_env_step": "denoising passes per env step (steps x chunks / env steps)",
+    "ms_per_env_step": "measured milliseconds of denoising per env step",
+    "hand_speed": "mean hand displacement per env step (m)", "chunk_jump": "action change at chunk boundaries",
+    "action_change": "action change inside a chunk",
+    "collision_progress": "where along the start-target line a collision happened (0 start, 1 target)",
+    "misses": "failed episodes without a collision",
+    "miss_closest_goal_m": "failed episodes: closest distance to the goal (m)",
+    "miss_closest_hand_goal_m": "failed episodes: closest hand-to-goal distance (m)",
+    "miss_final_goal_m": "failed episodes: final distance to the goal (m)",
+    "miss_near_goal_steps": "failed episodes: steps within 2x the success tolerance",
+    "miss_near_goal_reversals": "failed episodes: direction reversals near the goal",
+    "per_task": "the closed-loop columns per task, with the per-episode lists below",
+    "episode_seeds": "per task: each episode's seed", "episode_success": "per task: each episode's success",
+    "episode_hand_speed": "per task: each episode's hand speed",
+}
+COLUMNS = {**IDENTITY, **OFFLINE, **CLOSED_LOOP}
+
+OUTCOME_RATES = ("success_rate", "collision_rate", "stall_rate", "timeout_rate")
+# What the report averages over seeds (with CIs for the rates).
+SUMMARY_METRICS = (*OUTCOME_RATES, "left_share", "side_switches", "mean_steps", "straightness", "error_vs_10step",
+                   "error_vs_data", "latency_ms", "passes_per_env_step", "ms_per_env_step", "hand_speed", "chunk_jump",
+                   "action_change", "miss_closest_goal_m", "miss_closest_hand_goal_m", "miss_final_goal_m",
+                   "miss_near_goal_steps", "miss_near_goal_reversals", "collision_progress", "magnitude_vs_data")  # fmt: skip
+# The console table of `hf-reflow eval` (columns no row has are left out).
+CONSOLE_COLUMNS = ("checkpoint", "k", "nfe", "n_action_steps", "success_rate", "collision_rate", "timeout_rate",
+                   "left_share", "miss_closest_goal_m", "miss_final_goal_m", "chunk_jump", "passes_per_env_step",
+                   "straightness", "error_vs_10step", "latency_ms")  # fmt: skip
+# A model card's evaluation table and `model-index`: column -> its label.
+CARD_METRICS = {
+    "success_rate": "success rate",
+    "straightness": "straightness",
+    "error_vs_10step": "error vs 10 steps",
+    "latency_ms": "latency (ms)",
+}
