@@ -109,3 +109,14 @@ def _opt(default: Any = dataclasses.MISSING, help: str = "", *, factory: Any = N
 
 # Keys a trainer writes into train_config.json for the record; ignored when that file is read back as a recipe.
 RECORD_KEYS = ("optim_used",)
+
+
+def _repo_template(flag: str, template: str) -> None:
+    """Refuse a `hub_repo_template` that does not format with {hub_model_id}, {k}, {stage} and {suffix}."""
+    try:
+        template.format(hub_model_id="a/b", k=1, stage="reflow", suffix="")
+    except (KeyError, IndexError, ValueError) as e:
+        raise ConfigError(
+            f"{flag} {template!r} is invalid ({e!r}); it may use {{hub_model_id}}, {{k}}, {{stage}} and {{suffix}}, "
+            "e.g. '{hub_model_id}-{k}rf{suffix}'."
+        ) from None

@@ -18,6 +18,7 @@ from hf_reflow.configs.fields import (
     _choice,
     _n_action_steps,
     _opt,
+    _repo_template,
     _seed,
 )
 from hf_reflow.errors import ConfigError
@@ -115,13 +116,7 @@ class PipelinePushConfig:
             value = getattr(self, name)
             if value is not None and not is_repo_id(value):
                 raise ConfigError(f"push.{name} must be namespace/name, got {value!r}.")
-        try:
-            self.hub_repo_template.format(hub_model_id="a/b", k=1, stage="reflow", suffix="")
-        except (KeyError, IndexError, ValueError) as e:
-            raise ConfigError(
-                f"push.hub_repo_template {self.hub_repo_template!r} is invalid ({e!r}); it may use {{hub_model_id}}, "
-                "{k}, {stage} and {suffix}, e.g. '{hub_model_id}-{k}rf{suffix}'."
-            ) from None
+        _repo_template("push.hub_repo_template", self.hub_repo_template)
 
 
 _SECTION_HELP = "TrainConfig fields (any `hf-reflow train` option) for the {} stage, on top of `train`"

@@ -24,6 +24,7 @@ from hf_reflow.configs.fields import (
     _at_most,
     _choice,
     _opt,
+    _repo_template,
     _revision,
     _seed,
 )
@@ -311,13 +312,7 @@ class TrainConfig:
             raise ConfigError(
                 "push_to_hub needs hub_model_id (namespace/name), e.g. --hub_model_id=you/toy or --policy.repo_id=you/toy-2rf."
             )
-        try:
-            self.hub_repo_template.format(hub_model_id="a/b", k=1, stage="reflow", suffix="")
-        except (KeyError, IndexError, ValueError) as e:
-            raise ConfigError(
-                f"hub_repo_template {self.hub_repo_template!r} is invalid ({e!r}); it may use {{hub_model_id}}, {{k}}, "
-                "{stage} and {suffix}, e.g. '{hub_model_id}-{k}rf{suffix}'."
-            ) from None
+        _repo_template("hub_repo_template", self.hub_repo_template)
 
     def _check_env(self) -> None:
         if self.env_eval_freq < 1:
