@@ -164,12 +164,14 @@ def cmd_push(args: list[str]) -> int:
     from hf_reflow.publish import publish
     from hf_reflow.publish.eval_rows import load_eval_rows
 
-    rows = load_eval_rows(cfg.eval, cfg.checkpoint) if cfg.eval and not cfg.couplings else None  # local, first
+    rows = load_eval_rows(cfg.eval, cfg.checkpoint) if cfg.eval else None  # local, first
     hub = Hub()
-    hub.check_push_access(cfg.repo_id, repo_type="dataset" if cfg.couplings else "model", private=cfg.private)
+    hub.check_push_access(cfg.repo_id, repo_type="model" if cfg.checkpoint else "dataset", private=cfg.private)
     common = {"private": cfg.private, "revision": cfg.revision, "commit_message": cfg.commit_message}
     if cfg.couplings:
         result = publish.push_couplings(hub, cfg.couplings, cfg.repo_id, license=cfg.license, **common)
+    elif cfg.dataset:
+        result = publish.push_demonstrations(hub, cfg.dataset, cfg.repo_id, license=cfg.license, **common)
     else:
         result = publish.push_checkpoint(
             hub, cfg.checkpoint, cfg.repo_id, eval_rows=rows, license=cfg.license, set_new_version=cfg.set_new_version,

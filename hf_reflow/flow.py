@@ -12,7 +12,9 @@ Time convention (LeRobot's, used everywhere in hf-reflow):
 line between them is a path the student can follow in one step. A one-step distilled student is
 trained at t = 1 only, where `x_t = noise` and the target is `noise - teacher_action`. A shortcut
 student (`shortcut_*`) also reads the step size d it will be sampled with, and learns that one step of
-2d equals two of d of its own velocity, so one network serves 1 and 2 steps.
+2d equals two of d of its own velocity, so one network serves 1 and 2 steps. A MeanFlow student
+(`meanflow_*`, Geng et al. 2025) reads the same step size d = t - r and regresses the average velocity
+u(x_t, r, t) over [r, t] through the MeanFlow identity, so one Euler step of size d is exact along the flow.
 
 This module is pure: tensors in, tensors out; no I/O, no LeRobot import.
 """
@@ -231,6 +233,46 @@ def shortcut_target(velocity_at: Callable[[Tensor, Tensor, Tensor], Tensor], x_t
     x_mid = x_t - _broadcast_time(d, x_t) * v1
     v2 = velocity_at(x_mid, t - d, d)
     return (v1 + v2) / 2
+
+
+def meanflow_times(a: Tensor, b: Tensor, mean_share: float, *, generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
+    """(t, r) pairs for the MeanFlow loss from two time draws a, b (B,) of the stage's sampler.
+
+    t = max(a, b), r = min(a, b) on a `mean_share` of the batch (chosen at random); elsewhere r = t, where
+    the average velocity is the instantaneous one (the plain flow loss). Both (B,), r <= t.
+    """
+    t, r = torch.maximum(a, b), torch.minimum(a, b)
+    keep = torch.rand(a.shape[0], generator=generator) < mean_share  # (B,) True: an interval, False: r = t
+    return t, torch.where(keep.to(r.device), r, t)
+
+
+def meanflow_target(velocity: Tensor, dudt: Tensor, t: Tensor, r: Tensor) -> Tensor:
+    """The MeanFlow identity's target for the average velocity over [r, t] (Geng et al. 2025, eq. 6).
+
+    With u(x_t, r, t) = 1/(t - r) * integral_r^t v(x_s, s) ds, differentiating (t - r) u in t gives
+    u = v(x_t, t) - (t - r) du/dt, where du/dt = v . d_x u + d_t u is the total derivative along the flow
+    (a Jacobian-vector product with tangent (v, 1) in (x_t, t), r fixed). The caller detaches it.
+
+    Args:
+        velocity: (B, chunk, action_dim) v at x_t; on a coupling's straight line, noise - action.
+        dudt: (B, chunk, action_dim) the model's du/dt at (x_t, r, t).
+        t, r: (B,) the interval's ends, r <= t (t = 1 noise, as everywhere).
+    """
+    return velocity - _broadcast_time(t - r, velocity) * dudt
+
+
+def adaptive_loss(prediction: Tensor, target: Tensor, *, power: float, c: float = 1e-3, mask: Tensor | None = None) -> Tensor:
+    """MeanFlow's adaptively weighted squared error per sample (Geng et al. 2025, sec. 4.3), (B,).
+
+    sg(w) * ||e||^2 with w = 1 / (||e||^2 + c)^power over each sample's elements e = prediction - target
+    (power 1: ~ ||e||^2 / (||e||^2 + c), bounded, so a few far-off targets cannot dominate a batch; 0: plain
+    sum of squares). prediction, target (B, chunk, action_dim); mask (B, chunk) as in `flow_loss`.
+    """
+    sq = (prediction - target).pow(2)
+    if mask is not None:
+        sq = sq * mask.unsqueeze(-1).to(sq.dtype)
+    total = sq.flatten(1).sum(dim=1)  # (B,)
+    return total / (total.detach() + c).pow(power)
 
 
 def straightness(path: Tensor, times: Tensor) -> Tensor:

@@ -56,6 +56,14 @@ class PushResult:
     created: bool
 
 
+DEFAULT_ENDPOINT = "https://huggingface.co"
+
+
+def web_url() -> str:
+    """The Hub's web address for links on cards and Space pages: `HF_ENDPOINT` now (as `make_api`), else huggingface.co."""
+    return (os.environ.get("HF_ENDPOINT") or DEFAULT_ENDPOINT).rstrip("/")
+
+
 def make_api(endpoint: str | None = None) -> Any:
     """An `HfApi` for `endpoint` (default: `HF_ENDPOINT` now, else huggingface.co) with the standard token."""
     from huggingface_hub import HfApi, get_token

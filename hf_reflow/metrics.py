@@ -8,13 +8,15 @@ from here (publishing cannot import evaluation, so they live at the bottom layer
 
 from __future__ import annotations
 
+import math
+
 # Which checkpoint a row measures and how it was run.
 IDENTITY = {
     "checkpoint": "the checkpoint evaluated (a folder or a Hub id)",
     "seed": "the training seed (pipeline)",
     "name": "the stage's label, e.g. 2-RF distilled (pipeline)",
     "run": "the stage's run folder, e.g. 2rf-distill (pipeline)",
-    "stage": "flow_matching, reflow, distill or shortcut",
+    "stage": "flow_matching, reflow, distill, shortcut or meanflow",
     "k": "the k of the k-RF",
     "nfe": "denoising steps per action chunk",
     "n_action_steps": "actions executed per chunk before re-planning",
@@ -29,6 +31,7 @@ OFFLINE = {
     "error_vs_data": "mean squared difference of the chunk from the demonstration's own chunk (normalised)",
     "magnitude_vs_data": "mean action norm of the chunk over the demonstration's (below 1: shrunk toward the mean)",
     "latency_ms": "milliseconds per chunk on this machine",
+    "latency_device": "the machine latency_ms was measured on (CPU model and threads, or the GPU's name)",
 }
 # Closed loop (`evaluation/closed_loop.py`, `evaluation/lerobot_envs.py`); `per_task` holds them per task.
 CLOSED_LOOP = {
@@ -68,10 +71,28 @@ SUMMARY_METRICS = (*OUTCOME_RATES, "left_share", "side_switches", "mean_steps", 
 CONSOLE_COLUMNS = ("checkpoint", "k", "nfe", "n_action_steps", "success_rate", "collision_rate", "timeout_rate",
                    "left_share", "miss_closest_goal_m", "miss_final_goal_m", "chunk_jump", "passes_per_env_step",
                    "straightness", "error_vs_10step", "latency_ms")  # fmt: skip
-# A model card's evaluation table and `model-index`: column -> its label.
+# A model card's evaluation table: column -> its label. Its `model-index` files success_rate under the
+# environment it was measured in and the offline metrics under a Hub dataset; latency (machine-bound) never.
 CARD_METRICS = {
     "success_rate": "success rate",
     "straightness": "straightness",
     "error_vs_10step": "error vs 10 steps",
     "latency_ms": "latency (ms)",
 }
+
+
+def wilson_interval(successes: int, trials: int, z: float = 1.959964) -> tuple[float, float]:
+    """95 % Wilson score interval of a binomial proportion."""
+    if trials == 0:
+        return (math.nan, math.nan)
+    p = successes / trials
+    centre = (p + z * z / (2 * trials)) / (1 + z * z / trials)
+    half = z * math.sqrt(p * (1 - p) / trials + z * z / (4 * trials * trials)) / (1 + z * z / trials)
+    low = 0.0 if successes == 0 else centre - half  # exact at the ends; elsewhere rounding can
+    high = 1.0 if successes == trials else centre + half  # put a bound a hair past p (1 - 1e-16 at 50/50)
+    return containing(p, low, high)
+
+
+def containing(estimate: float, low: float, high: float) -> tuple[float, float]:
+    """(low, high) clipped to [0, 1] and widened to contain `estimate`, so error bars are never negative."""
+    return (max(0.0, min(low, estimate)), min(1.0, max(high, estimate)))

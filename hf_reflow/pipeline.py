@@ -35,7 +35,7 @@ from hf_reflow.evaluation.chain import evaluate_chain
 from hf_reflow.evaluation.closed_loop import controllers_of
 from hf_reflow.hub import SPACE_SDK, Hub
 from hf_reflow.parsing import stage_config
-from hf_reflow.publish.publish import push_checkpoint, repo_for_stage
+from hf_reflow.publish.publish import push_checkpoint, push_couplings, push_demonstrations, repo_for_stage
 from hf_reflow.refs import PRETRAINED_DIR, checkpoint_folder
 from hf_reflow.stages import LEAF_STAGES, run_name, stage_k, stage_label
 from hf_reflow.training.couplings import generate
@@ -43,7 +43,7 @@ from hf_reflow.training.trainer import ReflowTrainer
 
 # Recipe sections whose change makes an existing run a different run (eval settings may change freely,
 # seeds and stages may be extended: finished ones are reused).
-_RUN_DEFINING = ("data", "train", "flow_matching", "reflow", "distill", "shortcut", "num_couplings", "coupling_states")
+_RUN_DEFINING = ("data", "train", "flow_matching", "reflow", "distill", "shortcut", "meanflow", "num_couplings", "coupling_states")
 
 
 @dataclass(frozen=True)
@@ -248,7 +248,7 @@ def run(cfg: PipelineConfig) -> dict[str, Any]:
     if len(cfg.seeds) == 1:
         print(ONE_SEED_NOTE)
     if targets:
-        push_chain(cfg, trained[cfg.seeds[0]], rows, targets)
+        push_chain(cfg, out, demos, trained[cfg.seeds[0]], rows, targets)
     return results
 
 
@@ -265,18 +265,43 @@ def check_push(cfg: PipelineConfig) -> list[str]:
     hub = Hub()
     for repo in repos:
         hub.check_push_access(repo, private=p.private, create=True)
+    datasets = [demonstrations_repo(cfg), *couplings_repos(cfg, repos).values()]
+    for repo in datasets:
+        hub.check_push_access(repo, repo_type="dataset", private=p.private, create=True)
     if p.space_id:
         hub.check_push_access(p.space_id, repo_type="space", private=p.private, create=True, space_sdk=SPACE_SDK)
-    _log(f"will push {', '.join(repos)}{f' and the Space {p.space_id}' if p.space_id else ''} after evaluation")
+    _log(f"will push {', '.join(repos)}, the datasets {', '.join(datasets)}"
+         f"{f' and the Space {p.space_id}' if p.space_id else ''} after evaluation")  # fmt: skip
     return repos
 
 
-def push_chain(cfg: PipelineConfig, stages: list[tuple[Stage, Path]], rows: list[dict], repos: list[str]) -> None:
-    """Push the first seed's stages in chain order (each card links its pushed teacher and holds its
-    evaluation rows), then the Space showing them. A failure says how to retry: rerun, nothing retrains."""
+def demonstrations_repo(cfg: PipelineConfig) -> str:
+    """The Hub dataset the pipeline's demonstrations are pushed to: `{hub_model_id}-demos`."""
+    return f"{cfg.push.hub_model_id}-demos"
+
+
+def couplings_repos(cfg: PipelineConfig, repos: list[str]) -> dict[str, str]:
+    """Stage folder name -> the Hub dataset its stored couplings are pushed to (`{stage repo}-couplings`)."""
+    if cfg.num_couplings <= 0:
+        return {}
+    return {s.name: f"{repo}-couplings" for s, repo in zip(chain(cfg.stages), repos, strict=True) if s.kind != "flow_matching"}
+
+
+def push_chain(cfg: PipelineConfig, out: Path, demos: Path, stages: list[tuple[Stage, Path]], rows: list[dict],
+               repos: list[str]) -> None:  # fmt: skip
+    """Push the first seed's demonstrations, then its stages in chain order, each after its stored couplings,
+    then the Space: every card names its data and teacher by Hub id and commit, and holds its evaluation rows.
+    A failure says how to retry: rerun, nothing retrains."""
     hub, seed, shown = Hub(), cfg.seeds[0], []
     try:
+        result = push_demonstrations(hub, demos, demonstrations_repo(cfg), private=cfg.push.private)
+        _log(f"pushed the demonstrations -> {result.url}{'' if result.created else ' (unchanged)'}")
+        couplings = couplings_repos(cfg, repos)
         for (stage, checkpoint), repo in zip(stages, repos, strict=True):
+            if stage.name in couplings:  # before the stage (whose card names them), after its pushed teacher
+                folder = out / f"seed{seed}" / "couplings" / stage.name
+                result = push_couplings(hub, folder, couplings[stage.name], private=cfg.push.private)
+                _log(f"pushed the {stage.label} couplings -> {result.url}{'' if result.created else ' (unchanged)'}")
             mine = sorted((r for r in rows if r.get("seed") == seed and r.get("run") == stage.name), key=lambda r: r["nfe"])
             result = push_checkpoint(hub, checkpoint, repo, private=cfg.push.private, eval_rows=mine)
             _log(f"pushed {stage.label} -> {result.url}{'' if result.created else ' (unchanged)'}")

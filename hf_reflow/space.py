@@ -30,7 +30,7 @@ from typing import Any
 from hf_reflow.atomic import write_text
 from hf_reflow.errors import CheckpointError, ConfigError
 from hf_reflow.evaluation import compare
-from hf_reflow.hub import SPACE_SDK, Hub, check_repo_id
+from hf_reflow.hub import SPACE_SDK, Hub, check_repo_id, web_url
 from hf_reflow.publish.lineage import hub_id
 from hf_reflow.refs import CheckpointRef
 
@@ -39,7 +39,6 @@ logger = logging.getLogger(__name__)
 SPACE_DIR = Path(__file__).resolve().parents[1] / "space"
 SPACE_FILES = ("app.py", "figures.py", "README.md", "requirements.txt", "packages.txt")
 CHAIN_FILE = "chain.json"  # the chain a pushed Space shows, as Hub ids (read by app.py)
-HUB_URL = "https://huggingface.co"
 
 
 def load_app() -> ModuleType:
@@ -244,7 +243,7 @@ def build(destination: str | Path, chain: HubChain) -> Path:
     card.data.preload_from_hub = chain.models  # downloaded into the Space's Hub cache at build time
     if chain.dataset_repo_id:
         card.data.datasets = [chain.dataset_repo_id]
-    rows = "\n".join(f"| {name} | [{repo}]({HUB_URL}/{repo}) |" for name, repo in chain.stages)
+    rows = "\n".join(f"| {name} | [{repo}]({web_url()}/{repo}) |" for name, repo in chain.stages)
     card.text = (
         f"{card.text.rstrip()}\n\n## The chain this Space shows\n\n| stage | model |\n|---|---|\n{rows}\n"
     )

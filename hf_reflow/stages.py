@@ -5,12 +5,12 @@ from __future__ import annotations
 
 from hf_reflow.errors import ConfigError
 
-STAGES = ("flow_matching", "reflow", "distill", "shortcut")
+STAGES = ("flow_matching", "reflow", "distill", "shortcut", "meanflow")
 # Step count written into each stage's final checkpoint unless `num_steps` says otherwise.
-RECOMMENDED_NUM_STEPS = {"flow_matching": 10, "reflow": 2, "distill": 1, "shortcut": 1}
+RECOMMENDED_NUM_STEPS = {"flow_matching": 10, "reflow": 2, "distill": 1, "shortcut": 1, "meanflow": 1}
 # Students of a k-RF that no later stage uses (the next reflow round still learns from that k-RF): the word
 # their label and Hub repo name add.
-LEAF_STAGES = {"distill": "distilled", "shortcut": "shortcut"}
+LEAF_STAGES = {"distill": "distilled", "shortcut": "shortcut", "meanflow": "meanflow"}
 
 
 def stage_label(stage: str | None, k: int | str) -> str:
@@ -30,7 +30,7 @@ def run_name(stage: str, k: int) -> str:
 
 def stage_k(stage: str, teacher_k: int) -> int:
     """The k of a stage's model: 1 for flow matching, the teacher's k + 1 for a reflow round, and the
-    teacher's own k for a distilled or shortcut student (the same couplings' flow, sampled in fewer steps)."""
+    teacher's own k for a distilled, shortcut or meanflow student (the same couplings' flow, sampled in fewer steps)."""
     if stage not in STAGES:
         raise ConfigError(f"stage must be one of {', '.join(STAGES)}; got {stage!r}.")
     return {"flow_matching": 1, "reflow": teacher_k + 1}.get(stage, teacher_k)

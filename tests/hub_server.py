@@ -29,6 +29,7 @@ ROUTES: list[tuple[str, str, re.Pattern]] = [
     (m, name, re.compile(p))
     for m, name, p in [
         ("GET", "whoami", r"^/api/whoami-v2$"),
+        ("GET", "agent_harnesses", r"^/api/agent-harnesses$"),  # the `hf` CLI's agent registry, read at start
         (
             "GET",
             "auth_check",
@@ -274,6 +275,10 @@ class Handler(BaseHTTPRequestHandler):
         orgs = [{"name": org, "roleInOrg": "admin"} for org in user.get("orgs", [])]
         auth = {"type": "access_token", "accessToken": {"displayName": "test", "role": user["role"]}}
         return 200, {"type": "user", "name": user["name"], "orgs": orgs, "auth": auth}, {}
+
+    def _agent_harnesses(self, groups, query, body):
+        """The `hf` CLI reads this registry once a day: served empty (huggingface_hub's own offline fallback)."""
+        return 200, {"standardEnvVars": [], "harnesses": {}}, {}
 
     def _auth_check(self, groups, query, body):
         """`HfApi.auth_check`: 401 bad token, 404 unknown (or hidden) repo, 403 no write access."""

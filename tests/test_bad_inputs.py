@@ -162,6 +162,10 @@ CASES = [
     Case("train_push_bad_repo_id", [*TRAIN, "--push_to_hub=true", "--hub_model_id=alice/bad name"], "invalid Hub repo id"),
     Case("push_bad_repo_id", ["push", "--checkpoint={teacher}", "--repo_id=not a repo"], "invalid Hub repo id"),
     Case("push_missing_eval_file", ["push", "--checkpoint={teacher}", "--repo_id=alice/x", "--eval={missing}/r.json"], "--eval"),
+    Case("push_missing_dataset", ["push", "--dataset={missing}", "--repo_id=alice/x"], "no dataset folder at"),
+    Case("push_dataset_and_checkpoint", ["push", "--dataset={data}", "--checkpoint={teacher}", "--repo_id=alice/x"], "one of --checkpoint"),
+    Case("push_eval_without_checkpoint", ["push", "--dataset={data}", "--repo_id=alice/x", "--eval={missing}/r.json"], "use it with --checkpoint"),
+    Case("pipeline_meanflow_share_zero", ["pipeline", "--output_dir={out}", "--stages=[flow_matching,meanflow]", "--meanflow.meanflow.mean_share=0"], "mean_share"),
     # ---- pipeline
     Case("pipeline_unknown_stage", ["pipeline", "--output_dir={out}", "--stages=[flow_matching,warp]"], "warp"),
     Case("pipeline_unknown_task", ["pipeline", "--output_dir={out}", "--data.tasks=[fly-v3]"], "fly-v3"),

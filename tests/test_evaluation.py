@@ -11,17 +11,18 @@ import numpy as np
 import pytest
 import torch
 
+from hf_reflow import metrics
 from hf_reflow.evaluation import closed_loop, report
 
 
 @pytest.mark.parametrize("trials", [1, 2, 3, 7, 10, 50, 99, 100, 101, 500])
 def test_wilson_interval_contains_the_estimate_inside_0_1(trials):
     for successes in range(trials + 1):
-        low, high = report.wilson_interval(successes, trials)
+        low, high = metrics.wilson_interval(successes, trials)
         p = successes / trials
         assert 0.0 <= low <= p <= high <= 1.0
-    assert math.isclose(report.wilson_interval(0, trials)[0], 0.0, abs_tol=1e-12)
-    assert math.isclose(report.wilson_interval(trials, trials)[1], 1.0, abs_tol=1e-12)
+    assert math.isclose(metrics.wilson_interval(0, trials)[0], 0.0, abs_tol=1e-12)
+    assert math.isclose(metrics.wilson_interval(trials, trials)[1], 1.0, abs_tol=1e-12)
 
 
 @pytest.mark.parametrize("values", [[1.0, 1.0, 1.0], [0.0, 0.0], [0.5, 0.7, 0.9], [0.98, 1.0, 1.0], [0.0, 0.02]])

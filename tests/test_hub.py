@@ -30,6 +30,7 @@ WRITE = "hf_loopbackWRITEtoken0123456789abcdef"
 READ = "hf_loopbackREADtoken0123456789abcdefgh"
 TOKENS = {WRITE: {"name": "alice", "role": "write", "orgs": ["lab"]}, READ: {"name": "bob", "role": "read"}}
 KNOWN = {
+    "agent_harnesses",  # the `hf` CLI (hf download, in the reproduce test)
     "auth_check",
     "create_repo",
     "validate_yaml",
@@ -168,11 +169,13 @@ def test_round_trip_hub_teacher_card_lineage_and_idempotence(
     assert {"reflow", "rectified-flow", "lerobot", "flow_mlp", "2-rf"} <= set(card.data.tags)
     assert card.data.library_name == "lerobot" and card.data.pipeline_tag == "robotics"
     assert card.data.eval_results is None and card.data.datasets is None  # trained on a local dataset
-    assert "not in the card's `model-index`" in card.text and "| 1 |" in card.text
+    assert "Here it is empty" in card.text and "| 1 |" in card.text
     assert "## Inputs & Outputs" in card.text and "| `observation.state` | state | `(4,)` |" in card.text
     assert "lerobot-eval --policy.path=alice/toy-2rf --policy.num_steps=" in card.text
     assert "hf-reflow eval --policy.path=alice/toy-2rf" in card.text
     assert f"commit/{first.commit}" in card.text  # lineage table links the teacher's commit
+    assert f"]({online.url}/alice/toy-1rf/commit/{first.commit})" in card.text  # links follow the endpoint
+    assert "huggingface.co" not in card.text
     teacher_card = ModelCard(hub.read_text("alice/toy-1rf", "README.md"))
     assert teacher_card.data.get("new_version") is None  # never set unless asked
     assert teacher_card.data.base_model is None and "1-rf" in teacher_card.data.tags
@@ -215,13 +218,10 @@ def test_card_of_a_1rf_fine_tuned_from_a_hub_checkpoint(online, checkpoint_1rf, 
     assert card.data.base_model == "lab/base" and card.data.license == "cc-by-4.0"
     assert card.data.datasets == ["lab/demos"]
     results = {(r.dataset_type, r.metric_type, r.metric_config) for r in card.data.eval_results}
-    assert ("lab/demos", "straightness", "nfe=1") in results and (
-        "lab/demos",
-        "latency_ms",
-        "nfe=1",
-    ) in results
+    assert ("lab/demos", "straightness", "nfe=1") in results
+    assert not [r for r in results if r[1] == "latency_ms"]  # machine-bound: never in the model-index
     assert not [r for r in results if r[2] == "nfe=10"]  # measured on a local dataset: not in model-index
-    assert "**Fine-tuned from:** [lab/base]" in card.text and "not in the card's" not in card.text
+    assert "**Fine-tuned from:** [lab/base]" in card.text and "Here it is empty" not in card.text
 
 
 def test_faults_are_retried_without_duplicate_or_partial_commits(online, checkpoint_1rf):
@@ -524,7 +524,7 @@ def test_space_push_refuses_unpushed_stages_then_names_and_preloads_the_chain(
         "app.py",
     )
     assert header["python_version"] == "3.12" and header["short_description"] == template["short_description"]
-    assert "| 2-RF | [alice/toy-2rf](https://huggingface.co/alice/toy-2rf) |" in files["README.md"].decode()
+    assert f"| 2-RF | [alice/toy-2rf]({online.url}/alice/toy-2rf) |" in files["README.md"].decode()  # the endpoint's
     assert files["requirements.txt"] == (REPO / "space" / "requirements.txt").read_bytes()
     assert (
         b"lerobot[smolvla,dataset]==0.6.1" in files["requirements.txt"]
@@ -601,6 +601,19 @@ def test_pipeline_push_flag_pushes_every_stage_then_the_space(hub_server, tmp_pa
         ModelCard(distilled.blob(distilled.files("main")["README.md"]).decode()).data.base_model
         == "alice/mw-2rf"
     )
+    demos = hub_server.repo("alice/mw-demos", "datasets")
+    assert {"meta/info.json", "README.md"} <= set(demos.files("main")) and "hub.json" not in demos.files("main")
+    assert "LeRobot" in demos.blob(demos.files("main")["README.md"]).decode()  # LeRobot's dataset card
+    couplings = hub_server.repo("alice/mw-2rf-couplings", "datasets")
+    assert {"couplings.json", "README.md"} <= set(couplings.files("main"))
+    couplings_card = couplings.blob(couplings.files("main")["README.md"]).decode()
+    assert "[alice/mw-1rf](" in couplings_card and "alice/mw-demos" in couplings_card  # its teacher and frames, pushed
+    assert card.data.datasets == ["alice/mw-demos", "alice/mw-2rf-couplings"]
+    demos_commit = json.loads((out / "data" / "demos" / "hub.json").read_text())["commit"]
+    assert f"--dataset.repo_id=alice/mw-demos --dataset.revision={demos_commit}" in card.text  # pinned
+    assert str(out) not in str(card) and str(out) not in couplings_card  # no local path on a card
+    distilled_card = ModelCard(distilled.blob(distilled.files("main")["README.md"]).decode())
+    assert distilled_card.data.datasets == ["alice/mw-demos", "alice/mw-2rf-distilled-couplings"]
     header = space_header(space_files(hub_server, "alice/mw-compare"))
     assert header["models"] == header["preload_from_hub"] == list(repos.values())
     chain = json.loads(space_files(hub_server, "alice/mw-compare")["chain.json"])
@@ -667,3 +680,64 @@ def test_card_gives_the_exact_lerobot_eval_command_of_its_closed_loop_rows():
         "--seed=7000000 --eval.n_episodes=50")
     no_env = cards.model_card(repo_id="a/x", info=info, policy_config=state, lineage=[], eval_rows=[])
     assert "--env.type=<env>" in no_env.text  # measured nowhere: the user names their own env
+
+
+def test_model_index_files_closed_loop_success_under_its_env_and_never_latency():
+    from hf_reflow.publish import cards
+
+    info = {"stage": "reflow", "k": 2, "dataset": {"repo_id": "local/metaworld", "root": "/data"}}  # local demos
+    row = {"nfe": 2, "success_rate": 0.9, "successes": 90, "episodes": 100, "env_type": "metaworld_detour",
+           "env_mode": "multimodal", "first_episode_seed": 7_000_000, "straightness": 0.01, "latency_ms": 3.0,
+           "latency_device": "CPU Test 9000, 2 threads", "per_task": {"reach-v3": {}, "push-v3": {}}}
+    card = cards.model_card(repo_id="a/mw-2rf", info=info, policy_config={"type": "flow_mlp"}, lineage=[], eval_rows=[row])
+    (result,) = card.data.eval_results  # offline metrics on a local dataset and latency are left out
+    assert (result.dataset_type, result.dataset_config, result.metric_type) == ("metaworld_detour", "push-v3,reach-v3", "success_rate")
+    assert result.metric_value == 0.9 and result.metric_config == "nfe=2"
+    low, high = result.metric_args["ci95"]
+    assert 0.82 < low < 0.9 < high < 0.96 and result.metric_args["episodes"] == 100
+    assert "model-index:" in str(card) and "metaworld_detour" in str(card).split("---")[1]
+    assert "on CPU Test 9000, 2 threads" in card.text and "closed loop in metaworld_detour (push-v3, reach-v3), 100 episodes" in card.text
+
+
+def test_a_pushed_chain_retrains_bit_for_bit_from_the_hub(online, toy_dataset, tmp_path):
+    """The reproduce commands on the cards of a pushed toy 1-RF -> 2-RF (stored couplings), run as a user runs
+    them (`hf download` + `hf-reflow train` in another directory, Hub ids and commits only), give the same weights."""
+    import shlex
+    import sys
+
+    from huggingface_hub import ModelCard
+
+    from hf_reflow.configs import DatasetConfig, TeacherConfig
+    from hf_reflow.training.couplings import generate
+    from hf_reflow.training.trainer import ReflowTrainer
+
+    hub = fast_hub()
+    data = Path(shutil.copytree(toy_dataset, tmp_path / "toy"))  # a push records itself in the folder
+    first = ReflowTrainer(train_config(steps=20, output_dir=str(tmp_path / "1rf"), dataset__root=str(data))).train()
+    couplings = generate(tmp_path / "couplings", TeacherConfig(path=str(first), num_inference_steps=4),
+                         DatasetConfig(root=str(data)), num_couplings=256, block_size=128)  # fmt: skip
+    second = ReflowTrainer(train_config(stage="reflow", steps=10, output_dir=str(tmp_path / "2rf"), dataset__root=str(data),
+                                        teacher__path=str(first), couplings__path=str(couplings))).train()  # fmt: skip
+    publish.push_demonstrations(hub, data, "alice/toy-demos")
+    publish.push_checkpoint(hub, first, "alice/toy-1rf")
+    publish.push_couplings(hub, couplings, "alice/toy-couplings")
+    publish.push_checkpoint(hub, second, "alice/toy-2rf")
+
+    work = tmp_path / "elsewhere"
+    work.mkdir()
+    # the same thread count as this process, so the arithmetic is the same
+    env = {**cli_env(online, tmp_path, READ), "OMP_NUM_THREADS": str(torch.get_num_threads())}
+    scripts = Path(sys.executable).parent
+    for repo, local in (("alice/toy-1rf", first), ("alice/toy-2rf", second)):
+        card = ModelCard(hub.read_text(repo, "README.md"))
+        assert card.data.datasets == (["alice/toy-demos"] if repo.endswith("1rf") else ["alice/toy-demos", "alice/toy-couplings"])
+        block = card.text.split("## Reproduce")[1].split("```bash\n")[1].split("```")[0]
+        lines = block.strip().splitlines()
+        assert len(lines) == 2 and str(tmp_path) not in block  # Hub ids only
+        for line in lines:
+            argv = shlex.split(line)
+            proc = subprocess.run([str(scripts / argv[0]), *argv[1:]], cwd=work, env=env, capture_output=True, text=True,
+                                  timeout=600)  # fmt: skip
+            assert proc.returncode == 0, proc.stderr[-3000:]
+        retrained = work / f"{repo.split('/')[1]}-reproduce" / "run" / "pretrained_model"
+        assert (retrained / "model.safetensors").read_bytes() == (local / "model.safetensors").read_bytes(), repo

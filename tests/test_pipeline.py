@@ -39,8 +39,9 @@ def test_tiny_pipeline_writes_every_stage_and_column(tiny_run):
     out, stdout = tiny_run
     results = json.loads((out / "results.json").read_text())
     names = [row["name"] for row in results["rows"]]
-    # distilled: its own step count only; the shortcut student at every step count
-    assert names == ["1-RF", "1-RF", "2-RF", "2-RF", "2-RF distilled", "2-RF shortcut", "2-RF shortcut"]
+    # distilled: its own step count only; the shortcut and meanflow students at every step count
+    assert names == ["1-RF", "1-RF", "2-RF", "2-RF", "2-RF distilled", "2-RF shortcut", "2-RF shortcut",
+                     "2-RF meanflow", "2-RF meanflow"]
     for row in results["rows"]:
         assert set(row) >= ROW_COLUMNS, ROW_COLUMNS - set(row)
         assert set(row) <= set(COLUMNS), set(row) - set(COLUMNS)  # every column is named in hf_reflow.metrics
@@ -63,9 +64,9 @@ def test_tiny_pipeline_writes_every_stage_and_column(tiny_run):
 def test_each_stage_is_a_stock_checkpoint_with_lineage(tiny_run):
     out, _ = tiny_run
     index = json.loads((out / "pipeline.json").read_text())
-    assert [s["name"] for s in index["stages"]] == ["1-RF", "2-RF", "2-RF distilled", "2-RF shortcut"]
+    assert [s["name"] for s in index["stages"]] == ["1-RF", "2-RF", "2-RF distilled", "2-RF shortcut", "2-RF meanflow"]
     expected = {"1-RF": ("flow_matching", 10), "2-RF": ("reflow", 2), "2-RF distilled": ("distill", 1),
-                "2-RF shortcut": ("shortcut", 1)}
+                "2-RF shortcut": ("shortcut", 1), "2-RF meanflow": ("meanflow", 1)}
     for stage in index["stages"]:
         checkpoint = out / stage["path"]
         config = json.loads((checkpoint / "config.json").read_text())
@@ -84,7 +85,7 @@ def test_rerun_skips_finished_stages(tiny_run):
     before = [p.stat().st_mtime_ns for p in weights]
     result = run_cli("pipeline", f"--config={TINY}", f"--output_dir={out}", "--eval.workers=1")
     assert result.returncode == 0, result.stderr[-2000:]
-    assert result.stdout.count("finished, skipping") == 4
+    assert result.stdout.count("finished, skipping") == 5  # every stage of the tiny chain
     assert "reusing it" in result.stdout and "closed loop" not in result.stdout  # eval cached too
     assert [p.stat().st_mtime_ns for p in weights] == before
 

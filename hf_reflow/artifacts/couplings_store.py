@@ -165,8 +165,10 @@ def read_spec(file: Path) -> CouplingsSpec:
             f"{FORMAT!r}; regenerate them with `hf-reflow couplings generate`."
         )
     fields = {f.name for f in dataclasses.fields(CouplingsSpec)}
-    if set(saved) != fields:
-        extra, missing = sorted(set(saved) - fields), sorted(fields - set(saved))
+    # Keys added after the format was fixed (dataset_revision) keep their default when an older set lacks them.
+    optional = {f.name for f in dataclasses.fields(CouplingsSpec) if f.default is not dataclasses.MISSING} - {"format"}
+    extra, missing = sorted(set(saved) - fields), sorted(fields - optional - set(saved))
+    if extra or missing:
         raise bad(f"unknown key {extra[0][:50]!r}" if extra else f"missing key {missing[0]!r}")
     for key in _COUNTS:
         if isinstance(saved[key], bool) or not isinstance(saved[key], int) or not 1 <= saved[key] <= 10**12:

@@ -126,10 +126,12 @@ class CouplingsGenerateConfig:
 
 @dataclass
 class PushConfig:
-    """`hf-reflow push`: a checkpoint (+ model card) as a Hub model, or stored couplings as a Hub dataset."""
+    """`hf-reflow push`: a checkpoint (+ model card) as a Hub model, stored couplings or local demonstrations
+    (a LeRobotDataset) as a Hub dataset. Push the data first: the model card then names it by Hub id."""
 
     checkpoint: str | None = _opt(None, "checkpoint or run dir to push as a model")
     couplings: str | None = _opt(None, "couplings folder to push as a dataset")
+    dataset: str | None = _opt(None, "local LeRobotDataset folder (e.g. the demonstrations) to push as a dataset")
     repo_id: str | None = _opt(None, "namespace/name (required)")
     eval: str | None = _opt(None, "results JSON (hf-reflow eval --output) for the model card")
     private: bool = _opt(False, "create the repo private")
@@ -140,15 +142,17 @@ class PushConfig:
 
     def __post_init__(self) -> None:
         _revision("revision", self.revision)
-        if not self.repo_id or bool(self.checkpoint) == bool(self.couplings):
+        if not self.repo_id or sum(bool(p) for p in (self.checkpoint, self.couplings, self.dataset)) != 1:
             raise ConfigError(
-                "push needs --repo_id=namespace/name and one of --checkpoint=DIR (a model) or --couplings=DIR (a dataset), "
-                "e.g. --checkpoint=outputs/toy/2rf --repo_id=you/toy-2rf."
+                "push needs --repo_id=namespace/name and one of --checkpoint=DIR (a model), --couplings=DIR or "
+                "--dataset=DIR (a dataset), e.g. --checkpoint=outputs/toy/2rf --repo_id=you/toy-2rf."
             )
-        for flag, path in (("--checkpoint", self.checkpoint), ("--couplings", self.couplings)):
+        whats = {"--checkpoint": "checkpoint", "--couplings": "couplings folder", "--dataset": "dataset folder"}
+        for flag, path in zip(whats, (self.checkpoint, self.couplings, self.dataset), strict=True):
             if path and not Path(path).is_dir():
-                what = "checkpoint" if flag == "--checkpoint" else "couplings folder"
-                raise ConfigError(f"no {what} at {path!r} ({flag} must be a local folder to push).")
+                raise ConfigError(f"no {whats[flag]} at {path!r} ({flag} must be a local folder to push).")
+        if self.eval and not self.checkpoint:
+            raise ConfigError("--eval is for a model card: use it with --checkpoint=DIR.")
         if self.eval and not Path(self.eval).is_file():
             raise ConfigError(f"cannot read eval results: --eval file {self.eval!r} not found; pass the JSON written by `hf-reflow eval --output=...`.")
 

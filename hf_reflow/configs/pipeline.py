@@ -24,7 +24,7 @@ from hf_reflow.configs.fields import (
 from hf_reflow.errors import ConfigError
 from hf_reflow.refs import is_repo_id
 
-PIPELINE_STAGES = ("flow_matching", "reflow", "distill", "shortcut")
+PIPELINE_STAGES = ("flow_matching", "reflow", "distill", "shortcut", "meanflow")
 
 
 @dataclass
@@ -105,7 +105,7 @@ class PipelinePushConfig:
     Space showing that chain; write access to every repo is checked before anything trains."""
 
     hub_model_id: str | None = _opt(None, "namespace/name the stage repos are named from (hub_repo_template); null: push nothing")
-    hub_repo_template: str = _opt("{hub_model_id}-{k}rf{suffix}", "repo name per stage, as train's: {hub_model_id}, {k}, {stage}, {suffix} (-distilled, -shortcut)")
+    hub_repo_template: str = _opt("{hub_model_id}-{k}rf{suffix}", "repo name per stage, as train's: {hub_model_id}, {k}, {stage}, {suffix} (-distilled, -shortcut, -meanflow)")
     space_id: str | None = _opt(None, "namespace/name of a Gradio Space showing the pushed chain; null: no Space")
     private: bool = _opt(False, "create the model repos and the Space private")
 
@@ -154,6 +154,7 @@ class PipelineConfig:
     reflow: dict[str, Any] = _opt(help=_SECTION_HELP.format("reflow"), factory=dict)
     distill: dict[str, Any] = _opt(help=_SECTION_HELP.format("distill"), factory=dict)
     shortcut: dict[str, Any] = _opt(help=_SECTION_HELP.format("shortcut"), factory=dict)
+    meanflow: dict[str, Any] = _opt(help=_SECTION_HELP.format("meanflow"), factory=dict)
 
     def __post_init__(self) -> None:
         for stage in self.stages:

@@ -7,7 +7,7 @@ import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import draccus
 from lerobot.configs.policies import PreTrainedConfig
@@ -191,6 +191,28 @@ class ShortcutConfig:
 
 
 @dataclass
+class MeanFlowConfig:
+    """The `meanflow` stage: a 1-step student of the average velocity u(x_t, r, t) (Geng et al. 2025; MP1).
+
+    The student starts as its teacher plus a step-size input d = t - r at zero (as a shortcut student) and is
+    trained on the teacher's couplings with the MeanFlow identity (`training/meanflow.py`); one Euler step of
+    size d = 1 / num_steps then follows the average velocity over that step.
+    """
+
+    mean_share: float = _opt(0.5, "share of each batch trained on an interval r < t (the rest at r = t: the plain flow)")
+    adaptive_power: float = _opt(1.0, "MeanFlow's adaptive loss weight 1 / (||error||^2 + 1e-3)^p; 0: flow.loss instead")
+    # The smallest step size the student is told when sampling (flow_mlp's shortcut_min_step): d = 1 / num_steps
+    # is exact up to 64 steps.
+    MIN_STEP: ClassVar[float] = 1 / 64
+
+    def __post_init__(self) -> None:
+        if not 0 < self.mean_share <= 1:
+            raise ConfigError(f"meanflow.mean_share must be in (0, 1], e.g. 0.5; got {self.mean_share}.")
+        if not 0 <= self.adaptive_power <= 2:
+            raise ConfigError(f"meanflow.adaptive_power must be in [0, 2] (1: MeanFlow's default), got {self.adaptive_power}.")
+
+
+@dataclass
 class WandbConfig:
     """Weights & Biases, configured as lerobot-train's `--wandb.*` (main process only, Accelerate's tracker)."""
 
@@ -232,9 +254,10 @@ class TrainEvalConfig:
 
 @dataclass
 class TrainConfig:
-    """One training stage: 1-RF (`flow_matching`), k+1-RF (`reflow`), one-step `distill` or `shortcut` (1-2 steps)."""
+    """One training stage: 1-RF (`flow_matching`), k+1-RF (`reflow`), one-step `distill`, `shortcut` (1-2 steps)
+    or `meanflow` (1 step)."""
 
-    stage: str = _opt("flow_matching", "flow_matching (1-RF) | reflow (k+1-RF) | distill (1-step student, t = 1) | shortcut")
+    stage: str = _opt("flow_matching", "flow_matching (1-RF) | reflow (k+1-RF) | distill (1-step student, t = 1) | shortcut | meanflow")
     output_dir: str = _opt("outputs/run", "run directory (lerobot-train's layout: checkpoints/<step>, checkpoints/last)")
     seed: int = _opt(0, "seed of weights, noise, times and batch order")
     cudnn_deterministic: bool = _opt(False, "deterministic cuDNN kernels (lerobot-train's; GPU only; benchmark mode is never on)")
@@ -273,6 +296,7 @@ class TrainConfig:
     flow: FlowConfig = _opt(help="flow-matching times and loss", factory=FlowConfig)
     optim: OptimConfig = _opt(help="optimizer and schedule", factory=OptimConfig)
     shortcut: ShortcutConfig = _opt(help="the shortcut stage", factory=ShortcutConfig)
+    meanflow: MeanFlowConfig = _opt(help="the meanflow stage", factory=MeanFlowConfig)
     # lerobot-train's evaluation during training: --env.type=TYPE --env.<field>=... (any LeRobot env, kept as
     # given and parsed by LeRobot's EnvConfig), every env_eval_freq steps, eval.n_episodes episodes.
     env: dict[str, Any] | None = _opt(None, "closed-loop evaluation during training in this LeRobot env: "
@@ -303,8 +327,8 @@ class TrainConfig:
         _revision("hub_revision", self.hub_revision)
         if self.ema_decay is not None and not 0 <= self.ema_decay < 1:
             raise ConfigError(f"ema_decay must be in [0, 1) (e.g. 0.999) or null for no EMA, got {self.ema_decay}.")
-        if self.stage == "shortcut" and self.flow.executed_weight != 1.0:
-            raise ConfigError("flow.executed_weight is for the flow_matching, reflow and distill losses; the shortcut "
+        if self.stage in ("shortcut", "meanflow") and self.flow.executed_weight != 1.0:
+            raise ConfigError(f"flow.executed_weight is for the flow_matching, reflow and distill losses; the {self.stage} "
                               "stage's loss has no per-action weights: drop it (or set it to 1).")  # fmt: skip
         if self.couplings.path and self.stage == "flow_matching":
             raise ConfigError("couplings.path is for reflow / distill stages; flow_matching trains on the dataset.")

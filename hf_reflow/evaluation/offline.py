@@ -7,8 +7,11 @@ when asked (`closed_loop.py`).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import platform
 import time
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -52,6 +55,7 @@ def offline_metrics(adapter: PolicyAdapter, batch: dict[str, Any], nfes: list[in
                 # < 1: chunks shrunk toward the mean action (normalised space, where the mean is ~0)
                 "magnitude_vs_data": float(out.action.norm(dim=-1).mean() / action.norm(dim=-1).mean().clamp_min(1e-8)),
                 "latency_ms": latency,
+                "latency_device": device_name(action.device),
             }
         )
     return rows
@@ -66,6 +70,18 @@ def latency_ms(adapter: PolicyAdapter, batch: dict[str, Any], noise: torch.Tenso
         sample_policy(adapter, batch, noise, num_steps=num_steps)
         times.append((time.perf_counter() - start) * 1000)
     return float(np.median(times[1:]))  # the first call warms caches
+
+
+def device_name(device: torch.device) -> str:
+    """What latency was measured on: the GPU's name, or the CPU's model and torch's thread count."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    model = platform.machine()
+    with contextlib.suppress(OSError):
+        names = [line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                 if line.startswith("model name")]  # fmt: skip
+        model = names[0] if names else model
+    return f"CPU {model}, {torch.get_num_threads()} threads"
 
 
 def first_observation(batch: dict[str, Any]) -> dict[str, Any]:

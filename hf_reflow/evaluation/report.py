@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from hf_reflow.atomic import write_text
-from hf_reflow.metrics import OUTCOME_RATES, SUMMARY_METRICS
+from hf_reflow.metrics import OUTCOME_RATES, SUMMARY_METRICS, containing, wilson_interval
 
 BOOTSTRAP_SAMPLES = 4000
 # The issue's targets, checked in report.md (points are success-rate differences to the reference cell).
@@ -52,30 +52,13 @@ def _own_replanning(row: dict) -> bool:
     return row.get("n_action_steps") is None or row.get("n_action_steps") == row.get("policy_n_action_steps")
 
 
-def wilson_interval(successes: int, trials: int, z: float = 1.959964) -> tuple[float, float]:
-    """95 % Wilson score interval of a binomial proportion."""
-    if trials == 0:
-        return (math.nan, math.nan)
-    p = successes / trials
-    centre = (p + z * z / (2 * trials)) / (1 + z * z / trials)
-    half = z * math.sqrt(p * (1 - p) / trials + z * z / (4 * trials * trials)) / (1 + z * z / trials)
-    low = 0.0 if successes == 0 else centre - half  # exact at the ends; elsewhere rounding can
-    high = 1.0 if successes == trials else centre + half  # put a bound a hair past p (1 - 1e-16 at 50/50)
-    return _containing(p, low, high)
-
-
-def _containing(estimate: float, low: float, high: float) -> tuple[float, float]:
-    """(low, high) clipped to [0, 1] and widened to contain `estimate`, so error bars are never negative."""
-    return (max(0.0, min(low, estimate)), min(1.0, max(high, estimate)))
-
-
 def t_interval(values: list[float]) -> tuple[float, float]:
     """95 % Student-t interval of the mean of rates `values` (>= 2 values), clipped to [0, 1]."""
     from scipy import stats
 
     mean, sem = float(np.mean(values)), float(np.std(values, ddof=1) / math.sqrt(len(values)))
     half = float(stats.t.ppf(0.975, len(values) - 1)) * sem
-    return _containing(mean, mean - half, mean + half)  # a rate's interval stays inside [0, 1]
+    return containing(mean, mean - half, mean + half)  # a rate's interval stays inside [0, 1]
 
 
 def _mean(rows: list[dict], key: str) -> float | None:

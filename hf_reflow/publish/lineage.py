@@ -23,10 +23,22 @@ def hub_id(value: Any) -> str | None:
     return value if is_repo_id(value) else None
 
 
-def hub_datasets(info: dict[str, Any]) -> list[str]:
-    """The training dataset as a Hub id, when it came from the Hub (a local `root` has no Hub id)."""
+def hub_dataset(info: dict[str, Any]) -> dict[str, Any] | None:
+    """The training dataset on the Hub: {repo_id, commit, revision} when it was read from the Hub, or read
+    from a local `root` that was pushed since (its push record); None for a local dataset never pushed."""
     dataset = info.get("dataset") or {}
-    return [dataset["repo_id"]] if hub_id(dataset.get("repo_id")) and not dataset.get("root") else []
+    if dataset.get("root"):
+        record = read_push_record(dataset["root"]) if Path(dataset["root"]).is_dir() else {}
+        return {"repo_id": record["repo_id"], "commit": record.get("commit"), "revision": None} if record.get("repo_id") else None
+    if not hub_id(dataset.get("repo_id")):
+        return None
+    return {"repo_id": dataset["repo_id"], "commit": dataset.get("commit"), "revision": dataset.get("revision")}
+
+
+def hub_datasets(info: dict[str, Any]) -> list[str]:
+    """The training dataset's Hub id as a list (the card's `datasets`), [] for a local one never pushed."""
+    found = hub_dataset(info)
+    return [found["repo_id"]] if found else []
 
 
 # ---- the facts a card needs from the Hub ------------------------------------------------------

@@ -1,5 +1,5 @@
 """Publishing to the Hub: a k-RF checkpoint with its model card, stored couplings with their dataset card,
-and the hooks `hf-reflow train` / `pipeline` call around training (`check_stage_push`, `push_stage`).
+local demonstrations (a LeRobotDataset) with LeRobot's dataset card, and the hooks `hf-reflow train` / `pipeline` call around training (`check_stage_push`, `push_stage`).
 
 The transport (access checks, retries, uploads) is `hf_reflow.hub.Hub`; this module decides what goes
 where: the card, the repo id of a stage (`hub_repo_template`), and the push record written beside the folder.
@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,6 +18,8 @@ from typing import Any
 from hf_reflow.artifacts.checkpoints import teacher_lineage
 from hf_reflow.artifacts.run_dir import link_tree
 from hf_reflow.atomic import write_text
+from hf_reflow.configs import DatasetConfig
+from hf_reflow.data import load_metadata
 from hf_reflow.errors import HubError, ReflowError
 from hf_reflow.hub import (
     CARD,
@@ -27,6 +30,7 @@ from hf_reflow.hub import (
     write_push_record,
 )
 from hf_reflow.publish import cards
+from hf_reflow.publish.lineage import DEFAULT_LICENSE
 from hf_reflow.stages import repo_suffix, stage_k
 
 logger = logging.getLogger(__name__)
@@ -65,14 +69,42 @@ def push_couplings(hub: Hub, folder: str | Path, repo_id: str, *, private: bool 
     return result
 
 
+DEMONSTRATION_TAGS = ["hf-reflow", "reflow", "robotics"]
+
+
+def push_demonstrations(hub: Hub, root: str | Path, repo_id: str, *, private: bool = False, revision: str | None = None,
+                        commit_message: str | None = None, license: str | None = None) -> PushResult:  # fmt: skip
+    """Push a local LeRobotDataset (e.g. the pipeline's demonstrations) as a Hub dataset: the files LeRobot's
+    `push_to_hub` uploads (all but `images/`), with the card LeRobot makes (`create_lerobot_dataset_card`).
+
+    LeRobot's own `push_to_hub` is not called: it uploads through module-level clients bound to the endpoint
+    read at import and validates the card on huggingface.co whatever the endpoint. The push record written in
+    `root` lets the model cards of stages trained on it name it by Hub id and commit.
+    """
+    from lerobot.datasets.utils import create_lerobot_dataset_card
+
+    check_repo_id(repo_id)
+    info = load_metadata(DatasetConfig(repo_id=repo_id, root=str(root))).info
+    card = create_lerobot_dataset_card(tags=DEMONSTRATION_TAGS, dataset_info=info, license=license or DEFAULT_LICENSE,
+                                       repo_id=repo_id)  # fmt: skip
+    with staged(Path(root), str(card), ignore=("images",)) as upload:
+        result = hub.push_folder(upload, repo_id, repo_type="dataset", private=private, revision=revision,
+                                 commit_message=commit_message or "Upload the demonstrations (LeRobotDataset)")  # fmt: skip
+    write_push_record(Path(root), result, revision)
+    return result
+
+
 @contextlib.contextmanager
-def staged(folder: Path, card: str) -> Iterator[Path]:
+def staged(folder: Path, card: str, *, ignore: tuple[str, ...] = ()) -> Iterator[Path]:
     """A temporary copy of `folder` (hard links where possible) with the card as README.md: what is uploaded,
-    so a failed push leaves the user's folder as it was. Links that leave `folder` are refused first."""
+    so a failed push leaves the user's folder as it was. Links that leave `folder` are refused first;
+    top-level entries named in `ignore` are left out."""
     check_no_outside_links(folder)
     with tempfile.TemporaryDirectory(prefix="hf-reflow-push-") as tmp:
         upload = Path(tmp) / "upload"
         link_tree(folder, upload)  # hard links where possible, as the final model links its checkpoint
+        for name in ignore:
+            shutil.rmtree(upload / name, ignore_errors=True)
         (upload / CARD).unlink(missing_ok=True)  # a hard link to the folder's card: never write through it
         (upload / CARD).write_text(card)
         yield upload

@@ -26,11 +26,11 @@ from hf_reflow.policies.base import PolicyAdapter
 from hf_reflow.training.losses import Targets
 
 
-def check_supported(adapter: PolicyAdapter) -> None:
-    """The shortcut stage needs a student that reads its step size."""
+def check_supported(adapter: PolicyAdapter, stage: str = "shortcut") -> None:
+    """The shortcut and meanflow stages need a student that reads its step size."""
     if not adapter.supports_step_size:
         raise ConfigError(
-            f"stage shortcut needs a policy that reads its step size; a {adapter.policy_type} student cannot. "
+            f"stage {stage} needs a policy that reads its step size; a {adapter.policy_type} student cannot. "
             "Use flow_mlp, or a distill stage for a one-step student."
         )
 

@@ -37,6 +37,8 @@ def build_student(cfg: TrainConfig, teacher: OnlineTeacher | None, meta: Any, de
     policy_cfg = copy.deepcopy(cfg.policy)  # cfg stays as parsed: it is what train_config.json records
     if cfg.stage == "shortcut":  # the student also reads its step size, from a zero-initialised input
         _set_fields(policy_cfg, step_size_conditioning=True, shortcut_min_step=cfg.shortcut.min_step)
+    if cfg.stage == "meanflow":  # the step size is the interval t - r of its average velocity
+        _set_fields(policy_cfg, step_size_conditioning=True, shortcut_min_step=cfg.meanflow.MIN_STEP, step_embed_scale=1.0)
     source = policy_cfg.pretrained_path
     if source is None:
         student = new_student(policy_cfg, meta, device)

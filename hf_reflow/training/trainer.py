@@ -5,6 +5,8 @@
 - `distill`: like reflow but at t = 1 only, so one Euler step reproduces the teacher.
 - `shortcut`: like reflow, plus the step size as an input and a self-consistency term
   (`shortcut.py`), so one student serves 1 and 2 steps.
+- `meanflow`: like reflow, with the step size as the interval of an average velocity trained through the
+  MeanFlow identity (`meanflow.py`), for one step.
 
 `coupling_reuse` r: each batch's lines (noise -> target, i.e. one teacher solve online) serve r
 consecutive optimizer steps, each at freshly drawn t; r = 1 is one batch per step. Checkpoints fall on
@@ -31,7 +33,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from hf_reflow.artifacts import couplings_store
 from hf_reflow.artifacts.run_dir import (
@@ -51,6 +53,7 @@ from hf_reflow.refs import PRETRAINED_DIR
 from hf_reflow.training.checkpointing import CheckpointWriter, LoopState
 from hf_reflow.training.console import log_interval, make_tracker, startup_summary, track
 from hf_reflow.training.losses import StudentLoss, Targets
+from hf_reflow.training.meanflow import MeanFlowLoss
 from hf_reflow.training.optim import build_optimizer, make_ema, trainable
 from hf_reflow.training.shortcut import ShortcutLoss
 from hf_reflow.training.student import build_student
@@ -119,6 +122,15 @@ class ReflowTrainer:
             "to continue from it."
         )
 
+    def _loss(self, adapter) -> nn.Module:
+        """The stage's loss module: shortcut and meanflow have their own, every other stage the flow loss."""
+        cfg = self.config
+        if cfg.stage == "shortcut":
+            return ShortcutLoss(adapter, cfg.flow, cfg.shortcut)
+        if cfg.stage == "meanflow":
+            return MeanFlowLoss(adapter, cfg.flow, cfg.meanflow)
+        return StudentLoss(adapter, cfg.flow)
+
     def _fit(self, accelerator) -> Path:
         """Build the student, its data and optimizer; train from the resumed step; save the final model."""
         cfg = self.config
@@ -136,9 +148,7 @@ class ReflowTrainer:
                 teacher_revision=cfg.teacher.revision, dataset_cfg=cfg.dataset,
             )  # fmt: skip
         student.policy.train()
-        loss_module = (
-            ShortcutLoss(adapter, cfg.flow, cfg.shortcut) if cfg.stage == "shortcut" else StudentLoss(adapter, cfg.flow)
-        )
+        loss_module = self._loss(adapter)
         optimizer, scheduler, self.optim_used = build_optimizer(
             cfg.optim, student.policy.config, trainable(student.policy), total_steps=cfg.steps
         )

@@ -61,6 +61,10 @@ class FlowMLPConfig(PreTrainedConfig):
             (a `shortcut` student; its input layer starts at zero, so it starts as its teacher).
         shortcut_min_step: the smallest step size such a student knows (its plain flow); more steps than
             1 / shortcut_min_step run at this level.
+        step_embed_scale: d enters its sinusoidal embedding as the time does, scaled by this factor (angles
+            up to scale x d). 1000 (the time's scale) for a shortcut student; 1 for a meanflow student, whose
+            loss differentiates the output in d: at 1000 that derivative is ~1000x larger and its training
+            diverged (measured, docs/results.md).
     """
 
     n_obs_steps: int = 1
@@ -74,6 +78,7 @@ class FlowMLPConfig(PreTrainedConfig):
     task_conditioning: bool = True
     step_size_conditioning: bool = False
     shortcut_min_step: float = 0.125
+    step_embed_scale: float = 1000.0
 
     normalization_mapping: dict[str, NormalizationMode] = field(
         default_factory=lambda: {
@@ -107,6 +112,8 @@ class FlowMLPConfig(PreTrainedConfig):
             raise ValueError(f"tasks must be distinct, got {self.tasks}.")
         if self.step_size_conditioning:
             flow.shortcut_levels(self.shortcut_min_step)  # raises on a step that is not 1 / 2^n
+        if not 0 < self.step_embed_scale <= 1e6:
+            raise ValueError(f"step_embed_scale must be in (0, 1e6], e.g. 1000 or 1; got {self.step_embed_scale}.")
         for name in ("chunk_size", "num_steps", "hidden_dim", "num_blocks", "time_embed_dim"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}.")

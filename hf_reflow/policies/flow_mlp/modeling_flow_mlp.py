@@ -22,11 +22,11 @@ from hf_reflow.errors import ConfigError
 from hf_reflow.policies.flow_mlp.configuration_flow_mlp import FlowMLPConfig
 
 
-def time_embedding(t: Tensor, dim: int) -> Tensor:
-    """Sinusoidal embedding of t in [0, 1]: (B,) -> (B, dim)."""
+def time_embedding(t: Tensor, dim: int, scale: float = 1000.0) -> Tensor:
+    """Sinusoidal embedding of t in [0, 1]: (B,) -> (B, dim), angles scale * t * 10000^(-i / half)."""
     half = dim // 2
     freqs = torch.exp(-math.log(10_000.0) * torch.arange(half, device=t.device, dtype=torch.float32) / half)
-    angles = 1000.0 * t.float().unsqueeze(1) * freqs.unsqueeze(0)  # scale t so low frequencies still vary
+    angles = scale * t.float().unsqueeze(1) * freqs.unsqueeze(0)  # 1000: low frequencies still vary in t
     return torch.cat([angles.sin(), angles.cos()], dim=1)
 
 
@@ -72,7 +72,8 @@ class FlowMLP(nn.Module):
         if self.task_embedding is not None:
             cond = cond + self.task_embedding(task_index)
         if self.step_mlp is not None:
-            cond = cond + self.step_mlp(time_embedding(step_size, self.config.time_embed_dim).to(cond.dtype))
+            embedded = time_embedding(step_size, self.config.time_embed_dim, self.config.step_embed_scale)
+            cond = cond + self.step_mlp(embedded.to(cond.dtype))
         return cond
 
     def velocity(self, x_t: Tensor, t: Tensor, cond: Tensor) -> Tensor:
