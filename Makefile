@@ -1,5 +1,5 @@
 # The two commands of the README. Each sets up .venv first when it is missing or out of date.
-.PHONY: setup demo toy test lint
+.PHONY: setup demo toy test lint wheel
 
 setup:
 	@bash scripts/setup.sh
@@ -18,3 +18,8 @@ test: setup
 
 lint: setup
 	.venv/bin/ruff check hf_reflow tests benchmarks space
+
+# hf-reflow's wheel (recipes and the Space app inside) and its two LeRobot plugin shims, in dist/:
+# `pip install --find-links dist hf-reflow[metaworld,space]` then works without a checkout.
+wheel: setup
+	.venv/bin/python -m pip wheel --no-deps --no-build-isolation -w dist . plugins/lerobot_policy_flow_mlp plugins/lerobot_env_metaworld_detour

@@ -36,7 +36,7 @@ from hf_reflow.refs import CheckpointRef
 
 logger = logging.getLogger(__name__)
 
-SPACE_DIR = Path(__file__).resolve().parents[1] / "space"
+SPACE_DIR = Path(__file__).resolve().parent / "space_app"  # `space/` in a checkout links here; the wheel ships it
 SPACE_FILES = ("app.py", "figures.py", "README.md", "requirements.txt", "packages.txt")
 CHAIN_FILE = "chain.json"  # the chain a pushed Space shows, as Hub ids (read by app.py)
 
@@ -46,8 +46,8 @@ def load_app() -> ModuleType:
     app_file = SPACE_DIR / "app.py"
     if not app_file.is_file():
         raise ConfigError(
-            f"no Space app at {str(app_file)!r}: `hf-reflow space` needs a checkout of hf-reflow "
-            "installed with `pip install -e .`; or run `python space/app.py` from the checkout."
+            f"no Space app at {str(app_file)!r}: this hf-reflow install lacks its package data; reinstall it "
+            "(`pip install hf-reflow` or `pip install -e .` from a checkout)."
         )
     spec = importlib.util.spec_from_file_location("hf_reflow_space_app", app_file)
     module = importlib.util.module_from_spec(spec)

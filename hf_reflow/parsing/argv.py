@@ -86,9 +86,22 @@ class _UniqueKeyLoader(yaml.SafeLoader):
         return super().construct_mapping(node, deep=deep)
 
 
+PACKAGED_RECIPES = Path(__file__).resolve().parents[1] / "recipes"  # shipped in the wheel; `recipes/` in a checkout
+
+
+def recipe_path(path: str | Path) -> Path:
+    """`path` as given; a missing relative `recipes/...` path is read from the recipes installed with hf-reflow,
+    so the README's `--config_path=recipes/...` commands also work from a wheel, in any directory."""
+    path = Path(path)
+    if not path.is_file() and not path.is_absolute() and path.parts[:1] == ("recipes",):
+        packaged = PACKAGED_RECIPES.joinpath(*path.parts[1:])
+        return packaged if packaged.is_file() else path
+    return path
+
+
 def load_recipe(path: str | Path) -> dict[str, Any]:
     """Read a YAML recipe (or a run's train_config.json) into a dict."""
-    path = Path(path)
+    path = recipe_path(path)
     if not path.is_file():
         raise ConfigError(f"recipe {str(path)!r} not found; pass --config_path=<path to a YAML recipe or train_config.json>.")
     try:

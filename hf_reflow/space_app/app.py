@@ -21,8 +21,10 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))  # figures.py, and hf_reflow/ when bundled beside this file
-if not (HERE / "hf_reflow").is_dir() and (HERE.parent / "hf_reflow").is_dir():
-    sys.path.insert(1, str(HERE.parent))  # running from a checkout of the repository
+for _root in () if (HERE / "hf_reflow").is_dir() else (HERE.parent, HERE.parents[1]):
+    if (_root / "hf_reflow" / "__init__.py").is_file():  # a checkout (space/ links to hf_reflow/space_app/)
+        sys.path.insert(1, str(_root))
+        break
 
 import figures  # noqa: E402
 import gradio as gr  # noqa: E402
