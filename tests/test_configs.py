@@ -271,7 +271,7 @@ def _lerobot_train_keys() -> list[str]:
 def test_every_lerobot_train_flag_is_accepted_or_refused_by_name():
     from hf_reflow.configs import TrainConfig
     from hf_reflow.parsing import ALIASES, LEROBOT_TRAIN_REFUSED, refuse_lerobot_train_flags
-    from hf_reflow.parsing.decode import _field_of
+    from hf_reflow.parsing.decode import field_of
 
     unhandled = []
     for key in _lerobot_train_keys():
@@ -283,7 +283,7 @@ def test_every_lerobot_train_flag_is_accepted_or_refused_by_name():
             assert f"lerobot-train's --{key} is not supported by hf-reflow: " in str(e)
             continue
         try:
-            _field_of(TrainConfig, key)
+            field_of(TrainConfig, key)
         except ConfigError:
             unhandled.append(key)
     assert not unhandled, f"lerobot-train flags neither accepted nor refused by name: {unhandled}"

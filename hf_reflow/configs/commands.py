@@ -8,13 +8,13 @@ from typing import ClassVar
 
 from hf_reflow.configs.fields import (
     MAX_COUNT,
-    _at_most,
-    _check_new_folder,
-    _choice,
-    _opt,
-    _output_file,
-    _revision,
-    _seed,
+    at_most,
+    check_choice,
+    check_new_folder,
+    check_output_file,
+    check_revision,
+    check_seed,
+    option,
 )
 from hf_reflow.configs.pipeline import DemoSettings, StepCountEval
 from hf_reflow.configs.train import DatasetConfig, TeacherConfig
@@ -25,21 +25,21 @@ from hf_reflow.errors import ConfigError
 class EvalPolicyConfig:
     """The checkpoints to evaluate."""
 
-    path: list[str] = _opt(help="checkpoint dirs / run dirs / Hub ids, comma-separated (required)", factory=list)
+    path: list[str] = option(help="checkpoint dirs / run dirs / Hub ids, comma-separated (required)", factory=list)
 
 
 @dataclass
 class EvaluateConfig(StepCountEval):
     """`hf-reflow eval`: offline metrics (and closed loop with --env) of checkpoints at each step count."""
 
-    policy: EvalPolicyConfig = _opt(help="the checkpoints", factory=EvalPolicyConfig)
-    dataset: DatasetConfig = _opt(help="held-out observations (and the toy env's goals)", factory=DatasetConfig)
-    env: str = _opt("none", "closed loop: none | toy | metaworld; or any LeRobot env with lerobot-eval's "
+    policy: EvalPolicyConfig = option(help="the checkpoints", factory=EvalPolicyConfig)
+    dataset: DatasetConfig = option(help="held-out observations (and the toy env's goals)", factory=DatasetConfig)
+    env: str = option("none", "closed loop: none | toy | metaworld; or any LeRobot env with lerobot-eval's "
                     "--env.type=TYPE --env.<field>=... (e.g. --env.type=metaworld_detour --env.task=push-v3)")
-    seed: int = _opt(0, "seed of noise and episodes")
-    output: str | None = _opt(None, "write the rows as JSON here")
-    tasks: list[str] = _opt(help="metaworld: tasks to roll out", factory=lambda: ["reach-v3", "push-v3"])
-    mode: str = _opt("multimodal", "metaworld: multimodal (detour left / right of an obstacle) | scripted")
+    seed: int = option(0, "seed of noise and episodes")
+    output: str | None = option(None, "write the rows as JSON here")
+    tasks: list[str] = option(help="metaworld: tasks to roll out", factory=lambda: ["reach-v3", "push-v3"])
+    mode: str = option("multimodal", "metaworld: multimodal (detour left / right of an obstacle) | scripted")
     HELP_EXTRA: ClassVar[tuple[str, ...]] = (
         "  --env.type=TYPE  (str)",
         "      closed loop in any LeRobot env type (lerobot-eval's flag; plugins' types too), e.g. metaworld_detour",
@@ -48,43 +48,43 @@ class EvaluateConfig(StepCountEval):
     )
 
     def __post_init__(self) -> None:
-        _seed(self.seed)
+        check_seed(self.seed)
         if not self.policy.path:
             raise ConfigError("--policy.path is required (one checkpoint, or several separated by commas).")
-        _choice("env", self.env, ("none", "toy", "metaworld"))
+        check_choice("env", self.env, ("none", "toy", "metaworld"))
         super().__post_init__()
         if self.env == "metaworld":
             DemoSettings(tasks=self.tasks, mode=self.mode)  # checks the mode
-        _output_file("--output", self.output)
+        check_output_file("--output", self.output)
 
 
 @dataclass
 class ToyDataConfig:
     """`hf-reflow dataset toy`: the 2-D bimodal toy demonstrations as a LeRobotDataset."""
 
-    root: str | None = _opt(None, "folder to write the dataset into (required)")
-    episodes: int = _opt(200, "expert episodes")
-    seed: int = _opt(0, "seed of the episodes")
-    repo_id: str = _opt("local/toy", "dataset repo id written into its metadata")
+    root: str | None = option(None, "folder to write the dataset into (required)")
+    episodes: int = option(200, "expert episodes")
+    seed: int = option(0, "seed of the episodes")
+    repo_id: str = option("local/toy", "dataset repo id written into its metadata")
 
     def __post_init__(self) -> None:
-        _seed(self.seed)
+        check_seed(self.seed)
         if not self.root:
             raise ConfigError("--root is required: the folder to write the dataset into.")
-        _check_new_folder("--root", self.root)
+        check_new_folder("--root", self.root)
         if self.episodes < 1:
             raise ConfigError(f"episodes must be >= 1, got {self.episodes}.")
-        _at_most("episodes", self.episodes, 1_000_000)
+        at_most("episodes", self.episodes, 1_000_000)
 
 
 @dataclass
 class MetaWorldDataConfig(DemoSettings):
     """`hf-reflow dataset metaworld`: Meta-World expert demonstrations as a LeRobotDataset."""
 
-    root: str | None = _opt(None, "folder to write the dataset into (required)")
-    repo_id: str = _opt("local/metaworld", "dataset repo id written into its metadata")
-    layout: str = _opt("demo", "demo (training layouts) | eval (held-out layouts)")
-    policy_path: str | None = _opt(
+    root: str | None = option(None, "folder to write the dataset into (required)")
+    repo_id: str = option("local/metaworld", "dataset repo id written into its metadata")
+    layout: str = option("demo", "demo (training layouts) | eval (held-out layouts)")
+    policy_path: str | None = option(
         None, "roll out this checkpoint (local or Hub id) instead of the expert, keeping every episode: the states "
         "a frozen teacher visits in closed loop, for reflow couplings (`hf-reflow couplings generate` on them)"
     )
@@ -93,30 +93,30 @@ class MetaWorldDataConfig(DemoSettings):
         super().__post_init__()
         if not self.root:
             raise ConfigError("--root is required: the folder to write the dataset into.")
-        _check_new_folder("--root", self.root)
-        _choice("layout", self.layout, ("demo", "eval"), " (demo: training layouts, eval: held-out layouts)")
+        check_new_folder("--root", self.root)
+        check_choice("layout", self.layout, ("demo", "eval"), " (demo: training layouts, eval: held-out layouts)")
 
 
 @dataclass
 class CouplingsGenerateConfig:
     """`hf-reflow couplings generate`: (noise, teacher end point) couplings written once as a dataset."""
 
-    teacher: TeacherConfig = _opt(help="the frozen teacher (path required)", factory=TeacherConfig)
-    dataset: DatasetConfig = _opt(help="observations to condition on", factory=DatasetConfig)
-    output: str | None = _opt(None, "folder to write the couplings into (required)")
-    num_couplings: int = _opt(10_000, "couplings to generate")
-    block_size: int = _opt(1024, "couplings per stored block")
-    batch_size: int = _opt(256, "teacher batch size")
-    seed: int = _opt(0, "seed of noise and observation order")
+    teacher: TeacherConfig = option(help="the frozen teacher (path required)", factory=TeacherConfig)
+    dataset: DatasetConfig = option(help="observations to condition on", factory=DatasetConfig)
+    output: str | None = option(None, "folder to write the couplings into (required)")
+    num_couplings: int = option(10_000, "couplings to generate")
+    block_size: int = option(1024, "couplings per stored block")
+    batch_size: int = option(256, "teacher batch size")
+    seed: int = option(0, "seed of noise and observation order")
 
     def __post_init__(self) -> None:
-        _seed(self.seed)
+        check_seed(self.seed)
         if not self.teacher.path or not self.output:
             raise ConfigError("--teacher.path=CHECKPOINT (local or Hub id) and --output=DIR are required.")
         for name in ("num_couplings", "block_size", "batch_size"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}.")
-            _at_most(name, getattr(self, name), MAX_COUNT)
+            at_most(name, getattr(self, name), MAX_COUNT)
         if self.dataset.root and Path(self.output).resolve().is_relative_to(Path(self.dataset.root).resolve()):
             raise ConfigError(
                 f"--output={self.output!r} lies inside the dataset --dataset.root={self.dataset.root!r}, whose files it "
@@ -129,19 +129,19 @@ class PushConfig:
     """`hf-reflow push`: a checkpoint (+ model card) as a Hub model, stored couplings or local demonstrations
     (a LeRobotDataset) as a Hub dataset. Push the data first: the model card then names it by Hub id."""
 
-    checkpoint: str | None = _opt(None, "checkpoint or run dir to push as a model")
-    couplings: str | None = _opt(None, "couplings folder to push as a dataset")
-    dataset: str | None = _opt(None, "local LeRobotDataset folder (e.g. the demonstrations) to push as a dataset")
-    repo_id: str | None = _opt(None, "namespace/name (required)")
-    eval: str | None = _opt(None, "results JSON (hf-reflow eval --output) for the model card")
-    private: bool = _opt(False, "create the repo private")
-    revision: str | None = _opt(None, "branch to push to (created if missing); null: main")
-    commit_message: str | None = _opt(None, "commit message; null: a generated one")
-    license: str | None = _opt(None, "license in the card; null: the starting checkpoint's, else apache-2.0")
-    set_new_version: bool = _opt(False, "also point the teacher's card to this repo with new_version")
+    checkpoint: str | None = option(None, "checkpoint or run dir to push as a model")
+    couplings: str | None = option(None, "couplings folder to push as a dataset")
+    dataset: str | None = option(None, "local LeRobotDataset folder (e.g. the demonstrations) to push as a dataset")
+    repo_id: str | None = option(None, "namespace/name (required)")
+    eval: str | None = option(None, "results JSON (hf-reflow eval --output) for the model card")
+    private: bool = option(False, "create the repo private")
+    revision: str | None = option(None, "branch to push to (created if missing); null: main")
+    commit_message: str | None = option(None, "commit message; null: a generated one")
+    license: str | None = option(None, "license in the card; null: the starting checkpoint's, else apache-2.0")
+    set_new_version: bool = option(False, "also point the teacher's card to this repo with new_version")
 
     def __post_init__(self) -> None:
-        _revision("revision", self.revision)
+        check_revision("revision", self.revision)
         if not self.repo_id or sum(bool(p) for p in (self.checkpoint, self.couplings, self.dataset)) != 1:
             raise ConfigError(
                 "push needs --repo_id=namespace/name and one of --checkpoint=DIR (a model), --couplings=DIR or "
@@ -161,24 +161,24 @@ class PushConfig:
 class SpaceDatasetConfig:
     """Observations the Space samples from; null: the chain's."""
 
-    root: str | None = _opt(None, "local LeRobotDataset folder")
-    repo_id: str | None = _opt(None, "dataset repo id")
+    root: str | None = option(None, "local LeRobotDataset folder")
+    repo_id: str | None = option(None, "dataset repo id")
 
 
 @dataclass
 class SpaceConfig:
     """`hf-reflow space`: serve the Gradio Space on 127.0.0.1, write it out for deployment, or push it to the Hub."""
 
-    chain: str | None = _opt(None, "a pipeline output dir (its pipeline.json lists the stages)")
-    policies: list[str] | None = _opt(None, "checkpoints to compare instead of a chain, comma-separated")
-    dataset: SpaceDatasetConfig = _opt(help="observations", factory=SpaceDatasetConfig)
-    env: str | None = _opt(None, "closed-loop env: toy | metaworld; null: from the chain")
-    port: int | None = _opt(None, "server port (1..65535); null: Gradio's default")
-    allow_any_policy: bool = _opt(False, "let visitors load any local path / Hub id, not only the chain's stages (a private server only)")
-    bundle: str | None = _opt(None, "write a deployable Space showing --chain (Hub ids, as --push) to this folder instead of serving")
-    push: bool = _opt(False, "push a Gradio Space showing the chain (Hub ids: pushed stages or --chain=a/x-1rf,a/x-2rf) to repo_id")
-    repo_id: str | None = _opt(None, "the Space to push to, namespace/name (with --push=true)")
-    private: bool = _opt(False, "create the Space private (with --push=true)")
+    chain: str | None = option(None, "a pipeline output dir (its pipeline.json lists the stages)")
+    policies: list[str] | None = option(None, "checkpoints to compare instead of a chain, comma-separated")
+    dataset: SpaceDatasetConfig = option(help="observations", factory=SpaceDatasetConfig)
+    env: str | None = option(None, "closed-loop env: toy | metaworld; null: from the chain")
+    port: int | None = option(None, "server port (1..65535); null: Gradio's default")
+    allow_any_policy: bool = option(False, "let visitors load any local path / Hub id, not only the chain's stages (a private server only)")
+    bundle: str | None = option(None, "write a deployable Space showing --chain (Hub ids, as --push) to this folder instead of serving")
+    push: bool = option(False, "push a Gradio Space showing the chain (Hub ids: pushed stages or --chain=a/x-1rf,a/x-2rf) to repo_id")
+    repo_id: str | None = option(None, "the Space to push to, namespace/name (with --push=true)")
+    private: bool = option(False, "create the Space private (with --push=true)")
 
     def __post_init__(self) -> None:
         if self.push and not self.repo_id:

@@ -22,7 +22,7 @@ SCHEDULERS = ("warmup_cosine", "cosine_decay_with_warmup", "constant")
 COUPLING_STATES = ("demonstrations", "closed_loop")
 
 
-def _at_least(name: str, value: int | float | None, low: int | float) -> None:
+def at_least(name: str, value: int | float | None, low: int | float) -> None:
     """Refuse `value` below `low` (None passes: the field's default applies)."""
     if value is not None and value < low:
         raise ConfigError(f"{name} must be >= {low}, got {value}.")
@@ -37,18 +37,18 @@ MAX_COUNT = 100_000_000  # steps, episodes, couplings: beyond this a run would n
 MAX_ODE_STEPS = 1000  # Euler steps per chunk
 
 
-def _at_most(name: str, value: int | float | None, high: int | float, hint: str = "") -> None:
+def at_most(name: str, value: int | float | None, high: int | float, hint: str = "") -> None:
     """Refuse `value` above `high` (None passes)."""
     if value is not None and value > high:
         raise ConfigError(f"{name} must be <= {high:,}{hint}, got {value:,}.")
 
 
-def _seed(value: int | None) -> None:
-    _at_least("seed", value, 0)
-    _at_most("seed", value, MAX_SEED, " (32 bits)")
+def check_seed(value: int | None) -> None:
+    at_least("seed", value, 0)
+    at_most("seed", value, MAX_SEED, " (32 bits)")
 
 
-def _check_new_folder(flag: str, path: str) -> None:
+def check_new_folder(flag: str, path: str) -> None:
     """A folder to write a new dataset into: absent or empty, never a file."""
     folder = Path(path)
     if folder.exists() and (not folder.is_dir() or any(folder.iterdir())):
@@ -56,13 +56,13 @@ def _check_new_folder(flag: str, path: str) -> None:
         raise ConfigError(f"{flag} {path!r} {what}; pass a new (or empty) folder for the dataset.")
 
 
-def _output_file(flag: str, path: str | None) -> None:
+def check_output_file(flag: str, path: str | None) -> None:
     """A file to write at the end: its folder must exist now, not after every metric is computed."""
     if path and not Path(path).parent.is_dir():
         raise ConfigError(f"{flag} {path!r}: its folder {str(Path(path).parent)!r} does not exist; create it first.")
 
 
-def _choice(name: str, value: str, valid: tuple[str, ...], hint: str = "") -> None:
+def check_choice(name: str, value: str, valid: tuple[str, ...], hint: str = "") -> None:
     if value not in valid:
         raise ConfigError(f"{name} must be one of {', '.join(valid)}; got {value!r}{hint}.")
 
@@ -73,7 +73,7 @@ N_ACTION_STEPS_HELP = (
 )
 
 
-def _n_action_steps(values: list[int] | None) -> None:
+def check_n_action_steps(values: list[int] | None) -> None:
     if values is not None and (not values or any(not isinstance(n, int) or not 1 <= n <= 1000 for n in values)):
         raise ConfigError(f"n_action_steps must list action counts >= 1, e.g. --n_action_steps=8,4,2; got {values!r}.")
 
@@ -94,13 +94,13 @@ HOLD_STEPS_HELP = (
 )
 
 
-def _revision(name: str, value: str | None) -> None:
+def check_revision(name: str, value: str | None) -> None:
     problem = revision_problem(value)
     if problem:
         raise ConfigError(f"{name} {str(value)[:200]!r} is not a valid Hub revision: {problem}; use e.g. main, v1.0 or a commit hash.")
 
 
-def _opt(default: Any = dataclasses.MISSING, help: str = "", *, factory: Any = None) -> Any:
+def option(default: Any = dataclasses.MISSING, help: str = "", *, factory: Any = None) -> Any:
     """A dataclass field with its `--help` string."""
     if factory is not None:
         return field(default_factory=factory, metadata={"help": help})
@@ -111,7 +111,7 @@ def _opt(default: Any = dataclasses.MISSING, help: str = "", *, factory: Any = N
 RECORD_KEYS = ("optim_used",)
 
 
-def _repo_template(flag: str, template: str) -> None:
+def check_repo_template(flag: str, template: str) -> None:
     """Refuse a `hub_repo_template` that does not format with {hub_model_id}, {k}, {stage} and {suffix}."""
     try:
         template.format(hub_model_id="a/b", k=1, stage="reflow", suffix="")

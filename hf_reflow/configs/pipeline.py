@@ -13,13 +13,13 @@ from hf_reflow.configs.fields import (
     MAX_COUNT,
     MAX_ODE_STEPS,
     N_ACTION_STEPS_HELP,
-    _at_least,
-    _at_most,
-    _choice,
-    _n_action_steps,
-    _opt,
-    _repo_template,
-    _seed,
+    at_least,
+    at_most,
+    check_choice,
+    check_n_action_steps,
+    check_repo_template,
+    check_seed,
+    option,
 )
 from hf_reflow.errors import ConfigError
 from hf_reflow.refs import is_repo_id
@@ -31,25 +31,25 @@ PIPELINE_STAGES = ("flow_matching", "reflow", "distill", "shortcut", "meanflow")
 class DemoSettings:
     """Meta-World expert demonstrations, as `hf-reflow dataset metaworld` and the pipeline write them."""
 
-    tasks: list[str] = _opt(help="Meta-World tasks, e.g. reach-v3,push-v3", factory=lambda: ["reach-v3", "push-v3"])
-    episodes: int = _opt(100, "expert episodes attempted per task (failed ones are dropped and counted)")
-    mode: str = _opt("multimodal", "multimodal (detour left / right of an obstacle) | scripted")
-    seed: int = _opt(0, "seed of the episodes")
-    images: bool = _opt(False, "also render a camera image per frame (for VLA policies)")
-    image_size: int = _opt(96, "rendered image size in pixels")
-    hold_steps: int = _opt(0, HOLD_STEPS_HELP)
-    expert_aim: str = _opt("hand", EXPERT_AIM_HELP)
+    tasks: list[str] = option(help="Meta-World tasks, e.g. reach-v3,push-v3", factory=lambda: ["reach-v3", "push-v3"])
+    episodes: int = option(100, "expert episodes attempted per task (failed ones are dropped and counted)")
+    mode: str = option("multimodal", "multimodal (detour left / right of an obstacle) | scripted")
+    seed: int = option(0, "seed of the episodes")
+    images: bool = option(False, "also render a camera image per frame (for VLA policies)")
+    image_size: int = option(96, "rendered image size in pixels")
+    hold_steps: int = option(0, HOLD_STEPS_HELP)
+    expert_aim: str = option("hand", EXPERT_AIM_HELP)
     PREFIX: ClassVar[str] = ""  # how the flags are spelt: `--episodes` (dataset) or `--data.episodes` (pipeline)
 
     def __post_init__(self) -> None:
         p = self.PREFIX
-        _seed(self.seed)
-        _choice(f"{p}mode", self.mode, ("multimodal", "scripted"))
-        _choice(f"{p}expert_aim", self.expert_aim, EXPERT_AIMS)
-        _at_least(f"{p}episodes", self.episodes, 1)
-        _at_most(f"{p}episodes", self.episodes, 1_000_000)
-        _at_least(f"{p}hold_steps", self.hold_steps, 0)
-        _at_most(f"{p}hold_steps", self.hold_steps, 1000)
+        check_seed(self.seed)
+        check_choice(f"{p}mode", self.mode, ("multimodal", "scripted"))
+        check_choice(f"{p}expert_aim", self.expert_aim, EXPERT_AIMS)
+        at_least(f"{p}episodes", self.episodes, 1)
+        at_most(f"{p}episodes", self.episodes, 1_000_000)
+        at_least(f"{p}hold_steps", self.hold_steps, 0)
+        at_most(f"{p}hold_steps", self.hold_steps, 1000)
         if self.image_size < 8:
             raise ConfigError(f"{p}image_size must be >= 8, got {self.image_size}.")
 
@@ -58,13 +58,13 @@ class DemoSettings:
 class DemoConfig(DemoSettings):
     """Meta-World expert demonstrations written as a LeRobotDataset by the pipeline."""
 
-    heldout_episodes: int = _opt(10, "expert episodes per task on evaluation layouts, for offline metrics")
+    heldout_episodes: int = option(10, "expert episodes per task on evaluation layouts, for offline metrics")
     PREFIX: ClassVar[str] = "data."
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        _at_least("data.heldout_episodes", self.heldout_episodes, 1)
-        _at_most("data.heldout_episodes", self.heldout_episodes, 1_000_000)
+        at_least("data.heldout_episodes", self.heldout_episodes, 1)
+        at_most("data.heldout_episodes", self.heldout_episodes, 1_000_000)
 
 
 @dataclass
@@ -72,30 +72,30 @@ class StepCountEval:
     """What every evaluation measures, `hf-reflow eval`'s and the pipeline's: the step counts, the offline
     observations, closed-loop episodes, their worker processes and re-planning."""
 
-    nfe: list[int] = _opt(help="Euler step counts to evaluate, e.g. 1,2,4,10", factory=lambda: [1, 2, 4, 10])
-    num_samples: int = _opt(64, "held-out observations for the offline metrics")
-    episodes: int = _opt(50, "closed-loop episodes per task and cell (checkpoint x step count)")
-    workers: int = _opt(0, "Meta-World rollout processes; 0 = one per CPU core")
-    n_action_steps: list[int] | None = _opt(None, N_ACTION_STEPS_HELP)
+    nfe: list[int] = option(help="Euler step counts to evaluate, e.g. 1,2,4,10", factory=lambda: [1, 2, 4, 10])
+    num_samples: int = option(64, "held-out observations for the offline metrics")
+    episodes: int = option(50, "closed-loop episodes per task and cell (checkpoint x step count)")
+    workers: int = option(0, "Meta-World rollout processes; 0 = one per CPU core")
+    n_action_steps: list[int] | None = option(None, N_ACTION_STEPS_HELP)
     PREFIX: ClassVar[str] = ""  # how the flags are spelt: `--nfe` (eval) or `--eval.nfe` (pipeline)
 
     def __post_init__(self) -> None:
         p = self.PREFIX
-        _n_action_steps(self.n_action_steps)
+        check_n_action_steps(self.n_action_steps)
         if not self.nfe or any(not isinstance(n, int) or not 1 <= n <= MAX_ODE_STEPS for n in self.nfe):
             raise ConfigError(f"{p}nfe must list step counts in 1..{MAX_ODE_STEPS}, e.g. --{p}nfe=1,2,4,10; got {self.nfe}.")
         for name in ("num_samples", "episodes", "workers"):
             low = 1 if name == "num_samples" else 0
             if getattr(self, name) < low:
                 raise ConfigError(f"{p}{name} must be >= {low}, got {getattr(self, name)}.")
-            _at_most(f"{p}{name}", getattr(self, name), MAX_COUNT)
+            at_most(f"{p}{name}", getattr(self, name), MAX_COUNT)
 
 
 @dataclass
 class EvalConfig(StepCountEval):
     """Evaluation of every stage at every step count."""
 
-    num_samples: int = _opt(256, "held-out observations for the offline metrics")
+    num_samples: int = option(256, "held-out observations for the offline metrics")
     PREFIX: ClassVar[str] = "eval."
 
 
@@ -104,10 +104,10 @@ class PipelinePushConfig:
     """After evaluation, push the first seed's stages (cards, lineage, eval table) to the Hub, then a Gradio
     Space showing that chain; write access to every repo is checked before anything trains."""
 
-    hub_model_id: str | None = _opt(None, "namespace/name the stage repos are named from (hub_repo_template); null: push nothing")
-    hub_repo_template: str = _opt("{hub_model_id}-{k}rf{suffix}", "repo name per stage, as train's: {hub_model_id}, {k}, {stage}, {suffix} (-distilled, -shortcut, -meanflow)")
-    space_id: str | None = _opt(None, "namespace/name of a Gradio Space showing the pushed chain; null: no Space")
-    private: bool = _opt(False, "create the model repos and the Space private")
+    hub_model_id: str | None = option(None, "namespace/name the stage repos are named from (hub_repo_template); null: push nothing")
+    hub_repo_template: str = option("{hub_model_id}-{k}rf{suffix}", "repo name per stage, as train's: {hub_model_id}, {k}, {stage}, {suffix} (-distilled, -shortcut, -meanflow)")
+    space_id: str | None = option(None, "namespace/name of a Gradio Space showing the pushed chain; null: no Space")
+    private: bool = option(False, "create the model repos and the Space private")
 
     def __post_init__(self) -> None:
         if self.space_id and not self.hub_model_id:
@@ -116,7 +116,7 @@ class PipelinePushConfig:
             value = getattr(self, name)
             if value is not None and not is_repo_id(value):
                 raise ConfigError(f"push.{name} must be namespace/name, got {value!r}.")
-        _repo_template("push.hub_repo_template", self.hub_repo_template)
+        check_repo_template("push.hub_repo_template", self.hub_repo_template)
 
 
 _SECTION_HELP = "TrainConfig fields (any `hf-reflow train` option) for the {} stage, on top of `train`"
@@ -131,34 +131,34 @@ class PipelineConfig:
     hold each stage's own fields on top (e.g. steps, optim.lr, flow.time_sampler).
     """
 
-    output_dir: str = _opt("outputs/metaworld", "where the data, every stage's run and the report go")
-    seeds: list[int] = _opt(help="training seeds; one chain per seed", factory=lambda: [0])
-    stages: list[str] = _opt(help="the chain in order, flow_matching first", factory=lambda: ["flow_matching", "reflow", "distill"])
-    force: bool = _opt(False, "redo finished stages (and the dataset) instead of skipping them")
-    num_couplings: int = _opt(
+    output_dir: str = option("outputs/metaworld", "where the data, every stage's run and the report go")
+    seeds: list[int] = option(help="training seeds; one chain per seed", factory=lambda: [0])
+    stages: list[str] = option(help="the chain in order, flow_matching first", factory=lambda: ["flow_matching", "reflow", "distill"])
+    force: bool = option(False, "redo finished stages (and the dataset) instead of skipping them")
+    num_couplings: int = option(
         0,
         "reflow / distill targets: 0 = couplings made online for every batch by the frozen teacher; N > 0 = "
         "N couplings generated once per stage (`hf-reflow couplings generate`), then trained on like data",
     )
-    coupling_states: str = _opt(
+    coupling_states: str = option(
         "demonstrations",
         "the observations the teacher's couplings are made at: demonstrations (the dataset's frames) | closed_loop "
         "(the states the frozen teacher visits when it acts, on demonstration layouts: `data.episodes` rollouts "
         "per task, failures kept)",
     )
-    data: DemoConfig = _opt(help="the demonstrations", factory=DemoConfig)
-    eval: EvalConfig = _opt(help="evaluation of every stage", factory=EvalConfig)
-    push: PipelinePushConfig = _opt(help="push the chain and a Space to the Hub", factory=PipelinePushConfig)
-    train: dict[str, Any] = _opt(help="TrainConfig fields (any `hf-reflow train` option) shared by every stage", factory=dict)
-    flow_matching: dict[str, Any] = _opt(help=_SECTION_HELP.format("flow_matching"), factory=dict)
-    reflow: dict[str, Any] = _opt(help=_SECTION_HELP.format("reflow"), factory=dict)
-    distill: dict[str, Any] = _opt(help=_SECTION_HELP.format("distill"), factory=dict)
-    shortcut: dict[str, Any] = _opt(help=_SECTION_HELP.format("shortcut"), factory=dict)
-    meanflow: dict[str, Any] = _opt(help=_SECTION_HELP.format("meanflow"), factory=dict)
+    data: DemoConfig = option(help="the demonstrations", factory=DemoConfig)
+    eval: EvalConfig = option(help="evaluation of every stage", factory=EvalConfig)
+    push: PipelinePushConfig = option(help="push the chain and a Space to the Hub", factory=PipelinePushConfig)
+    train: dict[str, Any] = option(help="TrainConfig fields (any `hf-reflow train` option) shared by every stage", factory=dict)
+    flow_matching: dict[str, Any] = option(help=_SECTION_HELP.format("flow_matching"), factory=dict)
+    reflow: dict[str, Any] = option(help=_SECTION_HELP.format("reflow"), factory=dict)
+    distill: dict[str, Any] = option(help=_SECTION_HELP.format("distill"), factory=dict)
+    shortcut: dict[str, Any] = option(help=_SECTION_HELP.format("shortcut"), factory=dict)
+    meanflow: dict[str, Any] = option(help=_SECTION_HELP.format("meanflow"), factory=dict)
 
     def __post_init__(self) -> None:
         for stage in self.stages:
-            _choice("stages[]", stage, PIPELINE_STAGES)
+            check_choice("stages[]", stage, PIPELINE_STAGES)
         if not self.stages or self.stages[0] != "flow_matching" or "flow_matching" in self.stages[1:]:
             raise ConfigError(
                 f"stages must start with flow_matching (the 1-RF) and use it once, got {self.stages}; "
@@ -166,9 +166,9 @@ class PipelineConfig:
             )
         if self.num_couplings < 0:
             raise ConfigError(f"num_couplings must be >= 0 (0 = online couplings), got {self.num_couplings}.")
-        _at_most("num_couplings", self.num_couplings, MAX_COUNT)
-        _choice("coupling_states", self.coupling_states, COUPLING_STATES)
+        at_most("num_couplings", self.num_couplings, MAX_COUNT)
+        check_choice("coupling_states", self.coupling_states, COUPLING_STATES)
         if not self.seeds:
             raise ConfigError("seeds must list at least one training seed, e.g. [0] or [0, 1, 2].")
         for seed in self.seeds:
-            _at_least("each of seeds", seed, 0)
+            at_least("each of seeds", seed, 0)

@@ -20,13 +20,13 @@ from hf_reflow.configs.fields import (
     OPTIMIZERS,
     SCHEDULERS,
     TRACKERS,
-    _at_least,
-    _at_most,
-    _choice,
-    _opt,
-    _repo_template,
-    _revision,
-    _seed,
+    at_least,
+    at_most,
+    check_choice,
+    check_repo_template,
+    check_revision,
+    check_seed,
+    option,
 )
 from hf_reflow.errors import ConfigError
 from hf_reflow.flow import LOSSES, TIME_SAMPLERS, shortcut_levels
@@ -38,87 +38,87 @@ from hf_reflow.stages import RECOMMENDED_NUM_STEPS, STAGES
 class DatasetConfig:
     """Where the demonstrations come from (any LeRobotDataset)."""
 
-    repo_id: str = _opt("local/dataset", "Hub dataset id, or any name when `root` holds the dataset")
-    root: str | None = _opt(None, "local LeRobotDataset folder; null: the Hugging Face cache / Hub")
-    revision: str | None = _opt(None, "Hub revision (branch, tag or commit) of a Hub dataset; null: main. Recorded "
+    repo_id: str = option("local/dataset", "Hub dataset id, or any name when `root` holds the dataset")
+    root: str | None = option(None, "local LeRobotDataset folder; null: the Hugging Face cache / Hub")
+    revision: str | None = option(None, "Hub revision (branch, tag or commit) of a Hub dataset; null: main. Recorded "
                                 "with the commit it resolved to in every checkpoint's reflow.json (lerobot-train's)")
-    episodes: list[int] | None = _opt(None, "subset of episode indices; null: all")
-    num_workers: int = _opt(0, "DataLoader worker processes")
-    in_memory: str = _opt("auto", "auto (small datasets without images) | always | never: hold the frames in memory")
-    video_backend: str | None = _opt(None, "video decoder: torchcodec | pyav; null: torchcodec when its FFmpeg loads, else pyav")
-    image_transforms: ImageTransformsConfig = _opt(
+    episodes: list[int] | None = option(None, "subset of episode indices; null: all")
+    num_workers: int = option(0, "DataLoader worker processes")
+    in_memory: str = option("auto", "auto (small datasets without images) | always | never: hold the frames in memory")
+    video_backend: str | None = option(None, "video decoder: torchcodec | pyav; null: torchcodec when its FFmpeg loads, else pyav")
+    image_transforms: ImageTransformsConfig = option(
         help="lerobot-train's image augmentation (LeRobot's ImageTransforms): --dataset.image_transforms.enable=true",
         factory=ImageTransformsConfig,
     )
 
     def __post_init__(self) -> None:
-        _choice("dataset.in_memory", self.in_memory, ("auto", "always", "never"))
-        _revision("dataset.revision", self.revision)
+        check_choice("dataset.in_memory", self.in_memory, ("auto", "always", "never"))
+        check_revision("dataset.revision", self.revision)
         if self.video_backend is not None:
-            _choice("dataset.video_backend", self.video_backend, ("torchcodec", "pyav"))
+            check_choice("dataset.video_backend", self.video_backend, ("torchcodec", "pyav"))
         if self.num_workers < 0:
             raise ConfigError(f"dataset.num_workers must be >= 0, got {self.num_workers}.")
         if self.episodes is not None and not self.episodes:
             raise ConfigError("dataset.episodes is an empty list; list episode indices, e.g. [0,1,2], or null for all.")
         for episode in self.episodes or []:
-            _at_least("each of dataset.episodes", episode, 0)
+            at_least("each of dataset.episodes", episode, 0)
 
 
 @dataclass
 class TeacherConfig:
     """The frozen k-RF teacher whose ODE end points become the student's targets (reflow, distill)."""
 
-    path: str | None = _opt(None, "Hub repo id or local checkpoint / run dir (the guide's teacher_model_path)")
-    revision: str | None = _opt(None, "Hub revision (branch, tag or commit) of the teacher")
-    num_inference_steps: int = _opt(10, "the teacher's ODE steps per coupling (the guide's reflow_num_inference_steps)")
-    solver: str = _opt("euler", "euler (LeRobot's grid) | heun: the teacher's ODE solver")
-    shared_backbone: bool | None = _opt(
+    path: str | None = option(None, "Hub repo id or local checkpoint / run dir (the guide's teacher_model_path)")
+    revision: str | None = option(None, "Hub revision (branch, tag or commit) of the teacher")
+    num_inference_steps: int = option(10, "the teacher's ODE steps per coupling (the guide's reflow_num_inference_steps)")
+    solver: str = option("euler", "euler (LeRobot's grid) | heun: the teacher's ODE solver")
+    shared_backbone: bool | None = option(
         None,
         "null (auto): a teacher whose frozen VLM equals the student's (SmolVLA with train_expert_only, student "
         "initialised from it) uses the student's VLM module and the VLM prefix is computed once per batch; "
         "true: the same, but an error when it cannot be shared; false: the teacher keeps its own VLM copy",
     )
-    compile: bool = _opt(
+    compile: bool = option(
         False, "torch.compile the teacher's velocity call (first batches pay the compile; same couplings within 1e-5)"
     )
 
     def __post_init__(self) -> None:
-        _choice("teacher.solver", self.solver, SOLVERS)
-        _revision("teacher.revision", self.revision)
+        check_choice("teacher.solver", self.solver, SOLVERS)
+        check_revision("teacher.revision", self.revision)
         if self.num_inference_steps < 1:
             raise ConfigError(f"teacher.num_inference_steps must be >= 1, got {self.num_inference_steps}.")
-        _at_most("teacher.num_inference_steps", self.num_inference_steps, MAX_ODE_STEPS)
+        at_most("teacher.num_inference_steps", self.num_inference_steps, MAX_ODE_STEPS)
 
 
 @dataclass
 class CouplingsConfig:
     """Stored reflow couplings (`hf-reflow couplings generate`) used instead of online generation."""
 
-    path: str | None = _opt(None, "couplings folder or Hub dataset repo id; null: couplings made online per batch")
-    revision: str | None = _opt(None, "Hub revision of the couplings dataset")
+    path: str | None = option(None, "couplings folder or Hub dataset repo id; null: couplings made online per batch")
+    revision: str | None = option(None, "Hub revision of the couplings dataset")
 
     def __post_init__(self) -> None:
-        _revision("couplings.revision", self.revision)
+        check_revision("couplings.revision", self.revision)
 
 
 @dataclass
 class FlowConfig:
     """How training times are drawn and velocity errors are scored."""
 
-    time_sampler: str = _opt("beta", f"training-time distribution: {' | '.join(TIME_SAMPLERS)} (beta: SmolVLA's)")
-    loss: str = _opt("mse", f"velocity loss: {' | '.join(LOSSES)}")
-    logit_mean: float = _opt(0.0, "logit_normal sampler: mean")
-    logit_std: float = _opt(1.0, "logit_normal sampler: standard deviation")
-    u_shaped_a: float = _opt(4.0, "u_shaped sampler: concentration at both ends (Lee et al. 2024)")
-    executed_weight: float = _opt(
+    time_sampler: str = option("beta", f"training-time distribution: {' | '.join(TIME_SAMPLERS)} (beta: SmolVLA's)")
+    loss: str = option("mse", f"velocity loss: {' | '.join(LOSSES)}")
+    logit_mean: float = option(0.0, "logit_normal sampler: mean")
+    logit_std: float = option(1.0, "logit_normal sampler: standard deviation")
+    u_shaped_a: float = option(4.0, "u_shaped sampler: concentration at both ends (Lee et al. 2024)")
+    executed_weight: float = option(
         1.0,
         "loss weight of each chunk's first n_action_steps actions (the ones executed before re-planning) relative "
         "to the rest; weights are scaled to mean 1 over the chunk; 1 = uniform (not for the shortcut stage)",
     )
 
     def __post_init__(self) -> None:
-        _choice("flow.time_sampler", self.time_sampler, TIME_SAMPLERS)
-        _choice("flow.loss", self.loss, LOSSES)
+        check_choice("flow.time_sampler", self.time_sampler, TIME_SAMPLERS)
+        check_choice("flow.loss", self.loss, LOSSES)
         for name in ("logit_std", "u_shaped_a", "executed_weight"):
             if not getattr(self, name) > 0:
                 raise ConfigError(f"flow.{name} must be > 0, got {getattr(self, name)}.")
@@ -130,26 +130,26 @@ class OptimConfig:
     (`policy.config.get_optimizer_preset()` / `get_scheduler_preset()`, what lerobot-train uses); a value
     given here wins. `train_config.json` records what was used (`optim_used`)."""
 
-    lr: float | None = _opt(None, "peak learning rate; null: the preset's")
-    weight_decay: float | None = _opt(None, "weight decay; null: the preset's")
-    betas: list[float] | None = _opt(None, "Adam betas, e.g. [0.9, 0.95]; null: the preset's")
-    eps: float | None = _opt(None, "Adam epsilon; null: the preset's")
-    grad_clip_norm: float | None = _opt(None, "gradient-norm clipping (0 = off); null: the preset's")
-    type: str | None = _opt(None, f"optimizer: {' | '.join(OPTIMIZERS)}; null: the preset's")
-    scheduler: str | None = _opt(
+    lr: float | None = option(None, "peak learning rate; null: the preset's")
+    weight_decay: float | None = option(None, "weight decay; null: the preset's")
+    betas: list[float] | None = option(None, "Adam betas, e.g. [0.9, 0.95]; null: the preset's")
+    eps: float | None = option(None, "Adam epsilon; null: the preset's")
+    grad_clip_norm: float | None = option(None, "gradient-norm clipping (0 = off); null: the preset's")
+    type: str | None = option(None, f"optimizer: {' | '.join(OPTIMIZERS)}; null: the preset's")
+    scheduler: str | None = option(
         None,
         "LR schedule: warmup_cosine (linear warmup, then cosine to min_lr_ratio x lr at the last step) | "
         "cosine_decay_with_warmup (LeRobot's, pi0 / SmolVLA presets) | constant; null: the preset's",
     )
-    warmup_steps: int | None = _opt(None, "linear-warmup steps; null: the preset's")
-    decay_steps: int | None = _opt(None, "cosine_decay_with_warmup: decay steps; null: the preset's")
-    min_lr_ratio: float | None = _opt(None, "final LR / peak LR of the cosine decay; null: the preset's")
+    warmup_steps: int | None = option(None, "linear-warmup steps; null: the preset's")
+    decay_steps: int | None = option(None, "cosine_decay_with_warmup: decay steps; null: the preset's")
+    min_lr_ratio: float | None = option(None, "final LR / peak LR of the cosine decay; null: the preset's")
 
     def __post_init__(self) -> None:
         if self.type is not None:
-            _choice("optim.type", self.type, OPTIMIZERS)
+            check_choice("optim.type", self.type, OPTIMIZERS)
         if self.scheduler is not None:
-            _choice("optim.scheduler", self.scheduler, SCHEDULERS)
+            check_choice("optim.scheduler", self.scheduler, SCHEDULERS)
         if self.lr is not None and not 0 < self.lr <= 1e6:  # float32 overflows near 3e38; beyond 1e6 is a typo
             raise ConfigError(f"optim.lr must be in (0, 1e6], e.g. 1e-4; got {self.lr}.")
         if self.betas is not None and (len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas)):
@@ -177,8 +177,8 @@ class ShortcutConfig:
     of 2d = two steps of d of its own velocity, for 2d in 2 min_step .. 1).
     """
 
-    min_step: float = _opt(0.125, "smallest step size, 1 / 2^n (its plain flow)")
-    consistency_weight: float = _opt(1.0, "weight of the self-consistency loss")
+    min_step: float = option(0.125, "smallest step size, 1 / 2^n (its plain flow)")
+    consistency_weight: float = option(1.0, "weight of the self-consistency loss")
 
     def __post_init__(self) -> None:
         try:
@@ -199,8 +199,8 @@ class MeanFlowConfig:
     size d = 1 / num_steps then follows the average velocity over that step.
     """
 
-    mean_share: float = _opt(0.5, "share of each batch trained on an interval r < t (the rest at r = t: the plain flow)")
-    adaptive_power: float = _opt(1.0, "MeanFlow's adaptive loss weight 1 / (||error||^2 + 1e-3)^p; 0: flow.loss instead")
+    mean_share: float = option(0.5, "share of each batch trained on an interval r < t (the rest at r = t: the plain flow)")
+    adaptive_power: float = option(1.0, "MeanFlow's adaptive loss weight 1 / (||error||^2 + 1e-3)^p; 0: flow.loss instead")
     # The smallest step size the student is told when sampling (flow_mlp's shortcut_min_step): d = 1 / num_steps
     # is exact up to 64 steps.
     MIN_STEP: ClassVar[float] = 1 / 64
@@ -216,18 +216,18 @@ class MeanFlowConfig:
 class WandbConfig:
     """Weights & Biases, configured as lerobot-train's `--wandb.*` (main process only, Accelerate's tracker)."""
 
-    enable: bool = _opt(False, "log to Weights & Biases (beside log_with's trackers)")
-    project: str = _opt("hf-reflow", "W&B project")
-    entity: str | None = _opt(None, "W&B entity (user or team); null: your default")
-    notes: str | None = _opt(None, "W&B run notes")
-    run_id: str | None = _opt(None, "W&B run id, e.g. to continue a run after --resume=true")
-    mode: str | None = _opt(None, "online | offline (no network; `wandb sync` later) | disabled; null: WANDB_MODE or online")
-    add_tags: bool = _opt(True, "tag the run policy:TYPE, seed:N, dataset:REPO_ID, stage:STAGE (lerobot-train's tags + the stage)")
-    disable_artifact: bool = _opt(False, "false: log the final model.safetensors as a W&B model artifact, as lerobot-train does")
+    enable: bool = option(False, "log to Weights & Biases (beside log_with's trackers)")
+    project: str = option("hf-reflow", "W&B project")
+    entity: str | None = option(None, "W&B entity (user or team); null: your default")
+    notes: str | None = option(None, "W&B run notes")
+    run_id: str | None = option(None, "W&B run id, e.g. to continue a run after --resume=true")
+    mode: str | None = option(None, "online | offline (no network; `wandb sync` later) | disabled; null: WANDB_MODE or online")
+    add_tags: bool = option(True, "tag the run policy:TYPE, seed:N, dataset:REPO_ID, stage:STAGE (lerobot-train's tags + the stage)")
+    disable_artifact: bool = option(False, "false: log the final model.safetensors as a W&B model artifact, as lerobot-train does")
 
     def __post_init__(self) -> None:
         if self.mode is not None:
-            _choice("wandb.mode", self.mode, ("online", "offline", "disabled"))
+            check_choice("wandb.mode", self.mode, ("online", "offline", "disabled"))
 
 
 POLICY_HELP = (
@@ -244,12 +244,12 @@ POLICY_HELP = (
 class TrainEvalConfig:
     """lerobot-train's `--eval.*` for the evaluation during training (`--env.type` + `--env_eval_freq`)."""
 
-    n_episodes: int = _opt(50, "closed-loop episodes per evaluation (paired: the same episode seeds every time)")
+    n_episodes: int = option(50, "closed-loop episodes per evaluation (paired: the same episode seeds every time)")
 
     def __post_init__(self) -> None:
         if self.n_episodes < 1:
             raise ConfigError(f"eval.n_episodes must be >= 1, got {self.n_episodes}.")
-        _at_most("eval.n_episodes", self.n_episodes, MAX_COUNT)
+        at_most("eval.n_episodes", self.n_episodes, MAX_COUNT)
 
 
 @dataclass
@@ -257,59 +257,59 @@ class TrainConfig:
     """One training stage: 1-RF (`flow_matching`), k+1-RF (`reflow`), one-step `distill`, `shortcut` (1-2 steps)
     or `meanflow` (1 step)."""
 
-    stage: str = _opt("flow_matching", "flow_matching (1-RF) | reflow (k+1-RF) | distill (1-step student, t = 1) | shortcut | meanflow")
-    output_dir: str = _opt("outputs/run", "run directory (lerobot-train's layout: checkpoints/<step>, checkpoints/last)")
-    seed: int = _opt(0, "seed of weights, noise, times and batch order")
-    cudnn_deterministic: bool = _opt(False, "deterministic cuDNN kernels (lerobot-train's; GPU only; benchmark mode is never on)")
-    steps: int = _opt(1000, "optimizer steps")
-    batch_size: int = _opt(64, "per process and micro-step")
-    gradient_accumulation_steps: int = _opt(1, "micro-steps per optimizer step")
-    mixed_precision: str = _opt("no", "no | fp16 | bf16 (Accelerate)")
-    num_steps: int | None = _opt(
+    stage: str = option("flow_matching", "flow_matching (1-RF) | reflow (k+1-RF) | distill (1-step student, t = 1) | shortcut | meanflow")
+    output_dir: str = option("outputs/run", "run directory (lerobot-train's layout: checkpoints/<step>, checkpoints/last)")
+    seed: int = option(0, "seed of weights, noise, times and batch order")
+    cudnn_deterministic: bool = option(False, "deterministic cuDNN kernels (lerobot-train's; GPU only; benchmark mode is never on)")
+    steps: int = option(1000, "optimizer steps")
+    batch_size: int = option(64, "per process and micro-step")
+    gradient_accumulation_steps: int = option(1, "micro-steps per optimizer step")
+    mixed_precision: str = option("no", "no | fp16 | bf16 (Accelerate)")
+    num_steps: int | None = option(
         None, "inference steps saved in the final checkpoint; null: the stage's (10 for 1-RF, 2 for reflow, 1 for distill)"
     )
-    coupling_reuse: int = _opt(
+    coupling_reuse: int = option(
         1,
         "student updates per batch of (noise, target) pairs, each with fresh t: online reflow solves the teacher "
         "once per r updates (1: every update); steps and save_every must be multiples of it",
     )
-    init_from_teacher: bool = _opt(True, "reflow / distill: the student starts from the teacher's weights")
-    ema_decay: float | None = _opt(None, "EMA of the weights in the final checkpoint, e.g. 0.999; null: no EMA")
-    save_every: int = _opt(0, "also checkpoint every N steps (lerobot-train's save_freq); 0: the final one only")
-    log_every: int = _opt(50, "log metrics every N steps (lerobot-train's log_freq)")
-    log_with: list[str] = _opt(help=f"local trackers: {', '.join(TRACKERS)} (wandb: --wandb.enable=true)", factory=lambda: ["tensorboard"])
-    wandb: WandbConfig = _opt(help="Weights & Biases", factory=WandbConfig)
-    job_name: str | None = _opt(None, "run name for the trackers (lerobot-train's job_name); null: the output dir's name")
-    resume: bool = _opt(False, "continue the run in output_dir from its newest checkpoint, bitwise as if uninterrupted")
-    push_to_hub: bool = _opt(False, "push the final checkpoint + model card (access checked before training); = policy.push_to_hub")
-    hub_model_id: str | None = _opt(None, "namespace/name; the repo is hub_repo_template's (= policy.repo_id: exactly this repo)")
-    hub_repo_template: str = _opt("{hub_model_id}-{k}rf{suffix}", "repo name per stage; may use {hub_model_id}, {k}, {stage}, {suffix} (-distilled)")
-    hub_private: bool = _opt(False, "create the Hub repo private")
-    hub_revision: str | None = _opt(None, "branch to push to (created if missing); null: main")
-    hub_set_new_version: bool = _opt(False, "point the teacher's card to this stage with new_version")
+    init_from_teacher: bool = option(True, "reflow / distill: the student starts from the teacher's weights")
+    ema_decay: float | None = option(None, "EMA of the weights in the final checkpoint, e.g. 0.999; null: no EMA")
+    save_every: int = option(0, "also checkpoint every N steps (lerobot-train's save_freq); 0: the final one only")
+    log_every: int = option(50, "log metrics every N steps (lerobot-train's log_freq)")
+    log_with: list[str] = option(help=f"local trackers: {', '.join(TRACKERS)} (wandb: --wandb.enable=true)", factory=lambda: ["tensorboard"])
+    wandb: WandbConfig = option(help="Weights & Biases", factory=WandbConfig)
+    job_name: str | None = option(None, "run name for the trackers (lerobot-train's job_name); null: the output dir's name")
+    resume: bool = option(False, "continue the run in output_dir from its newest checkpoint, bitwise as if uninterrupted")
+    push_to_hub: bool = option(False, "push the final checkpoint + model card (access checked before training); = policy.push_to_hub")
+    hub_model_id: str | None = option(None, "namespace/name; the repo is hub_repo_template's (= policy.repo_id: exactly this repo)")
+    hub_repo_template: str = option("{hub_model_id}-{k}rf{suffix}", "repo name per stage; may use {hub_model_id}, {k}, {stage}, {suffix} (-distilled)")
+    hub_private: bool = option(False, "create the Hub repo private")
+    hub_revision: str | None = option(None, "branch to push to (created if missing); null: main")
+    hub_set_new_version: bool = option(False, "point the teacher's card to this stage with new_version")
     # Not a constructor argument: `policy_config` resolves it after the rest is decoded (and draccus, which
     # would register every LeRobot policy type's fields for it, taking ~0.3 s a parse, skips it).
     policy: PreTrainedConfig | None = field(default=None, init=False, metadata={"help": POLICY_HELP})
-    dataset: DatasetConfig = _opt(help="the demonstrations", factory=DatasetConfig)
-    teacher: TeacherConfig = _opt(help="the frozen teacher", factory=TeacherConfig)
-    couplings: CouplingsConfig = _opt(help="stored couplings", factory=CouplingsConfig)
-    flow: FlowConfig = _opt(help="flow-matching times and loss", factory=FlowConfig)
-    optim: OptimConfig = _opt(help="optimizer and schedule", factory=OptimConfig)
-    shortcut: ShortcutConfig = _opt(help="the shortcut stage", factory=ShortcutConfig)
-    meanflow: MeanFlowConfig = _opt(help="the meanflow stage", factory=MeanFlowConfig)
+    dataset: DatasetConfig = option(help="the demonstrations", factory=DatasetConfig)
+    teacher: TeacherConfig = option(help="the frozen teacher", factory=TeacherConfig)
+    couplings: CouplingsConfig = option(help="stored couplings", factory=CouplingsConfig)
+    flow: FlowConfig = option(help="flow-matching times and loss", factory=FlowConfig)
+    optim: OptimConfig = option(help="optimizer and schedule", factory=OptimConfig)
+    shortcut: ShortcutConfig = option(help="the shortcut stage", factory=ShortcutConfig)
+    meanflow: MeanFlowConfig = option(help="the meanflow stage", factory=MeanFlowConfig)
     # lerobot-train's evaluation during training: --env.type=TYPE --env.<field>=... (any LeRobot env, kept as
     # given and parsed by LeRobot's EnvConfig), every env_eval_freq steps, eval.n_episodes episodes.
-    env: dict[str, Any] | None = _opt(None, "closed-loop evaluation during training in this LeRobot env: "
+    env: dict[str, Any] | None = option(None, "closed-loop evaluation during training in this LeRobot env: "
                                       "--env.type=TYPE --env.<field>=VALUE (lerobot-train's flags)")
-    env_eval_freq: int = _opt(20_000, "with --env.type: evaluate every N steps and at the end (lerobot-train's)")
-    eval: TrainEvalConfig = _opt(help="evaluation during training", factory=lambda: TrainEvalConfig())
+    env_eval_freq: int = option(20_000, "with --env.type: evaluate every N steps and at the end (lerobot-train's)")
+    eval: TrainEvalConfig = option(help="evaluation during training", factory=lambda: TrainEvalConfig())
 
     def __post_init__(self) -> None:
-        _choice("stage", self.stage, STAGES)
+        check_choice("stage", self.stage, STAGES)
         self._check_env()
-        _choice("mixed_precision", self.mixed_precision, ("no", "fp16", "bf16"))
+        check_choice("mixed_precision", self.mixed_precision, ("no", "fp16", "bf16"))
         for tracker in self.log_with:
-            _choice("log_with", tracker, TRACKERS, " (wandb: --wandb.enable=true)" if tracker == "wandb" else "")
+            check_choice("log_with", tracker, TRACKERS, " (wandb: --wandb.enable=true)" if tracker == "wandb" else "")
         if self.stage != "flow_matching" and not self.teacher.path:
             raise ConfigError(
                 f"stage {self.stage!r} needs a teacher: set --teacher.path=<k-RF checkpoint dir or Hub repo id>."
@@ -317,14 +317,14 @@ class TrainConfig:
         for name in ("steps", "batch_size", "gradient_accumulation_steps", "log_every"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}.")
-            _at_most(name, getattr(self, name), MAX_COUNT)
+            at_most(name, getattr(self, name), MAX_COUNT)
         if self.save_every < 0:
             raise ConfigError(f"save_every must be >= 0 (0 = final checkpoint only), got {self.save_every}.")
         self._check_reuse()
         if self.num_steps is not None and self.num_steps < 1:
             raise ConfigError(f"num_steps must be >= 1, got {self.num_steps}.")
-        _seed(self.seed)
-        _revision("hub_revision", self.hub_revision)
+        check_seed(self.seed)
+        check_revision("hub_revision", self.hub_revision)
         if self.ema_decay is not None and not 0 <= self.ema_decay < 1:
             raise ConfigError(f"ema_decay must be in [0, 1) (e.g. 0.999) or null for no EMA, got {self.ema_decay}.")
         if self.stage in ("shortcut", "meanflow") and self.flow.executed_weight != 1.0:
@@ -336,7 +336,7 @@ class TrainConfig:
             raise ConfigError(
                 "push_to_hub needs hub_model_id (namespace/name), e.g. --hub_model_id=you/toy or --policy.repo_id=you/toy-2rf."
             )
-        _repo_template("hub_repo_template", self.hub_repo_template)
+        check_repo_template("hub_repo_template", self.hub_repo_template)
 
     def _check_env(self) -> None:
         if self.env_eval_freq < 1:

@@ -37,7 +37,7 @@ def decode(cls: type, pairs: list[Pair]) -> Parsed:
     sections: dict[str, dict[str, Any]] = {}  # dict fields, merged key by key
     parsed = Parsed(config=None)
     for pair in _expand(cls, pairs):
-        path, hint, rest = _field_of(cls, pair.key)
+        path, hint, rest = field_of(cls, pair.key)
         if _is_policy(hint):
             _add_policy(parsed, pair, rest)
         elif dataclasses.is_dataclass(_without_none(hint)):
@@ -48,7 +48,7 @@ def decode(cls: type, pairs: list[Pair]) -> Parsed:
         elif _is_mapping(hint):
             _set_dotted(sections.setdefault(path, {}), rest, _yaml_value(pair.value) if pair.raw else pair.value)
         else:
-            args.append(f"--{pair.key}={_arg(pair, hint)}")
+            args.append(f"--{pair.key}={setting_arg(pair, hint)}")
     args += [f"--{path}={json.dumps(section)}" for path, section in sections.items()]
     parsed.config = run_draccus(cls, args)
     check_finite(parsed.config)
@@ -59,7 +59,7 @@ def _expand(cls: type, pairs: list[Pair]) -> list[Pair]:
     """A recipe's mapping under a dataclass field (e.g. eval's `policy: {path: [...]}`) -> its dotted keys."""
     out = []
     for pair in pairs:
-        hint = _field_of(cls, pair.key)[1]
+        hint = field_of(cls, pair.key)[1]
         nested = dataclasses.is_dataclass(_without_none(hint)) and not _is_policy(hint)
         if not pair.raw and isinstance(pair.value, dict) and nested:
             out += _expand(cls, flatten(pair.value, f"{pair.key}.")) if pair.value else []
@@ -79,7 +79,7 @@ def _add_policy(parsed: Parsed, pair: Pair, rest: str) -> None:
         _set_dotted(parsed.policy_section, rest, pair.value)
 
 
-def _field_of(cls: type, key: str) -> tuple[str, Any, str]:
+def field_of(cls: type, key: str) -> tuple[str, Any, str]:
     """(path of the field, its type, the rest of the key inside it) for a dotted key; an unknown key fails."""
     parts = key.split(".")
     node, path = cls, []
@@ -125,7 +125,7 @@ def _optional(hint: Any) -> bool:
     return type(None) in typing.get_args(hint)
 
 
-def _arg(pair: Pair, hint: Any) -> str:
+def setting_arg(pair: Pair, hint: Any) -> str:
     """A setting's value as draccus reads it (YAML), for a field of type `hint`."""
     null = pair.value is None if not pair.raw else pair.value.strip() in NULLS
     if null and not _optional(hint):
@@ -214,7 +214,7 @@ def _decoding_text(error: DecodingError, cls: type, prefix: str) -> str:
     key = ".".join(p for p in parts if not p.isdigit())
     value = re.search(r"Couldn't parse (.*) into", error.message)
     try:
-        hint = _field_of(cls, key)[1]
+        hint = field_of(cls, key)[1]
     except ConfigError:
         hint = None
     if item and typing.get_origin(_without_none(hint)) is list:

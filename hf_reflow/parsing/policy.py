@@ -16,7 +16,7 @@ from lerobot.configs.policies import PreTrainedConfig
 from hf_reflow.configs.train import TrainConfig
 from hf_reflow.errors import ConfigError
 from hf_reflow.parsing.argv import Pair
-from hf_reflow.parsing.decode import _arg, run_draccus
+from hf_reflow.parsing.decode import run_draccus, setting_arg
 from hf_reflow.policies.factory import supported_policy_types
 from hf_reflow.refs import CheckpointRef
 
@@ -41,7 +41,7 @@ def _policy_arg(cls: type, arg: str) -> str:
     hints = _hints(cls)
     if "." in key or key not in hints:
         return arg
-    return f"--{key}={_arg(Pair(f'policy.{key}', raw, raw=True), hints[key])}"
+    return f"--{key}={setting_arg(Pair(f'policy.{key}', raw, raw=True), hints[key])}"
 
 
 def _hints(cls: type) -> dict[str, Any]:
