@@ -20,7 +20,7 @@ import logging
 import os
 import re
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -139,6 +139,15 @@ class Hub:
         """Push a Space folder (README.md header, app, requirements.txt, packages.txt) as a Gradio Space."""
         return self.push_folder(folder, repo_id, repo_type="space", private=private, commit_message=commit_message,
                                 space_sdk=SPACE_SDK)  # fmt: skip
+
+    def move_tag(self, repo_id: str, tag: str, revision: str, *, repo_type: str = "model") -> None:
+        """Point `tag` at `revision` (deleted first when it exists), as LeRobot tags a dataset's codebase version."""
+        from huggingface_hub.errors import RevisionNotFoundError
+
+        with self.errors(f"tag {repo_id} {tag}"):
+            with suppress(RevisionNotFoundError):
+                self.api.delete_tag(repo_id, tag=tag, repo_type=repo_type)
+            self.api.create_tag(repo_id, tag=tag, revision=revision, repo_type=repo_type)
 
     def repo_info(self, repo_id: str, *, revision: str | None = None, repo_type: str = "model") -> Any:
         """A repo's info: `sha` (the commit `revision`, default main, points to), `private`, ..."""

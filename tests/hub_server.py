@@ -30,6 +30,9 @@ ROUTES: list[tuple[str, str, re.Pattern]] = [
     for m, name, p in [
         ("GET", "whoami", r"^/api/whoami-v2$"),
         ("GET", "agent_harnesses", r"^/api/agent-harnesses$"),  # the `hf` CLI's agent registry, read at start
+        ("GET", "refs", r"^/api/(?P<type>models|datasets|spaces)/(?P<repo>[^/]+/[^/]+)/refs$"),
+        ("POST", "tag", r"^/api/(?P<type>models|datasets|spaces)/(?P<repo>[^/]+/[^/]+)/tag/(?P<rev>[^/]+)$"),
+        ("DELETE", "delete_tag", r"^/api/(?P<type>models|datasets|spaces)/(?P<repo>[^/]+/[^/]+)/tag/(?P<tag>[^/]+)$"),
         (
             "GET",
             "auth_check",
@@ -112,8 +115,12 @@ class Repo:
     def meta(self) -> dict:
         return self.read("meta.json")
 
+    @property
+    def tags(self) -> dict[str, str]:
+        return self.read("tags.json") if (self.path / "tags.json").is_file() else {}
+
     def head(self, rev: str) -> str:
-        refs, commits = self.read("refs.json"), self.read("commits.json")
+        refs, commits = {**self.tags, **self.read("refs.json")}, self.read("commits.json")
         if rev in refs:
             return refs[rev]
         if rev in commits:
@@ -192,6 +199,9 @@ class Handler(BaseHTTPRequestHandler):
 
     def do_POST(self) -> None:
         self._dispatch("POST")
+
+    def do_DELETE(self) -> None:
+        self._dispatch("DELETE")
 
     # ---- plumbing ----------------------------------------------------------------------
     def _dispatch(self, method: str) -> None:
@@ -316,6 +326,35 @@ class Handler(BaseHTTPRequestHandler):
         content = json.loads(body)["content"]
         if not content.startswith("---\n"):
             return 200, {"warnings": [{"message": "Empty or missing yaml metadata in repo card"}]}, {}
+        return 200, {}, {}
+
+    def _refs(self, groups, query, body):
+        """`HfApi.list_repo_refs`: branches and tags with their commits (LeRobot finds dataset versions here)."""
+        repo = self._existing(groups["type"], groups["repo"])
+
+        def info(kind: str, refs: dict[str, str]) -> list[dict]:
+            return [{"name": n, "ref": f"refs/{kind}/{n}", "targetCommit": c} for n, c in sorted(refs.items())]
+
+        return 200, {"branches": info("heads", repo.read("refs.json")), "tags": info("tags", repo.tags), "converts": [],
+                     "pullRequests": []}, {}  # fmt: skip
+
+    def _tag(self, groups, query, body):
+        """`HfApi.create_tag(revision=rev)`: 409 when the tag exists."""
+        repo = self._writable(groups["type"], groups["repo"])
+        tag, tags = json.loads(body)["tag"], repo.tags
+        if tag in tags:
+            raise HubError(409, f"Tag {tag} already exists")
+        tags[tag] = repo.head(groups["rev"])
+        repo.write("tags.json", tags)
+        return 200, {}, {}
+
+    def _delete_tag(self, groups, query, body):
+        repo = self._writable(groups["type"], groups["repo"])
+        tags = repo.tags
+        if groups["tag"] not in tags:
+            raise HubError(404, f"Invalid rev id: {groups['tag']}", "RevisionNotFound")
+        del tags[groups["tag"]]
+        repo.write("tags.json", tags)
         return 200, {}, {}
 
     def _branch(self, groups, query, body):

@@ -31,6 +31,9 @@ READ = "hf_loopbackREADtoken0123456789abcdefgh"
 TOKENS = {WRITE: {"name": "alice", "role": "write", "orgs": ["lab"]}, READ: {"name": "bob", "role": "read"}}
 KNOWN = {
     "agent_harnesses",  # the `hf` CLI (hf download, in the reproduce test)
+    "refs",  # LeRobot's dataset version lookup
+    "tag",
+    "delete_tag",
     "auth_check",
     "create_repo",
     "validate_yaml",
@@ -604,6 +607,11 @@ def test_pipeline_push_flag_pushes_every_stage_then_the_space(hub_server, tmp_pa
     demos = hub_server.repo("alice/mw-demos", "datasets")
     assert {"meta/info.json", "README.md"} <= set(demos.files("main")) and "hub.json" not in demos.files("main")
     assert "LeRobot" in demos.blob(demos.files("main")["README.md"]).decode()  # LeRobot's dataset card
+    assert demos.tags == {"v3.0": demos.read("refs.json")["main"]}  # LeRobot's codebase version tag
+    code = ("from lerobot.datasets.dataset_metadata import LeRobotDatasetMetadata; "
+            "m = LeRobotDatasetMetadata('alice/mw-demos'); print(m.revision, m.total_episodes)")  # no revision given
+    loaded = conftest.run_stock_python(code, env=cli_env(hub_server, tmp_path, READ))
+    assert loaded.returncode == 0 and loaded.stdout.split()[-2:] == ["v3.0", "2"], loaded.stderr[-2000:]
     couplings = hub_server.repo("alice/mw-2rf-couplings", "datasets")
     assert {"couplings.json", "README.md"} <= set(couplings.files("main"))
     couplings_card = couplings.blob(couplings.files("main")["README.md"]).decode()

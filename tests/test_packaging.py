@@ -74,3 +74,49 @@ def test_recipes_and_the_space_app_work_from_the_unpacked_wheel_anywhere(wheels,
     root, *rest = proc.stdout.split()
     assert Path(root) == site  # imported from the wheel, not the checkout
     assert "['flow_matching', 'reflow', 'distill']" in proc.stdout and rest[-1] == "hf_reflow_space_app"
+
+
+def test_the_wheel_installed_in_a_fresh_venv_runs_the_toy_chain_and_bundles_the_space(wheels, tmp_path):
+    """pip-installed wheels (hf-reflow + plugins, `--no-deps`) in a new venv that sees this venv's dependencies
+    but not the checkout: a toy 1-RF -> 2-RF by recipe name and by path, from another directory, and the Space's
+    files bundled from the installed package."""
+    import site
+    import venv
+
+    env_dir = tmp_path / "venv"
+    venv.EnvBuilder(with_pip=False).create(env_dir)
+    python = env_dir / "bin" / "python"
+    new_site = Path(subprocess.run([str(python), "-c", "import site; print(site.getsitepackages()[0])"],
+                                   capture_output=True, text=True, check=True).stdout.strip())  # fmt: skip
+    # the installed dependencies (torch, LeRobot, ...) as a plain path: their .pth files, among them the
+    # editable hf-reflow of this checkout, are not run there, so hf_reflow can only come from the wheel
+    (new_site / "deps.pth").write_text(site.getsitepackages()[0] + "\n")
+    install = [sys.executable, "-m", "pip", "--python", str(python), "install", "-q", "--no-deps", "--no-index",
+               *map(str, wheels.glob("*.whl"))]  # fmt: skip
+    proc = subprocess.run(install, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    work = tmp_path / "elsewhere"
+    work.mkdir()
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
+    env.update(HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1", PATH=f"{env_dir / 'bin'}:{env.get('PATH', '')}")
+
+    def run(*args: str) -> str:
+        proc = subprocess.run([str(env_dir / "bin" / "hf-reflow"), *args], cwd=work, env=env, capture_output=True,
+                              text=True, timeout=600)  # fmt: skip
+        assert proc.returncode == 0, (args, proc.stderr[-3000:])
+        return proc.stdout
+
+    where = subprocess.run([str(python), "-c", "import hf_reflow; print(hf_reflow.__file__)"], env=env, cwd=work,
+                           capture_output=True, text=True, check=True).stdout  # fmt: skip
+    assert str(new_site) in where and str(REPO) not in where
+    run("dataset", "toy", "--root=data", "--episodes=20")
+    run("train", "--config_path=toy/1rf", "--dataset.root=data", "--output_dir=1rf", "--steps=5", "--log_with=[]")
+    run("train", "--config_path=recipes/toy/2rf.yaml", "--dataset.root=data", "--teacher.path=1rf", "--output_dir=2rf",
+        "--steps=5", "--log_with=[]")
+    assert (work / "2rf" / "pretrained_model" / "model.safetensors").is_file()
+    # the Space's files and the modules its app imports, from the installed package (a bundle of a pushed chain
+    # adds chain.json: tests/test_hub.py)
+    code = "from hf_reflow import space; print(space.bundle('bundle')); print(space.load_app().__name__)"
+    proc = subprocess.run([str(python), "-c", code], cwd=work, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert (work / "bundle" / "app.py").is_file() and (work / "bundle" / "hf_reflow" / "space.py").is_file()

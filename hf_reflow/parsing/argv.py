@@ -90,12 +90,17 @@ PACKAGED_RECIPES = Path(__file__).resolve().parents[1] / "recipes"  # shipped in
 
 
 def recipe_path(path: str | Path) -> Path:
-    """`path` as given; a missing relative `recipes/...` path is read from the recipes installed with hf-reflow,
-    so the README's `--config_path=recipes/...` commands also work from a wheel, in any directory."""
+    """`path` as given when it is a file; else a recipe installed with hf-reflow, by its path in the checkout
+    (`recipes/metaworld/default.yaml`) or by name (`metaworld/default`), so the README's commands also work
+    from a wheel, in any directory."""
     path = Path(path)
-    if not path.is_file() and not path.is_absolute() and path.parts[:1] == ("recipes",):
-        packaged = PACKAGED_RECIPES.joinpath(*path.parts[1:])
-        return packaged if packaged.is_file() else path
+    if path.is_file() or path.is_absolute():
+        return path
+    parts = path.parts[1:] if path.parts[:1] == ("recipes",) else path.parts
+    packaged = PACKAGED_RECIPES.joinpath(*parts) if parts else PACKAGED_RECIPES
+    for candidate in (packaged, packaged.with_name(packaged.name + ".yaml")):
+        if candidate.is_file():
+            return candidate
     return path
 
 

@@ -78,9 +78,11 @@ def push_demonstrations(hub: Hub, root: str | Path, repo_id: str, *, private: bo
     `push_to_hub` uploads (all but `images/`), with the card LeRobot makes (`create_lerobot_dataset_card`).
 
     LeRobot's own `push_to_hub` is not called: it uploads through module-level clients bound to the endpoint
-    read at import and validates the card on huggingface.co whatever the endpoint. The push record written in
-    `root` lets the model cards of stages trained on it name it by Hub id and commit.
+    read at import and validates the card on huggingface.co whatever the endpoint. As it does, the commit is
+    tagged with LeRobot's codebase version (`v3.0`), so `LeRobotDataset(repo_id)` loads it without a revision.
+    The push record written in `root` lets the model cards of stages trained on it name it by Hub id and commit.
     """
+    from lerobot.datasets.dataset_metadata import CODEBASE_VERSION
     from lerobot.datasets.utils import create_lerobot_dataset_card
 
     check_repo_id(repo_id)
@@ -90,6 +92,7 @@ def push_demonstrations(hub: Hub, root: str | Path, repo_id: str, *, private: bo
     with staged(Path(root), str(card), ignore=("images",)) as upload:
         result = hub.push_folder(upload, repo_id, repo_type="dataset", private=private, revision=revision,
                                  commit_message=commit_message or "Upload the demonstrations (LeRobotDataset)")  # fmt: skip
+    hub.move_tag(repo_id, CODEBASE_VERSION, result.commit, repo_type="dataset")
     write_push_record(Path(root), result, revision)
     return result
 
