@@ -3,6 +3,7 @@ and the README's `--config_path=recipes/...` commands working from it, outside a
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -11,6 +12,7 @@ from pathlib import Path
 
 import pytest
 from conftest import REPO
+from hub_server import LoopbackHub
 
 PACKAGE = REPO / "hf_reflow"
 PLUGINS = ("lerobot_policy_flow_mlp", "lerobot_env_metaworld_detour")
@@ -79,7 +81,7 @@ def test_recipes_and_the_space_app_work_from_the_unpacked_wheel_anywhere(wheels,
 def test_the_wheel_installed_in_a_fresh_venv_runs_the_toy_chain_and_bundles_the_space(wheels, tmp_path):
     """pip-installed wheels (hf-reflow + plugins, `--no-deps`) in a new venv that sees this venv's dependencies
     but not the checkout: a toy 1-RF -> 2-RF by recipe name and by path, from another directory, and the Space's
-    files bundled from the installed package."""
+    files bundled by `hf-reflow space --bundle` once the chain is pushed (to the loopback Hub)."""
     import site
     import venv
 
@@ -114,9 +116,14 @@ def test_the_wheel_installed_in_a_fresh_venv_runs_the_toy_chain_and_bundles_the_
     run("train", "--config_path=recipes/toy/2rf.yaml", "--dataset.root=data", "--teacher.path=1rf", "--output_dir=2rf",
         "--steps=5", "--log_with=[]")
     assert (work / "2rf" / "pretrained_model" / "model.safetensors").is_file()
-    # the Space's files and the modules its app imports, from the installed package (a bundle of a pushed chain
-    # adds chain.json: tests/test_hub.py)
-    code = "from hf_reflow import space; print(space.bundle('bundle')); print(space.load_app().__name__)"
-    proc = subprocess.run([str(python), "-c", code], cwd=work, env=env, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    # a deployable Space of the chain, once pushed (to the loopback Hub), with `hf-reflow space --bundle`
+    token = "hf_loopbackWRITEtoken0123456789abcdef"
+    with LoopbackHub(tmp_path / "hub", {token: {"name": "alice", "role": "write", "orgs": []}}) as hub:
+        env.update(HF_HUB_OFFLINE="0", HF_ENDPOINT=hub.url, HF_TOKEN=token, HF_HOME=str(tmp_path / "hf_home"))
+        run("push", "--checkpoint=1rf", "--repo_id=alice/toy-1rf")
+        run("push", "--checkpoint=2rf", "--repo_id=alice/toy-2rf")
+        run("space", "--bundle=bundle", "--chain=1rf,2rf", "--env=toy")
+    assert hub.state.unknown == []
     assert (work / "bundle" / "app.py").is_file() and (work / "bundle" / "hf_reflow" / "space.py").is_file()
+    chain = json.loads((work / "bundle" / "chain.json").read_text())
+    assert [s["repo_id"] for s in chain["stages"]] == ["alice/toy-1rf", "alice/toy-2rf"] and chain["env"] == "toy"
