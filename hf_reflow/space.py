@@ -28,6 +28,7 @@ from types import ModuleType
 from typing import Any
 
 from hf_reflow.atomic import write_text
+from hf_reflow.envs.shapes import ENV_SHAPES
 from hf_reflow.errors import CheckpointError, ConfigError
 from hf_reflow.evaluation import compare
 from hf_reflow.hub import SPACE_SDK, Hub, check_repo_id, web_url
@@ -195,10 +196,6 @@ def hub_chain(chain: str | None = None, policies: list[str] | None = None, *, en
     dataset = dataset_repo_id or (hub_id(spec_chain.dataset_repo_id) if not root else None)
     return HubChain(stages=stages, env=env or (spec_chain.env if from_file else None), tasks=spec_chain.tasks,
                     dataset_repo_id=dataset)  # fmt: skip
-
-
-# The env a checkpoint was trained for, by the shapes of its state and action: (state, action) -> env.
-ENV_SHAPES = {((41,), (4,)): "metaworld", ((4,), (2,)): "toy"}  # metaworld.STATE_DIM / ACTION_DIM, toy's
 
 
 def with_env(chain: HubChain, hub: Any) -> HubChain:

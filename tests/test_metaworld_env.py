@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 
 os.environ.setdefault("MUJOCO_GL", "egl")  # before anything imports mujoco
@@ -324,3 +325,17 @@ def test_expert_aimed_at_the_fingertips_reaches_with_margin_and_leaves_other_tas
     np.testing.assert_array_equal(a.actions, b.actions)  # other tasks: the stock expert
     with pytest.raises(ValueError, match="expert aim must be one of hand, fingertips"):
         mw.MultimodalExpert("reach-v3", aim="nose")
+
+
+def test_the_space_tells_each_env_by_the_shapes_its_datasets_have(tmp_path):
+    from hf_reflow.envs import toy
+    from hf_reflow.envs.shapes import ENV_SHAPES
+
+    features = mw.dataset_features()
+    with mw.make_env("reach-v3", layout_seed=mw.EVAL_LAYOUT_SEED) as env:
+        state = env.reset(0)
+    shapes = (tuple(features["observation.state"]["shape"]), tuple(features["action"]["shape"]))
+    assert ENV_SHAPES[shapes] == "metaworld" and state.shape == shapes[0]
+    meta = json.loads((toy.write_dataset(tmp_path / "toy", episodes=1, seed=0) / "meta" / "info.json").read_text())
+    toy_shapes = tuple(tuple(meta["features"][key]["shape"]) for key in ("observation.state", "action"))
+    assert ENV_SHAPES[toy_shapes] == "toy"

@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from hf_reflow.atomic import atomic_path
+from hf_reflow.envs.shapes import TOY_ACTION_DIM, TOY_STATE_DIM
 from hf_reflow.envs.writing import discard_dataset
 from hf_reflow.errors import DataError
 
@@ -75,8 +76,8 @@ def write_dataset(root: str | Path, *, episodes: int, seed: int = 0, repo_id: st
     if root.exists() and any(root.iterdir()):
         raise DataError(f"{str(root)!r} already exists and is not empty; choose a new --root or delete it.")
     features = {
-        "observation.state": {"dtype": "float32", "shape": (4,), "names": ["x", "y", "goal_x", "goal_y"]},
-        "action": {"dtype": "float32", "shape": (2,), "names": ["vx", "vy"]},
+        "observation.state": {"dtype": "float32", "shape": (TOY_STATE_DIM,), "names": ["x", "y", "goal_x", "goal_y"]},
+        "action": {"dtype": "float32", "shape": (TOY_ACTION_DIM,), "names": ["vx", "vy"]},
     }
     dataset = None
     with atomic_path(root) as tmp:

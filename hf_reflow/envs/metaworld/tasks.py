@@ -8,6 +8,7 @@ import metaworld
 import numpy as np
 from metaworld.policies import ENV_POLICY_MAP
 
+from hf_reflow.envs.shapes import METAWORLD_ACTION_DIM, METAWORLD_STATE_DIM
 from hf_reflow.errors import ConfigError
 
 Mode = Literal["multimodal", "scripted"]
@@ -45,8 +46,8 @@ DEFAULT_FPS = 80  # Meta-World control period: frame_skip 5 x timestep 0.0025 s 
 DEFAULT_IMAGE_SIZE = 96
 DEFAULT_CAMERA = "corner"
 DEFAULT_REPO_ID = "local/metaworld_multimodal"
-STATE_DIM = 41
-ACTION_DIM = 4
+STATE_DIM = METAWORLD_STATE_DIM
+ACTION_DIM = METAWORLD_ACTION_DIM
 OBS_DIM = 39
 IMAGE_KEY = "observation.images.corner"
 EPISODE_SEED_STRIDE = 1_000_000  # episode seeds of run `seed` are seed * stride + i
