@@ -708,8 +708,9 @@ def test_model_index_files_closed_loop_success_under_its_env_and_never_latency()
 
 
 def test_a_pushed_chain_retrains_bit_for_bit_from_the_hub(online, toy_dataset, tmp_path):
-    """The reproduce commands on the cards of a pushed toy 1-RF -> 2-RF (stored couplings), run as a user runs
-    them (`hf download` + `hf-reflow train` in another directory, Hub ids and commits only), give the same weights."""
+    """The reproduce commands on the cards of a pushed toy 1-RF -> 2-RF (stored couplings): Hub ids and commits
+    only; the 2-RF's, run as a user runs them (`hf download` + `hf-reflow train` in another directory, its teacher,
+    demonstrations and couplings all from the Hub), give the same weights."""
     import shlex
     import sys
 
@@ -736,16 +737,18 @@ def test_a_pushed_chain_retrains_bit_for_bit_from_the_hub(online, toy_dataset, t
     # the same thread count as this process, so the arithmetic is the same
     env = {**cli_env(online, tmp_path, READ), "OMP_NUM_THREADS": str(torch.get_num_threads())}
     scripts = Path(sys.executable).parent
-    for repo, local in (("alice/toy-1rf", first), ("alice/toy-2rf", second)):
+    blocks = {}
+    for repo in ("alice/toy-1rf", "alice/toy-2rf"):
         card = ModelCard(hub.read_text(repo, "README.md"))
         assert card.data.datasets == (["alice/toy-demos"] if repo.endswith("1rf") else ["alice/toy-demos", "alice/toy-couplings"])
-        block = card.text.split("## Reproduce")[1].split("```bash\n")[1].split("```")[0]
-        lines = block.strip().splitlines()
-        assert len(lines) == 2 and str(tmp_path) not in block  # Hub ids only
-        for line in lines:
-            argv = shlex.split(line)
-            proc = subprocess.run([str(scripts / argv[0]), *argv[1:]], cwd=work, env=env, capture_output=True, text=True,
-                                  timeout=600)  # fmt: skip
-            assert proc.returncode == 0, proc.stderr[-3000:]
-        retrained = work / f"{repo.split('/')[1]}-reproduce" / "run" / "pretrained_model"
-        assert (retrained / "model.safetensors").read_bytes() == (local / "model.safetensors").read_bytes(), repo
+        blocks[repo] = card.text.split("## Reproduce")[1].split("```bash\n")[1].split("```")[0]
+        assert len(blocks[repo].strip().splitlines()) == 2 and str(tmp_path) not in blocks[repo]  # Hub ids only
+    assert "--dataset.repo_id=alice/toy-demos --dataset.root=null --dataset.revision=" in blocks["alice/toy-1rf"]
+    # the 2-RF's commands use every kind of source (demonstrations, teacher, couplings): run them
+    for line in blocks["alice/toy-2rf"].strip().splitlines():
+        argv = shlex.split(line)
+        proc = subprocess.run([str(scripts / argv[0]), *argv[1:]], cwd=work, env=env, capture_output=True, text=True,
+                              timeout=600)  # fmt: skip
+        assert proc.returncode == 0, proc.stderr[-3000:]
+    retrained = work / "toy-2rf-reproduce" / "run" / "pretrained_model"
+    assert (retrained / "model.safetensors").read_bytes() == (second / "model.safetensors").read_bytes()
