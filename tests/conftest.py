@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import atexit
+import json
 import logging
 import os
 import subprocess
@@ -75,6 +76,17 @@ def run_cli(
     `nprocs`: that many processes of one distributed run, started as torchrun starts its workers."""
     env = {**os.environ, "HF_HUB_OFFLINE": "1"} if env is None else env
     return _CLI.run(list(args), env=env, timeout=timeout, fsize=fsize, interrupt_when=interrupt_when, nprocs=nprocs)
+
+
+def train_tiny_stage(stage: str, output_dir: Path, dataset: Path, teacher: Path) -> tuple[str, dict, dict]:
+    """A 5-step `stage` student of `teacher`: (its local checkpoint folder, config.json, reflow.json)."""
+    from hf_reflow.refs import CheckpointRef
+    from hf_reflow.training.trainer import ReflowTrainer
+
+    cfg = train_config(stage=stage, steps=5, output_dir=str(output_dir), dataset__root=str(dataset),
+                       teacher__path=str(teacher), teacher__num_inference_steps=4)  # fmt: skip
+    folder = CheckpointRef.of(ReflowTrainer(cfg).train()).local()
+    return str(folder), json.loads((folder / "config.json").read_text()), json.loads((folder / "reflow.json").read_text())
 
 
 def run_stock_python(

@@ -3,11 +3,9 @@ end to end and stock loading."""
 
 from __future__ import annotations
 
-import json
-
 import pytest
 import torch
-from conftest import run_stock_python, train_config
+from conftest import run_stock_python, train_config, train_tiny_stage
 
 from hf_reflow import flow
 from hf_reflow.artifacts.checkpoints import load_config, load_policy
@@ -15,7 +13,6 @@ from hf_reflow.configs import FlowConfig, MeanFlowConfig
 from hf_reflow.errors import ConfigError
 from hf_reflow.policies.base import sample_policy
 from hf_reflow.policies.factory import adapter_for
-from hf_reflow.refs import CheckpointRef
 from hf_reflow.training.losses import Targets
 from hf_reflow.training.meanflow import MeanFlowLoss
 
@@ -104,13 +101,7 @@ def test_loss_is_zero_at_the_exact_mean_velocity_and_not_elsewhere():
 
 
 def test_meanflow_stage_trains_and_loads_in_stock_lerobot(tmp_path, toy_dataset, teacher_1rf):
-    from hf_reflow.training.trainer import ReflowTrainer
-
-    cfg = train_config(stage="meanflow", steps=5, output_dir=str(tmp_path / "mf"), dataset__root=str(toy_dataset),
-                       teacher__path=str(teacher_1rf), teacher__num_inference_steps=4)  # fmt: skip
-    path = str(CheckpointRef.of(ReflowTrainer(cfg).train()).local())
-    config = json.loads((tmp_path / "mf" / "pretrained_model" / "config.json").read_text())
-    info = json.loads((tmp_path / "mf" / "pretrained_model" / "reflow.json").read_text())
+    path, config, info = train_tiny_stage("meanflow", tmp_path / "mf", toy_dataset, teacher_1rf)
     assert config["step_size_conditioning"] and config["num_steps"] == 1 and (info["stage"], info["k"]) == ("meanflow", 1)
     assert config["shortcut_min_step"] == pytest.approx(1 / 64)  # told d = 1 / num_steps exactly up to 64 steps
     policy = load_policy(path)

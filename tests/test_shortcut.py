@@ -2,18 +2,15 @@
 
 from __future__ import annotations
 
-import json
-
 import pytest
 import torch
-from conftest import run_stock_python, train_config
+from conftest import run_stock_python, train_config, train_tiny_stage
 
 from hf_reflow import flow
 from hf_reflow.artifacts.checkpoints import load_config, load_policy
 from hf_reflow.errors import ConfigError
 from hf_reflow.policies.base import sample_policy
 from hf_reflow.policies.factory import adapter_for
-from hf_reflow.refs import CheckpointRef
 
 
 def test_levels_and_step_sizes():
@@ -61,13 +58,7 @@ def test_a_shortcut_student_starts_as_its_teacher_at_every_step_size(teacher_1rf
 
 
 def test_shortcut_stage_trains_and_loads_in_stock_lerobot(tmp_path, toy_dataset, teacher_1rf):
-    from hf_reflow.training.trainer import ReflowTrainer
-
-    cfg = train_config(stage="shortcut", steps=5, output_dir=str(tmp_path / "sc"), dataset__root=str(toy_dataset),
-                       teacher__path=str(teacher_1rf), teacher__num_inference_steps=4)  # fmt: skip
-    path = str(CheckpointRef.of(ReflowTrainer(cfg).train()).local())
-    config = json.loads((tmp_path / "sc" / "pretrained_model" / "config.json").read_text())
-    info = json.loads((tmp_path / "sc" / "pretrained_model" / "reflow.json").read_text())
+    path, config, info = train_tiny_stage("shortcut", tmp_path / "sc", toy_dataset, teacher_1rf)
     assert config["step_size_conditioning"] and config["num_steps"] == 1 and (info["stage"], info["k"]) == ("shortcut", 1)
     policy = load_policy(path)
     batch = {"observation.state": torch.randn(4, 4)}

@@ -53,7 +53,6 @@ class MeanFlowLoss(nn.Module):
         velocity = flow.velocity_target(noise, action)
         u, dudt = self.mean_velocity_and_derivative(batch, flow.interpolate(noise, action, t), t, r, velocity)
         target = flow.meanflow_target(velocity, dudt, t, r).detach()
-        self.last_error = (u - target).detach().pow(2).mean().sqrt()  # rms, a diagnostic the weights hide
         power = self.meanflow_cfg.adaptive_power
         if power == 0:
             return flow.flow_loss(u, target, kind=f.loss, mask=mask).mean()
