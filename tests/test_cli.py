@@ -309,7 +309,8 @@ def test_train_config_json_reproduces_the_run_bit_for_bit(lerobot_style_2rf, tmp
     recipe = lerobot_style_2rf / "checkpoints" / "last" / "pretrained_model" / "train_config.json"
     proc = run_cli("train", f"--config_path={recipe}", f"--output_dir={out}")
     assert proc.returncode == 0, proc.stderr[-3000:]
-    for path in ("pretrained_model/model.safetensors", "checkpoints/000003/training_state/training_state.safetensors"):
+    state = "checkpoints/000003/training_state"
+    for path in ("pretrained_model/model.safetensors", f"{state}/model.safetensors", f"{state}/optimizer_state.safetensors"):
         a, b = load_file(lerobot_style_2rf / path), load_file(out / path)
         assert a.keys() == b.keys() and all(a[k].equal(b[k]) for k in a), path
 

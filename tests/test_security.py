@@ -486,9 +486,14 @@ def test_training_state_holds_no_pickle(run_dir):
     names = sorted(p.name for p in state.iterdir())
     assert TRAINING_STATE_FILE in names
     assert all(name.endswith((".json", ".safetensors")) for name in names), names
-    for file in state.iterdir():  # no pickle stream (0x80) nor torch zip archive (PK) anywhere
-        head = file.read_bytes()[:2]
-        assert not head.startswith(b"\x80") and head != b"PK", file
+    for file in state.iterdir():  # each file is what its name says: JSON text, or safetensors (a JSON header)
+        data = file.read_bytes()
+        if file.suffix == ".json":
+            json.loads(data)
+        else:  # 8-byte little-endian header length, then the JSON header: never a pickle stream or zip archive
+            header = int.from_bytes(data[:8], "little")
+            assert 8 + header <= len(data) and data[8:9] == b"{", file
+            json.loads(data[8 : 8 + header])
 
 
 def test_resume_refuses_an_old_pickled_training_state(run_dir, toy_dataset, tmp_path):
@@ -533,7 +538,7 @@ def test_a_damaged_training_state_is_refused_with_one_line(run_dir, toy_dataset,
     resumed = _resumed_copy(run_dir, tmp_path)
     file = resumed / "checkpoints" / "000002" / "training_state" / TRAINING_STATE_FILE
     state = json.loads(file.read_text())
-    state["scheduler"] = {"__tensor__": "no.such.tensor"}
+    state["ema"] = {"__tensor__": "no.such.tensor"}  # EMA is on in this run
     file.write_text(json.dumps(state))
     config = train_config(output_dir=str(resumed), dataset__root=str(toy_dataset), resume=True, **RUN_SETTINGS)
     with pytest.raises(CheckpointError) as info:

@@ -177,7 +177,7 @@ def test_resume_falls_back_past_a_damaged_checkpoint_and_removes_leftovers(tmp_p
     shutil.copytree(tmp_path / "full", run, symlinks=True)
     shutil.rmtree(run / "pretrained_model")
     shutil.rmtree(run / "checkpoints" / "000006")
-    state = run / "checkpoints" / "000004" / "training_state" / "training_state.safetensors"
+    state = run / "checkpoints" / "000004" / "training_state" / "optimizer_state.safetensors"
     state.write_bytes(state.read_bytes()[:64])  # the newest checkpoint is damaged
     leftovers = [run / ".pretrained_model.tmp-99999", run / "checkpoints" / ".000006.tmp", run / ".pretrained_model.old-7"]
     for folder in leftovers:
@@ -187,6 +187,34 @@ def test_resume_falls_back_past_a_damaged_checkpoint_and_removes_leftovers(tmp_p
     assert all(torch.equal(a[k], b[k]) for k in a)  # one machine, one process: the resume guarantee is bitwise
     assert not any(folder.exists() for folder in leftovers)
 
+
+
+def test_lerobots_own_loader_reads_our_training_state(tmp_path, toy_dataset):
+    """The part of the training state lerobot-train also keeps is in LeRobot's files: its
+    `load_training_state` restores the step, the AdamW moments and the schedule from our checkpoint."""
+    from lerobot.common.train_utils import load_training_state
+    from lerobot.utils.random_utils import get_rng_state, set_rng_state
+
+    settings = dict(steps=4, save_every=2, batch_size=16, dataset__root=str(toy_dataset))
+    ReflowTrainer(train_config(output_dir=str(tmp_path / "run"), **settings)).train()
+    checkpoint = tmp_path / "run" / "checkpoints" / "000002"
+    saved = load_file(checkpoint / "training_state" / "optimizer_state.safetensors")  # "state/<i>/exp_avg", ...
+    groups = json.loads((checkpoint / "training_state" / "optimizer_param_groups.json").read_text())
+    optimizer = torch.optim.AdamW([
+        {**{k: v for k, v in group.items() if k != "params"},
+         "params": [torch.zeros_like(saved[f"state/{i}/exp_avg"]) for i in group["params"]]}
+        for group in groups
+    ])  # fmt: skip
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
+    rng = get_rng_state()
+    try:
+        step, optimizer, scheduler = load_training_state(checkpoint, optimizer, scheduler)
+    finally:
+        set_rng_state(rng)  # LeRobot's loader also sets this process's generators
+    assert step == 2 and scheduler.last_epoch == 2
+    moments = [optimizer.state[p]["exp_avg"] for group in optimizer.param_groups for p in group["params"]]
+    assert len(moments) == len(groups[0]["params"]) + sum(len(g["params"]) for g in groups[1:])
+    assert all(m.abs().sum() > 0 for m in moments)  # restored, not the zeros a new optimizer starts from
 
 
 def test_a_finished_run_from_before_a_field_existed_is_still_this_run(tmp_path, toy_dataset):

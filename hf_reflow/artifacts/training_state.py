@@ -2,6 +2,15 @@
 
 `save_training_state` / `load_training_state` write and read the optimizer, scheduler, EMA, grad scaler,
 step counter and random generators of every process, so a resumed run is bitwise equal to an uninterrupted one.
+
+The part lerobot-train also saves is written by LeRobot's own helpers, in its file names, so LeRobot's
+`load_training_state` reads our folder too: `training_step.json` (step, number of processes),
+`optimizer_state.safetensors` + `optimizer_param_groups.json`, `scheduler_state.json`. What lerobot-train
+does not keep is ours: `training_state.json` + `.safetensors` (EMA, grad scaler, Accelerate's step counter)
+and `model.safetensors` (the trained, not EMA, weights). The random generators are ours too, per process
+(`rng_<rank>.*`): LeRobot's `rng_state.safetensors` is one file per run, rounds NumPy's cached Gaussian to
+float32 and drops Python's `gauss_next`, so restoring from it is not bitwise in every case. The main process
+writes it as well, only so that LeRobot's `load_training_state` finds every file it reads.
 """
 
 from __future__ import annotations
@@ -11,28 +20,35 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from lerobot.common.train_utils import load_training_step, save_training_step
+from lerobot.optim.optimizers import load_optimizer_state, save_optimizer_state
+from lerobot.optim.schedulers import load_scheduler_state, save_scheduler_state
+from lerobot.utils.constants import TRAINING_STEP
+from lerobot.utils.io_utils import load_json
+from lerobot.utils.random_utils import save_rng_state
 
 from hf_reflow.artifacts.io import disk_writes
 from hf_reflow.errors import CheckpointError, ReflowError
 
 TRAINING_STATE_FILE = "training_state.json"
 TRAINING_STATE_FORMAT = "hf-reflow-training-state"
-TRAINING_STATE_VERSION = 1
-_STATE_TENSORS = "training_state.safetensors"  # optimizer moments, EMA shadow weights
+TRAINING_STATE_VERSION = 2  # 2: optimizer / scheduler / step in LeRobot's files (1 kept them in training_state.json)
+_STATE_TENSORS = "training_state.safetensors"  # EMA shadow weights, grad scaler
 _MODEL_FILE = "model.safetensors"  # the trained (not EMA) weights of the prepared model
 _TENSOR, _TUPLE, _ITEMS, _ARRAY = "__tensor__", "__tuple__", "__items__", "__ndarray__"
 _MARKERS = {_TENSOR, _TUPLE, _ITEMS, _ARRAY}
 
 
-def save_training_state(directory: str | Path, accelerator: Any, *, model, optimizer, scheduler, ema=None) -> None:
+def save_training_state(
+    directory: str | Path, accelerator: Any, *, step: int, model, optimizer, scheduler, ema=None
+) -> None:
     """Write what `--resume` needs for a bitwise-exact continuation to `directory` (every process calls it).
 
-    Files: `training_state.json` (scheduler, optimizer hyper-parameters, EMA settings, grad scaler,
-    Accelerate's step counter; tensors referenced by name) + `training_state.safetensors` (optimizer
-    moments, EMA shadow weights) + `model.safetensors`, written by the main process, and per process
-    `rng_<rank>.json` (Python, NumPy generators) + `rng_<rank>.safetensors` (torch CPU / CUDA generators).
-    Under FSDP the sharded model and optimizer go through Accelerate's FSDP savers (loaded back with
-    `weights_only=True`).
+    Files (main process): LeRobot's `training_step.json` (`step`, number of processes), optimizer and
+    scheduler files; `training_state.json` (EMA settings, grad scaler, Accelerate's step counter; tensors
+    referenced by name) + `training_state.safetensors`; `model.safetensors`. Per process: `rng_<rank>.json`
+    (Python, NumPy generators) + `rng_<rank>.safetensors` (torch CPU / CUDA generators). Under FSDP the
+    sharded model and optimizer go through Accelerate's FSDP savers (loaded back with `weights_only=True`).
     """
     from safetensors.torch import save_file, save_model
 
@@ -50,17 +66,18 @@ def save_training_state(directory: str | Path, accelerator: Any, *, model, optim
         state = {
             "format": TRAINING_STATE_FORMAT,
             "version": TRAINING_STATE_VERSION,
-            "num_processes": accelerator.num_processes,
-            "step": int(accelerator.step),
-            "optimizer": None if fsdp else _encode(optimizer.state_dict(), tensors, "optimizer"),
-            "scheduler": _encode(scheduler.state_dict(), tensors, "scheduler"),
+            "accelerator_step": int(accelerator.step),
             "ema": None if ema is None else _encode(ema.state_dict(), tensors, "ema"),
             "scaler": None if scaler is None else _encode(scaler.state_dict(), tensors, "scaler"),
         }
         with disk_writes(directory):
-            save_file(tensors, str(directory / _STATE_TENSORS))
+            save_training_step(step, directory, num_processes=accelerator.num_processes)
+            save_rng_state(directory)  # for LeRobot's loader only (see the module docstring)
+            save_scheduler_state(scheduler, directory)
             if not fsdp:
+                save_optimizer_state(optimizer, directory)
                 save_model(accelerator.unwrap_model(model), str(directory / _MODEL_FILE))
+            save_file(tensors, str(directory / _STATE_TENSORS))
         (directory / TRAINING_STATE_FILE).write_text(json.dumps(state))
     rng_tensors: dict[str, torch.Tensor] = {}
     rng = _encode(_rng_state(), rng_tensors, "rng")
@@ -69,21 +86,26 @@ def save_training_state(directory: str | Path, accelerator: Any, *, model, optim
     (directory / f"rng_{accelerator.process_index}.json").write_text(json.dumps(rng))
 
 
-def load_training_state(directory: str | Path, accelerator: Any, *, model, optimizer, scheduler, ema=None) -> None:
-    """Restore what `save_training_state` wrote. Reads only JSON and safetensors: a pickle in the folder
-    (e.g. Accelerate's `custom_checkpoint_0.pkl` from an older hf-reflow) is never opened; a folder
-    without `training_state.json` is refused with a `CheckpointError`.
+def load_training_state(directory: str | Path, accelerator: Any, *, model, optimizer, scheduler, ema=None) -> int:
+    """Restore what `save_training_state` wrote and return its step. Reads only JSON and safetensors: a
+    pickle in the folder (e.g. Accelerate's `custom_checkpoint_0.pkl` from an older hf-reflow) is never
+    opened; a folder without `training_state.json` is refused with a `CheckpointError`.
     """
     directory = Path(directory)
     state = _read_state_json(directory / TRAINING_STATE_FILE, directory)
     rng_json = directory / f"rng_{accelerator.process_index}.json"
-    if state.get("num_processes") != accelerator.num_processes or not rng_json.is_file():
+    try:
+        saved_processes = load_json(directory / TRAINING_STEP).get("num_processes")
+    except (OSError, ValueError, AttributeError):
+        saved_processes = None
+    if saved_processes != accelerator.num_processes or not rng_json.is_file():
         raise CheckpointError(
-            f"the training state in {str(directory)!r} was written by {state.get('num_processes')} process(es); "
+            f"the training state in {str(directory)!r} was written by {saved_processes} process(es); "
             f"resume with the same number of processes (this run has {accelerator.num_processes})."
         )
     try:
         _restore(directory, state, rng_json, accelerator, model, optimizer, scheduler, ema)
+        return load_training_step(directory)
     except ReflowError:
         raise
     except Exception as e:  # a damaged or hand-edited state: one line, not a traceback
@@ -97,9 +119,7 @@ def load_training_state(directory: str | Path, accelerator: Any, *, model, optim
 def _restore(directory: Path, state: dict, rng_json: Path, accelerator, model, optimizer, scheduler, ema) -> None:
     from safetensors.torch import load_file, load_model
 
-    fsdp = _distributed_kind(accelerator) == "fsdp"
-    tensors = load_file(str(directory / _STATE_TENSORS))
-    if fsdp:
+    if _distributed_kind(accelerator) == "fsdp":
         from accelerate.utils import load_fsdp_model, load_fsdp_optimizer
 
         load_fsdp_model(accelerator.state.fsdp_plugin, accelerator, model, str(directory))
@@ -108,25 +128,31 @@ def _restore(directory: Path, state: dict, rng_json: Path, accelerator, model, o
         unwrapped = accelerator.unwrap_model(model)
         device = next(iter(unwrapped.parameters())).device
         load_model(unwrapped, str(directory / _MODEL_FILE), device=str(device))
-        optimizer.load_state_dict(_decode(state["optimizer"], tensors))
-    scheduler.load_state_dict(_decode(state["scheduler"], tensors))
-    if (ema is None) != (state["ema"] is None):
-        raise CheckpointError(f"the training state in {str(directory)!r} does not match this run's EMA setting.")
-    if ema is not None:
-        ema_state = _decode(state["ema"], tensors)
-        shadow = ema_state.get("shadow_params")
-        if not isinstance(shadow, list) or len(shadow) != len(ema.shadow_params):
-            raise ValueError("the EMA shadow parameters do not match the model")
-        ema_state["shadow_params"] = [
-            saved.to(device=now.device, dtype=now.dtype) for saved, now in zip(shadow, ema.shadow_params, strict=True)
-        ]
-        ema.load_state_dict(ema_state)
+        load_optimizer_state(optimizer, directory)
+    load_scheduler_state(scheduler, directory)
+    tensors = load_file(str(directory / _STATE_TENSORS))
+    _restore_ema(directory, state, tensors, ema)
     scaler = getattr(accelerator, "scaler", None)
     if scaler is not None and state["scaler"] is not None:
         scaler.load_state_dict(_decode(state["scaler"], tensors))
-    accelerator.step = int(state["step"])
+    accelerator.step = int(state["accelerator_step"])
     rng_tensors = load_file(str(directory / f"rng_{accelerator.process_index}.safetensors"))
     _set_rng_state(_decode(json.loads(rng_json.read_text()), rng_tensors))
+
+
+def _restore_ema(directory: Path, state: dict, tensors: dict[str, torch.Tensor], ema: Any) -> None:
+    if (ema is None) != (state["ema"] is None):
+        raise CheckpointError(f"the training state in {str(directory)!r} does not match this run's EMA setting.")
+    if ema is None:
+        return
+    ema_state = _decode(state["ema"], tensors)
+    shadow = ema_state.get("shadow_params")
+    if not isinstance(shadow, list) or len(shadow) != len(ema.shadow_params):
+        raise ValueError("the EMA shadow parameters do not match the model")
+    ema_state["shadow_params"] = [
+        saved.to(device=now.device, dtype=now.dtype) for saved, now in zip(shadow, ema.shadow_params, strict=True)
+    ]
+    ema.load_state_dict(ema_state)
 
 
 def _read_state_json(file: Path, directory: Path) -> dict:

@@ -77,8 +77,8 @@ class CheckpointWriter:
         if accelerator.is_main_process:
             remove(tmp)
         accelerator.wait_for_everyone()
-        save_training_state(tmp / TRAINING_STATE, accelerator, model=state.loss_module, optimizer=state.optimizer,
-                            scheduler=state.scheduler, ema=state.ema)  # fmt: skip
+        save_training_state(tmp / TRAINING_STATE, accelerator, step=step, model=state.loss_module,
+                            optimizer=state.optimizer, scheduler=state.scheduler, ema=state.ema)  # fmt: skip
         if final and state.ema is not None:
             state.ema.copy_to(trainable(state.student.policy))  # the final model holds the EMA weights
         self.save_pretrained(state, tmp / PRETRAINED_DIR, self.config.final_num_steps if final else None)
