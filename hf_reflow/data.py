@@ -85,10 +85,17 @@ def load_metadata(cfg: DatasetConfig) -> LeRobotDatasetMetadata:
     return meta
 
 
-def check_stats(policy_config: Any, meta: LeRobotDatasetMetadata) -> None:
+def dataset_keys(policy_config: Any, rename_map: dict[str, str] | None = None) -> dict[str, Any]:
+    """The features the policy reads, keyed by their name in the dataset (`rename_map`: dataset -> policy key)."""
+    wanted = {**(policy_config.input_features or {}), **(policy_config.output_features or {})}
+    inverse = {policy_key: data_key for data_key, policy_key in (rename_map or {}).items()}
+    return {inverse.get(key, key): feature for key, feature in wanted.items()}
+
+
+def check_stats(policy_config: Any, meta: LeRobotDatasetMetadata, rename_map: dict[str, str] | None = None) -> None:
     """Fail before training when a feature the policy normalises has no stats (no meta/stats.json: the
     normaliser would silently do nothing) or non-finite ones (NaN / inf in the data)."""
-    wanted = {**(policy_config.input_features or {}), **(policy_config.output_features or {})}
+    wanted = dataset_keys(policy_config, rename_map)
     missing = [key for key in wanted if key not in (meta.stats or {})]
     if missing:
         raise DataError(
@@ -117,15 +124,20 @@ def policy_features(meta: LeRobotDatasetMetadata) -> tuple[dict[str, Any], dict[
     return inputs, outputs
 
 
-def check_features(policy_config: Any, meta: LeRobotDatasetMetadata) -> None:
+def check_features(policy_config: Any, meta: LeRobotDatasetMetadata, rename_map: dict[str, str] | None = None) -> None:
     """Fail before training when the dataset lacks (or mis-shapes) what the policy reads."""
-    wanted = {**(policy_config.input_features or {}), **(policy_config.output_features or {})}
-    for key, feature in wanted.items():
+    unused = sorted(set(rename_map or {}) - set(meta.features))
+    if unused:
+        raise DataError(
+            f"dataset.rename_map renames {', '.join(unused)}, which dataset {meta.repo_id!r} does not have; "
+            f"its keys are {', '.join(sorted(meta.features))}."
+        )
+    for key, feature in dataset_keys(policy_config, rename_map).items():
         if key not in meta.features:
             raise DataError(
                 f"dataset {meta.repo_id!r} has no {key!r}, which the {policy_config.type} policy needs; "
-                f"its keys are {', '.join(sorted(meta.features))}. Use a dataset with that key "
-                "or a policy whose input_features match it."
+                f"its keys are {', '.join(sorted(meta.features))}. Use a dataset with that key, map one onto it "
+                "with --rename_map (dataset.rename_map), or a policy whose input_features match it."
             )
         have = tuple(meta.features[key]["shape"])
         if key == "action" and have != tuple(feature.shape):
@@ -146,8 +158,8 @@ def make_dataset(cfg: DatasetConfig, policy_config: Any) -> Dataset:
     from lerobot.transforms.transforms import ImageTransforms
 
     meta = load_metadata(cfg)
-    check_features(policy_config, meta)
-    check_stats(policy_config, meta)
+    check_features(policy_config, meta, cfg.rename_map)
+    check_stats(policy_config, meta, cfg.rename_map)
     delta = resolve_delta_timestamps(policy_config, meta)
     try:
         dataset = LeRobotDataset(

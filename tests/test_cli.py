@@ -119,6 +119,28 @@ def test_non_finite_loss_stops_cleanly(tmp_path, toy_dataset):
     assert not out.exists()
 
 
+def test_rename_map_feeds_a_differently_named_dataset_to_the_teacher_and_student(tmp_path, teacher_1rf):
+    """lerobot-train's --rename_map (dataset key -> policy key): a reflow stage on a dataset whose state is
+    called observation.environment_state; the saved student's own rename step carries the map."""
+    import json
+
+    data = write_random_dataset(tmp_path / "ds", state_key="observation.environment_state", action_dim=2)
+    args = ["train", "--stage=reflow", f"--teacher.path={teacher_1rf}", f"--dataset.root={data}", "--steps=2",
+            "--batch_size=8", "--log_with=[]"]  # fmt: skip
+    assert_user_error(run_cli(*args, f"--output_dir={tmp_path / 'a'}"), "has no 'observation.state'", "--rename_map")
+    out = tmp_path / "b"
+    proc = run_cli(*args, f"--output_dir={out}", "--rename_map={observation.environment_state: observation.state}")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    steps = json.loads((out / "pretrained_model" / "policy_preprocessor.json").read_text())["steps"]
+    rename = next(step for step in steps if step["registry_name"] == "rename_observations_processor")
+    assert rename["config"]["rename_map"] == {"observation.environment_state": "observation.state"}
+    assert json.loads((out / "train_config.json").read_text())["dataset"]["rename_map"] == rename["config"]["rename_map"]
+    fresh = ["train", f"--dataset.root={data}", f"--output_dir={tmp_path / 'c'}", "--steps=2", *TINY,
+             "--rename_map={observation.environment_state: observation.state}"]  # fmt: skip
+    assert_user_error(run_cli(*fresh), "--rename_map needs a pretrained policy")
+    assert_user_error(run_cli(*fresh[:-1], "--rename_map={action: act}"), "renames observations")
+
+
 def test_bad_teacher_path(tmp_path, toy_dataset):
     proc = run_cli("train", "--stage=reflow", f"--teacher.path={tmp_path}", f"--dataset.root={toy_dataset}", *TINY)
     assert_user_error(proc, "holds no checkpoint")

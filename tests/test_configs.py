@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 from conftest import fake_checkpoint
 
@@ -301,11 +302,34 @@ def test_lerobot_train_optimizer_and_scheduler_flags(args, expected):
     assert {k: getattr(optim, k) for k in expected} == expected
 
 
+def test_use_policy_training_preset_false_takes_the_optimizers_own_defaults():
+    """lerobot-train's meaning: no preset; the optimizer and schedule must be named, and every field not given
+    is that optimizer's LeRobot default (AdamWConfig's weight decay 0.01, clip 10), not flow_mlp's preset."""
+    from lerobot.optim.optimizers import AdamWConfig
+
+    from hf_reflow.policies.flow_mlp.configuration_flow_mlp import FlowMLPConfig
+    from hf_reflow.training.optim import build_optimizer
+
+    with pytest.raises(ConfigError, match="without the policy's preset .* got optimizer.type=None, scheduler.type=None"):
+        parse_train_config(["--use_policy_training_preset=false"])
+    optim = parse_train_config(["--use_policy_training_preset=false", "--optimizer.type=adamw", "--scheduler.type=constant",
+                                "--optimizer.lr=2e-4"]).optim  # fmt: skip
+    params = [torch.nn.Parameter(torch.zeros(3))]
+    optimizer, _, used = build_optimizer(optim, FlowMLPConfig(), params, total_steps=10)
+    defaults = AdamWConfig()
+    group = optimizer.param_groups[0]
+    assert group["lr"] == 2e-4 and group["weight_decay"] == defaults.weight_decay and group["eps"] == defaults.eps
+    assert used["preset_of"] is None and used["optimizer"]["grad_clip_norm"] == defaults.grad_clip_norm
+    assert used["scheduler"] == {"type": "constant"}
+    preset = build_optimizer(parse_train_config([]).optim, FlowMLPConfig(), params, total_steps=10)[2]
+    assert preset["preset_of"] == "flow_mlp" and preset["optimizer"] != used["optimizer"]
+
+
 @pytest.mark.parametrize(
     ("flag", "fragment"),
     [("--eval.batch_size=4", "one env in the training process"), ("--eval.recording=true", "no episode recording"),
      ("--peft.r=8", "no PEFT / LoRA adapters"),
-     ("--use_policy_training_preset=false", "policy's preset"), ("--save_checkpoint=false", "--save_every=N"),
+     ("--dataset.streaming=true", "not streamed"),
      ("--dataset.use_imagenet_stats=true", "dataset's own stats")],
 )  # fmt: skip
 def test_unsupported_lerobot_train_flags_are_refused_by_name(flag, fragment):

@@ -217,6 +217,25 @@ def test_lerobots_own_loader_reads_our_training_state(tmp_path, toy_dataset):
     assert all(m.abs().sum() > 0 for m in moments)  # restored, not the zeros a new optimizer starts from
 
 
+def test_save_checkpoint_false_writes_only_the_final_model(tmp_path, toy_dataset):
+    """lerobot-train's --save_checkpoint=false: no checkpoints/ (no training state); the final model, the same
+    weights as a run that checkpoints, is still the run's pretrained_model/ and a rerun finds it finished."""
+    from hf_reflow.errors import ConfigError
+
+    settings = dict(steps=4, batch_size=16, ema_decay=0.9, dataset__root=str(toy_dataset))
+    full = ReflowTrainer(train_config(output_dir=str(tmp_path / "full"), **settings)).train()
+    bare = ReflowTrainer(train_config(output_dir=str(tmp_path / "bare"), save_checkpoint=False, **settings)).train()
+    assert {p.name for p in (tmp_path / "bare").iterdir()} == {"pretrained_model", "train_config.json", "logs"}
+    assert (tmp_path / "full" / "checkpoints" / "last").is_symlink()
+    assert sorted(p.name for p in bare.iterdir()) == sorted(p.name for p in full.iterdir())
+    a, b = load_file(full / "model.safetensors"), load_file(bare / "model.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)  # EMA weights, bitwise
+    again = train_config(output_dir=str(tmp_path / "bare"), save_checkpoint=False, resume=True, **settings)
+    assert ReflowTrainer(again).train() == bare
+    with pytest.raises(ConfigError, match="save_every=2 asks for checkpoints but save_checkpoint is false"):
+        train_config(output_dir=str(tmp_path / "x"), save_checkpoint=False, save_every=2, **settings)
+
+
 def test_a_finished_run_from_before_a_field_existed_is_still_this_run(tmp_path, toy_dataset):
     """A `train_config.json` written before a field was added (here optim.type / optim.eps) reads as that field's
     default, so rerunning the same command finds the run finished instead of refusing it."""

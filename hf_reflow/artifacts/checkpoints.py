@@ -95,8 +95,10 @@ def load_processors(
     device: torch.device | str = "cpu",
     revision=None,
     allow_unregistered_processor_steps: bool = False,
+    rename_map: dict[str, str] | None = None,
 ):
-    """The checkpoint's own (pre, post) processors, with their device step pointed at `device`.
+    """The checkpoint's own (pre, post) processors, with their device step pointed at `device` (and their
+    rename step given `rename_map`, dataset key -> policy key, as lerobot-train's `--rename_map` does).
 
     Every step must be one LeRobot's factory builds for the policy type, with its own arguments (see
     `check_processor_steps`): a checkpoint never gets to name code or a model that loading would run. `allow_unregistered_processor_steps`
@@ -110,6 +112,8 @@ def load_processors(
     if not (allow_unregistered_processor_steps and ref.is_local):  # a Hub checkpoint is never trusted
         check_processor_steps(source, config, trust_hint=ref.is_local)
     overrides = {"device_processor": {"device": str(device)}}
+    if rename_map:
+        overrides["rename_observations_processor"] = {"rename_map": dict(rename_map)}
     return make_pre_post_processors(config, pretrained_path=source, preprocessor_overrides=overrides)
 
 

@@ -50,6 +50,11 @@ class DatasetConfig:
         help="lerobot-train's image augmentation (LeRobot's ImageTransforms): --dataset.image_transforms.enable=true",
         factory=ImageTransformsConfig,
     )
+    rename_map: dict[str, str] = option(
+        help="dataset observation key -> the key the pretrained policy reads, e.g. {observation.images.top: "
+        "observation.images.camera1} (lerobot-train's --rename_map; applied by the policy's own rename step)",
+        factory=dict,
+    )
 
     def __post_init__(self) -> None:
         check_choice("dataset.in_memory", self.in_memory, ("auto", "always", "never"))
@@ -62,6 +67,12 @@ class DatasetConfig:
             raise ConfigError("dataset.episodes is an empty list; list episode indices, e.g. [0,1,2], or null for all.")
         for episode in self.episodes or []:
             at_least("each of dataset.episodes", episode, 0)
+        for key, value in self.rename_map.items():
+            if not (str(key).startswith("observation.") and str(value).startswith("observation.")):
+                raise ConfigError(
+                    "dataset.rename_map renames observations (observation.* -> observation.*); got "
+                    f"{key!r}: {value!r}. Actions keep the name 'action'."
+                )
 
 
 @dataclass
@@ -144,10 +155,21 @@ class OptimConfig:
     warmup_steps: int | None = option(None, "linear-warmup steps; null: the preset's")
     decay_steps: int | None = option(None, "cosine_decay_with_warmup: decay steps; null: the preset's")
     min_lr_ratio: float | None = option(None, "final LR / peak LR of the cosine decay; null: the preset's")
+    use_policy_preset: bool = option(
+        True,
+        "false: no policy preset, as lerobot-train's --use_policy_training_preset=false: optim.type and "
+        "optim.scheduler must be given, every other field takes that optimizer's / schedule's own default",
+    )
 
     def __post_init__(self) -> None:
         if self.type is not None:
             check_choice("optim.type", self.type, OPTIMIZERS)
+        if not self.use_policy_preset and (self.type is None or self.scheduler is None):
+            raise ConfigError(
+                "without the policy's preset (use_policy_training_preset=false) set the optimizer and the schedule: "
+                f"--optimizer.type={'|'.join(OPTIMIZERS)} and --scheduler.type={'|'.join(SCHEDULERS)}; "
+                f"got optimizer.type={self.type}, scheduler.type={self.scheduler}."
+            )
         if self.scheduler is not None:
             check_choice("optim.scheduler", self.scheduler, SCHEDULERS)
         if self.lr is not None and not 0 < self.lr <= 1e6:  # float32 overflows near 3e38; beyond 1e6 is a typo
@@ -164,7 +186,8 @@ class OptimConfig:
 
     def given(self) -> dict[str, Any]:
         """The fields set (not null): they override the policy's presets."""
-        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if getattr(self, f.name) is not None}
+        fields = (f.name for f in dataclasses.fields(self) if f.name != "use_policy_preset")
+        return {name: getattr(self, name) for name in fields if getattr(self, name) is not None}
 
 
 @dataclass
@@ -276,6 +299,11 @@ class TrainConfig:
     init_from_teacher: bool = option(True, "reflow / distill: the student starts from the teacher's weights")
     ema_decay: float | None = option(None, "EMA of the weights in the final checkpoint, e.g. 0.999; null: no EMA")
     save_every: int = option(0, "also checkpoint every N steps (lerobot-train's save_freq); 0: the final one only")
+    save_checkpoint: bool = option(
+        True,
+        "false: no checkpoints/<step>/ folders (no training state, so nothing to --resume from); the final model "
+        "is still written to pretrained_model/ (lerobot-train's --save_checkpoint=false writes nothing at all)",
+    )
     log_every: int = option(50, "log metrics every N steps (lerobot-train's log_freq)")
     log_with: list[str] = option(help=f"local trackers: {', '.join(TRACKERS)} (wandb: --wandb.enable=true)", factory=lambda: ["tensorboard"])
     wandb: WandbConfig = option(help="Weights & Biases", factory=WandbConfig)
@@ -320,6 +348,11 @@ class TrainConfig:
             at_most(name, getattr(self, name), MAX_COUNT)
         if self.save_every < 0:
             raise ConfigError(f"save_every must be >= 0 (0 = final checkpoint only), got {self.save_every}.")
+        if self.save_every and not self.save_checkpoint:
+            raise ConfigError(
+                f"save_every={self.save_every} asks for checkpoints but save_checkpoint is false; "
+                "drop one of the two flags."
+            )
         self._check_reuse()
         if self.num_steps is not None and self.num_steps < 1:
             raise ConfigError(f"num_steps must be >= 1, got {self.num_steps}.")

@@ -20,6 +20,8 @@ ALIASES = {
     "scheduler.num_warmup_steps": "optim.warmup_steps",
     "scheduler.num_decay_steps": "optim.decay_steps",
     "scheduler.peak_lr": "optim.lr",
+    "use_policy_training_preset": "optim.use_policy_preset",
+    "rename_map": "dataset.rename_map",
 }
 
 
@@ -34,8 +36,6 @@ LEROBOT_TRAIN_REFUSED = {
     "max_eval_samples": "no held-out loss during training; `hf-reflow eval --num_samples=N` measures a checkpoint offline",
     "dataset.eval_split": "no held-out split during training; evaluate on held-out episodes afterwards with `hf-reflow eval`",
     "peft": "every stage trains all of the student's weights (no PEFT / LoRA adapters); drop the --peft.* flags",
-    "use_policy_training_preset": "the optimizer and schedule always start from the policy's preset, and each "
-    "--optimizer.* / --scheduler.* / --optim.* field given replaces that field; drop the flag",
     "scheduler.decay_lr": "set the final learning rate as a ratio of the peak: --optim.min_lr_ratio=DECAY_LR/LR",
     "scheduler.min_lr_ratio": "set the final learning rate as a ratio of the peak with --optim.min_lr_ratio",
     **dict.fromkeys(("scheduler.name", "scheduler.num_cycles", "scheduler.num_vqvae_training_steps"),
@@ -46,10 +46,7 @@ LEROBOT_TRAIN_REFUSED = {
                     "one learning rate for every trained parameter (no parameter groups); set it with --optimizer.lr"),
     "reward_model": "reward models are not part of reflow; train with a policy only",
     "sample_weighting": "every frame is weighted equally; drop the flag (or pass --dataset.episodes=[...] for a subset)",
-    "rename_map": "observation keys are read as the dataset names them; rename the dataset's features or pick a policy "
-    "whose input_features match (--policy.input_features)",
     "checkpoint_path": "continue a run with --resume=true --output_dir=RUN (its newest checkpoint)",
-    "save_checkpoint": "the final checkpoint is always written; --save_every=N (save_freq) adds intermediate ones",
     "save_checkpoint_to_hub": "push the final checkpoint and its model card with --push_to_hub=true --hub_model_id=NAMESPACE/NAME",
     "prefetch_factor": "only the DataLoader's worker count is settable: --num_workers (dataset.num_workers)",
     "persistent_workers": "only the DataLoader's worker count is settable: --num_workers (dataset.num_workers)",

@@ -71,33 +71,46 @@ class CheckpointWriter:
         """Write `checkpoints/<step>/{pretrained_model,training_state}` via a temporary name, then point
         `checkpoints/last` at it. The final one's model holds the EMA weights and the stage's `num_steps`;
         its training state holds the trained weights (as every training state does)."""
-        accelerator = state.accelerator
         checkpoint = checkpoint_dir(self.output_dir, step)
-        tmp = temporary_sibling(checkpoint, shared=True)  # every process writes its part there
-        if accelerator.is_main_process:
-            remove(tmp)
-        accelerator.wait_for_everyone()
-        save_training_state(tmp / TRAINING_STATE, accelerator, step=step, model=state.loss_module,
-                            optimizer=state.optimizer, scheduler=state.scheduler, ema=state.ema)  # fmt: skip
-        if final and state.ema is not None:
-            state.ema.copy_to(trainable(state.student.policy))  # the final model holds the EMA weights
-        self.save_pretrained(state, tmp / PRETRAINED_DIR, self.config.final_num_steps if final else None)
-        accelerator.wait_for_everyone()
-        if accelerator.is_main_process:
-            save_config(self.config, tmp / PRETRAINED_DIR / TRAIN_CONFIG, {"optim_used": self.optim_used})
-            replace_path(tmp, checkpoint)
+        self._write(state, checkpoint, step=step, final=final)
+        if state.accelerator.is_main_process:
             point_last_at(checkpoint)
-        accelerator.wait_for_everyone()
+        state.accelerator.wait_for_everyone()
         return checkpoint
 
     def save_final(self, state: LoopState) -> Path:
-        """The last step's checkpoint (`checkpoints/last`), then the same model as the run's `pretrained_model/`."""
-        checkpoint = self.save(state, self.config.steps, final=True)
+        """The last step's checkpoint (`checkpoints/last`), then the same model as the run's `pretrained_model/`;
+        with `save_checkpoint=false` only the model, straight to `pretrained_model/` (no training state)."""
         final = self.output_dir / PRETRAINED_DIR
+        if not self.config.save_checkpoint:
+            self._write(state, final, step=None, final=True)
+            return final
+        checkpoint = self.save(state, self.config.steps, final=True)
         if state.accelerator.is_main_process:
             link_tree(checkpoint / PRETRAINED_DIR, final)
         state.accelerator.wait_for_everyone()
         return final
+
+    def _write(self, state: LoopState, target: Path, *, step: int | None, final: bool) -> None:
+        """`target` written under a temporary name every process shares, then renamed: a checkpoint folder
+        (model + training state) when `step` is given, else the model folder alone."""
+        accelerator = state.accelerator
+        tmp = temporary_sibling(target, shared=True)  # every process writes its part there
+        if accelerator.is_main_process:
+            remove(tmp)
+        accelerator.wait_for_everyone()
+        model_dir = tmp if step is None else tmp / PRETRAINED_DIR
+        if step is not None:
+            save_training_state(tmp / TRAINING_STATE, accelerator, step=step, model=state.loss_module,
+                                optimizer=state.optimizer, scheduler=state.scheduler, ema=state.ema)  # fmt: skip
+        if final and state.ema is not None:
+            state.ema.copy_to(trainable(state.student.policy))  # the final model holds the EMA weights
+        self.save_pretrained(state, model_dir, self.config.final_num_steps if final else None)
+        accelerator.wait_for_everyone()
+        if accelerator.is_main_process:
+            save_config(self.config, model_dir / TRAIN_CONFIG, {"optim_used": self.optim_used})
+            replace_path(tmp, target)
+        accelerator.wait_for_everyone()
 
     def save_pretrained(self, state: LoopState, directory: Path, num_steps: int | None) -> None:
         """The student as a stock-loadable checkpoint with `num_steps` in its config (None: the trained count)."""

@@ -79,7 +79,8 @@ def generate(
     )
     _check_or_write_spec(root, spec, state)
     preprocessor, _ = load_processors(
-        teacher_cfg.path, teacher.config, device=state.device, revision=teacher_cfg.revision
+        teacher_cfg.path, teacher.config, device=state.device, revision=teacher_cfg.revision,
+        rename_map=dataset_cfg.rename_map,
     )
     sizes = block_sizes(num_couplings, block_size)
     for block in range(state.process_index, len(sizes), state.num_processes):

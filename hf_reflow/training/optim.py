@@ -28,7 +28,8 @@ def build_optimizer(optim: OptimConfig, policy_config: Any, params: list[nn.Para
     else:
         scheduler = sched_cfg.build(optimizer, total_steps)
     record = {
-        "preset_of": policy_config.type,  # whose get_optimizer_preset / get_scheduler_preset gave the defaults
+        # whose get_optimizer_preset / get_scheduler_preset gave the defaults (None: the optimizer's own)
+        "preset_of": policy_config.type if optim.use_policy_preset else None,
         "overridden": sorted(optim.given()),  # optim.* fields given, which won over the presets
         "optimizer": {"type": opt_cfg.type, **_jsonable(dataclasses.asdict(opt_cfg))},
         "scheduler": {"type": sched_cfg.type, **_jsonable(dataclasses.asdict(sched_cfg))} if sched_cfg else {"type": "constant"},
@@ -42,8 +43,8 @@ def resolve_optim(optim: OptimConfig, policy_config: Any, *, total_steps: int):
     from lerobot.optim.schedulers import CosineDecayWithWarmupSchedulerConfig
 
     given = optim.given()
-    preset = policy_config.get_optimizer_preset()
-    if "type" in given and given["type"] != preset.type:
+    preset = policy_config.get_optimizer_preset() if optim.use_policy_preset else None
+    if preset is None or ("type" in given and given["type"] != preset.type):
         opt_cfg = OptimizerConfig.get_choice_class(given["type"])()  # that optimizer's LeRobot defaults
     else:
         opt_cfg = copy.deepcopy(preset)
@@ -56,7 +57,7 @@ def resolve_optim(optim: OptimConfig, policy_config: Any, *, total_steps: int):
             updates[key] = tuple(given[key]) if key == "betas" else given[key]
     opt_cfg = dataclasses.replace(opt_cfg, **updates)
 
-    sched_preset = policy_config.get_scheduler_preset()
+    sched_preset = policy_config.get_scheduler_preset() if optim.use_policy_preset else None
     kind = given.get("scheduler")
     if kind == "constant":
         sched_cfg = None

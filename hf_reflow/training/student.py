@@ -39,24 +39,33 @@ def build_student(cfg: TrainConfig, teacher: OnlineTeacher | None, meta: Any, de
         _set_fields(policy_cfg, step_size_conditioning=True, shortcut_min_step=cfg.shortcut.min_step)
     if cfg.stage == "meanflow":  # the step size is the interval t - r of its average velocity
         _set_fields(policy_cfg, step_size_conditioning=True, shortcut_min_step=cfg.meanflow.MIN_STEP, step_embed_scale=1.0)
-    source = policy_cfg.pretrained_path
+    source, rename = policy_cfg.pretrained_path, cfg.dataset.rename_map
     if source is None:
-        student = new_student(policy_cfg, meta, device)
+        if rename and teacher is None:  # lerobot-train refuses it too: a new policy takes the dataset's names
+            raise ConfigError(
+                "--rename_map needs a pretrained policy (--policy.path=...); a new policy reads the dataset's own "
+                f"keys, so drop --rename_map. Got {rename}."
+            )
+        student = new_student(policy_cfg, meta, device, rename)
         if teacher is not None:
             check_compatible(teacher.config, student.policy.config)
-            student.preprocessor, student.postprocessor = load_processors(cfg.teacher.path, teacher.config, device=device)
+            student.preprocessor, student.postprocessor = load_processors(
+                cfg.teacher.path, teacher.config, device=device, rename_map=rename
+            )
         return student
     source = str(source)  # a 1-RF's policy.path, or the teacher (the implicit policy.path of its student)
     policy = load_policy(source, device=device, config=policy_cfg)
-    pre, post = load_processors(source, policy_cfg, device=device)
+    pre, post = load_processors(source, policy_cfg, device=device, rename_map=rename)
     return Student(policy, pre, post)
 
 
-def new_student(policy_cfg: Any, meta: Any, device: torch.device) -> Student:
-    """A freshly initialised policy of config `policy_cfg` for the dataset `meta`, with processors from its stats."""
+def new_student(policy_cfg: Any, meta: Any, device: torch.device, rename_map: dict[str, str] | None = None) -> Student:
+    """A freshly initialised policy of config `policy_cfg` for the dataset `meta`, with processors from its stats
+    (its inputs named as `rename_map` says: dataset key -> policy key)."""
     from lerobot.policies.factory import get_policy_class, make_pre_post_processors
 
-    policy_cfg.input_features, policy_cfg.output_features = policy_features(meta)
+    inputs, policy_cfg.output_features = policy_features(meta)
+    policy_cfg.input_features = {(rename_map or {}).get(key, key): feature for key, feature in inputs.items()}
     policy_cfg.device = device.type
     try:
         _fill_task_vocabulary(policy_cfg, meta)
