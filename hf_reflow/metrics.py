@@ -31,6 +31,7 @@ OFFLINE = {
     "error_vs_data": "mean squared difference of the chunk from the demonstration's own chunk (normalised)",
     "magnitude_vs_data": "mean action norm of the chunk over the demonstration's (below 1: shrunk toward the mean)",
     "latency_ms": "milliseconds per chunk on this machine",
+    "prefix_ms": "of latency_ms, milliseconds encoding the observation once per chunk (a VLA's VLM prefix)",
     "latency_device": "the machine latency_ms was measured on (CPU model and threads, or the GPU's name)",
 }
 # Closed loop (`evaluation/closed_loop.py`, `evaluation/lerobot_envs.py`); `per_task` holds them per task.
@@ -64,7 +65,7 @@ COLUMNS = {**IDENTITY, **OFFLINE, **CLOSED_LOOP}
 OUTCOME_RATES = ("success_rate", "collision_rate", "stall_rate", "timeout_rate")
 # What the report averages over seeds (with CIs for the rates).
 SUMMARY_METRICS = (*OUTCOME_RATES, "left_share", "side_switches", "mean_steps", "straightness", "error_vs_10step",
-                   "error_vs_data", "latency_ms", "passes_per_env_step", "ms_per_env_step", "hand_speed", "chunk_jump",
+                   "error_vs_data", "latency_ms", "prefix_ms", "passes_per_env_step", "ms_per_env_step", "hand_speed", "chunk_jump",
                    "action_change", "miss_closest_goal_m", "miss_closest_hand_goal_m", "miss_final_goal_m",
                    "miss_near_goal_steps", "miss_near_goal_reversals", "collision_progress", "magnitude_vs_data")  # fmt: skip
 # The console table of `hf-reflow eval` (columns no row has are left out).

@@ -28,13 +28,14 @@ from typing import Any
 from hf_reflow import space
 from hf_reflow.artifacts.run_lock import LOCK_FILE, run_lock
 from hf_reflow.atomic import TEMPORARY_MARK, write_text
-from hf_reflow.configs import PIPELINE_STAGES, DatasetConfig, PipelineConfig
+from hf_reflow.configs import PIPELINE_STAGES, VLM_DIR, DatasetConfig, PipelineConfig
 from hf_reflow.errors import ConfigError, HubError
 from hf_reflow.evaluation import report
 from hf_reflow.evaluation.chain import evaluate_chain
 from hf_reflow.evaluation.closed_loop import controllers_of
 from hf_reflow.hub import SPACE_SDK, Hub
 from hf_reflow.parsing import stage_config
+from hf_reflow.policies import smolvlm
 from hf_reflow.publish.publish import push_checkpoint, push_couplings, push_demonstrations, repo_for_stage
 from hf_reflow.refs import PRETRAINED_DIR, checkpoint_folder
 from hf_reflow.stages import LEAF_STAGES, run_name, stage_k, stage_label
@@ -43,7 +44,7 @@ from hf_reflow.training.trainer import ReflowTrainer
 
 # Recipe sections whose change makes an existing run a different run (eval settings may change freely,
 # seeds and stages may be extended: finished ones are reused).
-_RUN_DEFINING = ("data", "train", "flow_matching", "reflow", "distill", "shortcut", "meanflow", "num_couplings", "coupling_states")
+_RUN_DEFINING = ("data", "vlm", "train", "flow_matching", "reflow", "distill", "shortcut", "meanflow", "num_couplings", "coupling_states")
 
 
 @dataclass(frozen=True)
@@ -159,6 +160,19 @@ def write_datasets(cfg: PipelineConfig, out: Path) -> tuple[Path, Path]:
     return demos, heldout
 
 
+def write_backbone(cfg: PipelineConfig, out: Path) -> None:
+    """The from-scratch SmolVLM backbone `vlm.build` asks for, written once to `output_dir/vlm` (every seed's
+    1-RF reads it), its tokenizer trained on the tasks' instructions."""
+    from hf_reflow.envs import metaworld
+
+    folder = out / VLM_DIR
+    if not cfg.vlm.build or (folder / smolvlm.SIZE_FILE).is_file():
+        return
+    prompts = [metaworld.task_prompt(task, cfg.data.mode) for task in cfg.data.tasks]
+    smolvlm.write_smolvlm_folder(folder, cfg.vlm.size, texts=prompts)
+    _log(f"SmolVLM backbone ({cfg.vlm.size.text_layers} text layers x {cfg.vlm.size.text_hidden}, random weights) -> {folder}")
+
+
 def train_chain(cfg: PipelineConfig, out: Path, seed: int, demos: Path) -> list[tuple[Stage, Path]]:
     """Train (or skip, when finished) every stage for one seed; returns (stage, checkpoint) pairs."""
     done, teacher, teacher_stage = [], None, None
@@ -235,6 +249,7 @@ def run(cfg: PipelineConfig) -> dict[str, Any]:
     check_output_dir(cfg, out)
     with run_lock(out):  # one pipeline per output dir (each stage also locks its own run dir)
         demos, heldout = write_datasets(cfg, out)
+        write_backbone(cfg, out)
         trained = {seed: train_chain(cfg, out, seed, demos) for seed in cfg.seeds}
         rows = evaluate_chain(
             trained, DatasetConfig(repo_id="local/metaworld", root=str(heldout)), cfg.eval, tasks=cfg.data.tasks,

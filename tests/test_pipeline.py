@@ -15,6 +15,7 @@ from hf_reflow.metrics import COLUMNS
 TINY = str(REPO / "recipes" / "metaworld" / "tiny.yaml")
 ROW_COLUMNS = {
     "seed", "name", "stage", "k", "nfe", "checkpoint", "straightness", "error_vs_10step", "error_vs_data", "latency_ms",
+    "prefix_ms",
     "episodes", "successes", "success_rate", "collision_rate", "stall_rate", "timeout_rate", "left_share",
     "side_switches", "mean_steps", "per_task", "n_action_steps", "policy_n_action_steps", "passes_per_env_step",
     "ms_per_env_step", "hand_speed", "chunk_jump", "action_change", "miss_closest_goal_m", "miss_final_goal_m",
@@ -22,7 +23,7 @@ ROW_COLUMNS = {
 }  # fmt: skip
 SUMMARY_COLUMNS = {
     "name", "k", "stage", "nfe", "seeds", "success_rate", "success_ci95", "ci_method", "collision_rate", "stall_rate",
-    "timeout_rate", "left_share", "side_switches", "diff_vs_reference", "diff_ci95", "mean_steps", "straightness", "error_vs_10step", "error_vs_data", "latency_ms", "episodes",
+    "timeout_rate", "left_share", "side_switches", "diff_vs_reference", "diff_ci95", "mean_steps", "straightness", "error_vs_10step", "error_vs_data", "latency_ms", "prefix_ms", "episodes",
     "n_action_steps", "passes_per_env_step", "ms_per_env_step", "hand_speed_vs_reference", "chunk_jump",
 }  # fmt: skip
 

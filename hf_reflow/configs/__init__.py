@@ -31,10 +31,12 @@ from hf_reflow.configs.fields import (
 )
 from hf_reflow.configs.pipeline import (
     PIPELINE_STAGES,
+    VLM_DIR,
     DemoConfig,
     EvalConfig,
     PipelineConfig,
     PipelinePushConfig,
+    VLMConfig,
 )
 from hf_reflow.configs.train import (
     PATH_KEYS,
@@ -77,6 +79,8 @@ __all__ = [
     "OptimConfig",
     "PATH_KEYS",
     "PIPELINE_STAGES",
+    "VLM_DIR",
+    "VLMConfig",
     "POLICY_HELP",
     "PipelineConfig",
     "PipelinePushConfig",

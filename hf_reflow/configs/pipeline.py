@@ -22,9 +22,11 @@ from hf_reflow.configs.fields import (
     option,
 )
 from hf_reflow.errors import ConfigError
+from hf_reflow.policies.smolvlm import SmolVLMSize
 from hf_reflow.refs import is_repo_id
 
 PIPELINE_STAGES = ("flow_matching", "reflow", "distill", "shortcut", "meanflow")
+VLM_DIR = "vlm"  # output_dir/vlm: the backbone `vlm.build` writes
 
 
 @dataclass
@@ -119,6 +121,21 @@ class PipelinePushConfig:
         check_repo_template("push.hub_repo_template", self.hub_repo_template)
 
 
+@dataclass
+class VLMConfig:
+    """A from-scratch SmolVLM backbone for a SmolVLA student (`hf_reflow.policies.smolvlm`): random weights and a
+    tokenizer trained on the tasks' instructions, written once to `output_dir/vlm`; the 1-RF's policy reads it
+    (`vlm_model_name`, `load_vlm_weights: false`, every text layer, images padded to its size). Offline
+    benchmarks only: real users start from the pretrained `lerobot/smolvla_base` (recipes/smolvla/)."""
+
+    build: bool = option(False, "write the backbone and point the SmolVLA student at it (needs data.images)")
+    size: SmolVLMSize = option(
+        help="architecture: text_hidden, text_layers, text_heads, text_kv_heads, vision_hidden, vision_layers, "
+        "vision_heads, image_size (= data.image_size), patch_size, scale_factor, vocab_size",
+        factory=SmolVLMSize,
+    )
+
+
 _SECTION_HELP = "TrainConfig fields (any `hf-reflow train` option) for the {} stage, on top of `train`"
 
 
@@ -147,6 +164,7 @@ class PipelineConfig:
         "per task, failures kept)",
     )
     data: DemoConfig = option(help="the demonstrations", factory=DemoConfig)
+    vlm: VLMConfig = option(help="a from-scratch SmolVLM backbone for a SmolVLA student (offline benchmarks)", factory=VLMConfig)
     eval: EvalConfig = option(help="evaluation of every stage", factory=EvalConfig)
     push: PipelinePushConfig = option(help="push the chain and a Space to the Hub", factory=PipelinePushConfig)
     train: dict[str, Any] = option(help="TrainConfig fields (any `hf-reflow train` option) shared by every stage", factory=dict)
@@ -172,3 +190,20 @@ class PipelineConfig:
             raise ConfigError("seeds must list at least one training seed, e.g. [0] or [0, 1, 2].")
         for seed in self.seeds:
             at_least("each of seeds", seed, 0)
+        self._check_vlm()
+
+    def _check_vlm(self) -> None:
+        if self.data.images and self.coupling_states == "closed_loop":
+            raise ConfigError(
+                "coupling_states=closed_loop rolls the teacher out without a camera, so it cannot serve a policy "
+                "that reads images (data.images=true); use coupling_states=demonstrations."
+            )
+        if not self.vlm.build:
+            return
+        policy_type = (self.train.get("policy") or {}).get("type")
+        if policy_type != "smolvla" or not self.data.images or self.data.image_size != self.vlm.size.image_size:
+            raise ConfigError(
+                "vlm.build makes a SmolVLM backbone for a SmolVLA student that sees the camera: set train.policy.type="
+                f"smolvla, data.images=true and data.image_size={self.vlm.size.image_size} (vlm.size.image_size); "
+                f"got {policy_type}, {self.data.images}, {self.data.image_size}."
+            )

@@ -26,7 +26,7 @@ import torch
 from hf_reflow.artifacts.checkpoints import CheckpointCache, load_checkpoint, load_config
 from hf_reflow.envs import toy
 from hf_reflow.envs.lerobot_env import ENV_TYPE
-from hf_reflow.errors import CheckpointError, ConfigError
+from hf_reflow.errors import CheckpointError, ConfigError, DataError
 from hf_reflow.evaluation.diagnostics import episode_diagnostics
 from hf_reflow.policies.factory import adapter_for
 from hf_reflow.sampling import seeded_noise
@@ -59,7 +59,38 @@ class Camera:
 
     render: Callable[[], np.ndarray]
     image_key: str | None = None
-    every: int = 10
+    every: int | None = 10  # None: no display frames (only what the policy reads)
+
+
+def image_size_of(policy_config: Any) -> int | None:
+    """Side of the square camera image a policy reads, or None for a state-only policy."""
+    for feature in (policy_config.input_features or {}).values():
+        if getattr(feature.type, "name", "") == "VISUAL":
+            return int(feature.shape[-1])
+    return None
+
+
+def camera_for(world: Any, policy_config: Any, *, every: int | None = None) -> Camera | None:
+    """A camera on the Meta-World env `world` (made with the policy's `image_size_of`) feeding the policy's image
+    key when it reads images, and / or keeping a display frame every `every` steps; None when neither is needed
+    or, for display only, when offscreen rendering does not work here.
+
+    Raises:
+        DataError: the policy reads images and no frame can be rendered.
+    """
+    from hf_reflow.envs import metaworld as mw
+
+    reads = image_size_of(policy_config) is not None
+    if not (reads or every):
+        return None
+    try:
+        world.reset(0)
+        world.render()
+    except RuntimeError as e:
+        if reads:
+            raise DataError(f"this policy reads camera images but rendering failed: {e}") from None
+        return None
+    return Camera(world.render, mw.IMAGE_KEY if reads else None, every=every)
 
 
 # Failure taxonomy (why an episode that is not a success failed).
@@ -175,10 +206,11 @@ class PolicyController:
     def _look(self, raw: dict[str, Any]) -> None:
         """Render when the policy reads images or a display frame is due; image (1, 3, H, W) in [0, 1]."""
         camera = self.camera
-        if camera is None or not (camera.image_key or self.step % camera.every == 0):
+        shown = camera is not None and camera.every is not None and self.step % camera.every == 0
+        if camera is None or not (camera.image_key or shown):
             return
         image = camera.render()  # (H, W, 3) uint8
-        if self.step % camera.every == 0:
+        if shown:
             self.frames.append(image)
         if camera.image_key:
             raw[camera.image_key] = torch.from_numpy(image).permute(2, 0, 1).unsqueeze(0).float() / 255
@@ -240,12 +272,15 @@ def run_job(job: RolloutJob, cache: CheckpointCache) -> list[dict[str, Any]]:
     env = metaworld.make_env(
         job.task, layout_seed=metaworld.EVAL_LAYOUT_SEED, mode=job.mode,
         max_steps=job.max_steps or metaworld.default_max_steps(job.task),
+        image_size=image_size_of(loaded.config) or metaworld.DEFAULT_IMAGE_SIZE,
     )  # fmt: skip
     prompt = metaworld.task_prompt(job.task, job.mode)
     episodes = []
     try:  # the job's step count and re-planning hold for all its episodes, then the cached policy's own return
         with loaded.adapter.inference_steps(job.nfe), replanning(loaded.policy, job.n_action_steps) as stride:
-            controller = PolicyController(loaded.policy, loaded.preprocessor, loaded.postprocessor, prompt)
+            camera = camera_for(env, loaded.config)  # a VLA's camera; None for a state-only policy
+            controller = PolicyController(loaded.policy, loaded.preprocessor, loaded.postprocessor, prompt,
+                                          camera=camera)  # fmt: skip
             for seed in job.episode_seeds:
                 controller.start(seed)
                 result = metaworld.rollout_policy(env, controller, seed)

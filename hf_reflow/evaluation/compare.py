@@ -25,7 +25,7 @@ from hf_reflow.artifacts.checkpoints import LoadedCheckpoint
 from hf_reflow.data import video_backend
 from hf_reflow.envs import toy
 from hf_reflow.errors import ConfigError, DataError
-from hf_reflow.evaluation.closed_loop import Camera, PolicyController
+from hf_reflow.evaluation.closed_loop import PolicyController, camera_for, image_size_of
 from hf_reflow.evaluation.offline import REFERENCE_STEPS, latency_ms
 from hf_reflow.policies.base import sample_policy
 from hf_reflow.sampling import seeded_noise
@@ -455,13 +455,9 @@ def _metaworld_rollout(
     from hf_reflow.envs import metaworld as mw
 
     max_steps = max_steps or mw.default_max_steps(task)
-    image_key = mw.IMAGE_KEY if image_size_of(loaded) else None
-    size = image_size_of(loaded) or mw.DEFAULT_IMAGE_SIZE
+    size = image_size_of(loaded.config) or mw.DEFAULT_IMAGE_SIZE
     with mw.make_env(task, layout_seed=mw.EVAL_LAYOUT_SEED, max_steps=max_steps, image_size=size) as world:
-        render = (
-            world.render if (frames or image_key) and _can_render(world, required=bool(image_key)) else None
-        )
-        camera = Camera(render, image_key, every=max(1, max_steps // 8)) if render else None
+        camera = camera_for(world, loaded.config, every=max(1, max_steps // 8) if frames else None)
         controller = PolicyController(loaded.policy, loaded.preprocessor, loaded.postprocessor, world.description,
                                       camera=camera)  # fmt: skip
         controller.start(seed)
@@ -479,21 +475,3 @@ def _metaworld_rollout(
         )
 
 
-def image_size_of(loaded: LoadedCheckpoint) -> int | None:
-    """Side of the square camera image the policy reads, or None for a state-only policy."""
-    for feature in (loaded.policy.config.input_features or {}).values():
-        if getattr(feature.type, "name", "") == "VISUAL":
-            return int(feature.shape[-1])
-    return None
-
-
-def _can_render(world: Any, *, required: bool) -> bool:
-    """Whether an offscreen frame can be made; a policy that needs images cannot run without one."""
-    try:
-        world.reset(0)
-        world.render()
-        return True
-    except RuntimeError as e:
-        if required:
-            raise DataError(f"this policy reads camera images but rendering failed: {e}") from None
-        return False

@@ -45,7 +45,8 @@ def offline_metrics(adapter: PolicyAdapter, batch: dict[str, Any], nfes: list[in
     rows = []
     for nfe in nfes:
         out = sample_policy(adapter, batch, noise, num_steps=nfe, return_path=True)
-        latency = latency_ms(adapter, first_observation(batch), noise[:1], nfe)
+        one = first_observation(batch)
+        latency = latency_ms(adapter, one, noise[:1], nfe)
         rows.append(
             {
                 "nfe": nfe,
@@ -55,6 +56,7 @@ def offline_metrics(adapter: PolicyAdapter, batch: dict[str, Any], nfes: list[in
                 # < 1: chunks shrunk toward the mean action (normalised space, where the mean is ~0)
                 "magnitude_vs_data": float(out.action.norm(dim=-1).mean() / action.norm(dim=-1).mean().clamp_min(1e-8)),
                 "latency_ms": latency,
+                "prefix_ms": prefix_ms(adapter, one),
                 "latency_device": device_name(action.device),
             }
         )
@@ -70,6 +72,18 @@ def latency_ms(adapter: PolicyAdapter, batch: dict[str, Any], noise: torch.Tenso
         sample_policy(adapter, batch, noise, num_steps=num_steps)
         times.append((time.perf_counter() - start) * 1000)
     return float(np.median(times[1:]))  # the first call warms caches
+
+
+def prefix_ms(adapter: PolicyAdapter, batch: dict[str, Any], repeats: int = 5) -> float:
+    """Median wall time of encoding one observation (`adapter.encode`: a VLA's VLM prefix, computed once per
+    chunk and reused by every denoising step), after a warm-up call, in ms: the part of `latency_ms` that
+    does not shrink with fewer steps."""
+    times = []
+    for _ in range(repeats + 1):
+        start = time.perf_counter()
+        adapter.encode(batch)
+        times.append((time.perf_counter() - start) * 1000)
+    return float(np.median(times[1:]))
 
 
 def device_name(device: torch.device) -> str:

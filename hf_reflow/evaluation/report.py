@@ -303,20 +303,23 @@ def markdown(summary: list[dict], cfg: Any, rows: list[dict]) -> str:
         " chunk, batch 1, CPU. A distilled student is evaluated at the step count it was trained for only."
         " Replan: actions executed per chunk before the next is predicted (* = the policy's own n_action_steps);"
         " passes / env step: denoising passes (steps x chunks / env steps), the compute a policy spends per action;"
-        " ms / env step: the measured ms per chunk x chunks / env steps.",
+        " ms / env step: the measured ms per chunk x chunks / env steps; of which prefix: the ms per chunk spent"
+        " encoding the observation once (a VLA's VLM prefix), which fewer steps do not remove.",
         "",
         speedup_line(speedup_at_equal_success(summary)),
         "",
         "| stage | steps | replan | success | 95% CI | vs ref, points (paired 95% CI) | collisions | stalls | timeouts "
-        "| left share | side switches | straightness | err vs 10 | err vs expert | ms/chunk | passes/env step | ms/env step |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| left share | side switches | straightness | err vs 10 | err vs expert | ms/chunk | of which prefix | passes/env step "
+        "| ms/env step |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for s in summary:
         lines.append(
             f"| {s['name']} | {s['nfe']} | {_replan(s)} | {_pct(s.get('success_rate'))} | {_ci(s.get('success_ci95'))} | {_diff(s)} | "
             f"{_pct(s.get('collision_rate'))} | {_pct(s.get('stall_rate'))} | {_pct(s.get('timeout_rate'))} | "
             f"{_pct(s.get('left_share'))} | {_num(s.get('side_switches'), 2)} | {_num(s['straightness'])} | {_num(s['error_vs_10step'])} | "
-            f"{_num(s['error_vs_data'])} | {s['latency_ms']:.2f} | {_num(s.get('passes_per_env_step'), 3)} | {_num(s.get('ms_per_env_step'), 3)} |"
+            f"{_num(s['error_vs_data'])} | {s['latency_ms']:.2f} | {_num(s.get('prefix_ms'), 2)} | "
+            f"{_num(s.get('passes_per_env_step'), 3)} | {_num(s.get('ms_per_env_step'), 3)} |"
         )
     lines += ["", *diagnostics_table(summary)]
     checks = targets(summary)

@@ -9,7 +9,7 @@ import draccus
 from lerobot.configs import parser as lerobot_parser
 from lerobot.configs.policies import PreTrainedConfig
 
-from hf_reflow.configs.pipeline import PIPELINE_STAGES, PipelineConfig
+from hf_reflow.configs.pipeline import PIPELINE_STAGES, VLM_DIR, PipelineConfig
 from hf_reflow.configs.train import TrainConfig
 from hf_reflow.errors import CheckpointError, ConfigError
 from hf_reflow.parsing.argv import HelpRequested, Pair, command_line, flatten, rename, wants_help
@@ -18,6 +18,7 @@ from hf_reflow.parsing.env import parse_env_config
 from hf_reflow.parsing.help import render_help
 from hf_reflow.parsing.lerobot_train import _ALIAS_DEFAULTS, ALIASES, refuse_lerobot_train_flags
 from hf_reflow.parsing.policy import policy_config
+from hf_reflow.policies.smolvlm import smolvla_fields
 from hf_reflow.refs import CheckpointRef
 
 
@@ -101,6 +102,9 @@ def stage_config(
                "dataset.root": dataset_root, "dataset.repo_id": "local/metaworld"}  # fmt: skip
     if stage != "flow_matching":
         decided["teacher.path"] = teacher
+    elif cfg.vlm.build:  # the 1-RF reads the pipeline's backbone; later stages take it from their teacher
+        backbone = smolvla_fields(Path(cfg.output_dir) / VLM_DIR, cfg.vlm.size)
+        decided.update({f"policy.{key}": value for key, value in backbone.items()})
     if couplings is not None:
         decided["couplings.path"] = couplings
     pairs = rename(flatten(cfg.train) + flatten(getattr(cfg, stage)), ALIASES)

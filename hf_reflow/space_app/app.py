@@ -159,7 +159,7 @@ class SpaceApp:
             progress(i / (2 * len(specs)), desc=f"loading {spec.name}")
             loaded.append(self._load(spec.source))
         horizon = max(policy.adapter.action_shape[0] for policy in loaded)
-        image_size = next((size for p in loaded if (size := compare.image_size_of(p))), None)
+        image_size = next((size for p in loaded if (size := compare.image_size_of(p.config))), None)
         observation = self._observation(source, episode, frame, task, env_seed, horizon, image_size)
         comparisons = []
         for i, (spec, policy) in enumerate(zip(specs, loaded, strict=True)):

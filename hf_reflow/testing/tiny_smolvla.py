@@ -1,9 +1,7 @@
 """Offline SmolVLA fixtures: a tiny SmolVLM folder, a small image dataset and a tiny SmolVLA checkpoint.
 
-Nothing is downloaded. LeRobot builds SmolVLA from `vlm_model_name` with `AutoConfig`,
-`AutoProcessor` and (in the preprocessor) `AutoTokenizer`; all three accept a local folder, so
-`write_smolvlm_folder` writes one with a random-weight architecture config, a SmolVLM processor and
-a byte-level BPE tokenizer trained in well under a second with the `tokenizers` library.
+Nothing is downloaded: the SmolVLM folder comes from the product's builder (`hf_reflow.policies.smolvlm`),
+its tokenizer trained on this module's task strings.
 
     vlm = write_smolvlm_folder(tmp / "vlm")
     data = write_image_dataset(tmp / "data")
@@ -12,38 +10,16 @@ a byte-level BPE tokenizer trained in well under a second with the `tokenizers` 
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from hf_reflow.policies import smolvlm
+from hf_reflow.policies.smolvlm import SmolVLMSize
+
 IMAGE_KEY = "observation.images.top"
-SPECIAL_TOKENS = {
-    "fake_image_token": "<fake_token_around_image>",
-    "image_token": "<image>",
-    "global_image_token": "<global-img>",
-    "end_of_utterance_token": "<end_of_utterance>",
-}
 TASKS = ("push the red block to the left", "open the drawer", "press the button", "reach the green goal")
-
-
-@dataclass(frozen=True)
-class SmolVLMSize:
-    """Architecture of a random-weight SmolVLM (defaults: ~1.3 M parameters, 64 px images)."""
-
-    text_hidden: int = 128
-    text_layers: int = 4
-    text_heads: int = 4
-    text_kv_heads: int = 2
-    vision_hidden: int = 64
-    vision_layers: int = 2
-    vision_heads: int = 4
-    image_size: int = 64
-    patch_size: int = 8
-    scale_factor: int = 2
-    vocab_size: int = 512
-
 
 TINY = SmolVLMSize()
 SMALL = SmolVLMSize(text_hidden=384, text_layers=8, text_heads=6, text_kv_heads=2, vision_hidden=192,
@@ -54,74 +30,9 @@ SMOLVLM2_500M = SmolVLMSize(text_hidden=960, text_layers=32, text_heads=15, text
                             vocab_size=49280)  # fmt: skip
 
 
-def train_tokenizer(vocab_size: int) -> Any:
-    """A byte-level BPE `PreTrainedTokenizerFast` with SmolVLM's special tokens, trained on the task strings."""
-    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
-
-    specials = ["<pad>", "<|im_start|>", *SPECIAL_TOKENS.values()]
-    tokenizer = Tokenizer(models.BPE())
-    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    from tokenizers import decoders
-
-    tokenizer.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=min(vocab_size, 512),
-        special_tokens=specials,
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-    )
-    tokenizer.train_from_iterator(
-        [*TASKS, "robot arm camera image state action gripper"] * 4, trainer=trainer
-    )
-    return PreTrainedTokenizerFast(
-        tokenizer_object=tokenizer,
-        pad_token="<pad>",
-        bos_token="<|im_start|>",
-        extra_special_tokens=SPECIAL_TOKENS,
-    )
-
-
 def write_smolvlm_folder(directory: str | Path, size: SmolVLMSize = TINY) -> Path:
-    """Write a loadable SmolVLM folder (config, processor, tokenizer) with `size`'s architecture."""
-    from transformers import SmolVLMConfig, SmolVLMImageProcessor, SmolVLMProcessor, SmolVLMVideoProcessor
-
-    directory = Path(directory)
-    tokenizer = train_tokenizer(size.vocab_size)
-    image_seq_len = (size.image_size // size.patch_size) ** 2 // size.scale_factor**2
-    text = {
-        "model_type": "llama", "hidden_size": size.text_hidden, "intermediate_size": 4 * size.text_hidden,
-        "num_hidden_layers": size.text_layers, "num_attention_heads": size.text_heads,
-        "num_key_value_heads": size.text_kv_heads, "head_dim": size.text_hidden // size.text_heads,
-        "vocab_size": size.vocab_size, "pad_token_id": tokenizer.pad_token_id, "rms_norm_eps": 1e-5,
-        "max_position_embeddings": 2048,
-    }  # fmt: skip
-    vision = {
-        "hidden_size": size.vision_hidden, "intermediate_size": 4 * size.vision_hidden,
-        "num_hidden_layers": size.vision_layers, "num_attention_heads": size.vision_heads,
-        "image_size": size.image_size, "patch_size": size.patch_size,
-    }  # fmt: skip
-    config = SmolVLMConfig(
-        text_config=text,
-        vision_config=vision,
-        scale_factor=size.scale_factor,
-        image_token_id=tokenizer.convert_tokens_to_ids("<image>"),
-        pad_token_id=tokenizer.pad_token_id,
-    )
-    config.save_pretrained(directory)
-    image_processor = SmolVLMImageProcessor(
-        size={"longest_edge": size.image_size},
-        max_image_size={"longest_edge": size.image_size},
-        do_image_splitting=False,
-    )
-    processor = SmolVLMProcessor(
-        image_processor=image_processor,
-        tokenizer=tokenizer,
-        video_processor=SmolVLMVideoProcessor(),
-        image_seq_len=image_seq_len,
-    )
-    processor.save_pretrained(directory)
-    (directory / "tiny_smolvlm.json").write_text(__import__("json").dumps(asdict(size)))
-    return directory
+    """The product's SmolVLM builder with a tokenizer trained on this module's task strings."""
+    return smolvlm.write_smolvlm_folder(directory, size, texts=list(TASKS))
 
 
 def write_image_dataset(
@@ -169,20 +80,17 @@ def write_image_dataset(
 
 def smolvla_config(vlm_dir: str | Path, dataset_root: str | Path, **overrides: Any) -> Any:
     """A `SmolVLAConfig` on the local VLM folder, with the dataset's features (chunk 8 by default)."""
-    import json
-
     from lerobot.datasets.lerobot_dataset import LeRobotDatasetMetadata
     from lerobot.policies.smolvla.configuration_smolvla import SmolVLAConfig
 
     from hf_reflow.data import policy_features
 
-    size = json.loads((Path(vlm_dir) / "tiny_smolvlm.json").read_text())
     meta = LeRobotDatasetMetadata("local/tiny_images", root=dataset_root)
     inputs, outputs = policy_features(meta)
+    backbone = smolvlm.smolvla_fields(vlm_dir)
     fields = {
-        "input_features": inputs, "output_features": outputs, "vlm_model_name": str(Path(vlm_dir).resolve()),
-        "load_vlm_weights": False, "chunk_size": 8, "n_action_steps": 4, "num_vlm_layers": size["text_layers"],
-        "resize_imgs_with_padding": (size["image_size"], size["image_size"]), "tokenizer_max_length": 16,
+        "input_features": inputs, "output_features": outputs, **backbone, "chunk_size": 8, "n_action_steps": 4,
+        "resize_imgs_with_padding": tuple(backbone["resize_imgs_with_padding"]), "tokenizer_max_length": 16,
         "device": "cpu",
     }  # fmt: skip
     return SmolVLAConfig(**{**fields, **overrides})

@@ -1,0 +1,125 @@
+"""The embedded benchmark with a VLA: LeRobot's SmolVLAPolicy on rendered images, instructions and the state
+(recipes/metaworld/smolvla.yaml, tiny sizes), through the pipeline, `hf-reflow eval` and stock LeRobot."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import REPO, run_cli, run_stock_python
+
+from hf_reflow.errors import ConfigError
+from hf_reflow.policies import smolvlm
+
+RECIPE = str(REPO / "recipes" / "metaworld" / "smolvla.yaml")
+# The recipe at test size: 32-px images, a 2-layer backbone, a few episodes and steps, one closed-loop episode.
+TINY = [
+    "--data.episodes=2", "--data.heldout_episodes=1", "--data.image_size=32", "--vlm.size.image_size=32",
+    "--vlm.size.text_layers=2", "--flow_matching.steps=4", "--reflow.steps=2", "--distill.steps=2",
+    "--train.batch_size=4", "--eval.nfe=[1]", "--eval.episodes=1", "--eval.num_samples=8", "--eval.workers=1",
+]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def vla_run(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("vla") / "run"
+    result = run_cli("pipeline", f"--config_path={RECIPE}", f"--output_dir={out}", *TINY, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return out
+
+
+def test_the_vla_chain_trains_reads_images_and_evaluates_every_stage(vla_run):
+    rows = json.loads((vla_run / "results.json").read_text())["rows"]
+    assert {(row["name"], row["nfe"]) for row in rows} == {("1-RF", 1), ("2-RF", 1), ("2-RF distilled", 1)}
+    assert all(row["episodes"] == 2 and row["ms_per_env_step"] > 0 for row in rows)  # 1 episode x 2 tasks
+    assert all(0 < row["prefix_ms"] < row["latency_ms"] for row in rows)  # the VLM prefix: part of each chunk
+    configs = {name: json.loads((vla_run / "seed0" / name / "pretrained_model" / "config.json").read_text())
+               for name in ("1rf", "2rf", "2rf-distill")}  # fmt: skip
+    for name, config in configs.items():
+        assert config["type"] == "smolvla" and config["vlm_model_name"] == str((vla_run / "vlm").resolve())
+        assert config["input_features"]["observation.images.corner"]["shape"] == [3, 32, 32]
+        assert config["load_vlm_weights"] is False and config["num_vlm_layers"] == 2
+        assert config["train_expert_only"] is (name != "1rf")  # the 1-RF trains its VLM; later stages share it
+    assert smolvlm.read_size(vla_run / "vlm").image_size == 32
+    tokenizer = json.loads((vla_run / "vlm" / "tokenizer.json").read_text())["model"]["vocab"]
+    assert any("obstacle" in token for token in tokenizer)  # trained on the instructions
+
+
+def test_demonstrations_carry_the_camera_the_instruction_and_the_state(vla_run):
+    from lerobot.datasets.lerobot_dataset import LeRobotDataset
+
+    from hf_reflow.envs import metaworld as mw
+
+    dataset = LeRobotDataset(mw.DEFAULT_REPO_ID, root=vla_run / "data" / "demos")
+    frame = dataset[0]
+    assert tuple(frame[mw.IMAGE_KEY].shape) == (3, 32, 32) and tuple(frame["observation.state"].shape) == (mw.STATE_DIM,)
+    assert frame["task"] in {mw.task_prompt(task, "multimodal") for task in ("reach-v3", "push-v3")}
+    with mw.make_env("reach-v3", image_size=64) as env:
+        env.reset(0)
+        image = env.render().astype(np.int16)
+    blue = (image[..., 2] > 150) & (image[..., 0] < 100)  # the obstacle's colour (0.15, 0.35, 0.95)
+    assert blue.sum() > 20, "the obstacle is drawn into the camera image"
+
+
+def test_eval_runs_a_closed_loop_vla_episode_and_stock_lerobot_loads_the_2rf(vla_run, tmp_path):
+    output = tmp_path / "eval.json"
+    result = run_cli(
+        "eval", f"--policy.path={vla_run / 'seed0' / '2rf'}", f"--dataset.root={vla_run / 'data' / 'heldout'}",
+        "--nfe=2", "--env=metaworld", "--tasks=reach-v3", "--episodes=1", "--workers=1", f"--output={output}",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-2000:]
+    (row,) = json.loads(output.read_text())
+    assert row["episodes"] == 1 and row["env_steps"] > 0 and row["chunks"] >= row["env_steps"] / 8
+    code = (
+        "import sys; from lerobot.policies.smolvla.modeling_smolvla import SmolVLAPolicy; "
+        "p = SmolVLAPolicy.from_pretrained(sys.argv[1]); print(p.config.num_steps, p.config.train_expert_only)"
+    )
+    stock = run_stock_python(code, str(vla_run / "seed0" / "2rf" / "pretrained_model"))
+    assert stock.returncode == 0, stock.stderr[-2000:]
+    assert stock.stdout.split()[-2:] == ["2", "True"]  # the 2-RF's saved step count
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [(["--data.images=false"], "vlm.build makes a SmolVLM backbone"),
+     (["--data.image_size=48"], "data.image_size=64"),
+     (["--vlm.size.image_size=60"], "must be a multiple of patch_size"),
+     (["--vlm.size.text_heads=3"], "text_hidden must be a multiple of text_heads"),
+     (["--coupling_states=closed_loop"], "cannot serve a policy that reads images")],
+)  # fmt: skip
+def test_bad_vla_settings_fail_at_parse_time(args, message):
+    from hf_reflow.parsing import parse_pipeline_config
+
+    with pytest.raises(ConfigError, match=message):
+        parse_pipeline_config([f"--config_path={RECIPE}", *args])
+
+
+def test_the_builder_writes_a_folder_transformers_loads(tmp_path):
+    from transformers import AutoConfig, AutoProcessor
+
+    size = smolvlm.SmolVLMSize(text_layers=1, vision_layers=1, image_size=32)
+    folder = smolvlm.write_smolvlm_folder(tmp_path / "vlm", size, texts=["reach the goal"])
+    config, processor = AutoConfig.from_pretrained(folder), AutoProcessor.from_pretrained(folder)
+    assert config.text_config.num_hidden_layers == 1 and config.vision_config.image_size == 32
+    assert processor.image_seq_len == size.image_seq_len == 4
+    assert smolvlm.smolvla_fields(folder)["resize_imgs_with_padding"] == [32, 32]
+    assert not list(tmp_path.glob(".vlm*"))  # written via a temporary name, nothing left beside it
+
+
+def test_chunk_latency_benchmark_splits_prefix_and_denoising(vla_run, tmp_path):
+    """benchmarks/vla_chunk_latency.py on the tiny 2-RF: the cached chunk beats recomputing the prefix each step."""
+    output = tmp_path / "latency.json"
+    cmd = [sys.executable, str(REPO / "benchmarks" / "vla_chunk_latency.py"), f"--checkpoint={vla_run / 'seed0' / '2rf'}",
+           f"--dataset={vla_run / 'data' / 'heldout'}", "--repeats=3", f"--output={output}"]  # fmt: skip
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    result = json.loads(output.read_text())
+    assert set(result["by_steps"]) == {"1", "2", "4", "10"} and result["prefix_ms"] > 0
+    ten = result["by_steps"]["10"]
+    assert ten["uncached_chunk_ms"] > ten["chunk_ms"] > result["prefix_ms"]  # 10 prefixes cost more than one
+    assert "uncached / cached" in proc.stdout
