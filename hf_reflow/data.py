@@ -17,10 +17,11 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset, Sampler
 
-from hf_reflow.errors import DataError, HubError
+from hf_reflow.errors import ConfigError, DataError, HubError
 from hf_reflow.hub import Hub
 
 IN_MEMORY_MAX_FRAMES = 200_000
+IN_MEMORY_MAX_IMAGE_BYTES = 2 * 1024**3  # camera frames held as uint8
 
 if TYPE_CHECKING:
     from lerobot.datasets.lerobot_dataset import LeRobotDatasetMetadata
@@ -175,10 +176,24 @@ def make_dataset(cfg: DatasetConfig, policy_config: Any) -> Dataset:
             f"cannot read the frames of the dataset at {where!r} ({type(e).__name__}: {str(e).splitlines()[0][:200]}); "
             "a data file is damaged (e.g. a truncated or foreign parquet file): restore or rewrite the dataset."
         ) from None
-    has_images = any(f["dtype"] in ("image", "video") for f in meta.features.values())
-    if cfg.in_memory == "never" or (cfg.in_memory == "auto" and (has_images or len(dataset) > IN_MEMORY_MAX_FRAMES)):
+    if cfg.in_memory == "never" or (cfg.in_memory == "auto" and not fits_in_memory(meta, len(dataset))):
         return dataset
+    if any(f["dtype"] == "video" for f in meta.features.values()):
+        raise ConfigError(
+            f"dataset.in_memory=always cannot hold the video frames of {cfg.root or cfg.repo_id!r} (they are decoded "
+            "from the video files per item); use dataset.in_memory=auto or never."
+        )
     return InMemoryFrames(dataset)
+
+
+def fits_in_memory(meta: LeRobotDatasetMetadata, frames: int) -> bool:
+    """`in_memory=auto`: no video features, at most IN_MEMORY_MAX_FRAMES frames and their camera images
+    (uint8) within IN_MEMORY_MAX_IMAGE_BYTES."""
+    features = meta.features.values()
+    if any(f["dtype"] == "video" for f in features) or frames > IN_MEMORY_MAX_FRAMES:
+        return False
+    image_bytes = sum(int(np.prod(f["shape"])) for f in features if f["dtype"] == "image") * frames
+    return image_bytes <= IN_MEMORY_MAX_IMAGE_BYTES
 
 
 def is_data_file_error(error: BaseException) -> bool:
@@ -192,12 +207,16 @@ class InMemoryFrames(Dataset):
 
     Built from the dataset's columns in one vectorised pass with LeRobot's own chunk rule (indices
     `i + delta` clamped to the episode, `<key>_is_pad` where clamped), so items equal
-    `LeRobotDataset.__getitem__`'s (a test pins this) at a fraction of its per-item cost.
+    `LeRobotDataset.__getitem__`'s (a test pins this) at a fraction of its per-item cost: ~0.02 ms
+    instead of ~1 ms, ~11 ms with a camera and a 16-action chunk. Camera frames stay uint8 (N, 3, H, W)
+    in memory and become LeRobot's float [0, 1] (then its `image_transforms`, if any) per item.
     """
 
     def __init__(self, dataset: Any) -> None:
         reader = dataset.reader
-        columns = reader.hf_dataset.with_format("torch")[:]  # column -> (N, ...) tensor
+        columns = reader.hf_dataset.with_format("torch")[:]  # column -> (N, ...) tensor; images (N, 3, H, W) uint8
+        self.camera_keys = [key for key, f in dataset.meta.features.items() if f["dtype"] == "image"]
+        self.image_transforms = dataset.image_transforms
         absolute = columns["index"]  # (N,) absolute frame index
         episodes = columns["episode_index"]  # (N,)
         meta_episodes = dataset.meta.episodes
@@ -220,7 +239,12 @@ class InMemoryFrames(Dataset):
         return self.length
 
     def __getitem__(self, index: int) -> dict[str, Any]:
-        return {key: column[index] for key, column in self.columns.items()}
+        item = {key: column[index] for key, column in self.columns.items()}
+        for key in self.camera_keys:  # as LeRobot's ToTensor: uint8 -> float32 / 255, then its transforms
+            item[key] = item[key].to(torch.float32).div(255)
+            if self.image_transforms is not None:
+                item[key] = self.image_transforms(item[key])
+        return item
 
 
 def _relative_lookup(absolute: Tensor) -> Any:

@@ -35,6 +35,28 @@ def test_in_memory_frames_equal_lerobot_items(toy_dataset, episodes):
                 assert value == got[key], (key, i)
 
 
+def test_in_memory_camera_frames_equal_lerobot_items(image_dataset):
+    """Camera frames held as uint8 come out as LeRobot's float [0, 1] CHW, bitwise; `auto` holds a small image
+    dataset in memory; `always` refuses a video dataset in one line."""
+    from lerobot.datasets.lerobot_dataset import LeRobotDataset
+
+    from hf_reflow.configs import DatasetConfig
+    from hf_reflow.data import InMemoryFrames, fits_in_memory, load_metadata
+
+    dataset = LeRobotDataset("local/tiny_images", root=image_dataset, delta_timestamps={"action": [0.0, 0.1, 0.2]})
+    frames = InMemoryFrames(dataset)
+    key = dataset.meta.camera_keys[0]
+    assert frames.columns[key].dtype == torch.uint8  # a quarter of the float memory
+    for i in (0, 7, len(dataset) - 1):
+        expected, got = dataset[i], frames[i]
+        assert expected.keys() == got.keys()
+        for name, value in expected.items():
+            if torch.is_tensor(value):
+                assert value.dtype == got[name].dtype and torch.equal(value, got[name]), (name, i)
+    meta = load_metadata(DatasetConfig(root=str(image_dataset)))
+    assert fits_in_memory(meta, len(dataset)) and not fits_in_memory(meta, 10**9)
+
+
 def test_dataset_image_transforms_augment_the_frames_as_lerobot_train(image_dataset):
     """lerobot-train's --dataset.image_transforms.*: LeRobot's ImageTransforms on every camera frame."""
     import torch
