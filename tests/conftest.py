@@ -170,8 +170,8 @@ def pi0_env(tmp_path_factory, paligemma_home) -> dict[str, str]:
 
 # `make test` gives whole files to two workers (`--dist loadfile`) in collection order: the longest files go
 # first (longest-processing-time-first), so no long file starts last while the other worker idles.
-LONGEST_FILES = ("test_hub.py", "test_pi0_cli.py", "test_pipeline.py", "test_trainer.py", "test_metaworld_env.py",
-                 "test_benchmarks.py", "test_space.py")  # fmt: skip
+LONGEST_FILES = ("test_hub.py", "test_pi0_cli.py", "test_pipeline.py", "test_trainer.py", "test_vla_metaworld.py",
+                 "test_metaworld_env.py", "test_benchmarks.py", "test_space.py")  # fmt: skip
 
 
 def pytest_collection_modifyitems(items):

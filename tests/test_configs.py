@@ -4,10 +4,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import draccus
 import pytest
 import torch
 import yaml
 from conftest import fake_checkpoint
+from lerobot.configs.policies import PreTrainedConfig
 
 from hf_reflow.configs import RECOMMENDED_NUM_STEPS
 from hf_reflow.errors import ConfigError, ReflowError
@@ -144,14 +146,20 @@ def test_every_train_recipe_parses_and_says_which_optimizer(recipe, tmp_path):
 
 @pytest.mark.parametrize("recipe", sorted(RECIPES.glob("metaworld/*.yaml")), ids=lambda p: p.name)
 def test_metaworld_recipes_train_as_before(recipe, teacher):
-    """Each stage's optimizer is hf-reflow's AdamW + warmup-cosine, set in full (not left to a preset)."""
+    """Each stage's optimizer is AdamW + warmup-cosine, set in full (not left to a preset): hf-reflow's settings
+    for flow_mlp; for the SmolVLA recipe, SmolVLA's own betas and clipping."""
     from hf_reflow.parsing import parse_pipeline_config
 
     config = parse_pipeline_config([f"--config_path={recipe}"])
+    smolvla = config.train["policy"]["type"] == "smolvla"
+    first = stage_config(config, "flow_matching", seed=0, output_dir="o", teacher=None, dataset_root="d")
+    stand_in = {"teacher": "<1-RF>", "teacher_config": draccus.encode(first.policy, PreTrainedConfig)} if smolvla else {
+        "teacher": teacher}  # fmt: skip
     for stage in config.stages:
-        optim = stage_config(config, stage, seed=0, output_dir="o", teacher=teacher, dataset_root="d").optim
-        assert optim.type == "adamw" and optim.scheduler == "warmup_cosine" and optim.grad_clip_norm == 1.0
-        assert optim.betas == [0.9, 0.999] and optim.eps == 1e-8 and optim.weight_decay == 1e-4
+        optim = stage_config(config, stage, seed=0, output_dir="o", dataset_root="d", **stand_in).optim
+        assert optim.type == "adamw" and optim.scheduler == "warmup_cosine"
+        assert (optim.betas, optim.grad_clip_norm) == (([0.9, 0.95], 10.0) if smolvla else ([0.9, 0.999], 1.0))
+        assert optim.eps == 1e-8 and optim.weight_decay == 1e-4
         assert optim.min_lr_ratio == 0.1 and optim.lr is not None and optim.warmup_steps is not None
 
 

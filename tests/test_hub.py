@@ -682,10 +682,10 @@ def test_card_gives_the_exact_lerobot_eval_command_of_its_closed_loop_rows():
     assert ("lerobot-eval --policy.path=a/mw-2rf --policy.num_steps=1 --env.type=metaworld_detour --env.task=push-v3 "
             "--seed=7000000 --eval.n_episodes=50 --eval.batch_size=10") in card.text
     assert "--env.type=<env>" not in card.text and card.text.count("lerobot-eval --policy.path") == 2
-    vla = {**state, "input_features": {"observation.images.corner": {"type": "VISUAL", "shape": [3, 96, 96]}}}
+    vla = {**state, "input_features": {"observation.images.corner": {"type": "VISUAL", "shape": [3, 64, 64]}}}
     assert cards.lerobot_eval_envs([{**row, "env_mode": "scripted"}], vla)[0] == (
-        "--env.type=metaworld_detour --env.task=reach-v3 --env.obs_type=pixels_agent_pos --env.mode=scripted "
-        "--seed=7000000 --eval.n_episodes=50")
+        "--env.type=metaworld_detour --env.task=reach-v3 --env.obs_type=pixels_agent_pos --env.image_size=64 "
+        "--env.mode=scripted --seed=7000000 --eval.n_episodes=50")  # rendered at the size the policy was trained on
     no_env = cards.model_card(repo_id="a/x", info=info, policy_config=state, lineage=[], eval_rows=[])
     assert "--env.type=<env>" in no_env.text  # measured nowhere: the user names their own env
 

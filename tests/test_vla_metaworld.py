@@ -9,7 +9,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 from conftest import REPO, run_cli, run_stock_python
 
@@ -59,11 +58,9 @@ def test_demonstrations_carry_the_camera_the_instruction_and_the_state(vla_run):
     frame = dataset[0]
     assert tuple(frame[mw.IMAGE_KEY].shape) == (3, 32, 32) and tuple(frame["observation.state"].shape) == (mw.STATE_DIM,)
     assert frame["task"] in {mw.task_prompt(task, "multimodal") for task in ("reach-v3", "push-v3")}
-    with mw.make_env("reach-v3", image_size=64) as env:
-        env.reset(0)
-        image = env.render().astype(np.int16)
+    image = (frame[mw.IMAGE_KEY] * 255).permute(1, 2, 0).numpy()  # (32, 32, 3), as the policy reads it
     blue = (image[..., 2] > 150) & (image[..., 0] < 100)  # the obstacle's colour (0.15, 0.35, 0.95)
-    assert blue.sum() > 20, "the obstacle is drawn into the camera image"
+    assert blue.sum() >= 4, "the obstacle is drawn into the camera image"
 
 
 def test_eval_runs_a_closed_loop_vla_episode_and_stock_lerobot_loads_the_2rf(vla_run, tmp_path):
@@ -115,7 +112,7 @@ def test_chunk_latency_benchmark_splits_prefix_and_denoising(vla_run, tmp_path):
     """benchmarks/vla_chunk_latency.py on the tiny 2-RF: the cached chunk beats recomputing the prefix each step."""
     output = tmp_path / "latency.json"
     cmd = [sys.executable, str(REPO / "benchmarks" / "vla_chunk_latency.py"), f"--checkpoint={vla_run / 'seed0' / '2rf'}",
-           f"--dataset={vla_run / 'data' / 'heldout'}", "--repeats=3", f"--output={output}"]  # fmt: skip
+           f"--dataset={vla_run / 'data' / 'heldout'}", "--repeats=1", f"--output={output}"]  # fmt: skip
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert proc.returncode == 0, proc.stderr[-2000:]
     result = json.loads(output.read_text())

@@ -249,8 +249,9 @@ def lerobot_eval_envs(eval_rows: list[dict[str, Any]], policy_config: dict[str, 
     row = next((r for r in eval_rows if r.get("env_type") and r.get("per_task")), None)
     if row is None:
         return []
-    images = any(str(f.get("type", "")).upper() == "VISUAL" for f in (policy_config.get("input_features") or {}).values())
-    extra = (" --env.obs_type=pixels_agent_pos" if images else "") + (
+    cameras = [f for f in (policy_config.get("input_features") or {}).values() if str(f.get("type", "")).upper() == "VISUAL"]
+    # a camera policy sees the env's frames rendered at the size it was trained on: (3, H, W) -> H
+    extra = (f" --env.obs_type=pixels_agent_pos --env.image_size={cameras[0]['shape'][-1]}" if cameras else "") + (
         f" --env.mode={row['env_mode']}" if row.get("env_mode", "multimodal") != "multimodal" else "")
     episodes = next(iter(row["per_task"].values())).get("episodes", 50)
     return [f"--env.type={row['env_type']} --env.task={task}{extra} --seed={row['first_episode_seed']} "
