@@ -120,3 +120,28 @@ def test_chunk_latency_benchmark_splits_prefix_and_denoising(vla_run, tmp_path):
     ten = result["by_steps"]["10"]
     assert ten["uncached_chunk_ms"] > ten["chunk_ms"] > result["prefix_ms"]  # 10 prefixes cost more than one
     assert "uncached / cached" in proc.stdout
+
+
+def test_offline_metrics_read_the_real_action_dims_only(vla_run):
+    """SmolVLA's ODE runs in a (chunk, 32) padded space whose padding is never trained: the error vs the
+    demonstration is measured on the 4 real action dims, as LeRobot's policy returns them."""
+    import torch
+
+    from hf_reflow.artifacts.checkpoints import load_checkpoint
+    from hf_reflow.configs import DatasetConfig
+    from hf_reflow.data import make_dataset
+    from hf_reflow.evaluation.offline import observation_batch, offline_metrics
+    from hf_reflow.policies.base import sample_policy
+    from hf_reflow.sampling import seeded_noise
+
+    loaded = load_checkpoint(str(vla_run / "seed0" / "2rf"))
+    dataset = make_dataset(DatasetConfig(root=str(vla_run / "data" / "heldout")), loaded.config)
+    batch = loaded.preprocessor(observation_batch(dataset, 4, seed=0))
+    (row,) = offline_metrics(loaded.adapter, batch, [2])
+    action, _ = loaded.adapter.action_target(batch)  # (4, chunk, 32): the real 4 dims, then zeros
+    assert loaded.adapter.action_shape[-1] == 32 and loaded.adapter.action_dim == 4
+    noise = seeded_noise((4, *loaded.adapter.action_shape), 0)
+    with torch.no_grad():
+        sampled = sample_policy(loaded.adapter, batch, noise, num_steps=2).action
+    expected = float((sampled[..., :4] - action[..., :4]).pow(2).mean())
+    assert row["error_vs_data"] == pytest.approx(expected, rel=1e-5)

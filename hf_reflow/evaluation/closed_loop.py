@@ -31,9 +31,9 @@ from hf_reflow.evaluation.diagnostics import episode_diagnostics
 from hf_reflow.policies.factory import adapter_for
 from hf_reflow.sampling import seeded_noise
 
-# Bumped whenever a rollout's result for the same (checkpoint, step count, task, seed) changes, so cached
+# Bumped whenever a cached row for the same (checkpoint, step count, task, seed) changes, so cached
 # evaluations made under an older protocol are redone.
-PROTOCOL = "paired-noise-per-chunk-v3-diagnostics"
+PROTOCOL = "paired-noise-per-chunk-v4-prefix-real-action-dims"  # v4: prefix_ms; offline metrics on real dims
 EPISODE_SEED_BASE = 7_000_000  # evaluation episode seeds: base + i (layouts come from EVAL_LAYOUT_SEED)
 TOY_EPISODE_SEED_BASE = 10_000  # the toy env's evaluation episodes: base + i
 NoiseMode = Literal["per_chunk", "per_episode"]

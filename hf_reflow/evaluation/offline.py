@@ -41,10 +41,15 @@ def offline_metrics(adapter: PolicyAdapter, batch: dict[str, Any], nfes: list[in
     action, _ = adapter.action_target(batch)
     # (B, chunk, action_dim), drawn once on the CPU and shared by every step count
     noise = seeded_noise((action.shape[0], *adapter.action_shape), seed).to(action)
-    reference = sample_policy(adapter, batch, noise, num_steps=REFERENCE_STEPS).action
+    # A VLA's ODE runs in a padded (chunk, max_action_dim) space whose padding is never trained and never
+    # returned: every metric reads the real action dims only, as LeRobot's policies return them.
+    real = getattr(adapter, "action_dim", adapter.action_shape[-1])
+    action = action[..., :real]
+    reference = sample_policy(adapter, batch, noise, num_steps=REFERENCE_STEPS).action[..., :real]
     rows = []
     for nfe in nfes:
         out = sample_policy(adapter, batch, noise, num_steps=nfe, return_path=True)
+        out = dataclasses.replace(out, action=out.action[..., :real], path=out.path[..., :real])
         one = first_observation(batch)
         latency = latency_ms(adapter, one, noise[:1], nfe)
         rows.append(
