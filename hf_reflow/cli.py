@@ -22,7 +22,7 @@ from pathlib import Path
 
 from hf_reflow.atomic import write_text
 from hf_reflow.errors import ConfigError, ReflowError
-from hf_reflow.metrics import CONSOLE_COLUMNS
+from hf_reflow.metrics import CONSOLE_COLUMNS, EvalRow
 
 USAGE = """usage: hf-reflow <command> [--config_path=RECIPE.yaml] [--key=value ...]   (hf-reflow <command> --help: its options)
 
@@ -244,7 +244,7 @@ def cmd_space(args: list[str]) -> int:
     return 0
 
 
-def format_table(rows: list[dict]) -> str:
+def format_table(rows: list[EvalRow]) -> str:
     """A plain-text table of evaluation rows."""
     columns = [c for c in CONSOLE_COLUMNS if any(c in r for r in rows)]
 

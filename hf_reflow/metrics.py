@@ -1,4 +1,4 @@
-"""The columns of an evaluation row, named once.
+"""The columns of an evaluation row, named once: the typed `EvalRow`, each annotation saying what its column means.
 
 A row is one checkpoint at one step count (and one re-planning interval): what `hf-reflow eval --output=`
 writes, the pipeline's `results.json` holds under `rows`, the report averages over seeds, the console
@@ -9,58 +9,68 @@ from here (publishing cannot import evaluation, so they live at the bottom layer
 from __future__ import annotations
 
 import math
+import typing
+from typing import Annotated, TypedDict
 
-# Which checkpoint a row measures and how it was run.
-IDENTITY = {
-    "checkpoint": "the checkpoint evaluated (a folder or a Hub id)",
-    "seed": "the training seed (pipeline)",
-    "name": "the stage's label, e.g. 2-RF distilled (pipeline)",
-    "run": "the stage's run folder, e.g. 2rf-distill (pipeline)",
-    "stage": "flow_matching, reflow, distill, shortcut or meanflow",
-    "k": "the k of the k-RF",
-    "nfe": "denoising steps per action chunk",
-    "n_action_steps": "actions executed per chunk before re-planning",
-    "policy_n_action_steps": "the policy's own n_action_steps",
-    "env_type": "the LeRobot env type the episodes ran in (its `lerobot-eval --env.type`)",
-    "env_mode": "that env's mode", "first_episode_seed": "the first episode's seed (lerobot-eval's --seed)",
+
+class EvalRow(TypedDict, total=False):
+    """One evaluation row: each column's type and, in its annotation, what it means (`COLUMNS`)."""
+
+    # Which checkpoint a row measures and how it was run.
+    checkpoint: Annotated[str, "the checkpoint evaluated (a folder or a Hub id)"]
+    seed: Annotated[int, "the training seed (pipeline)"]
+    name: Annotated[str, "the stage's label, e.g. 2-RF distilled (pipeline)"]
+    run: Annotated[str, "the stage's run folder, e.g. 2rf-distill (pipeline)"]
+    stage: Annotated[str, "flow_matching, reflow, distill, shortcut or meanflow"]
+    k: Annotated[int | None, "the k of the k-RF"]
+    nfe: Annotated[int, "denoising steps per action chunk"]
+    n_action_steps: Annotated[int, "actions executed per chunk before re-planning"]
+    policy_n_action_steps: Annotated[int, "the policy's own n_action_steps"]
+    env_type: Annotated[str, "the LeRobot env type the episodes ran in (its `lerobot-eval --env.type`)"]
+    env_mode: Annotated[str, "that env's mode"]
+    first_episode_seed: Annotated[int, "the first episode's seed (lerobot-eval's --seed)"]
+    # Offline, on held-out observations (`evaluation/offline.py`).
+    straightness: Annotated[float, "Liu et al.'s straightness of the sampled path: 0 for a straight line"]
+    error_vs_10step: Annotated[float, "mean squared difference of the chunk from the same noise's 10-step chunk"]
+    error_vs_data: Annotated[float, "mean squared difference of the chunk from the demonstration's own chunk (normalised)"]
+    magnitude_vs_data: Annotated[float, "mean action norm of the chunk over the demonstration's (below 1: shrunk toward the mean)"]
+    latency_ms: Annotated[float, "milliseconds per chunk on this machine"]
+    prefix_ms: Annotated[float, "of latency_ms, milliseconds encoding the observation once per chunk (a VLA's VLM prefix)"]
+    latency_device: Annotated[str, "the machine latency_ms was measured on (CPU model and threads, or the GPU's name)"]
+    # Closed loop (`evaluation/closed_loop.py`, `evaluation/lerobot_envs.py`); `per_task` holds them per task.
+    episodes: Annotated[int, "episodes run"]
+    successes: Annotated[int, "episodes that succeeded"]
+    success_rate: Annotated[float, "share of episodes that succeeded"]
+    collision_rate: Annotated[float, "share that touched the obstacle"]
+    stall_rate: Annotated[float, "share that ended with the hand nearly still"]
+    timeout_rate: Annotated[float, "share still moving when the horizon ended"]
+    left_share: Annotated[float | None, "share of episodes whose detour went left"]
+    side_switches: Annotated[float | None, "times per episode the hand changed side of the start-target line"]
+    mean_steps: Annotated[float | None, "env steps of a successful episode"]
+    chunks: Annotated[int, "chunks predicted"]
+    env_steps: Annotated[int, "env steps run"]
+    passes_per_env_step: Annotated[float, "denoising passes per env step (steps x chunks / env steps)"]
+    ms_per_env_step: Annotated[float | None, "measured milliseconds of denoising per env step"]
+    hand_speed: Annotated[float | None, "mean hand displacement per env step (m)"]
+    chunk_jump: Annotated[float | None, "action change at chunk boundaries"]
+    action_change: Annotated[float | None, "action change inside a chunk"]
+    collision_progress: Annotated[float | None, "where along the start-target line a collision happened (0 start, 1 target)"]
+    misses: Annotated[int, "failed episodes without a collision"]
+    miss_closest_goal_m: Annotated[float | None, "failed episodes: closest distance to the goal (m)"]
+    miss_closest_hand_goal_m: Annotated[float | None, "failed episodes: closest hand-to-goal distance (m)"]
+    miss_final_goal_m: Annotated[float | None, "failed episodes: final distance to the goal (m)"]
+    miss_near_goal_steps: Annotated[float | None, "failed episodes: steps within 2x the success tolerance"]
+    miss_near_goal_reversals: Annotated[float | None, "failed episodes: direction reversals near the goal"]
+    per_task: Annotated[dict[str, EvalRow], "the closed-loop columns per task, with the per-episode lists below"]
+    episode_seeds: Annotated[list[int], "per task: each episode's seed"]
+    episode_success: Annotated[list[bool], "per task: each episode's success"]
+    episode_hand_speed: Annotated[list[float | None], "per task: each episode's hand speed"]
+
+
+# column -> what it means, in EvalRow's order (the report, console, cards and tests read the names here)
+COLUMNS: dict[str, str] = {
+    name: hint.__metadata__[0] for name, hint in typing.get_type_hints(EvalRow, include_extras=True).items()
 }
-# Offline, on held-out observations (`evaluation/offline.py`).
-OFFLINE = {
-    "straightness": "Liu et al.'s straightness of the sampled path: 0 for a straight line",
-    "error_vs_10step": "mean squared difference of the chunk from the same noise's 10-step chunk",
-    "error_vs_data": "mean squared difference of the chunk from the demonstration's own chunk (normalised)",
-    "magnitude_vs_data": "mean action norm of the chunk over the demonstration's (below 1: shrunk toward the mean)",
-    "latency_ms": "milliseconds per chunk on this machine",
-    "prefix_ms": "of latency_ms, milliseconds encoding the observation once per chunk (a VLA's VLM prefix)",
-    "latency_device": "the machine latency_ms was measured on (CPU model and threads, or the GPU's name)",
-}
-# Closed loop (`evaluation/closed_loop.py`, `evaluation/lerobot_envs.py`); `per_task` holds them per task.
-CLOSED_LOOP = {
-    "episodes": "episodes run", "successes": "episodes that succeeded",
-    "success_rate": "share of episodes that succeeded",
-    "collision_rate": "share that touched the obstacle",
-    "stall_rate": "share that ended with the hand nearly still",
-    "timeout_rate": "share still moving when the horizon ended",
-    "left_share": "share of episodes whose detour went left",
-    "side_switches": "times per episode the hand changed side of the start-target line",
-    "mean_steps": "env steps of a successful episode",
-    "chunks": "chunks predicted", "env_steps": "env steps run",
-    "passes_per_env_step": "denoising passes per env step (steps x chunks / env steps)",
-    "ms_per_env_step": "measured milliseconds of denoising per env step",
-    "hand_speed": "mean hand displacement per env step (m)", "chunk_jump": "action change at chunk boundaries",
-    "action_change": "action change inside a chunk",
-    "collision_progress": "where along the start-target line a collision happened (0 start, 1 target)",
-    "misses": "failed episodes without a collision",
-    "miss_closest_goal_m": "failed episodes: closest distance to the goal (m)",
-    "miss_closest_hand_goal_m": "failed episodes: closest hand-to-goal distance (m)",
-    "miss_final_goal_m": "failed episodes: final distance to the goal (m)",
-    "miss_near_goal_steps": "failed episodes: steps within 2x the success tolerance",
-    "miss_near_goal_reversals": "failed episodes: direction reversals near the goal",
-    "per_task": "the closed-loop columns per task, with the per-episode lists below",
-    "episode_seeds": "per task: each episode's seed", "episode_success": "per task: each episode's success",
-    "episode_hand_speed": "per task: each episode's hand speed",
-}
-COLUMNS = {**IDENTITY, **OFFLINE, **CLOSED_LOOP}
 
 OUTCOME_RATES = ("success_rate", "collision_rate", "stall_rate", "timeout_rate")
 # What the report averages over seeds (with CIs for the rates).

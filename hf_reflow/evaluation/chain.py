@@ -14,6 +14,7 @@ from typing import Any
 from hf_reflow.atomic import write_text
 from hf_reflow.evaluation.closed_loop import PROTOCOL
 from hf_reflow.evaluation.evaluate import EvalSettings, EvalTarget, evaluate
+from hf_reflow.metrics import EvalRow
 
 
 def evaluate_chain(
@@ -24,7 +25,7 @@ def evaluate_chain(
     tasks: list[str],
     mode: str,
     log: Any = print,
-) -> list[dict]:
+) -> list[EvalRow]:
     """Rows (seed x stage x step count) of offline metrics and Meta-World closed-loop results.
 
     Each stage's rows are cached in `<run>/eval.json` with the settings that produced them; a rerun

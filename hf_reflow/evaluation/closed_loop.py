@@ -28,6 +28,7 @@ from hf_reflow.envs import toy
 from hf_reflow.envs.lerobot_env import ENV_TYPE
 from hf_reflow.errors import CheckpointError, ConfigError, DataError
 from hf_reflow.evaluation.diagnostics import episode_diagnostics
+from hf_reflow.metrics import EvalRow
 from hf_reflow.policies.factory import adapter_for
 from hf_reflow.sampling import seeded_noise
 
@@ -366,8 +367,8 @@ def check_env_compatible(config: Any, path: str) -> None:
         )
 
 
-def attach_closed_loop(rows: list[dict], *, tasks: list[str], mode: str, episodes: int, workers: int,
-                       n_action_steps: list[int] | None = None, log: Any = print) -> list[dict]:  # fmt: skip
+def attach_closed_loop(rows: list[EvalRow], *, tasks: list[str], mode: str, episodes: int, workers: int,
+                       n_action_steps: list[int] | None = None, log: Any = print) -> list[EvalRow]:  # fmt: skip
     """Meta-World closed-loop results (pooled over tasks, and `per_task`) for rows with checkpoint + nfe.
 
     Each row is evaluated at every `n_action_steps` value (None: the policy's own), so the rows returned are
@@ -399,7 +400,7 @@ def attach_closed_loop(rows: list[dict], *, tasks: list[str], mode: str, episode
     return rows
 
 
-def with_replanning(rows: list[dict], n_action_steps: list[int] | None, configs: dict[str, Any]) -> list[dict]:
+def with_replanning(rows: list[EvalRow], n_action_steps: list[int] | None, configs: dict[str, Any]) -> list[EvalRow]:
     """Each row once per `n_action_steps` value (None: the policy's own; copies when there are several), each
     recording the value it runs with and the policy's own (`configs`: checkpoint -> its policy config)."""
     values = list(n_action_steps or [None])
@@ -410,7 +411,7 @@ def with_replanning(rows: list[dict], n_action_steps: list[int] | None, configs:
     return rows
 
 
-def compute_per_env_step(row: dict) -> dict[str, float | None]:
+def compute_per_env_step(row: EvalRow) -> EvalRow:
     """Denoising passes (steps x chunks / env steps) and, with a measured latency per chunk, ms per env step."""
     chunks, env_steps = row["chunks"], row["env_steps"]
     latency = row.get("latency_ms")
@@ -424,7 +425,7 @@ ALL_EPISODE_DIAGNOSTICS = ("hand_speed", "chunk_jump", "action_change", "collisi
 MISS_DIAGNOSTICS = ("closest_goal_m", "closest_hand_goal_m", "final_goal_m", "near_goal_steps", "near_goal_reversals")  # failures without collision
 
 
-def summarise(episodes: list[dict[str, Any]]) -> dict[str, Any]:
+def summarise(episodes: list[dict[str, Any]]) -> EvalRow:
     """Success (task success and no collision), failure taxonomy, left share, side switches, steps, and the
     diagnostics: `hand_speed` / `chunk_jump` / `action_change` over all episodes, `miss_*` over the failures
     without a collision (near misses vs lost).
@@ -472,7 +473,7 @@ def episode_seeds(count: int) -> tuple[int, ...]:
     return tuple(EPISODE_SEED_BASE + i for i in range(count))
 
 
-def pool(per_task: list[dict]) -> dict:
+def pool(per_task: list[EvalRow]) -> EvalRow:
     """Episode-weighted pooling of per-task closed-loop summaries (`miss_*` weighted by misses)."""
     episodes = sum(s["episodes"] for s in per_task)
     successes = sum(s["successes"] for s in per_task)

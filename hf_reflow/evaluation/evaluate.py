@@ -10,6 +10,7 @@ from typing import Any
 from hf_reflow.evaluation.closed_loop import attach_closed_loop
 from hf_reflow.evaluation.lerobot_envs import attach_env_closed_loop
 from hf_reflow.evaluation.offline import evaluate_checkpoint
+from hf_reflow.metrics import EvalRow
 
 
 @dataclass(frozen=True)
@@ -56,7 +57,7 @@ class EvalSettings:
     env_config: Any = None
 
 
-def evaluate(targets: list[EvalTarget], dataset_cfg: Any, settings: EvalSettings, *, log: Any = print) -> list[dict]:
+def evaluate(targets: list[EvalTarget], dataset_cfg: Any, settings: EvalSettings, *, log: Any = print) -> list[EvalRow]:
     """Rows (checkpoint x step count [x re-planning]) of offline metrics and closed-loop results."""
     s, rows = settings, []
     for target in targets:

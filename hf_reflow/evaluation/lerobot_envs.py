@@ -32,11 +32,12 @@ from hf_reflow.evaluation.closed_loop import (
     summarise,
     with_replanning,
 )
+from hf_reflow.metrics import EvalRow
 from hf_reflow.parsing import parse_env_config
 
 
-def attach_env_closed_loop(rows: list[dict], env_cfg: Any, *, episodes: int,
-                           n_action_steps: list[int] | None = None) -> list[dict]:  # fmt: skip
+def attach_env_closed_loop(rows: list[EvalRow], env_cfg: Any, *, episodes: int,
+                           n_action_steps: list[int] | None = None) -> list[EvalRow]:  # fmt: skip
     """Closed-loop results in `env_cfg`'s env (pooled, and `per_task` per LeRobot suite / task id) for rows with
     checkpoint + nfe, at every `n_action_steps` value (`with_replanning`, as `attach_closed_loop`)."""
     if not rows or episodes < 1:

@@ -21,6 +21,7 @@ from hf_reflow import flow
 from hf_reflow.artifacts.checkpoints import load_checkpoint
 from hf_reflow.data import make_dataset
 from hf_reflow.evaluation.closed_loop import toy_closed_loop
+from hf_reflow.metrics import EvalRow
 from hf_reflow.policies.base import PolicyAdapter, sample_policy
 from hf_reflow.sampling import seeded_noise
 
@@ -35,7 +36,7 @@ def observation_batch(dataset: Any, num_samples: int, seed: int) -> dict[str, An
 
 
 @torch.no_grad()
-def offline_metrics(adapter: PolicyAdapter, batch: dict[str, Any], nfes: list[int], seed: int = 0) -> list[dict]:
+def offline_metrics(adapter: PolicyAdapter, batch: dict[str, Any], nfes: list[int], seed: int = 0) -> list[EvalRow]:
     """Per step count: straightness of the Euler path, MSE vs the 10-step chunk and vs the demonstration,
     the predicted chunk's size relative to the demonstration's (shrinkage), ms per chunk call."""
     action, _ = adapter.action_target(batch)
@@ -111,7 +112,7 @@ def first_observation(batch: dict[str, Any]) -> dict[str, Any]:
 def evaluate_checkpoint(
     path: str, dataset_cfg: Any, *, nfes: list[int], num_samples: int = 64, episodes: int = 0, env: str = "none",
     seed: int = 0, own_steps_only: bool = False,
-) -> list[dict]:  # fmt: skip
+) -> list[EvalRow]:  # fmt: skip
     """Rows (one per step count) of offline metrics and, with `env="toy"`, closed-loop results.
 
     `error_vs_data` compares the chunk with the demonstration's own chunk (padding included).

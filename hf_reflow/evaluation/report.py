@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from hf_reflow.atomic import write_text
-from hf_reflow.metrics import OUTCOME_RATES, SUMMARY_METRICS, containing, wilson_interval
+from hf_reflow.metrics import OUTCOME_RATES, SUMMARY_METRICS, EvalRow, containing, wilson_interval
 
 BOOTSTRAP_SAMPLES = 4000
 # The issue's targets, checked in report.md (points are success-rate differences to the reference cell).
@@ -61,19 +61,19 @@ def t_interval(values: list[float]) -> tuple[float, float]:
     return containing(mean, mean - half, mean + half)  # a rate's interval stays inside [0, 1]
 
 
-def _mean(rows: list[dict], key: str) -> float | None:
+def _mean(rows: list[EvalRow], key: str) -> float | None:
     values = [r[key] for r in rows if r.get(key) is not None]
     return float(np.mean(values)) if values else None
 
 
-def reference_cell(rows: list[dict]) -> Cell | None:
+def reference_cell(rows: list[EvalRow]) -> Cell | None:
     """The cell every other is compared with: the 1-RF (k = 1, flow matching) at its largest step count,
     re-planning at its own n_action_steps (the teacher's operating point)."""
     cells = [cell_of(r) for r in rows if r.get("stage") == "flow_matching" and r.get("episodes") and _own_replanning(r)]
     return max(cells, key=lambda cell: cell[1]) if cells else None
 
 
-def _paired_vectors(rows: list[dict]) -> dict[int, np.ndarray]:
+def _paired_vectors(rows: list[EvalRow]) -> dict[int, np.ndarray]:
     """seed -> (episodes,) per-episode success of one cell, tasks in row order, episodes in seed order."""
     return {
         r["seed"]: np.concatenate([np.asarray(t["episode_success"], dtype=np.float64) for t in r["per_task"].values()])
@@ -81,7 +81,7 @@ def _paired_vectors(rows: list[dict]) -> dict[int, np.ndarray]:
     }
 
 
-def paired_difference(cell: list[dict], reference: list[dict], *, seed: int = 0) -> tuple[float, tuple[float, float]]:
+def paired_difference(cell: list[EvalRow], reference: list[EvalRow], *, seed: int = 0) -> tuple[float, tuple[float, float]]:
     """Mean per-episode success difference cell - reference and its 95 % paired bootstrap interval.
 
     Rows of both cells must hold the same episodes (same training seeds, tasks and episode seeds);
@@ -104,7 +104,7 @@ def paired_difference(cell: list[dict], reference: list[dict], *, seed: int = 0)
     return mean, (min(float(low), mean), max(float(high), mean))
 
 
-def summarise(rows: list[dict]) -> list[dict]:
+def summarise(rows: list[EvalRow]) -> list[dict]:
     """One summary row per cell (stage, step count, re-planning), averaged over seeds, in chain order, with
     paired differences to the reference cell."""
     order = list(dict.fromkeys(cell_of(row) for row in rows))
@@ -133,9 +133,9 @@ def summarise(rows: list[dict]) -> list[dict]:
     return summary
 
 
-def paired_speed_ratio(cell: list[dict], reference: list[dict]) -> float | None:
+def paired_speed_ratio(cell: list[EvalRow], reference: list[EvalRow]) -> float | None:
     """Mean hand speed of the cell / of the reference over the episodes both recorded (same seeds, same noise)."""
-    def speeds(rows: list[dict]) -> np.ndarray:
+    def speeds(rows: list[EvalRow]) -> np.ndarray:
         return np.array([v if v is not None else np.nan for r in sorted(rows, key=lambda r: r["seed"])
                          for t in r["per_task"].values() for v in t.get("episode_hand_speed") or []], dtype=np.float64)  # fmt: skip
 
@@ -184,7 +184,7 @@ def speedup_line(speedup: dict[str, Any] | None) -> str:
     )
 
 
-def per_task(rows: list[dict], summary: list[dict], tasks: list[str]) -> list[dict]:
+def per_task(rows: list[EvalRow], summary: list[dict], tasks: list[str]) -> list[dict]:
     """Per (stage, step count, task): outcome rates, left share and side switches, averaged over seeds."""
     table = []
     for s in summary:
@@ -277,7 +277,7 @@ def _diff(s: dict) -> str:
     return f"{100 * s['diff_vs_reference']:+.1f} ({100 * low:+.1f}, {100 * high:+.1f})"
 
 
-def markdown(summary: list[dict], cfg: Any, rows: list[dict]) -> str:
+def markdown(summary: list[dict], cfg: Any, rows: list[EvalRow]) -> str:
     """`report.md`: settings, the summary table, targets, per-task outcomes, plots."""
     seeds = sorted({r["seed"] for r in rows})
     reference = next((s["reference"] for s in summary if "reference" in s), None)
@@ -414,7 +414,7 @@ def _plot_outcomes(ax: Any, cells: list[dict]) -> None:
     ax.legend(fontsize=7)
 
 
-def write(out: Path, cfg: Any, rows: list[dict], *, log: Any = print) -> dict[str, Any]:
+def write(out: Path, cfg: Any, rows: list[EvalRow], *, log: Any = print) -> dict[str, Any]:
     """Write `results.json` and `report.md`, then `report.png`, into `out`; return the results dict.
 
     Results are written first; a plotting failure is reported in one line and loses nothing.

@@ -18,7 +18,7 @@ from typing import Any
 from hf_reflow.artifacts.checkpoints import read_reflow_info
 from hf_reflow.artifacts.couplings_store import check_complete
 from hf_reflow.hub import read_push_record, web_url
-from hf_reflow.metrics import CARD_METRICS, wilson_interval
+from hf_reflow.metrics import CARD_METRICS, EvalRow, wilson_interval
 from hf_reflow.publish.lineage import (
     DEFAULT_LICENSE,
     base_source,
@@ -62,7 +62,7 @@ class StageCard:
     teacher_repo: str | None
 
 
-def checkpoint_card(hub: Any, checkpoint: str | Path, repo_id: str, *, eval_rows: list[dict[str, Any]] | None = None,
+def checkpoint_card(hub: Any, checkpoint: str | Path, repo_id: str, *, eval_rows: list[EvalRow] | None = None,
                     license: str | None = None) -> StageCard:  # fmt: skip
     """The card of a local checkpoint about to be pushed to `repo_id` (`license`: override)."""
     ref = CheckpointRef.of(checkpoint)
@@ -79,7 +79,7 @@ def checkpoint_card(hub: Any, checkpoint: str | Path, repo_id: str, *, eval_rows
 
 
 # ---- model card ---------------------------------------------------------------------------------
-def eval_results(rows: list[dict[str, Any]], *, model_name: str, dataset: str | None) -> list[Any]:
+def eval_results(rows: list[EvalRow], *, model_name: str, dataset: str | None) -> list[Any]:
     """`model-index` entries: closed-loop success under the environment it was measured in (env type, tasks,
     episodes, step count and 95 % interval), offline metrics under the Hub dataset they were measured on
     (the row's `dataset`, else `dataset`; none for a local one); latency (machine-bound) never."""
@@ -144,7 +144,7 @@ def model_card(
     info: dict[str, Any],
     policy_config: dict[str, Any],
     lineage: list[dict[str, Any]],
-    eval_rows: list[dict[str, Any]] | None = None,
+    eval_rows: list[EvalRow] | None = None,
     license: dict[str, str] | str = DEFAULT_LICENSE,
     base_model: str | None = None,
     couplings_repo: str | None = None,
@@ -244,7 +244,7 @@ def _template_values(repo_id, info, policy_config, lineage, eval_rows) -> dict[s
     }  # fmt: skip
 
 
-def lerobot_eval_envs(eval_rows: list[dict[str, Any]], policy_config: dict[str, Any]) -> list[str]:
+def lerobot_eval_envs(eval_rows: list[EvalRow], policy_config: dict[str, Any]) -> list[str]:
     """`lerobot-eval` env flags that replay the card's closed-loop episodes, one per task ([] = none measured)."""
     row = next((r for r in eval_rows if r.get("env_type") and r.get("per_task")), None)
     if row is None:
