@@ -4,8 +4,6 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
 import sys
 from pathlib import Path
 
@@ -108,18 +106,19 @@ def test_the_builder_writes_a_folder_transformers_loads(tmp_path):
     assert not list(tmp_path.glob(".vlm*"))  # written via a temporary name, nothing left beside it
 
 
-def test_chunk_latency_benchmark_splits_prefix_and_denoising(vla_run, tmp_path):
+def test_chunk_latency_benchmark_splits_prefix_and_denoising(vla_run, tmp_path, monkeypatch, capsys):
     """benchmarks/vla_chunk_latency.py on the tiny 2-RF: the cached chunk beats recomputing the prefix each step."""
+    import runpy
+
     output = tmp_path / "latency.json"
-    cmd = [sys.executable, str(REPO / "benchmarks" / "vla_chunk_latency.py"), f"--checkpoint={vla_run / 'seed0' / '2rf'}",
-           f"--dataset={vla_run / 'data' / 'heldout'}", "--repeats=1", f"--output={output}"]  # fmt: skip
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
-    assert proc.returncode == 0, proc.stderr[-2000:]
+    monkeypatch.setattr(sys, "argv", ["vla_chunk_latency.py", f"--checkpoint={vla_run / 'seed0' / '2rf'}",
+                                      f"--dataset={vla_run / 'data' / 'heldout'}", "--repeats=1", f"--output={output}"])  # fmt: skip
+    runpy.run_path(str(REPO / "benchmarks" / "vla_chunk_latency.py"), run_name="__main__")
     result = json.loads(output.read_text())
     assert set(result["by_steps"]) == {"1", "2", "4", "10"} and result["prefix_ms"] > 0
     ten = result["by_steps"]["10"]
     assert ten["uncached_chunk_ms"] > ten["chunk_ms"] > result["prefix_ms"]  # 10 prefixes cost more than one
-    assert "uncached / cached" in proc.stdout
+    assert "uncached / cached" in capsys.readouterr().out
 
 
 def test_offline_metrics_read_the_real_action_dims_only(vla_run):
