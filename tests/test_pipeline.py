@@ -196,6 +196,25 @@ def test_parallel_rollouts_match_serial(tiny_run):
     assert closed_loop.run_jobs(jobs, workers=2) == closed_loop.run_jobs(jobs, workers=1)
 
 
+def test_space_rollout_is_the_evaluations_episode(tiny_run):
+    """The Space's closed-loop rollout and `hf-reflow eval` run one episode runner: the same checkpoint, step
+    count and episode seed give the same episode (outcome, length and hand path)."""
+    from hf_reflow.artifacts.checkpoints import CheckpointCache
+    from hf_reflow.evaluation import closed_loop, compare
+
+    out, _ = tiny_run
+    checkpoint, seed = str(out / "seed0" / "2rf" / "pretrained_model"), closed_loop.episode_seeds(1)[0]
+    cache = CheckpointCache()
+    (record,) = closed_loop.run_job(closed_loop.RolloutJob(checkpoint, 1, "push-v3", (seed,), max_steps=30), cache)
+    shown = compare.rollout(cache.get(checkpoint), "metaworld", "push-v3", steps=1, seed=seed, max_steps=30, frames=False)
+    assert (shown.success, shown.collided, shown.steps) == (record["success"], record["collided"], record["steps"])
+    with cache.get(checkpoint).adapter.inference_steps(1), closed_loop.metaworld_episodes(
+        cache.get(checkpoint), "push-v3", max_steps=30
+    ) as episodes:
+        episodes.play(seed)
+        np.testing.assert_allclose(shown.hand_xy, np.stack(episodes.controller.hand)[:, :2], atol=1e-6)
+
+
 def test_lerobot_eval_evaluates_a_stage_in_the_detour_env(tiny_run, tmp_path):
     """Stock `lerobot-eval` (a LeRobot process that finds both plugins) runs a 2-RF at its step count on the
     `metaworld_detour` env with the flags the pipeline's rows record for the model card."""

@@ -1,4 +1,5 @@
-"""Closed-loop evaluation: one controller that drives a policy in an env, Meta-World rollouts spread over
+"""Closed-loop evaluation: one controller that drives a policy in an env, one episode runner per env
+(`metaworld_episodes`, `play_toy`; the Space's rollouts use them too), Meta-World rollouts spread over
 worker processes, the toy env's closed loop, and the episode taxonomy.
 
 One job = (checkpoint, step count, task, episode seeds). A worker loads each checkpoint once (its own
@@ -248,12 +249,8 @@ def replanning(policy: Any, n_action_steps: int | None) -> Iterator[int]:
 def toy_closed_loop(loaded: Any, *, nfe: int, episodes: int, seed: int = TOY_EPISODE_SEED_BASE) -> dict:
     """Success (goal reached, no collision), collision rate, left share and mean steps on the toy env."""
     controller = PolicyController(loaded.policy, loaded.preprocessor, loaded.postprocessor, None, noise="per_episode")
-    results = []
     with loaded.adapter.inference_steps(nfe):  # every episode at `nfe` steps per chunk
-        for episode in range(episodes):
-            controller.reset()
-            controller.start(seed + episode)
-            results.append(toy.rollout(controller, seed + episode))
+        results = [play_toy(controller, seed + episode) for episode in range(episodes)]
     successes = [r for r in results if r.success]
     return {
         "episodes": episodes,
@@ -264,31 +261,61 @@ def toy_closed_loop(loaded: Any, *, nfe: int, episodes: int, seed: int = TOY_EPI
     }
 
 
+def play_toy(controller: PolicyController, seed: int) -> toy.ToyResult:
+    """One toy episode of `controller` (its noise mode as built: per episode for `toy_closed_loop`, which keeps
+    the toy numbers comparable with earlier runs, per chunk for the Space)."""
+    controller.reset()
+    controller.start(seed)
+    return toy.rollout(controller, seed)
+
+
 # ---- Meta-World, over worker processes --------------------------------------------------------
 def run_job(job: RolloutJob, cache: CheckpointCache) -> list[dict[str, Any]]:
     """Roll out `job`'s episodes; one dict per episode (seed, success, outcome, diagnostics, ...)."""
+    loaded = cache.get(job.checkpoint)
+    # the job's step count and re-planning hold for all its episodes, then the cached policy's own return
+    with loaded.adapter.inference_steps(job.nfe), replanning(loaded.policy, job.n_action_steps) as stride, \
+            metaworld_episodes(loaded, job.task, mode=job.mode, max_steps=job.max_steps) as episodes:  # fmt: skip
+        return [_episode_record(seed, episodes.play(seed), episodes.env, episodes.controller, stride)
+                for seed in job.episode_seeds]  # fmt: skip
+
+
+@dataclass
+class MetaWorldEpisodes:
+    """One Meta-World env on evaluation layouts and one controller of a loaded checkpoint: the episode runner
+    of `hf-reflow eval`, the pipeline and the Space's rollout (`metaworld_episodes` makes it)."""
+
+    env: Any
+    controller: PolicyController
+
+    def play(self, seed: int) -> Any:
+        """One episode (`EpisodeResult`) with the paired noise of episode `seed`; the controller keeps its trace."""
+        from hf_reflow.envs.metaworld import rollout_policy  # an optional extra
+
+        self.controller.start(seed)
+        return rollout_policy(self.env, self.controller, seed)
+
+
+@contextlib.contextmanager
+def metaworld_episodes(loaded: Any, task: str, *, mode: str = "multimodal", max_steps: int | None = None,
+                       display_every: int | None = None) -> Iterator[MetaWorldEpisodes]:  # fmt: skip
+    """Episodes of `loaded` (a `LoadedCheckpoint`) on `task`'s evaluation layouts, at the policy's current step
+    count; `display_every`: keep a camera frame every that many steps (`controller.frames`); the env is closed
+    on exit."""
     from hf_reflow.envs import metaworld  # Meta-World is an optional extra: imported when it is used
 
-    loaded = cache.get(job.checkpoint)
     env = metaworld.make_env(
-        job.task, layout_seed=metaworld.EVAL_LAYOUT_SEED, mode=job.mode,
-        max_steps=job.max_steps or metaworld.default_max_steps(job.task),
+        task, layout_seed=metaworld.EVAL_LAYOUT_SEED, mode=mode,
+        max_steps=max_steps or metaworld.default_max_steps(task),
         image_size=image_size_of(loaded.config) or metaworld.DEFAULT_IMAGE_SIZE,
     )  # fmt: skip
-    prompt = metaworld.task_prompt(job.task, job.mode)
-    episodes = []
-    try:  # the job's step count and re-planning hold for all its episodes, then the cached policy's own return
-        with loaded.adapter.inference_steps(job.nfe), replanning(loaded.policy, job.n_action_steps) as stride:
-            camera = camera_for(env, loaded.config)  # a VLA's camera; None for a state-only policy
-            controller = PolicyController(loaded.policy, loaded.preprocessor, loaded.postprocessor, prompt,
-                                          camera=camera)  # fmt: skip
-            for seed in job.episode_seeds:
-                controller.start(seed)
-                result = metaworld.rollout_policy(env, controller, seed)
-                episodes.append(_episode_record(seed, result, env, controller, stride))
+    try:
+        camera = camera_for(env, loaded.config, every=display_every)  # a VLA's camera and / or display frames
+        controller = PolicyController(loaded.policy, loaded.preprocessor, loaded.postprocessor,
+                                      metaworld.task_prompt(task, mode), camera=camera)  # fmt: skip
+        yield MetaWorldEpisodes(env, controller)
     finally:
         env.close()
-    return episodes
 
 
 def _episode_record(seed: int, result: Any, env: Any, controller: PolicyController, stride: int) -> dict[str, Any]:

@@ -25,7 +25,7 @@ from hf_reflow.artifacts.checkpoints import LoadedCheckpoint
 from hf_reflow.data import video_backend
 from hf_reflow.envs import toy
 from hf_reflow.errors import ConfigError, DataError
-from hf_reflow.evaluation.closed_loop import PolicyController, camera_for, image_size_of
+from hf_reflow.evaluation.closed_loop import PolicyController, metaworld_episodes, play_toy
 from hf_reflow.evaluation.offline import REFERENCE_STEPS, latency_ms
 from hf_reflow.policies.base import sample_policy
 from hf_reflow.sampling import seeded_noise
@@ -440,9 +440,7 @@ def rollout(
 def _toy_rollout(loaded: LoadedCheckpoint, seed: int) -> RolloutResult:
     start, goal = toy.layout(np.random.default_rng(seed))
     controller = PolicyController(loaded.policy, loaded.preprocessor, loaded.postprocessor, toy.TASK)
-    controller.start(seed)
-    controller.reset()
-    result = toy.rollout(controller, seed)
+    result = play_toy(controller, seed)
     hand = np.stack(controller.hand)[:, :2]
     return RolloutResult(
         result.success, result.collided, result.steps, hand, (start + goal) / 2, toy.OBSTACLE_RADIUS, goal, []
@@ -452,26 +450,15 @@ def _toy_rollout(loaded: LoadedCheckpoint, seed: int) -> RolloutResult:
 def _metaworld_rollout(
     loaded: LoadedCheckpoint, task: str, seed: int, max_steps: int | None, frames: bool
 ) -> RolloutResult:
+    """The evaluation's episode runner (`metaworld_episodes`), one episode, with display frames."""
     from hf_reflow.envs import metaworld as mw
 
     max_steps = max_steps or mw.default_max_steps(task)
-    size = image_size_of(loaded.config) or mw.DEFAULT_IMAGE_SIZE
-    with mw.make_env(task, layout_seed=mw.EVAL_LAYOUT_SEED, max_steps=max_steps, image_size=size) as world:
-        camera = camera_for(world, loaded.config, every=max(1, max_steps // 8) if frames else None)
-        controller = PolicyController(loaded.policy, loaded.preprocessor, loaded.postprocessor, world.description,
-                                      camera=camera)  # fmt: skip
-        controller.start(seed)
-        result = mw.rollout_policy(world, controller, seed, max_steps=max_steps)
-        hand = np.stack(controller.hand)[:, :2]
-        return RolloutResult(
-            result.success,
-            result.collided,
-            result.steps,
-            hand,
-            world.obstacle_centre.copy(),
-            mw.OBSTACLE_RADIUS_M,
-            world.target_xy.copy(),
-            controller.frames,
-        )
+    every = max(1, max_steps // 8) if frames else None
+    with metaworld_episodes(loaded, task, max_steps=max_steps, display_every=every) as episodes:
+        result = episodes.play(seed)
+        world, hand = episodes.env, np.stack(episodes.controller.hand)[:, :2]
+        return RolloutResult(result.success, result.collided, result.steps, hand, world.obstacle_centre.copy(),
+                             mw.OBSTACLE_RADIUS_M, world.target_xy.copy(), episodes.controller.frames)  # fmt: skip
 
 

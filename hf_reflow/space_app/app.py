@@ -33,6 +33,7 @@ import pandas as pd  # noqa: E402
 from hf_reflow.artifacts.checkpoints import CheckpointCache  # noqa: E402
 from hf_reflow.errors import CheckpointError, ConfigError, ReflowError  # noqa: E402
 from hf_reflow.evaluation import compare  # noqa: E402
+from hf_reflow.evaluation.closed_loop import image_size_of  # noqa: E402
 from hf_reflow.space import CHAIN_FILE, read_chain_file  # noqa: E402
 
 logger = logging.getLogger("hf_reflow.space")
@@ -159,7 +160,7 @@ class SpaceApp:
             progress(i / (2 * len(specs)), desc=f"loading {spec.name}")
             loaded.append(self._load(spec.source))
         horizon = max(policy.adapter.action_shape[0] for policy in loaded)
-        image_size = next((size for p in loaded if (size := compare.image_size_of(p.config))), None)
+        image_size = next((size for p in loaded if (size := image_size_of(p.config))), None)
         observation = self._observation(source, episode, frame, task, env_seed, horizon, image_size)
         comparisons = []
         for i, (spec, policy) in enumerate(zip(specs, loaded, strict=True)):
