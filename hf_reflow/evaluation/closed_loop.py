@@ -1,6 +1,6 @@
 """Closed-loop evaluation: one controller that drives a policy in an env, one episode runner per env
 (`metaworld_episodes`, `play_toy`; the Space's rollouts use them too), Meta-World rollouts spread over
-worker processes, the toy env's closed loop, and the episode taxonomy.
+worker processes, and the toy env's closed loop (the episode taxonomy: `diagnostics.py`).
 
 One job = (checkpoint, step count, task, episode seeds). A worker loads each checkpoint once (its own
 `CheckpointCache`), sets the policy's step count for the job's scope (`inference_steps`), and rolls
@@ -28,7 +28,13 @@ from hf_reflow.artifacts.checkpoints import CheckpointCache, load_checkpoint, lo
 from hf_reflow.envs import toy
 from hf_reflow.envs.lerobot_env import ENV_TYPE
 from hf_reflow.errors import CheckpointError, ConfigError, DataError
-from hf_reflow.evaluation.diagnostics import episode_diagnostics
+from hf_reflow.evaluation.diagnostics import (
+    OUTCOMES,
+    classify_episode,
+    detour_progress,
+    episode_diagnostics,
+    side_switches,
+)
 from hf_reflow.metrics import EvalRow
 from hf_reflow.policies.factory import adapter_for
 from hf_reflow.sampling import seeded_noise
@@ -93,49 +99,6 @@ def camera_for(world: Any, policy_config: Any, *, every: int | None = None) -> C
             raise DataError(f"this policy reads camera images but rendering failed: {e}") from None
         return None
     return Camera(world.render, mw.IMAGE_KEY if reads else None, every=every)
-
-
-# Failure taxonomy (why an episode that is not a success failed).
-OUTCOMES: tuple[str, ...] = ("success", "collision", "stall", "timeout")
-STALL_WINDOW = 20  # env steps (0.25 s at 80 Hz): a failed episode whose hand stayed ...
-STALL_RADIUS_M = 0.01  # ... within 1 cm of its final position over that window stalled
-SIDE_MARGIN_M = 0.01  # a hand closer than this to the start -> target line is on neither side
-
-
-def classify_episode(hand_xyz: np.ndarray, *, success: bool, collided: bool) -> str:
-    """success, collision, stall (hand nearly still for the last STALL_WINDOW steps) or timeout (moving).
-
-    Args:
-        hand_xyz: (T, 3) hand positions the policy saw, one per env step.
-    """
-    if success:
-        return "success"
-    if collided:
-        return "collision"
-    tail = np.asarray(hand_xyz, dtype=np.float64)[-STALL_WINDOW:]
-    if len(tail) >= STALL_WINDOW and float(np.linalg.norm(tail - tail[-1], axis=1).max()) < STALL_RADIUS_M:
-        return "stall"
-    return "timeout"
-
-
-def side_switches(hand_xy: np.ndarray, start_xy: np.ndarray, target_xy: np.ndarray, *, stride: int) -> int:
-    """How often the hand changes side of the start -> target line from one chunk to the next.
-
-    The hand is sampled at each chunk start (every `stride` steps) while it is between start and target
-    along the line and more than SIDE_MARGIN_M off it; a mode-averaging or mode-hopping policy switches,
-    a committed one does not. hand_xy: (T, 2).
-    """
-    hand_xy = np.asarray(hand_xy, dtype=np.float64)[::stride, :2]
-    start, line = np.asarray(start_xy, dtype=np.float64), np.asarray(target_xy, dtype=np.float64) - start_xy
-    length = float(np.linalg.norm(line))
-    if length < 1e-6:
-        return 0
-    direction = line / length
-    offset = hand_xy - start  # (T', 2)
-    along = offset @ direction
-    across = offset[:, 0] * direction[1] * -1 + offset[:, 1] * direction[0]  # left of the line > 0
-    sides = np.sign(across[(along > 0) & (along < length) & (np.abs(across) > SIDE_MARGIN_M)])
-    return int(np.count_nonzero(sides[1:] != sides[:-1]))
 
 
 class PolicyController:
@@ -330,14 +293,6 @@ def _episode_record(seed: int, result: Any, env: Any, controller: PolicyControll
         **episode_diagnostics(env.goal_distances, hand, np.stack(controller.actions), stride=stride,
                               hand_goal_distance=env.hand_goal_distances),
     }  # fmt: skip
-
-
-def detour_progress(hand_xy: np.ndarray, start_xy: np.ndarray, target_xy: np.ndarray) -> float:
-    """How far along the start -> target line the hand is (0 at the start, 1 at the target), e.g. where a
-    collision happened: early (the chunk committed to no side) or late (cutting back to the target too soon)."""
-    line = np.asarray(target_xy, dtype=np.float64) - start_xy
-    length = float(np.linalg.norm(line))
-    return float((np.asarray(hand_xy, dtype=np.float64) - start_xy) @ line / length**2) if length > 1e-9 else 0.0
 
 
 _WORKER_CACHE: CheckpointCache | None = None  # one per worker process, made by `_init_worker`

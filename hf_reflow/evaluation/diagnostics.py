@@ -1,4 +1,5 @@
-"""What tells a slow episode from a lost one: per-episode diagnostics of a closed-loop rollout.
+"""What tells a slow episode from a lost one: per-episode diagnostics of a closed-loop rollout, and the
+failure taxonomy (success, collision, stall, timeout; side switches; where a collision happened).
 
 All are pure functions of what the rollout recorded, one entry per env step:
 - `goal_distance` (T,): Meta-World's own success distance after each step (`info["obj_to_target"]`: the
@@ -72,3 +73,54 @@ def chunk_jump(actions: np.ndarray, *, stride: int) -> dict[str, float]:
         "chunk_jump": float(change[boundary].mean()) if boundary.any() else math.nan,
         "action_change": float(change[~boundary].mean()) if (~boundary).any() else math.nan,
     }
+
+
+# Failure taxonomy (why an episode that is not a success failed).
+OUTCOMES: tuple[str, ...] = ("success", "collision", "stall", "timeout")
+STALL_WINDOW = 20  # env steps (0.25 s at 80 Hz): a failed episode whose hand stayed ...
+STALL_RADIUS_M = 0.01  # ... within 1 cm of its final position over that window stalled
+SIDE_MARGIN_M = 0.01  # a hand closer than this to the start -> target line is on neither side
+
+
+def classify_episode(hand_xyz: np.ndarray, *, success: bool, collided: bool) -> str:
+    """success, collision, stall (hand nearly still for the last STALL_WINDOW steps) or timeout (moving).
+
+    Args:
+        hand_xyz: (T, 3) hand positions the policy saw, one per env step.
+    """
+    if success:
+        return "success"
+    if collided:
+        return "collision"
+    tail = np.asarray(hand_xyz, dtype=np.float64)[-STALL_WINDOW:]
+    if len(tail) >= STALL_WINDOW and float(np.linalg.norm(tail - tail[-1], axis=1).max()) < STALL_RADIUS_M:
+        return "stall"
+    return "timeout"
+
+
+def side_switches(hand_xy: np.ndarray, start_xy: np.ndarray, target_xy: np.ndarray, *, stride: int) -> int:
+    """How often the hand changes side of the start -> target line from one chunk to the next.
+
+    The hand is sampled at each chunk start (every `stride` steps) while it is between start and target
+    along the line and more than SIDE_MARGIN_M off it; a mode-averaging or mode-hopping policy switches,
+    a committed one does not. hand_xy: (T, 2).
+    """
+    hand_xy = np.asarray(hand_xy, dtype=np.float64)[::stride, :2]
+    start, line = np.asarray(start_xy, dtype=np.float64), np.asarray(target_xy, dtype=np.float64) - start_xy
+    length = float(np.linalg.norm(line))
+    if length < 1e-6:
+        return 0
+    direction = line / length
+    offset = hand_xy - start  # (T', 2)
+    along = offset @ direction
+    across = offset[:, 0] * direction[1] * -1 + offset[:, 1] * direction[0]  # left of the line > 0
+    sides = np.sign(across[(along > 0) & (along < length) & (np.abs(across) > SIDE_MARGIN_M)])
+    return int(np.count_nonzero(sides[1:] != sides[:-1]))
+
+
+def detour_progress(hand_xy: np.ndarray, start_xy: np.ndarray, target_xy: np.ndarray) -> float:
+    """How far along the start -> target line the hand is (0 at the start, 1 at the target), e.g. where a
+    collision happened: early (the chunk committed to no side) or late (cutting back to the target too soon)."""
+    line = np.asarray(target_xy, dtype=np.float64) - start_xy
+    length = float(np.linalg.norm(line))
+    return float((np.asarray(hand_xy, dtype=np.float64) - start_xy) @ line / length**2) if length > 1e-9 else 0.0
