@@ -4,7 +4,7 @@
     hf-reflow train --config_path=recipes/toy/1rf.yaml --output_dir=outputs/toy_1rf
     hf-reflow train --config_path=recipes/toy/2rf.yaml --teacher.path=outputs/toy_1rf --output_dir=outputs/toy_2rf
     hf-reflow train --help                                  # every option, its type, default and meaning
-    hf-reflow eval --policy.path=outputs/toy_1rf,outputs/toy_2rf --dataset.root=data/toy --nfe=1,2,4,10 --env=toy
+    hf-reflow eval --policy.path=outputs/toy_1rf,outputs/toy_2rf --dataset.root=data/toy --num_steps=1,2,4,10 --env=toy
     accelerate launch --config_file recipes/accelerate_configs/cpu_ddp.yaml -m hf_reflow train --config_path=...
 
 Every command parses into a typed dataclass of `hf_reflow.configs` (one parser); `--help` lists its options.
@@ -18,10 +18,11 @@ import json
 import logging
 import os
 import sys
+import warnings
 from pathlib import Path
 
 from hf_reflow.atomic import write_text
-from hf_reflow.errors import ConfigError, ReflowError
+from hf_reflow.errors import ConfigError, ReflowError, RenamedSettingWarning
 from hf_reflow.metrics import CONSOLE_COLUMNS, EvalRow
 
 USAGE = """usage: hf-reflow <command> [--config_path=RECIPE.yaml] [--key=value ...]   (hf-reflow <command> --help: its options)
@@ -30,7 +31,7 @@ commands:
   train     train one stage (flow_matching = 1-RF, reflow = k+1-RF, distill): --config_path=recipe.yaml + overrides
   pipeline  the whole k-RF chain on Meta-World + report: --config_path=recipes/metaworld/default.yaml
   dataset   write demonstrations as a LeRobotDataset: `hf-reflow dataset metaworld|toy --root=DIR --episodes=N`
-  eval      evaluate checkpoints by step count: --policy.path=A[,B] --dataset.root=DIR --nfe=1,2,4,10
+  eval      evaluate checkpoints by step count: --policy.path=A[,B] --dataset.root=DIR --num_steps=1,2,4,10
   push      push a checkpoint (+ model card) to the Hub: --checkpoint=DIR --repo_id=user/name-2rf [--eval=results.json]
             or stored couplings as a Hub dataset: --couplings=DIR --repo_id=user/name-couplings
   couplings generate reflow couplings once: generate --teacher.path=CKPT --dataset.root=DIR --output=DIR
@@ -52,7 +53,7 @@ def cmd_train(args: list[str]) -> int:
     if config.env is not None:  # lerobot-train's evaluation during training
         from hf_reflow.evaluation.lerobot_envs import training_evaluator
 
-        evaluate = training_evaluator(config.env, episodes=config.eval.n_episodes, nfe=config.final_num_steps)
+        evaluate = training_evaluator(config.env, episodes=config.eval.n_episodes, num_steps=config.final_num_steps)
     final = ReflowTrainer(config, evaluate=evaluate).train()
     if repo_id is not None:
         push_stage_from_main_process(config, final, repo_id)
@@ -144,7 +145,7 @@ def cmd_eval(args: list[str]) -> int:
     from hf_reflow.evaluation.evaluate import EvalSettings, EvalTarget, evaluate
 
     load_metadata(cfg.dataset)  # a clear error before any checkpoint loads
-    settings = EvalSettings(nfes=cfg.nfe, num_samples=cfg.num_samples, seed=cfg.seed, episodes=cfg.episodes,
+    settings = EvalSettings(step_counts=cfg.num_steps, num_samples=cfg.num_samples, seed=cfg.seed, episodes=cfg.episodes,
                             env=cfg.env, tasks=tuple(cfg.tasks), mode=cfg.mode, workers=cfg.workers,
                             n_action_steps=cfg.n_action_steps, env_config=env_cfg)  # fmt: skip
     rows = evaluate([EvalTarget(path) for path in cfg.policy.path], cfg.dataset, settings)
@@ -269,6 +270,18 @@ def _quiet_logs() -> None:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     for handler in logging.getLogger().handlers:
         handler.addFilter(_DropKnownNoise())
+    warnings.showwarning = _show_warning
+
+
+_SHOW_WARNING = warnings.showwarning
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:  # noqa: ANN001 (warnings' signature)
+    """A renamed setting is the user's to fix: one line, no source location; other warnings as Python shows them."""
+    if issubclass(category, RenamedSettingWarning):
+        print(f"hf-reflow: warning: {message}", file=sys.stderr)
+    else:
+        _SHOW_WARNING(message, category, filename, lineno, file, line)
 
 
 COMMANDS = {"train": cmd_train, "pipeline": cmd_pipeline, "dataset": cmd_dataset, "eval": cmd_eval}

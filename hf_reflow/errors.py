@@ -23,3 +23,8 @@ class TrainingError(ReflowError, RuntimeError):
 
 class HubError(ReflowError, RuntimeError):
     """A Hub push / download that cannot proceed: bad repo id, no token, no write access, a failed request."""
+
+
+class RenamedSettingWarning(FutureWarning):
+    """A setting written under its old name: it still works; the message names the new one (the CLI prints it
+    on one line)."""

@@ -23,7 +23,7 @@ class EvalRow(TypedDict, total=False):
     run: Annotated[str, "the stage's run folder, e.g. 2rf-distill (pipeline)"]
     stage: Annotated[str, "flow_matching, reflow, distill, shortcut or meanflow"]
     k: Annotated[int | None, "the k of the k-RF"]
-    nfe: Annotated[int, "denoising steps per action chunk"]
+    num_steps: Annotated[int, "denoising (Euler) steps per action chunk"]
     n_action_steps: Annotated[int, "actions executed per chunk before re-planning"]
     policy_n_action_steps: Annotated[int, "the policy's own n_action_steps"]
     env_type: Annotated[str, "the LeRobot env type the episodes ran in (its `lerobot-eval --env.type`)"]
@@ -79,7 +79,7 @@ SUMMARY_METRICS = (*OUTCOME_RATES, "left_share", "side_switches", "mean_steps", 
                    "action_change", "miss_closest_goal_m", "miss_closest_hand_goal_m", "miss_final_goal_m",
                    "miss_near_goal_steps", "miss_near_goal_reversals", "collision_progress", "magnitude_vs_data")  # fmt: skip
 # The console table of `hf-reflow eval` (columns no row has are left out).
-CONSOLE_COLUMNS = ("checkpoint", "k", "nfe", "n_action_steps", "success_rate", "collision_rate", "timeout_rate",
+CONSOLE_COLUMNS = ("checkpoint", "k", "num_steps", "n_action_steps", "success_rate", "collision_rate", "timeout_rate",
                    "left_share", "miss_closest_goal_m", "miss_final_goal_m", "chunk_jump", "passes_per_env_step",
                    "straightness", "error_vs_10step", "latency_ms")  # fmt: skip
 # A model card's evaluation table: column -> its label. Its `model-index` files success_rate under the
@@ -90,6 +90,16 @@ CARD_METRICS = {
     "error_vs_10step": "error vs 10 steps",
     "latency_ms": "latency (ms)",
 }
+
+
+# Columns renamed since rows were first written: old name -> new. Rows on disk (results.json, `--output=`
+# files, the pipeline's evaluation caches) keep their old names; every reader passes them through `upgrade_row`.
+RENAMED_COLUMNS = {"nfe": "num_steps"}  # one name for the step count (the guide's and LeRobot's `num_steps`)
+
+
+def upgrade_row(row: dict) -> EvalRow:
+    """A row as written by any earlier version, with today's column names (`RENAMED_COLUMNS`)."""
+    return {RENAMED_COLUMNS.get(key, key): value for key, value in row.items()}  # type: ignore[return-value]
 
 
 def wilson_interval(successes: int, trials: int, z: float = 1.959964) -> tuple[float, float]:

@@ -317,7 +317,7 @@ def push_chain(cfg: PipelineConfig, out: Path, demos: Path, stages: list[tuple[S
                 folder = out / f"seed{seed}" / "couplings" / stage.name
                 result = push_couplings(hub, folder, couplings[stage.name], private=cfg.push.private)
                 _log(f"pushed the {stage.label} couplings -> {result.url}{'' if result.created else ' (unchanged)'}")
-            mine = sorted((r for r in rows if r.get("seed") == seed and r.get("run") == stage.name), key=lambda r: r["nfe"])
+            mine = sorted((r for r in rows if r.get("seed") == seed and r.get("run") == stage.name), key=lambda r: r["num_steps"])
             result = push_checkpoint(hub, checkpoint, repo, private=cfg.push.private, eval_rows=mine)
             _log(f"pushed {stage.label} -> {result.url}{'' if result.created else ' (unchanged)'}")
             shown.append((stage.label, repo))

@@ -17,14 +17,15 @@ import json
 from pathlib import Path
 
 from hf_reflow.evaluation import report
+from hf_reflow.metrics import upgrade_row
 
 
 def _cells(results: dict) -> dict[tuple[str, int], list[dict]]:
     """(stage name, steps) -> its rows (one per training seed), at the policies' own re-planning."""
     cells: dict[tuple[str, int], list[dict]] = {}
-    for row in results["rows"]:
+    for row in map(upgrade_row, results["rows"]):  # results of any version: today's column names
         if "success_rate" in row and row.get("n_action_steps") == row.get("policy_n_action_steps"):
-            cells.setdefault((row["name"], row["nfe"]), []).append(row)
+            cells.setdefault((row["name"], row["num_steps"]), []).append(row)
     return cells
 
 

@@ -128,10 +128,10 @@ CASES = [
     Case("policy_path_on_reflow", [*REFLOW, "--teacher.path={teacher}", "--policy.path={teacher}"], "drop --policy.path"),
     Case("policy_plugin_missing", [*TRAIN, "--policy.discover_packages_path=no_such_hf_reflow_plugin"], "no_such_hf_reflow_plugin"),
     # ---- eval
-    Case("eval_nfe_zero", [*EVAL, "--nfe=0"], "nfe"),
-    Case("eval_nfe_negative", [*EVAL, "--nfe=-1"], "nfe"),
-    Case("eval_nfe_fraction", [*EVAL, "--nfe=1.5"], "nfe"),
-    Case("eval_nfe_text", [*EVAL, "--nfe=abc"], "nfe"),
+    Case("eval_nfe_zero", [*EVAL, "--num_steps=0"], "num_steps"),
+    Case("eval_nfe_negative", [*EVAL, "--num_steps=-1"], "num_steps"),
+    Case("eval_nfe_fraction", [*EVAL, "--num_steps=1.5"], "num_steps"),
+    Case("eval_nfe_text", [*EVAL, "--num_steps=abc"], "num_steps"),
     Case("eval_num_samples_zero", [*EVAL, "--num_samples=0"], "num_samples"),
     Case("eval_output_folder_missing", [*EVAL, "--output={missing}/results.json"], "--output"),
     Case("eval_episodes_negative", [*EVAL, "--episodes=-1"], "episodes"),
@@ -186,7 +186,7 @@ CASES = [
     Case("recipe_nested_too_deep", [*TRAIN, "--config_path={deep_yaml}"], "nested too deeply"),
     Case("recipe_damaged_json", [*TRAIN, "--config_path={bad_json}"], "not valid YAML"),
     Case("teacher_steps_unbounded", [*REFLOW, "--teacher.path={teacher}", "--teacher.num_inference_steps=100000000"], "<= 1,000"),
-    Case("eval_nfe_unbounded", [*EVAL, "--nfe=1000000000"], "nfe must list step counts in 1..1000"),
+    Case("eval_nfe_unbounded", [*EVAL, "--num_steps=1000000000"], "num_steps must list step counts in 1..1000"),
     Case("eval_n_action_steps_zero", [*EVAL, "--n_action_steps=0"], "n_action_steps must list"),
     Case("dataset_toy_episodes_unbounded", ["dataset", "toy", "--root={out}", "--episodes=1000000000"], "episodes must be <= 1,000,000"),
     Case("couplings_unbounded", ["couplings", "generate", "--teacher.path={teacher}", "--dataset.root={data}", "--output={out}", "--num_couplings=1000000000000000"], "num_couplings must be <= 100,000,000"),
@@ -201,9 +201,9 @@ CASES = [
     Case("couplings_json_extra_key", [*REFLOW, "--teacher.path={teacher}", "--couplings.path={couplings_extra_key}"], "unknown key 'evil'"),
     Case("couplings_json_out_of_range", [*REFLOW, "--teacher.path={teacher}", "--couplings.path={couplings_out_of_range}"], "num_couplings = '-5'"),
     Case("couplings_shard_damaged", [*REFLOW, "--teacher.path={teacher}", "--couplings.path={couplings_shard}"], "a shard is damaged"),
-    Case("eval_policy_without_preprocessor", ["eval", "--policy.path={bad_no_preprocessor}", "--dataset.root={data}", "--nfe=1"], "policy_preprocessor.json' not found"),
-    Case("eval_policy_without_normaliser_stats", ["eval", "--policy.path={bad_no_normaliser_stats}", "--dataset.root={data}", "--nfe=1"], "normalizer_processor.safetensors' was not found"),
-    Case("push_eval_mixed_step_types", ["push", "--checkpoint={teacher}", "--repo_id=alice/x", "--eval={mixed_eval}"], "whose `nfe` is a step count"),
+    Case("eval_policy_without_preprocessor", ["eval", "--policy.path={bad_no_preprocessor}", "--dataset.root={data}", "--num_steps=1"], "policy_preprocessor.json' not found"),
+    Case("eval_policy_without_normaliser_stats", ["eval", "--policy.path={bad_no_normaliser_stats}", "--dataset.root={data}", "--num_steps=1"], "normalizer_processor.safetensors' was not found"),
+    Case("push_eval_mixed_step_types", ["push", "--checkpoint={teacher}", "--repo_id=alice/x", "--eval={mixed_eval}"], "whose `num_steps` is a step count"),
     Case("push_revision_escapes", ["push", "--checkpoint={teacher}", "--repo_id=alice/x", "--revision=../../main"], "is not a valid Hub revision"),
 ]
 
@@ -229,7 +229,7 @@ def world(tmp_path_factory, toy_dataset, teacher_1rf) -> dict[str, str]:
     (root / "dup.yaml").write_text("steps: 3\nsteps: 4\n")
     (root / "deep.yaml").write_text("a: " + "[" * 5000 + "]" * 5000 + "\n")
     (root / "bad.json").write_text('{"steps": 3, ')
-    (root / "mixed_eval.json").write_text(json.dumps([{"nfe": 1, "success_rate": 0.5}, {"nfe": "2", "success_rate": 0.6}]))
+    (root / "mixed_eval.json").write_text(json.dumps([{"num_steps": 1, "success_rate": 0.5}, {"num_steps": "2", "success_rate": 0.6}]))
     paths.update(file=str(root / "file"), empty=str(root / "empty"), bad_yaml=str(root / "bad.yaml"),
                  list_yaml=str(root / "list.yaml"), unknown_key_yaml=str(root / "unknown.yaml"),
                  dup_yaml=str(root / "dup.yaml"), deep_yaml=str(root / "deep.yaml"), bad_json=str(root / "bad.json"),

@@ -155,7 +155,7 @@ def test_dataset_toy_bad_input(tmp_path):
 def test_eval_prints_a_table_by_step_count(tmp_path, teacher_1rf, toy_dataset):
     out = tmp_path / "results.json"
     proc = run_cli(
-        "eval", f"--policy.path={teacher_1rf}", f"--dataset.root={toy_dataset}", "--nfe=1,2", "--env=toy",
+        "eval", f"--policy.path={teacher_1rf}", f"--dataset.root={toy_dataset}", "--num_steps=1,2", "--env=toy",
         "--episodes=3", "--num_samples=16", f"--output={out}",
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-2000:]
@@ -164,7 +164,7 @@ def test_eval_prints_a_table_by_step_count(tmp_path, teacher_1rf, toy_dataset):
     import json
 
     rows = json.loads(out.read_text())
-    assert [r["nfe"] for r in rows] == [1, 2]
+    assert [r["num_steps"] for r in rows] == [1, 2]
     assert {"success_rate", "collision_rate", "left_share", "straightness", "error_vs_10step", "latency_ms"} <= rows[0].keys()
     assert set(rows[0]) <= set(COLUMNS), set(rows[0]) - set(COLUMNS)  # every column is named in hf_reflow.metrics
     assert_user_error(run_cli("eval", f"--dataset.root={toy_dataset}"), "--policy.path is required")
@@ -175,8 +175,8 @@ def test_eval_prints_a_table_by_step_count(tmp_path, teacher_1rf, toy_dataset):
 HELP_OPTIONS = {
     ("train",): ["--config_path", "--steps", "--optim.lr", "--policy.type", "--teacher.path", "--wandb.enable",
                  "--save_every", "--teacher_model_path = --teacher.path", "--save_freq = --save_every"],
-    ("pipeline",): ["--config_path", "--stages", "--seeds", "--eval.nfe", "--train.<key>"],
-    ("eval",): ["--policy.path", "--dataset.root", "--nfe", "--env", "--episodes"],
+    ("pipeline",): ["--config_path", "--stages", "--seeds", "--eval.num_steps", "--train.<key>"],
+    ("eval",): ["--policy.path", "--dataset.root", "--num_steps", "--env", "--episodes"],
     ("dataset",): ["hf-reflow dataset metaworld", "hf-reflow dataset toy", "--tasks", "--root", "--layout"],
     ("dataset", "toy"): ["--root", "--episodes", "--repo_id"],
     ("dataset", "metaworld"): ["--root", "--tasks", "--mode", "--images"],
@@ -266,8 +266,8 @@ def test_policy_fields_are_checked_against_the_teachers_type(tmp_path, teacher_1
 @pytest.mark.parametrize(
     ("args", "fragment"),
     [
-        (["eval", "--policy.path=a", "--nfe=1,two"], "nfe[] must be int; got 'two'"),
-        (["eval", "--policy.path=a", "--bogus=1"], "unknown config key(s) bogus; valid keys: nfe, num_samples, episodes, workers, n_action_steps, policy, dataset"),
+        (["eval", "--policy.path=a", "--num_steps=1,two"], "num_steps[] must be int; got 'two'"),
+        (["eval", "--policy.path=a", "--bogus=1"], "unknown config key(s) bogus; valid keys: num_steps, num_samples, episodes, workers, n_action_steps, policy, dataset"),
         (["eval", "--policy.pth=a"], "valid keys under policy: path"),
         (["eval", "--policy.path=a", "--env=moon"], "env must be one of none, toy, metaworld"),
         (["dataset", "toy", "--root=R", "--episodes=many"], "episodes must be int"),

@@ -37,10 +37,10 @@ def _episode(success: bool, seed: int, outcome: str | None = None) -> dict:
             "side_switches": 0, "min_obstacle_distance": 0.1}  # fmt: skip
 
 
-def _row(name: str, nfe: int, successes: list[int], *, seed: int = 0, stage: str = "reflow", k: int = 2) -> dict:
+def _row(name: str, num_steps: int, successes: list[int], *, seed: int = 0, stage: str = "reflow", k: int = 2) -> dict:
     per_task = closed_loop.summarise([_episode(bool(s), 7_000_000 + i) for i, s in enumerate(successes)])
-    return {"name": name, "nfe": nfe, "seed": seed, "stage": stage, "k": k, "checkpoint": f"/x/{name}",
-            "straightness": 0.01, "error_vs_10step": 0.0 if nfe == 10 else 0.02, "error_vs_data": 0.1,
+    return {"name": name, "num_steps": num_steps, "seed": seed, "stage": stage, "k": k, "checkpoint": f"/x/{name}",
+            "straightness": 0.01, "error_vs_10step": 0.0 if num_steps == 10 else 0.02, "error_vs_data": 0.1,
             "latency_ms": 1.0, **closed_loop.summarise([_episode(bool(s), 7_000_000 + i) for i, s in enumerate(successes)]),
             "per_task": {"reach-v3": per_task}}  # fmt: skip
 
@@ -230,8 +230,8 @@ def test_replanning_reaches_the_policy_and_is_restored():
         pass
 
 
-def _cell(name, nfe, successes, *, n, own=8, stage="reflow", k=2, latency=1.0):
-    row = _row(name, nfe, successes, stage=stage, k=k)
+def _cell(name, num_steps, successes, *, n, own=8, stage="reflow", k=2, latency=1.0):
+    row = _row(name, num_steps, successes, stage=stage, k=k)
     episodes = [{**_episode(bool(s), 7_000_000 + i), "n_action_steps": n} for i, s in enumerate(successes)]
     row.update(closed_loop.summarise(episodes))
     row["per_task"] = {"reach-v3": closed_loop.summarise(episodes)}

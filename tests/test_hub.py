@@ -152,7 +152,7 @@ def test_round_trip_hub_teacher_card_lineage_and_idempotence(
     assert info["k"] == 2 and info["teacher"] == "alice/toy-1rf" and info["teacher_commit"] == first.commit
     assert json.loads((final / "hub.json").read_text())["repo_id"] == "alice/toy-2rf"
 
-    rows = evaluate_checkpoint(str(final), config.dataset, nfes=[1, 2], num_samples=8, episodes=1, env="toy")
+    rows = evaluate_checkpoint(str(final), config.dataset, step_counts=[1, 2], num_samples=8, episodes=1, env="toy")
     pushed = publish.push_checkpoint(hub, final, "alice/toy-2rf", eval_rows=rows)
     assert pushed.created  # the card gained the evaluation table
     again = publish.push_checkpoint(hub, final, "alice/toy-2rf", eval_rows=rows)
@@ -212,8 +212,8 @@ def test_card_of_a_1rf_fine_tuned_from_a_hub_checkpoint(online, checkpoint_1rf, 
     info["dataset"] = {"repo_id": "lab/demos", "root": None}
     (tuned / "reflow.json").write_text(json.dumps(info))
     rows = [
-        {"nfe": 1, "straightness": 0.5, "latency_ms": 1.0},
-        {"nfe": 10, "straightness": 0.1, "dataset": "local/x"},
+        {"num_steps": 1, "straightness": 0.5, "latency_ms": 1.0},
+        {"num_steps": 10, "straightness": 0.1, "dataset": "local/x"},
     ]
     publish.push_checkpoint(hub, tuned, "alice/tuned", eval_rows=rows)
 
@@ -221,9 +221,9 @@ def test_card_of_a_1rf_fine_tuned_from_a_hub_checkpoint(online, checkpoint_1rf, 
     assert card.data.base_model == "lab/base" and card.data.license == "cc-by-4.0"
     assert card.data.datasets == ["lab/demos"]
     results = {(r.dataset_type, r.metric_type, r.metric_config) for r in card.data.eval_results}
-    assert ("lab/demos", "straightness", "nfe=1") in results
+    assert ("lab/demos", "straightness", "num_steps=1") in results
     assert not [r for r in results if r[1] == "latency_ms"]  # machine-bound: never in the model-index
-    assert not [r for r in results if r[2] == "nfe=10"]  # measured on a local dataset: not in model-index
+    assert not [r for r in results if r[2] == "num_steps=10"]  # measured on a local dataset: not in model-index
     assert "**Fine-tuned from:** [lab/base]" in card.text and "Here it is empty" not in card.text
 
 
@@ -236,7 +236,7 @@ def test_faults_are_retried_without_duplicate_or_partial_commits(online, checkpo
     # The commit lands but its response is lost: huggingface_hub's retry of it fails (412, the branch
     # moved), our one rerun finds identical files and commits nothing.
     online.state.faults.append(("commit", "drop_after"))
-    rows = [{"nfe": 1, "straightness": 0.5}]  # a card change, so the push has something to commit
+    rows = [{"num_steps": 1, "straightness": 0.5}]  # a card change, so the push has something to commit
     changed = publish.push_checkpoint(hub, checkpoint_1rf, "alice/faulty", eval_rows=rows)
     history = online.repo("alice/faulty").history()
     assert len(history) == 3 and changed.commit == history[0]["oid"] and changed.created
@@ -267,7 +267,7 @@ def test_retries_are_not_nested(online, checkpoint_1rf, monkeypatch):
     hub = fast_hub(retries=2)
     publish.push_checkpoint(hub, checkpoint_1rf, "alice/counted")
     before = len(online.repo("alice/counted").history())
-    rows = [{"nfe": 1, "straightness": 0.25}]
+    rows = [{"num_steps": 1, "straightness": 0.25}]
     # preupload: huggingface_hub tries 1 + 5 times; we add nothing, and nothing is committed.
     online.state.hits.clear()
     online.state.faults += [("preupload", "503")] * 6
@@ -361,7 +361,7 @@ def test_cli_fails_fast_before_training(hub_server, toy_dataset, tmp_path):
 
 def test_cli_push_with_eval_rows(hub_server, checkpoint_1rf, tmp_path):
     rows = [
-        {"checkpoint": str(checkpoint_1rf), "nfe": n, "straightness": 0.1 * n, "latency_ms": 1.0}
+        {"checkpoint": str(checkpoint_1rf), "num_steps": n, "straightness": 0.1 * n, "latency_ms": 1.0}
         for n in (1, 10)
     ]
     (tmp_path / "results.json").write_text(json.dumps(rows))
@@ -574,7 +574,7 @@ def test_pipeline_push_flag_pushes_every_stage_then_the_space(hub_server, tmp_pa
     out = tmp_path / "run"
     small = ["--data.tasks=[reach-v3]", "--data.episodes=2", "--data.heldout_episodes=1", "--num_couplings=64",
              "--stages=[flow_matching,reflow,distill]", "--flow_matching.steps=5", "--reflow.steps=5",
-             "--distill.steps=5", "--eval.episodes=0", "--eval.num_samples=4", "--eval.nfe=[1]"]  # fmt: skip
+             "--distill.steps=5", "--eval.episodes=0", "--eval.num_samples=4", "--eval.num_steps=[1]"]  # fmt: skip
     args = ["pipeline", f"--config={TINY}", f"--output_dir={out}", *small]
     denied = run_cli(cli_env(hub_server, tmp_path, READ), *args, "--push.hub_model_id=bob/mw")
     assert denied.returncode == 2 and "cannot write there" in denied.stderr, denied.stderr[-2000:]
@@ -675,7 +675,7 @@ def test_card_gives_the_exact_lerobot_eval_command_of_its_closed_loop_rows():
     from hf_reflow.publish import cards
 
     info = {"stage": "reflow", "k": 2, "dataset": {"repo_id": "a/d", "root": None}}
-    row = {"nfe": 1, "success_rate": 0.9, "env_type": "metaworld_detour", "env_mode": "multimodal",
+    row = {"num_steps": 1, "success_rate": 0.9, "env_type": "metaworld_detour", "env_mode": "multimodal",
            "first_episode_seed": 7_000_000, "per_task": {"reach-v3": {"episodes": 50}, "push-v3": {"episodes": 50}}}
     state = {"input_features": {"observation.state": {"type": "STATE", "shape": [41]}}, "type": "flow_mlp", "num_steps": 1}
     card = cards.model_card(repo_id="a/mw-2rf", info=info, policy_config=state, lineage=[], eval_rows=[row])
@@ -694,13 +694,13 @@ def test_model_index_files_closed_loop_success_under_its_env_and_never_latency()
     from hf_reflow.publish import cards
 
     info = {"stage": "reflow", "k": 2, "dataset": {"repo_id": "local/metaworld", "root": "/data"}}  # local demos
-    row = {"nfe": 2, "success_rate": 0.9, "successes": 90, "episodes": 100, "env_type": "metaworld_detour",
+    row = {"num_steps": 2, "success_rate": 0.9, "successes": 90, "episodes": 100, "env_type": "metaworld_detour",
            "env_mode": "multimodal", "first_episode_seed": 7_000_000, "straightness": 0.01, "latency_ms": 3.0,
            "latency_device": "CPU Test 9000, 2 threads", "per_task": {"reach-v3": {}, "push-v3": {}}}
     card = cards.model_card(repo_id="a/mw-2rf", info=info, policy_config={"type": "flow_mlp"}, lineage=[], eval_rows=[row])
     (result,) = card.data.eval_results  # offline metrics on a local dataset and latency are left out
     assert (result.dataset_type, result.dataset_config, result.metric_type) == ("metaworld_detour", "push-v3,reach-v3", "success_rate")
-    assert result.metric_value == 0.9 and result.metric_config == "nfe=2"
+    assert result.metric_value == 0.9 and result.metric_config == "num_steps=2"
     low, high = result.metric_args["ci95"]
     assert 0.82 < low < 0.9 < high < 0.96 and result.metric_args["episodes"] == 100
     assert "model-index:" in str(card) and "metaworld_detour" in str(card).split("---")[1]

@@ -36,7 +36,7 @@ def test_eval_of_an_unsupported_policy_type_is_one_line(tmp_path, toy_dataset):
         input_features={"observation.state": PolicyFeature(FeatureType.STATE, (4,))},
         output_features={"action": PolicyFeature(FeatureType.ACTION, (2,))},
     ).save_pretrained(checkpoint)
-    result = run_cli("eval", f"--policy.path={checkpoint}", f"--dataset.root={toy_dataset}", "--nfe=1")
+    result = run_cli("eval", f"--policy.path={checkpoint}", f"--dataset.root={toy_dataset}", "--num_steps=1")
     assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr[-2000:]
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     errors = [line for line in lines if line.startswith("hf-reflow: error:")]

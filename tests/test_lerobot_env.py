@@ -103,7 +103,7 @@ def test_hf_reflow_eval_in_lerobots_own_metaworld_env(tmp_path, monkeypatch):
 
     monkeypatch.setattr(lerobot_metaworld.MetaworldEnv, "__init__", short)
     env_cfg = make_env_config("metaworld", task="metaworld-reach-v3")
-    (row,) = attach_env_closed_loop([{"checkpoint": str(final), "nfe": 2}], env_cfg, episodes=1)
+    (row,) = attach_env_closed_loop([{"checkpoint": str(final), "num_steps": 2}], env_cfg, episodes=1)
     ((name, task),) = row["per_task"].items()  # LeRobot's suite name for the task
     assert "reach" in name
     assert task["episode_seeds"] == [7_000_000] and row["episodes"] == 1 and row["env_type"] == "metaworld"

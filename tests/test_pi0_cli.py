@@ -147,17 +147,17 @@ def test_eval_cli_on_every_checkpoint(chains, image_dataset, pi0_env, tmp_path):
     paths = [str(chains[kind][stage]) for kind in TYPES for stage in ("1rf", "2rf")]
     out = tmp_path / "eval.json"
     result = run_hf_reflow(
-        pi0_env, "eval", f"--policy.path={','.join(paths)}", *_data_args(image_dataset), "--nfe=1,2",
+        pi0_env, "eval", f"--policy.path={','.join(paths)}", *_data_args(image_dataset), "--num_steps=1,2",
         "--num_samples=4", f"--output={out}",
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
     assert "straightness" in result.stdout
     rows = json.loads(out.read_text())
-    assert [(r["checkpoint"], r["nfe"]) for r in rows] == [(p, n) for p in paths for n in (1, 2)]
+    assert [(r["checkpoint"], r["num_steps"]) for r in rows] == [(p, n) for p in paths for n in (1, 2)]
     assert [r["k"] for r in rows] == [1, 1, 2, 2] * 2
     for row in rows:
         assert row["latency_ms"] > 0 and row["error_vs_10step"] > 0
-        assert (row["straightness"] == 0) == (row["nfe"] == 1)
+        assert (row["straightness"] == 0) == (row["num_steps"] == 1)
 
 
 def test_space_compares_pi0_checkpoints(chains, image_dataset, pi0_env):
@@ -189,14 +189,14 @@ def test_space_compares_pi0_checkpoints(chains, image_dataset, pi0_env):
         server.wait(timeout=30)
     assert Path(camera).is_file() and "episode 1, frame 3" in status
     rows = [dict(zip(table["headers"], row, strict=True)) for row in table["data"]]
-    assert [(r["policy"], r["steps"]) for r in rows] == [
+    assert [(r["policy"], r["num_steps"]) for r in rows] == [
         (p, s) for p in ("1-RF", "2-RF", "pi0.5 2-RF") for s in (1, 2, 10)
     ]
     assert [r["k"] for r in rows] == [1] * 3 + [2] * 6
     for row in rows:
-        assert row["nfe"] == row["steps"] and row["latency_ms"] > 0
-        assert (row["error_vs_10step"] == 0) == (row["steps"] == 10)
-        assert (row["straightness"] == 0) == (row["steps"] == 1)
+        assert row["nfe"] == row["num_steps"] and row["latency_ms"] > 0
+        assert (row["error_vs_10step"] == 0) == (row["num_steps"] == 10)
+        assert (row["straightness"] == 0) == (row["num_steps"] == 1)
         assert row["error_vs_expert"] > 0  # in action units: the 4 real dims, unnormalised
 
 

@@ -14,7 +14,7 @@ from hf_reflow.metrics import COLUMNS
 
 TINY = str(REPO / "recipes" / "metaworld" / "tiny.yaml")
 ROW_COLUMNS = {
-    "seed", "name", "stage", "k", "nfe", "checkpoint", "straightness", "error_vs_10step", "error_vs_data", "latency_ms",
+    "seed", "name", "stage", "k", "num_steps", "checkpoint", "straightness", "error_vs_10step", "error_vs_data", "latency_ms",
     "prefix_ms",
     "episodes", "successes", "success_rate", "collision_rate", "stall_rate", "timeout_rate", "left_share",
     "side_switches", "mean_steps", "per_task", "n_action_steps", "policy_n_action_steps", "passes_per_env_step",
@@ -22,7 +22,7 @@ ROW_COLUMNS = {
     "miss_near_goal_steps", "miss_near_goal_reversals", "env_type", "env_mode", "first_episode_seed",
 }  # fmt: skip
 SUMMARY_COLUMNS = {
-    "name", "k", "stage", "nfe", "seeds", "success_rate", "success_ci95", "ci_method", "collision_rate", "stall_rate",
+    "name", "k", "stage", "num_steps", "seeds", "success_rate", "success_ci95", "ci_method", "collision_rate", "stall_rate",
     "timeout_rate", "left_share", "side_switches", "diff_vs_reference", "diff_ci95", "mean_steps", "straightness", "error_vs_10step", "error_vs_data", "latency_ms", "prefix_ms", "episodes",
     "n_action_steps", "passes_per_env_step", "ms_per_env_step", "hand_speed_vs_reference", "chunk_jump",
 }  # fmt: skip
@@ -108,7 +108,7 @@ def test_eval_cli_runs_metaworld_closed_loop(tiny_run, tmp_path):
     output = tmp_path / "eval.json"
     result = run_cli(
         "eval", f"--policy.path={out / 'seed0' / '2rf'}", f"--dataset.root={out / 'data' / 'heldout'}",
-        "--nfe=1", "--env=metaworld", "--tasks=reach-v3", "--episodes=2", "--workers=1", f"--output={output}",
+        "--num_steps=1", "--env=metaworld", "--tasks=reach-v3", "--episodes=2", "--workers=1", f"--output={output}",
         "--n_action_steps=4,2",
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-2000:]
@@ -127,7 +127,7 @@ def test_eval_in_a_lerobot_env_pairs_with_our_own_closed_loop(tiny_run, tmp_path
     processors) plays the same episodes with the same noise as `--env=metaworld`: the same outcome per episode."""
     out, _ = tiny_run
     common = ["eval", f"--policy.path={out / 'seed0' / '2rf'}", f"--dataset.root={out / 'data' / 'heldout'}",
-              "--nfe=1", "--episodes=3", "--num_samples=8"]  # fmt: skip
+              "--num_steps=1", "--episodes=3", "--num_samples=8"]  # fmt: skip
     ours = run_cli(*common, "--env=metaworld", "--tasks=[push-v3]", "--workers=1", f"--output={tmp_path / 'a.json'}")
     theirs = run_cli(*common, "--env.type=metaworld_detour", "--env.task=push-v3", f"--output={tmp_path / 'b.json'}")
     assert ours.returncode == 0 and theirs.returncode == 0, (ours.stderr + theirs.stderr)[-3000:]
@@ -176,7 +176,7 @@ def test_eval_on_a_task_the_policy_never_saw_is_one_line_naming_the_known_ones(t
     out, _ = tiny_run
     result = run_cli(
         "eval", f"--policy.path={out / 'seed0' / '2rf'}", f"--dataset.root={out / 'data' / 'heldout'}",
-        "--nfe=1", "--env=metaworld", "--tasks=sweep-v3", "--episodes=1", "--workers=1",
+        "--num_steps=1", "--env=metaworld", "--tasks=sweep-v3", "--episodes=1", "--workers=1",
     )  # fmt: skip
     assert result.returncode == 2 and "Traceback" not in result.stderr
     lines = [line for line in result.stderr.splitlines() if line.startswith("hf-reflow: error:")]
@@ -191,7 +191,7 @@ def test_parallel_rollouts_match_serial(tiny_run):
     out, _ = tiny_run
     checkpoint = str(out / "seed0" / "1rf" / "pretrained_model")
     jobs = [
-        closed_loop.RolloutJob(checkpoint, nfe, "reach-v3", closed_loop.episode_seeds(2), max_steps=40) for nfe in (1, 2)
+        closed_loop.RolloutJob(checkpoint, num_steps, "reach-v3", closed_loop.episode_seeds(2), max_steps=40) for num_steps in (1, 2)
     ]
     assert closed_loop.run_jobs(jobs, workers=2) == closed_loop.run_jobs(jobs, workers=1)
 
@@ -206,7 +206,7 @@ def test_space_rollout_is_the_evaluations_episode(tiny_run):
     checkpoint, seed = str(out / "seed0" / "2rf" / "pretrained_model"), closed_loop.episode_seeds(1)[0]
     cache = CheckpointCache()
     (record,) = closed_loop.run_job(closed_loop.RolloutJob(checkpoint, 1, "push-v3", (seed,), max_steps=30), cache)
-    shown = compare.rollout(cache.get(checkpoint), "metaworld", "push-v3", steps=1, seed=seed, max_steps=30, frames=False)
+    shown = compare.rollout(cache.get(checkpoint), "metaworld", "push-v3", num_steps=1, seed=seed, max_steps=30, frames=False)
     assert (shown.success, shown.collided, shown.steps) == (record["success"], record["collided"], record["steps"])
     with cache.get(checkpoint).adapter.inference_steps(1), closed_loop.metaworld_episodes(
         cache.get(checkpoint), "push-v3", max_steps=30
@@ -257,7 +257,7 @@ def test_expert_through_the_eval_path_reproduces_its_success():
         (["--data.episodes=0"], "data.episodes"),
         (["--stages=[reflow]"], "start with flow_matching"),
         (["--reflow.no_such_key=1"], "stage reflow: unknown config key(s) no_such_key"),
-        (["--eval.nfe=[0]"], "eval.nfe"),
+        (["--eval.num_steps=[0]"], "eval.num_steps"),
     ],
 )
 def test_pipeline_bad_input(tmp_path, args, message):
@@ -270,7 +270,7 @@ def test_pipeline_bad_input(tmp_path, args, message):
 
 def test_eval_refuses_a_checkpoint_with_the_wrong_shapes(tmp_path, teacher_1rf, toy_dataset):
     result = run_cli(
-        "eval", f"--policy.path={teacher_1rf}", f"--dataset.root={toy_dataset}", "--nfe=1", "--env=metaworld",
+        "eval", f"--policy.path={teacher_1rf}", f"--dataset.root={toy_dataset}", "--num_steps=1", "--env=metaworld",
         "--episodes=1",
     )  # fmt: skip
     assert result.returncode == 2
@@ -295,7 +295,7 @@ def test_metaworld_recipes_parse(recipe):
     from hf_reflow.parsing import parse_pipeline_config
 
     cfg = parse_pipeline_config([f"--config={recipe}"])
-    assert cfg.stages[0] == "flow_matching" and cfg.eval.nfe
+    assert cfg.stages[0] == "flow_matching" and cfg.eval.num_steps
 
 
 def test_a_new_stage_section_extends_a_finished_chain_but_a_trained_one_may_not_change(tmp_path):
@@ -332,8 +332,8 @@ def test_couplings_at_the_teachers_closed_loop_states(tmp_path):
     assert couplings["dataset_root"] == str(states)
     results = json.loads((out / "results.json").read_text())
     rows = results["rows"]
-    assert [(row["name"], row["nfe"], row["n_action_steps"]) for row in rows] == [
-        (name, nfe, n) for name in ("1-RF", "2-RF") for nfe in (1, 2) for n in (4, 2)
+    assert [(row["name"], row["num_steps"], row["n_action_steps"]) for row in rows] == [
+        (name, num_steps, n) for name in ("1-RF", "2-RF") for num_steps in (1, 2) for n in (4, 2)
     ]
     assert "speed-up at equal success:" in result.stdout and "One training seed" in result.stdout
     assert results["speedup_at_equal_success"]["reference"] == "1-RF @ 2, every 4"
@@ -368,11 +368,11 @@ def test_compare_runs_script_pairs_two_runs_cell_by_cell(tiny_run):
     out, _ = tiny_run
     base = json.loads((out / "results.json").read_text())
     lines = compare(base, base, "a", "b")
-    cells = {(r["name"], r["nfe"]) for r in base["rows"] if r["n_action_steps"] == r["policy_n_action_steps"]}
+    cells = {(r["name"], r["num_steps"]) for r in base["rows"] if r["n_action_steps"] == r["policy_n_action_steps"]}
     assert lines[0].startswith("| stage | steps | a | b | b - a, points (paired 95% CI) |") and len(lines) == 2 + len(cells)
     assert all("| +0.0 (+0.0, +0.0) |" in line for line in lines[2:])
     changed = copy.deepcopy(base)
-    row = next(r for r in changed["rows"] if r["name"] == "2-RF" and r["nfe"] == 1)
+    row = next(r for r in changed["rows"] if r["name"] == "2-RF" and r["num_steps"] == 1)
     flags = row["per_task"]["reach-v3"]["episode_success"]
     flags[0] = not flags[0]  # one of the 2 episodes (1 per task) flips: +-50 points
     moved = [line for line in compare(base, changed) if "| +0.0 (+0.0, +0.0) |" not in line][2:]

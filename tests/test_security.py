@@ -140,7 +140,7 @@ def _offline_evaluation(evil: Path, toy_dataset: Path, out: Path) -> None:
     from hf_reflow.configs import DatasetConfig
     from hf_reflow.evaluation.offline import evaluate_checkpoint
 
-    evaluate_checkpoint(str(evil), DatasetConfig(root=str(toy_dataset)), nfes=[1], num_samples=4)
+    evaluate_checkpoint(str(evil), DatasetConfig(root=str(toy_dataset)), step_counts=[1], num_samples=4)
 
 
 def _closed_loop_worker(evil: Path, toy_dataset: Path, out: Path) -> None:
@@ -369,7 +369,7 @@ def test_a_postprocessor_step_is_checked_too(run_dir, tmp_path):
 def test_cli_eval_exits_2_with_one_line(run_dir, toy_dataset, tmp_path, kind):
     marker = tmp_path / "marker"
     evil = _evil_checkpoint(run_dir, tmp_path, _payload_step(kind, marker))
-    proc = run_cli("eval", f"--policy.path={evil}", f"--dataset.root={toy_dataset}", "--nfe=1", "--num_samples=4")
+    proc = run_cli("eval", f"--policy.path={evil}", f"--dataset.root={toy_dataset}", "--num_steps=1", "--num_samples=4")
     assert proc.returncode == 2, proc.stderr[-2000:]
     assert "Traceback" not in proc.stderr
     lines = [line for line in proc.stderr.splitlines() if line.startswith("hf-reflow: error:")]

@@ -187,7 +187,7 @@ def test_reflow_cli_checkpoint_loads_in_stock_lerobot(smolvla_teacher, image_dat
         theirs, ours = load_file(smolvla_teacher / name), load_file(final / name)
         assert theirs.keys() == ours.keys() and all(torch.equal(theirs[k], ours[k]) for k in theirs)
     evaluation = run_cli("eval", f"--policy.path={final}", f"--dataset.root={image_dataset}",
-                         "--dataset.repo_id=local/tiny_images", "--nfe=2,1", "--num_samples=4")  # fmt: skip
+                         "--dataset.repo_id=local/tiny_images", "--num_steps=2,1", "--num_samples=4")  # fmt: skip
     assert evaluation.returncode == 0, evaluation.stderr[-3000:]
     assert "straightness" in evaluation.stdout
 

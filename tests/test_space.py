@@ -108,14 +108,14 @@ def test_compare_api_returns_figures_and_table(server, chain_dir):
     assert Path(camera).is_file()  # the dataset frame's camera image
     assert "episode 1, frame 3" in status
     rows = [dict(zip(table["headers"], row, strict=True)) for row in table["data"]]
-    assert [(r["policy"], r["steps"]) for r in rows] == [
+    assert [(r["policy"], r["num_steps"]) for r in rows] == [
         (p, s) for p in ("1-RF", "2-RF") for s in STEP_COUNTS
     ]
     assert [r["k"] for r in rows] == [1] * 4 + [2] * 4
     for row in rows:
-        assert row["nfe"] == row["steps"] and row["latency_ms"] > 0
-        assert (row["error_vs_10step"] == 0) == (row["steps"] == 10)
-        assert (row["straightness"] == 0) == (row["steps"] == 1)  # one step is a straight segment
+        assert row["nfe"] == row["num_steps"] and row["latency_ms"] > 0
+        assert (row["error_vs_10step"] == 0) == (row["num_steps"] == 10)
+        assert (row["straightness"] == 0) == (row["num_steps"] == 1)  # one step is a straight segment
     # The page's numbers are the library's: recompute them from the same observation and noise seed.
     dataset = compare.open_dataset(str(chain_dir / "data"), None)
     observation = compare.dataset_observation(dataset, 1, 3, horizon=8)
@@ -382,7 +382,7 @@ def test_toy_env_observation_and_rollout(tmp_path):
     np.testing.assert_array_equal(observation.expert_action, episode.actions[:8])
     rows = compare.table_rows([compare.compare_policy(loaded, "toy", observation, [1, 10], seed=0)])
     assert [r["steps"] for r in rows] == [1, 10]
-    result = compare.rollout(loaded, "toy", "", steps=2, seed=4)
+    result = compare.rollout(loaded, "toy", "", num_steps=2, seed=4)
     assert result.hand_xy.shape == (result.steps, 2) and result.frames == []
     np.testing.assert_allclose(result.hand_xy[0], episode.states[0][:2])  # starts where the expert started
     assert loaded.adapter.num_steps == 10  # the rollout's step count was restored

@@ -18,7 +18,7 @@ RECIPE = str(REPO / "recipes" / "metaworld" / "smolvla.yaml")
 TINY = [
     "--data.episodes=2", "--data.heldout_episodes=1", "--data.image_size=32", "--vlm.size.image_size=32",
     "--vlm.size.text_layers=2", "--flow_matching.steps=4", "--reflow.steps=2", "--distill.steps=2",
-    "--train.batch_size=4", "--eval.nfe=[1]", "--eval.episodes=1", "--eval.num_samples=8", "--eval.workers=1",
+    "--train.batch_size=4", "--eval.num_steps=[1]", "--eval.episodes=1", "--eval.num_samples=8", "--eval.workers=1",
 ]  # fmt: skip
 
 
@@ -32,7 +32,7 @@ def vla_run(tmp_path_factory) -> Path:
 
 def test_the_vla_chain_trains_reads_images_and_evaluates_every_stage(vla_run):
     rows = json.loads((vla_run / "results.json").read_text())["rows"]
-    assert {(row["name"], row["nfe"]) for row in rows} == {("1-RF", 1), ("2-RF", 1), ("2-RF distilled", 1)}
+    assert {(row["name"], row["num_steps"]) for row in rows} == {("1-RF", 1), ("2-RF", 1), ("2-RF distilled", 1)}
     assert all(row["episodes"] == 2 and row["ms_per_env_step"] > 0 for row in rows)  # 1 episode x 2 tasks
     assert all(0 < row["prefix_ms"] < row["latency_ms"] for row in rows)  # the VLM prefix: part of each chunk
     configs = {name: json.loads((vla_run / "seed0" / name / "pretrained_model" / "config.json").read_text())
@@ -65,7 +65,7 @@ def test_eval_runs_a_closed_loop_vla_episode_and_stock_lerobot_loads_the_2rf(vla
     output = tmp_path / "eval.json"
     result = run_cli(
         "eval", f"--policy.path={vla_run / 'seed0' / '2rf'}", f"--dataset.root={vla_run / 'data' / 'heldout'}",
-        "--nfe=2", "--env=metaworld", "--tasks=reach-v3", "--episodes=1", "--workers=1", f"--output={output}",
+        "--num_steps=2", "--env=metaworld", "--tasks=reach-v3", "--episodes=1", "--workers=1", f"--output={output}",
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-2000:]
     (row,) = json.loads(output.read_text())

@@ -74,18 +74,18 @@ class StepCountEval:
     """What every evaluation measures, `hf-reflow eval`'s and the pipeline's: the step counts, the offline
     observations, closed-loop episodes, their worker processes and re-planning."""
 
-    nfe: list[int] = option(help="Euler step counts to evaluate, e.g. 1,2,4,10", factory=lambda: [1, 2, 4, 10])
+    num_steps: list[int] = option(help="Euler step counts to evaluate, e.g. 1,2,4,10", factory=lambda: [1, 2, 4, 10])
     num_samples: int = option(64, "held-out observations for the offline metrics")
     episodes: int = option(50, "closed-loop episodes per task and cell (checkpoint x step count)")
     workers: int = option(0, "Meta-World rollout processes; 0 = one per CPU core")
     n_action_steps: list[int] | None = option(None, N_ACTION_STEPS_HELP)
-    PREFIX: ClassVar[str] = ""  # how the flags are spelt: `--nfe` (eval) or `--eval.nfe` (pipeline)
+    PREFIX: ClassVar[str] = ""  # how the flags are spelt: `--num_steps` (eval) or `--eval.num_steps` (pipeline)
 
     def __post_init__(self) -> None:
         p = self.PREFIX
         check_n_action_steps(self.n_action_steps)
-        if not self.nfe or any(not isinstance(n, int) or not 1 <= n <= MAX_ODE_STEPS for n in self.nfe):
-            raise ConfigError(f"{p}nfe must list step counts in 1..{MAX_ODE_STEPS}, e.g. --{p}nfe=1,2,4,10; got {self.nfe}.")
+        if not self.num_steps or any(not isinstance(n, int) or not 1 <= n <= MAX_ODE_STEPS for n in self.num_steps):
+            raise ConfigError(f"{p}num_steps must list step counts in 1..{MAX_ODE_STEPS}, e.g. --{p}num_steps=1,2,4,10; got {self.num_steps}.")
         for name in ("num_samples", "episodes", "workers"):
             low = 1 if name == "num_samples" else 0
             if getattr(self, name) < low:

@@ -14,7 +14,7 @@ from typing import Any
 from hf_reflow.atomic import write_text
 from hf_reflow.evaluation.closed_loop import PROTOCOL
 from hf_reflow.evaluation.evaluate import EvalSettings, EvalTarget, evaluate
-from hf_reflow.metrics import EvalRow
+from hf_reflow.metrics import EvalRow, upgrade_row
 
 
 def evaluate_chain(
@@ -38,13 +38,15 @@ def evaluate_chain(
     for seed, stages in trained.items():
         for stage, checkpoint in stages:
             cache = Path(checkpoint).parent / "eval.json"
-            if cache.is_file() and json.loads(cache.read_text()).get("settings") == settings:
-                rows += json.loads(cache.read_text())["rows"]
+            cached = json.loads(cache.read_text()) if cache.is_file() else {}
+            # a cache of any version: its settings and rows read with today's names (`nfe` is `num_steps`)
+            if upgrade_row(cached.get("settings", {})) == settings:
+                rows += [upgrade_row(row) for row in cached["rows"]]
                 continue
             labels = {"seed": seed, "name": stage.label, "run": stage.name, "stage": stage.kind, "k": stage.k}
             todo.append((cache, EvalTarget(str(checkpoint), own_steps_only=stage.kind == "distill", labels=labels,
                                            title=f"seed {seed} {stage.label}")))  # fmt: skip
-    measure = EvalSettings(nfes=eval_cfg.nfe, num_samples=eval_cfg.num_samples, episodes=eval_cfg.episodes,
+    measure = EvalSettings(step_counts=eval_cfg.num_steps, num_samples=eval_cfg.num_samples, episodes=eval_cfg.episodes,
                            env="metaworld", tasks=tuple(tasks), mode=mode, workers=eval_cfg.workers,
                            n_action_steps=eval_cfg.n_action_steps)  # fmt: skip
     done = evaluate([target for _, target in todo], heldout, measure, log=log)

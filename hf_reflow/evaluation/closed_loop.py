@@ -50,7 +50,7 @@ NoiseMode = Literal["per_chunk", "per_episode"]
 @dataclass(frozen=True)
 class RolloutJob:
     checkpoint: str
-    nfe: int
+    num_steps: int
     task: str
     episode_seeds: tuple[int, ...]
     mode: str = "multimodal"
@@ -209,10 +209,10 @@ def replanning(policy: Any, n_action_steps: int | None) -> Iterator[int]:
 
 
 # ---- the toy env ------------------------------------------------------------------------------
-def toy_closed_loop(loaded: Any, *, nfe: int, episodes: int, seed: int = TOY_EPISODE_SEED_BASE) -> dict:
+def toy_closed_loop(loaded: Any, *, num_steps: int, episodes: int, seed: int = TOY_EPISODE_SEED_BASE) -> dict:
     """Success (goal reached, no collision), collision rate, left share and mean steps on the toy env."""
     controller = PolicyController(loaded.policy, loaded.preprocessor, loaded.postprocessor, None, noise="per_episode")
-    with loaded.adapter.inference_steps(nfe):  # every episode at `nfe` steps per chunk
+    with loaded.adapter.inference_steps(num_steps):  # every episode at `num_steps` steps per chunk
         results = [play_toy(controller, seed + episode) for episode in range(episodes)]
     successes = [r for r in results if r.success]
     return {
@@ -237,7 +237,7 @@ def run_job(job: RolloutJob, cache: CheckpointCache) -> list[dict[str, Any]]:
     """Roll out `job`'s episodes; one dict per episode (seed, success, outcome, diagnostics, ...)."""
     loaded = cache.get(job.checkpoint)
     # the job's step count and re-planning hold for all its episodes, then the cached policy's own return
-    with loaded.adapter.inference_steps(job.nfe), replanning(loaded.policy, job.n_action_steps) as stride, \
+    with loaded.adapter.inference_steps(job.num_steps), replanning(loaded.policy, job.n_action_steps) as stride, \
             metaworld_episodes(loaded, job.task, mode=job.mode, max_steps=job.max_steps) as episodes:  # fmt: skip
         return [_episode_record(seed, episodes.play(seed), episodes.env, episodes.controller, stride)
                 for seed in job.episode_seeds]  # fmt: skip
@@ -351,7 +351,7 @@ def check_env_compatible(config: Any, path: str) -> None:
 
 def attach_closed_loop(rows: list[EvalRow], *, tasks: list[str], mode: str, episodes: int, workers: int,
                        n_action_steps: list[int] | None = None, log: Any = print) -> list[EvalRow]:  # fmt: skip
-    """Meta-World closed-loop results (pooled over tasks, and `per_task`) for rows with checkpoint + nfe.
+    """Meta-World closed-loop results (pooled over tasks, and `per_task`) for rows with checkpoint + num_steps.
 
     Each row is evaluated at every `n_action_steps` value (None: the policy's own), so the rows returned are
     the input rows (updated in place) or, with several values, one copy per value. Every row records the
@@ -367,7 +367,7 @@ def attach_closed_loop(rows: list[EvalRow], *, tasks: list[str], mode: str, epis
         check_env_compatible(configs[path], path)
     rows = with_replanning(rows, n_action_steps, configs)
     seeds = episode_seeds(episodes)
-    jobs = [RolloutJob(row["checkpoint"], row["nfe"], task, seeds, mode, n_action_steps=row["n_action_steps"])
+    jobs = [RolloutJob(row["checkpoint"], row["num_steps"], task, seeds, mode, n_action_steps=row["n_action_steps"])
             for row in rows for task in tasks]  # fmt: skip
     log(f"closed loop: {len(jobs)} cells (checkpoint x steps x re-planning x task) x {episodes} episodes on evaluation layouts")
     with tqdm(total=len(jobs) * episodes, desc="rollouts", unit="ep") as bar:
@@ -398,7 +398,7 @@ def compute_per_env_step(row: EvalRow) -> EvalRow:
     chunks, env_steps = row["chunks"], row["env_steps"]
     latency = row.get("latency_ms")
     return {
-        "passes_per_env_step": row["nfe"] * chunks / env_steps,
+        "passes_per_env_step": row["num_steps"] * chunks / env_steps,
         "ms_per_env_step": latency * chunks / env_steps if latency is not None else None,
     }
 

@@ -265,8 +265,8 @@ class Trajectory:
         times: (S + 1,) the t of each path entry, from 1 down to 0.
     """
 
-    steps: int
-    nfe: int
+    num_steps: int
+    nfe: int  # velocity evaluations: num_steps for Euler, 2 * num_steps - 1 for Heun
     action: np.ndarray
     path: np.ndarray
     times: np.ndarray
@@ -293,24 +293,24 @@ def _trajectory(
     loaded: LoadedCheckpoint,
     batch: dict[str, Any],
     noise: Tensor,
-    steps: int,
+    num_steps: int,
     expert: np.ndarray,
     reference: Tensor | None,
     repeats: int,
 ) -> tuple[Trajectory, Tensor]:
-    """Sample `steps` Euler steps with the path recorded; metrics against `reference` (normalised) and `expert`."""
-    out = sample_policy(loaded.adapter, batch, noise, num_steps=steps, return_path=True)
+    """Sample `num_steps` Euler steps with the path recorded; metrics against `reference` (normalised) and `expert`."""
+    out = sample_policy(loaded.adapter, batch, noise, num_steps=num_steps, return_path=True)
     reference = out.action if reference is None else reference
     action_dim = loaded.policy.config.output_features["action"].shape[0]  # SmolVLA / pi0 pad to 32: trim
     chunk = loaded.postprocessor(out.action[..., :action_dim])[0].cpu().numpy()  # (chunk, action_dim), action units
     horizon = min(len(expert), len(chunk))
     trajectory = Trajectory(
-        steps=steps,
+        num_steps=num_steps,
         nfe=out.nfe,
         action=chunk,
         path=out.path[:, 0].flatten(1).cpu().numpy(),  # (S + 1, chunk * action_dim)
         times=out.times.cpu().numpy(),
-        latency_ms=latency_ms(loaded.adapter, batch, noise, steps, repeats),
+        latency_ms=latency_ms(loaded.adapter, batch, noise, num_steps, repeats),
         straightness=float(flow.straightness(out.path, out.times)[0]),
         error_vs_10step=float((out.action - reference).pow(2).mean()),
         error_vs_expert=float(np.mean((chunk[:horizon] - expert[:horizon]) ** 2)),
@@ -354,7 +354,7 @@ def table_rows(comparisons: list[PolicyComparison]) -> list[dict[str, Any]]:
             "policy": c.name,
             "stage": c.stage,
             "k": c.k if c.k is not None else "",
-            "steps": run.steps,
+            "num_steps": run.num_steps,
             "nfe": run.nfe,
             "latency_ms": round(run.latency_ms, 3),
             "straightness": round(run.straightness, 5),
@@ -377,7 +377,7 @@ def project_paths(comparison: PolicyComparison) -> dict[int, np.ndarray]:
     Returns:
         {steps: (S + 1, 2)}.
     """
-    paths = {REFERENCE_STEPS: comparison.reference.path, **{run.steps: run.path for run in comparison.runs}}
+    paths = {REFERENCE_STEPS: comparison.reference.path, **{run.num_steps: run.path for run in comparison.runs}}
     noise = comparison.reference.path[0]  # (D,)
     chord = noise - comparison.reference.path[-1]
     length = float(np.linalg.norm(chord)) or 1.0
@@ -421,17 +421,17 @@ def rollout(
     env: str,
     task: str,
     *,
-    steps: int,
+    num_steps: int,
     seed: int,
     max_steps: int | None = None,
     frames: bool = True,
 ) -> RolloutResult:
-    """Run the policy closed-loop at `steps` Euler steps per chunk for one evaluation episode.
+    """Run the policy closed-loop at `num_steps` Euler steps per chunk for one evaluation episode.
 
     `max_steps`: the episode's step limit (Meta-World default: the task's own horizon).
     """
-    parse_step_counts([steps])
-    with loaded.lock, loaded.adapter.inference_steps(steps):
+    parse_step_counts([num_steps])
+    with loaded.lock, loaded.adapter.inference_steps(num_steps):
         if env == "toy":
             return _toy_rollout(loaded, seed)
         return _metaworld_rollout(loaded, task, seed, max_steps, frames)

@@ -35,7 +35,7 @@ class EvalSettings:
     """What is measured, the same for every checkpoint.
 
     Attributes:
-        nfes: the step counts.
+        step_counts: the step counts.
         num_samples: observations for the offline metrics.
         seed: the offline observations' and noise's seed.
         episodes: closed-loop episodes per task (0: offline only).
@@ -45,7 +45,7 @@ class EvalSettings:
         env_config: a LeRobot `EnvConfig` (`--env.type=...`) to run episodes in instead.
     """
 
-    nfes: list[int]
+    step_counts: list[int]
     num_samples: int = 64
     seed: int = 0
     episodes: int = 0
@@ -62,9 +62,9 @@ def evaluate(targets: list[EvalTarget], dataset_cfg: Any, settings: EvalSettings
     s, rows = settings, []
     for target in targets:
         if target.title:
-            log(f"evaluating {target.title} offline at {'its own step count' if target.own_steps_only else s.nfes}")
+            log(f"evaluating {target.title} offline at {'its own step count' if target.own_steps_only else s.step_counts}")
         checkpoint_rows = evaluate_checkpoint(
-            target.checkpoint, dataset_cfg, nfes=s.nfes, num_samples=s.num_samples, seed=s.seed,
+            target.checkpoint, dataset_cfg, step_counts=s.step_counts, num_samples=s.num_samples, seed=s.seed,
             episodes=s.episodes, env="toy" if s.env == "toy" else "none", own_steps_only=target.own_steps_only,
         )  # fmt: skip
         rows += [{**row, **target.labels} for row in checkpoint_rows]

@@ -39,7 +39,7 @@ from hf_reflow.parsing import parse_env_config
 def attach_env_closed_loop(rows: list[EvalRow], env_cfg: Any, *, episodes: int,
                            n_action_steps: list[int] | None = None) -> list[EvalRow]:  # fmt: skip
     """Closed-loop results in `env_cfg`'s env (pooled, and `per_task` per LeRobot suite / task id) for rows with
-    checkpoint + nfe, at every `n_action_steps` value (`with_replanning`, as `attach_closed_loop`)."""
+    checkpoint + num_steps, at every `n_action_steps` value (`with_replanning`, as `attach_closed_loop`)."""
     if not rows or episodes < 1:
         return rows
     cache, seeds = CheckpointCache(), episode_seeds(episodes)
@@ -59,7 +59,7 @@ def attach_env_closed_loop(rows: list[EvalRow], env_cfg: Any, *, episodes: int,
             loaded = cache.get(row["checkpoint"])
             env_pre, env_post = make_env_pre_post_processors(env_cfg, loaded.config)
             per_task = {}
-            with loaded.adapter.inference_steps(row["nfe"]), replanning(loaded.policy, row["n_action_steps"]) as stride:
+            with loaded.adapter.inference_steps(row["num_steps"]), replanning(loaded.policy, row["n_action_steps"]) as stride:
                 controller = PolicyController(loaded.policy, loaded.preprocessor, loaded.postprocessor, None)
                 for name, vec in _tasks(envs):
                     runs = [_episode(vec, controller, seed, env_pre, env_post) for seed in seeds]
@@ -72,13 +72,13 @@ def attach_env_closed_loop(rows: list[EvalRow], env_cfg: Any, *, episodes: int,
     return rows
 
 
-def training_evaluator(env_settings: dict[str, Any], *, episodes: int, nfe: int) -> Callable[[Path, int], dict[str, float]]:
+def training_evaluator(env_settings: dict[str, Any], *, episodes: int, num_steps: int) -> Callable[[Path, int], dict[str, float]]:
     """The evaluation during training (lerobot-train's `--env.*` + `--env_eval_freq`): `(checkpoint, step) ->
-    metrics`, the student at `nfe` steps over the same `episodes` episode seeds every time (paired across steps)."""
+    metrics`, the student at `num_steps` steps over the same `episodes` episode seeds every time (paired across steps)."""
     env_cfg = parse_env_config([f"--env.{key}={value}" for key, value in env_settings.items()])
 
     def evaluate(checkpoint: Path, step: int) -> dict[str, float]:
-        (row,) = attach_env_closed_loop([{"checkpoint": str(checkpoint), "nfe": nfe}], env_cfg, episodes=episodes)
+        (row,) = attach_env_closed_loop([{"checkpoint": str(checkpoint), "num_steps": num_steps}], env_cfg, episodes=episodes)
         return {"eval/pc_success": 100 * row["success_rate"], "eval/n_episodes": float(row["episodes"]),
                 "eval/timeout_rate": row["timeout_rate"], "eval/collision_rate": row["collision_rate"]}  # fmt: skip
 

@@ -36,7 +36,7 @@ def observation_batch(dataset: Any, num_samples: int, seed: int) -> dict[str, An
 
 
 @torch.no_grad()
-def offline_metrics(adapter: PolicyAdapter, batch: dict[str, Any], nfes: list[int], seed: int = 0) -> list[EvalRow]:
+def offline_metrics(adapter: PolicyAdapter, batch: dict[str, Any], step_counts: list[int], seed: int = 0) -> list[EvalRow]:
     """Per step count: straightness of the Euler path, MSE vs the 10-step chunk and vs the demonstration,
     the predicted chunk's size relative to the demonstration's (shrinkage), ms per chunk call."""
     action, _ = adapter.action_target(batch)
@@ -50,13 +50,13 @@ def offline_metrics(adapter: PolicyAdapter, batch: dict[str, Any], nfes: list[in
     one = first_observation(batch)  # latency: one control step's observation
     prefix = prefix_ms(adapter, one)  # the same encode at every step count: measured once
     rows = []
-    for nfe in nfes:
-        out = sample_policy(adapter, batch, noise, num_steps=nfe, return_path=True)
+    for num_steps in step_counts:
+        out = sample_policy(adapter, batch, noise, num_steps=num_steps, return_path=True)
         out = dataclasses.replace(out, action=out.action[..., :real], path=out.path[..., :real])
-        latency = latency_ms(adapter, one, noise[:1], nfe)
+        latency = latency_ms(adapter, one, noise[:1], num_steps)
         rows.append(
             {
-                "nfe": nfe,
+                "num_steps": num_steps,
                 "straightness": float(flow.straightness(out.path, out.times).mean()),
                 "error_vs_10step": float((out.action - reference).pow(2).mean()),
                 "error_vs_data": float((out.action - action).pow(2).mean()),
@@ -111,22 +111,22 @@ def first_observation(batch: dict[str, Any]) -> dict[str, Any]:
 
 
 def evaluate_checkpoint(
-    path: str, dataset_cfg: Any, *, nfes: list[int], num_samples: int = 64, episodes: int = 0, env: str = "none",
+    path: str, dataset_cfg: Any, *, step_counts: list[int], num_samples: int = 64, episodes: int = 0, env: str = "none",
     seed: int = 0, own_steps_only: bool = False,
 ) -> list[EvalRow]:  # fmt: skip
     """Rows (one per step count) of offline metrics and, with `env="toy"`, closed-loop results.
 
     `error_vs_data` compares the chunk with the demonstration's own chunk (padding included).
-    `own_steps_only`: evaluate at the checkpoint's saved step count instead of `nfes` (a distilled
+    `own_steps_only`: evaluate at the checkpoint's saved step count instead of `step_counts` (a distilled
     student is trained for that one count; at any other it is not a flow and its numbers would mislead).
     """
     loaded = load_checkpoint(path)
-    nfes = [loaded.adapter.num_steps] if own_steps_only else nfes
+    step_counts = [loaded.adapter.num_steps] if own_steps_only else step_counts
     dataset = make_dataset(dataclasses.replace(dataset_cfg, in_memory="never"), loaded.config)  # chunks as trained
     batch = loaded.preprocessor(observation_batch(dataset, num_samples, seed))
-    rows = offline_metrics(loaded.adapter, batch, nfes, seed=seed)
+    rows = offline_metrics(loaded.adapter, batch, step_counts, seed=seed)
     for row in rows:
         row.update({"checkpoint": str(path), "stage": loaded.info.get("stage", "unknown"), "k": loaded.info.get("k")})
         if env == "toy" and episodes > 0:
-            row.update(toy_closed_loop(loaded, nfe=row["nfe"], episodes=episodes))
+            row.update(toy_closed_loop(loaded, num_steps=row["num_steps"], episodes=episodes))
     return rows

@@ -38,13 +38,13 @@ Cell = tuple[str, int, "int | None"]  # (stage name, step count, n_action_steps)
 
 def cell_of(row: dict) -> Cell:
     """The evaluation cell a row belongs to: stage, step count and re-planning interval."""
-    return (row["name"], row["nfe"], row.get("n_action_steps"))
+    return (row["name"], row["num_steps"], row.get("n_action_steps"))
 
 
 def label(cell: Cell) -> str:
     """`2-RF @ 1` or, re-planning after n actions, `2-RF @ 1, every 4`."""
-    name, nfe, n = cell
-    return f"{name} @ {nfe}" + (f", every {n}" if n is not None else "")
+    name, num_steps, n = cell
+    return f"{name} @ {num_steps}" + (f", every {n}" if n is not None else "")
 
 
 def _own_replanning(row: dict) -> bool:
@@ -113,7 +113,7 @@ def summarise(rows: list[EvalRow]) -> list[dict]:
     summary = []
     for key in order:
         cell = [r for r in rows if cell_of(r) == key]
-        entry: dict[str, Any] = {"name": key[0], "k": cell[0]["k"], "stage": cell[0]["stage"], "nfe": key[1],
+        entry: dict[str, Any] = {"name": key[0], "k": cell[0]["k"], "stage": cell[0]["stage"], "num_steps": key[1],
                                  "n_action_steps": key[2], "own_n_action_steps": cell[0].get("policy_n_action_steps"),
                                  "seeds": len(cell)}  # fmt: skip
         entry.update({metric: _mean(cell, metric) for metric in SUMMARY_METRICS})
@@ -165,7 +165,7 @@ def speedup_at_equal_success(summary: list[dict]) -> dict[str, Any] | None:
 
 
 def _key(s: dict) -> Cell:
-    return (s["name"], s["nfe"], s.get("n_action_steps"))
+    return (s["name"], s["num_steps"], s.get("n_action_steps"))
 
 
 def speedup_line(speedup: dict[str, Any] | None) -> str:
@@ -191,7 +191,7 @@ def per_task(rows: list[EvalRow], summary: list[dict], tasks: list[str]) -> list
         cell = [r for r in rows if cell_of(r) == _key(s) and "per_task" in r]
         for task in tasks if cell else []:
             stats = [r["per_task"][task] for r in cell]
-            table.append({"name": s["name"], "nfe": s["nfe"], "n_action_steps": s.get("n_action_steps"), "task": task,
+            table.append({"name": s["name"], "num_steps": s["num_steps"], "n_action_steps": s.get("n_action_steps"), "task": task,
                           **{key: _mean(stats, key) for key in (*OUTCOME_RATES, "left_share", "side_switches")}})  # fmt: skip
     return table
 
@@ -204,19 +204,19 @@ def targets(summary: list[dict]) -> list[dict]:
     same = [s for s in closed if ref is not None and s.get("n_action_steps") == ref.get("n_action_steps")]
     out = []
     if ref is not None:
-        out.append({"what": f"{ref['name']} at {ref['nfe']} steps: success", "target": f">= {_pct(TARGET_REFERENCE_SUCCESS)}",
+        out.append({"what": f"{ref['name']} at {ref['num_steps']} steps: success", "target": f">= {_pct(TARGET_REFERENCE_SUCCESS)}",
                     "measured": _pct(ref["success_rate"]), "met": ref["success_rate"] >= TARGET_REFERENCE_SUCCESS})  # fmt: skip
-    for nfe, gap in TARGET_GAP.items():
-        cells = [s for s in same if s["nfe"] == nfe and "diff_vs_reference" in s]
+    for num_steps, gap in TARGET_GAP.items():
+        cells = [s for s in same if s["num_steps"] == num_steps and "diff_vs_reference" in s]
         if ref is not None and cells:
             best = max(cells, key=lambda s: s["success_rate"])
             low, high = best["diff_ci95"]
-            out.append({"what": f"best at {nfe} step{'s' * (nfe > 1)} ({best['name']}) - reference",
+            out.append({"what": f"best at {num_steps} step{'s' * (num_steps > 1)} ({best['name']}) - reference",
                         "target": f">= {100 * gap:+.0f} points", "met": best["diff_vs_reference"] >= gap,
                         "measured": f"{100 * best['diff_vs_reference']:+.1f} points (paired 95% CI "
                                     f"{100 * low:+.1f} to {100 * high:+.1f}; "
                                     f"{'CI above the target' if low >= gap else 'CI includes values below the target'})"})  # fmt: skip
-    one_step = [s for s in same if s["nfe"] == 1]
+    one_step = [s for s in same if s["num_steps"] == 1]
     if one_step:
         best = max(one_step, key=lambda s: s["success_rate"])
         out.append({"what": f"collisions at 1 step ({best['name']})", "target": f"<= {_pct(TARGET_COLLISIONS_1_STEP)}",
@@ -240,7 +240,7 @@ def format_summary(summary: list[dict]) -> str:
     lines = [header]
     for s in summary:
         lines.append([
-            s["name"], str(s["nfe"]), _replan(s), _pct(s.get("success_rate")), _ci(s.get("success_ci95")), _diff(s),
+            s["name"], str(s["num_steps"]), _replan(s), _pct(s.get("success_rate")), _ci(s.get("success_ci95")), _diff(s),
             _pct(s.get("collision_rate")), _pct(s.get("timeout_rate")), _miss(s), _num(s.get("passes_per_env_step"), 3),
             _num(s.get("ms_per_env_step"), 3), _num(s["error_vs_10step"]),
         ])  # fmt: skip
@@ -315,7 +315,7 @@ def markdown(summary: list[dict], cfg: Any, rows: list[EvalRow]) -> str:
     ]
     for s in summary:
         lines.append(
-            f"| {s['name']} | {s['nfe']} | {_replan(s)} | {_pct(s.get('success_rate'))} | {_ci(s.get('success_ci95'))} | {_diff(s)} | "
+            f"| {s['name']} | {s['num_steps']} | {_replan(s)} | {_pct(s.get('success_rate'))} | {_ci(s.get('success_ci95'))} | {_diff(s)} | "
             f"{_pct(s.get('collision_rate'))} | {_pct(s.get('stall_rate'))} | {_pct(s.get('timeout_rate'))} | "
             f"{_pct(s.get('left_share'))} | {_num(s.get('side_switches'), 2)} | {_num(s['straightness'])} | {_num(s['error_vs_10step'])} | "
             f"{_num(s['error_vs_data'])} | {s['latency_ms']:.2f} | {_num(s.get('prefix_ms'), 2)} | "
@@ -338,7 +338,7 @@ def markdown(summary: list[dict], cfg: Any, rows: list[EvalRow]) -> str:
 
 def _task_line(t: dict) -> str:
     replan = "" if t.get("n_action_steps") is None else str(t["n_action_steps"])
-    return (f"| {t['name']} | {t['nfe']} | {replan} | {t['task']} | {_pct(t['success_rate'])} | {_pct(t['collision_rate'])} | "
+    return (f"| {t['name']} | {t['num_steps']} | {replan} | {t['task']} | {_pct(t['success_rate'])} | {_pct(t['collision_rate'])} | "
             f"{_pct(t['stall_rate'])} | {_pct(t['timeout_rate'])} | {_pct(t['left_share'])} | {_num(t['side_switches'], 2)} |")  # fmt: skip
 
 
@@ -361,7 +361,7 @@ def diagnostics_table(summary: list[dict]) -> list[str]:
         keys = ("miss_closest_goal_m", "miss_closest_hand_goal_m", "miss_final_goal_m")
         cm = {k: None if s.get(k) is None else 100 * s[k] for k in keys}
         lines.append(
-            f"| {s['name']} | {s['nfe']} | {_replan(s)} | {_num(cm['miss_closest_goal_m'], 1)} | "
+            f"| {s['name']} | {s['num_steps']} | {_replan(s)} | {_num(cm['miss_closest_goal_m'], 1)} | "
             f"{_num(cm['miss_closest_hand_goal_m'], 1)} | {_num(cm['miss_final_goal_m'], 1)} | {_num(s.get('miss_near_goal_steps'), 1)} | "
             f"{_num(s.get('miss_near_goal_reversals'), 1)} | {_num(s.get('hand_speed_vs_reference'), 2)} | "
             f"{_num(s.get('chunk_jump'), 3)} | {_num(s.get('action_change'), 3)} | {_num(s.get('collision_progress'), 2)} | "
@@ -381,16 +381,16 @@ def plot(summary: list[dict], path: Path) -> None:
     for name, n in dict.fromkeys((s["name"], s.get("n_action_steps")) for s in summary):
         cells = [s for s in summary if s["name"] == name and s.get("n_action_steps") == n]
         name = name if n is None or n == cells[0].get("own_n_action_steps") else f"{name}, every {n}"
-        nfes = [s["nfe"] for s in cells]
+        step_counts = [s["num_steps"] for s in cells]
         if cells[0].get("success_rate") is not None:
             success = np.array([s["success_rate"] for s in cells])
             ci = np.array([s["success_ci95"] for s in cells]).T
             yerr = np.clip([success - ci[0], ci[1] - success], 0.0, None)  # intervals contain the estimate
-            ax_success.errorbar(nfes, success, yerr=yerr, marker="o", capsize=3, label=name)
-        ax_error.plot(nfes, [max(s["error_vs_10step"], 1e-8) for s in cells], marker="o", label=name)
+            ax_success.errorbar(step_counts, success, yerr=yerr, marker="o", capsize=3, label=name)
+        ax_error.plot(step_counts, [max(s["error_vs_10step"], 1e-8) for s in cells], marker="o", label=name)
     ax_success.set(xscale="log", xlabel="Euler steps", ylabel="closed-loop success", ylim=(0, 1.02))
     ax_error.set(xscale="log", yscale="log", xlabel="Euler steps", ylabel="MSE vs own 10-step chunk")
-    steps = sorted({s["nfe"] for s in summary})
+    steps = sorted({s["num_steps"] for s in summary})
     for ax in (ax_success, ax_error):
         ax.set_xticks(steps, labels=[str(n) for n in steps])
         ax.grid(alpha=0.3)
@@ -403,7 +403,7 @@ def plot(summary: list[dict], path: Path) -> None:
 
 def _plot_outcomes(ax: Any, cells: list[dict]) -> None:
     """Stacked bars: success / collision / stall / timeout share of each (stage, steps) cell."""
-    labels = [f"{s['name']}\n{s['nfe']} st{'' if s.get('n_action_steps') is None else ' /' + str(s['n_action_steps'])}" for s in cells]
+    labels = [f"{s['name']}\n{s['num_steps']} st{'' if s.get('n_action_steps') is None else ' /' + str(s['n_action_steps'])}" for s in cells]
     bottom = np.zeros(len(cells))
     for key in OUTCOME_RATES:
         share = np.array([s.get(key) or 0.0 for s in cells])

@@ -5,7 +5,7 @@ The front end here only normalises what users type before draccus decodes it:
 - `--config_path=recipe.yaml` (lerobot-train's flag; `--config` too) is read first and flags after it win key
   by key, like draccus's own config file; a run's `train_config.json` is such a recipe.
 - `--key value` becomes `--key=value`; aliases (the seed guide's names) are renamed.
-- List shorthand: `--nfe=1,2,4` becomes `--nfe=[1, 2, 4]`; strings are quoted for draccus, which reads every
+- List shorthand: `--num_steps=1,2,4` becomes `--num_steps=[1, 2, 4]`; strings are quoted for draccus, which reads every
   value as YAML (`--hub_repo_template={hub_model_id}-v2` would not parse, `true` would become `'True'`).
 - Keys are checked against the dataclass first, so an unknown key is one line naming the valid ones.
 - `dict` fields (pipeline stage sections) take dotted keys (`--reflow.steps=500`), which draccus cannot.

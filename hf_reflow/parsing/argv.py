@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -10,12 +11,19 @@ import yaml
 from lerobot.configs import parser as lerobot_parser
 
 from hf_reflow.configs.fields import RECORD_KEYS
-from hf_reflow.errors import ConfigError
+from hf_reflow.errors import ConfigError, RenamedSettingWarning
 
 CONFIG_KEYS = ("config_path", "config")  # lerobot-train's name first; both read a recipe
 
 
 HELP_FLAGS = ("-h", "--help")
+
+# Settings renamed since they were first written: old key -> new. A command line, a recipe or a saved run
+# config that still uses an old key works, with a FutureWarning naming the new key.
+RENAMED_KEYS = {
+    "nfe": "num_steps",  # one name for the step count: the guide's and LeRobot's `num_steps`
+    "eval.nfe": "eval.num_steps",
+}
 
 
 class HelpRequested(Exception):  # not an error: the CLI prints it and exits 0
@@ -39,7 +47,21 @@ def command_line(args: list[str]) -> list[Pair]:
     """The settings of a command line, recipes first (`--config_path`), in the order they apply."""
     pairs = _cli_pairs(_load_plugins(args))
     recipes = [p for p in pairs if p.key in CONFIG_KEYS]
-    return [q for p in recipes for q in flatten(load_recipe(p.value))] + [p for p in pairs if p.key not in CONFIG_KEYS]
+    settings = [q for p in recipes for q in flatten(load_recipe(p.value))] + [p for p in pairs if p.key not in CONFIG_KEYS]
+    return upgrade_keys(settings)
+
+
+def upgrade_keys(pairs: list[Pair]) -> list[Pair]:
+    """Settings under a renamed key (`RENAMED_KEYS`) moved to the new key, each with a `RenamedSettingWarning`."""
+    for pair in pairs:
+        if pair.key in RENAMED_KEYS:
+            warnings.warn(
+                f"`{pair.key}` is renamed `{RENAMED_KEYS[pair.key]}`; the old name is read until hf-reflow 1.0, "
+                f"write --{RENAMED_KEYS[pair.key]}=... (or `{RENAMED_KEYS[pair.key]}:` in a recipe) instead.",
+                RenamedSettingWarning,
+                stacklevel=3,
+            )
+    return [Pair(RENAMED_KEYS.get(p.key, p.key), p.value, p.raw) for p in pairs]
 
 
 def _load_plugins(args: list[str]) -> list[str]:

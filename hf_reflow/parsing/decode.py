@@ -141,7 +141,7 @@ def setting_arg(pair: Pair, hint: Any) -> str:
         except yaml.YAMLError as e:
             problem = getattr(e, "problem", None) or "not YAML"
             raise ConfigError(f"{pair.key}: {raw!r} is not a valid YAML list / mapping ({problem}); e.g. --{pair.key}=[1, 2].") from None
-    if typing.get_origin(inner) is list and not raw.lstrip().startswith("["):  # --nfe=1,2,4
+    if typing.get_origin(inner) is list and not raw.lstrip().startswith("["):  # --num_steps=1,2,4
         items = [item.strip() for item in raw.split(",") if item.strip()]
         (item_type,) = typing.get_args(inner) or (Any,)
         return json.dumps(items) if item_type is str else "[" + ", ".join(items) + "]"
@@ -208,7 +208,7 @@ def _one_line(error: BaseException, cls: type, prefix: str) -> ReflowError:
 
 
 def _decoding_text(error: DecodingError, cls: type, prefix: str) -> str:
-    """`steps must be int; got 'ten'` (`nfe[]` for a list's item) from draccus's `Couldn't parse 'ten' into an int`."""
+    """`steps must be int; got 'ten'` (`num_steps[]` for a list's item) from draccus's `Couldn't parse 'ten' into an int`."""
     parts = [str(p) for p in error.key_path]
     item = bool(parts) and parts[-1].isdigit()
     key = ".".join(p for p in parts if not p.isdigit())

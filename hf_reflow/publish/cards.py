@@ -90,11 +90,11 @@ def eval_results(rows: list[EvalRow], *, model_name: str, dataset: str | None) -
 
 
 def _steps_text(row: dict[str, Any]) -> str:
-    return f"{row['nfe']} step{'s' if row['nfe'] != 1 else ''}{_replanning(row)}"
+    return f"{row['num_steps']} step{'s' if row['num_steps'] != 1 else ''}{_replanning(row)}"
 
 
 def _metric_config(row: dict[str, Any]) -> str:
-    return f"nfe={row['nfe']}" + (f",n_action_steps={row['n_action_steps']}" if _replanning(row) else "")
+    return f"num_steps={row['num_steps']}" + (f",n_action_steps={row['n_action_steps']}" if _replanning(row) else "")
 
 
 def _closed_loop_results(row: dict[str, Any]) -> list[Any]:
@@ -236,7 +236,7 @@ def _template_values(repo_id, info, policy_config, lineage, eval_rows) -> dict[s
         "hub_url": web_url(),
         "lerobot_eval_envs": lerobot_eval_envs(eval_rows, policy_config),
         "lineage": [{**row, "link": link(row), "commit": _commit_text(row)} for row in lineage],
-        "eval_rows": [{**{m: _fmt(row.get(m)) for m in CARD_METRICS}, "nfe": row["nfe"]} for row in eval_rows],
+        "eval_rows": [{**{m: _fmt(row.get(m)) for m in CARD_METRICS}, "num_steps": row["num_steps"]} for row in eval_rows],
         "latency_device": ", ".join(sorted({row["latency_device"] for row in eval_rows if row.get("latency_device")}))
                           or "the evaluation machine",
         "closed_loop_env": next((f"{r['env_type']} ({', '.join(sorted(r.get('per_task') or {}))}), {r['episodes']} episodes "

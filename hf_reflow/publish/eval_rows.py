@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from hf_reflow.errors import HubError
+from hf_reflow.metrics import upgrade_row
 from hf_reflow.refs import checkpoint_folder
 
 
@@ -20,13 +21,14 @@ def load_eval_rows(path: str | Path, checkpoint: str | Path) -> list[dict[str, A
     path = Path(path)
     try:
         rows = json.loads(path.read_text())
+        rows = [upgrade_row(r) if isinstance(r, dict) else r for r in rows] if isinstance(rows, list) else rows
     except (OSError, UnicodeDecodeError, ValueError, RecursionError) as e:
         raise HubError(
             f"cannot read eval results {str(path)!r} ({type(e).__name__}); pass the JSON `hf-reflow eval --output=` wrote."
         ) from None
-    if not isinstance(rows, list) or not all(isinstance(r, dict) and _step_count(r.get("nfe")) for r in rows):
+    if not isinstance(rows, list) or not all(isinstance(r, dict) and _step_count(r.get("num_steps")) for r in rows):
         raise HubError(
-            f"eval results {str(path)!r} must be a list of rows whose `nfe` is a step count (an integer >= 1), as "
+            f"eval results {str(path)!r} must be a list of rows whose `num_steps` is a step count (an integer >= 1), as "
             "`hf-reflow eval --output=` writes."
         )
     target = _final_folder(checkpoint)
@@ -37,7 +39,7 @@ def load_eval_rows(path: str | Path, checkpoint: str | Path) -> list[dict[str, A
             f"eval results {str(path)!r} have no rows for checkpoint {str(checkpoint)!r} (they cover {', '.join(found)}); "
             "evaluate this checkpoint or pass the matching results file."
         )
-    return sorted(mine, key=lambda r: (r["nfe"], _step_count(r.get("n_action_steps")) or 0))
+    return sorted(mine, key=lambda r: (r["num_steps"], _step_count(r.get("n_action_steps")) or 0))
 
 
 def _step_count(value: Any) -> bool:

@@ -190,7 +190,7 @@ class SpaceApp:
             loaded,
             self.chain.env,
             task,
-            steps=_int("steps", steps),
+            num_steps=_int("steps", steps),
             seed=_int("seed", seed),
             max_steps=_int("max steps", max_steps),
         )

@@ -29,7 +29,7 @@ def chunk_figure(comparisons: list[PolicyComparison], expert: np.ndarray, step_c
             ax.plot(comparison.reference.action[:, dim], **REFERENCE_STYLE)
             ax.plot(expert[:, dim], **EXPERT_STYLE)
             for run in comparison.runs:
-                ax.plot(run.action[:, dim], color=colors[run.steps], marker=".", label=f"{run.steps} step(s)")
+                ax.plot(run.action[:, dim], color=colors[run.num_steps], marker=".", label=f"{run.num_steps} step(s)")
             ax.set_title(f"{comparison.name} · action[{dim}]", fontsize=9)
         row[0].set_ylabel("action")
     for ax in axes[-1]:
