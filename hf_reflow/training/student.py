@@ -13,7 +13,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from hf_reflow.artifacts.checkpoints import load_policy, load_processors
+from hf_reflow.artifacts.checkpoints import load_config, load_policy, load_processors
 from hf_reflow.configs import TrainConfig
 from hf_reflow.data import policy_features
 from hf_reflow.errors import ConfigError, DataError, ReflowError
@@ -55,8 +55,31 @@ def build_student(cfg: TrainConfig, teacher: OnlineTeacher | None, meta: Any, de
         return student
     source = str(source)  # a 1-RF's policy.path, or the teacher (the implicit policy.path of its student)
     policy = load_policy(source, device=device, config=policy_cfg)
+    _deepen(policy, load_config(source), source)
     pre, post = load_processors(source, policy_cfg, device=device, rename_map=rename)
     return Student(policy, pre, post)
+
+
+def _deepen(policy: nn.Module, start: Any, source: str) -> None:
+    """A student with more residual blocks than the checkpoint it starts from (`--policy.num_blocks` above the
+    teacher's; flow_mlp): LeRobot's loader fills the first blocks and leaves the added ones random, which would
+    start the student away from its teacher; silenced, they start as the identity, so the student starts as
+    exactly its teacher with more capacity. Fewer blocks would drop the teacher's weights silently: refused."""
+    have, want = getattr(start, "num_blocks", None), getattr(policy.config, "num_blocks", None)
+    if have is None or want is None or want == have:
+        return
+    if want < have:
+        raise ConfigError(
+            f"the student starts from {source!r}, which has {have} residual blocks, but policy.num_blocks is {want}: "
+            f"its last {have - want} would be dropped. Use num_blocks >= {have} (added blocks start as the identity), "
+            "or a new student with init_from_teacher=false."
+        )
+    if not hasattr(getattr(policy, "model", None), "silence_blocks"):
+        raise ConfigError(
+            f"a {policy.config.type} student cannot start from a checkpoint with fewer blocks ({have} -> {want}); "
+            f"keep num_blocks={have}, or train a new student with init_from_teacher=false."
+        )
+    policy.model.silence_blocks(first=have)
 
 
 def new_student(policy_cfg: Any, meta: Any, device: torch.device, rename_map: dict[str, str] | None = None) -> Student:

@@ -76,6 +76,15 @@ class FlowMLP(nn.Module):
             cond = cond + self.step_mlp(embedded.to(cond.dtype))
         return cond
 
+    @torch.no_grad()
+    def silence_blocks(self, first: int) -> None:
+        """Make blocks `first`, `first + 1`, ... add nothing (their output layer zero): each is then the identity
+        (h + 0), so a deeper student whose first blocks hold a shallower teacher's weights starts as exactly that
+        teacher, and its new blocks still learn (their inner layers stay random, as a new block's)."""
+        for block in self.blocks[first:]:
+            nn.init.zeros_(block.mlp[-1].weight)
+            nn.init.zeros_(block.mlp[-1].bias)
+
     def velocity(self, x_t: Tensor, t: Tensor, cond: Tensor) -> Tensor:
         """x_t (B, chunk, action_dim), t (B,), cond (B, hidden) -> velocity (B, chunk, action_dim)."""
         c = cond + self.time_mlp(time_embedding(t, self.config.time_embed_dim).to(cond.dtype))

@@ -1,0 +1,43 @@
+"""A student's starting weights: a deeper student starts as exactly its teacher; a shallower one is refused."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from lerobot.utils.constants import ACTION, OBS_STATE
+
+from hf_reflow.artifacts.checkpoints import load_checkpoint
+from hf_reflow.errors import ConfigError
+from hf_reflow.parsing import parse_train_config
+from hf_reflow.training.student import build_student
+
+
+def _distill_config(teacher, dataset, out, *flags):
+    return parse_train_config([f"--dataset.root={dataset}", "--stage=distill", f"--teacher.path={teacher}",
+                               f"--output_dir={out}", *flags])  # fmt: skip
+
+
+def test_a_deeper_student_starts_as_exactly_its_teacher(tmp_path, teacher_1rf, toy_dataset):
+    teacher = load_checkpoint(teacher_1rf).policy
+    blocks = teacher.config.num_blocks
+    cfg = _distill_config(teacher_1rf, toy_dataset, tmp_path, f"--policy.num_blocks={blocks + 2}")
+    student = build_student(cfg, None, None, torch.device("cpu")).policy.eval()
+    assert len(student.model.blocks) == blocks + 2
+    generator = torch.Generator().manual_seed(0)
+    state = torch.randn(5, teacher.config.input_features[OBS_STATE].shape[0], generator=generator)
+    x_t = torch.randn(5, teacher.config.chunk_size, teacher.config.output_features[ACTION].shape[0], generator=generator)
+    t = torch.rand(5, generator=generator)
+    want = teacher.model.velocity(x_t, t, teacher.model.encode(state))
+    got = student.model.velocity(x_t, t, student.model.encode(state))
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+    # the added blocks are silent, not frozen: their inner layers are random and every layer trains
+    added = student.model.blocks[blocks]
+    assert added.mlp[-1].weight.abs().max() == 0 and added.mlp[0].weight.abs().max() > 0
+    assert all(p.requires_grad for p in added.parameters())
+
+
+def test_a_student_with_fewer_blocks_than_its_teacher_is_refused(tmp_path, teacher_1rf, toy_dataset):
+    blocks = load_checkpoint(teacher_1rf).config.num_blocks
+    cfg = _distill_config(teacher_1rf, toy_dataset, tmp_path, f"--policy.num_blocks={blocks - 1}")
+    with pytest.raises(ConfigError, match=rf"has {blocks} residual blocks, but policy.num_blocks is {blocks - 1}"):
+        build_student(cfg, None, None, torch.device("cpu"))
