@@ -41,3 +41,25 @@ def test_a_student_with_fewer_blocks_than_its_teacher_is_refused(tmp_path, teach
     cfg = _distill_config(teacher_1rf, toy_dataset, tmp_path, f"--policy.num_blocks={blocks - 1}")
     with pytest.raises(ConfigError, match=rf"has {blocks} residual blocks, but policy.num_blocks is {blocks - 1}"):
         build_student(cfg, None, None, torch.device("cpu"))
+
+
+def test_a_reflow_run_resolves_its_teacher_once(tmp_path, teacher_1rf, toy_dataset, monkeypatch):
+    """The parsed config holds the teacher as a string (resolved once to check it); the run resolves it once
+    more (the teacher's `CheckpointRef`) and every later use (student weights, processors, lineage, commit)
+    takes that ref."""
+    from hf_reflow.refs import CheckpointRef
+    from hf_reflow.training.trainer import ReflowTrainer
+
+    resolved, of = [], CheckpointRef.of.__func__
+
+    def counting(cls, value, **kwargs):
+        if not isinstance(value, CheckpointRef):
+            resolved.append(str(value))
+        return of(cls, value, **kwargs)
+
+    monkeypatch.setattr(CheckpointRef, "of", classmethod(counting))
+    cfg = parse_train_config([f"--dataset.root={toy_dataset}", "--stage=reflow", f"--teacher.path={teacher_1rf}",
+                              f"--output_dir={tmp_path / 'run'}", "--steps=2", "--batch_size=8", "--log_with=[]"])  # fmt: skip
+    assert resolved == [str(teacher_1rf)]  # parsing
+    ReflowTrainer(cfg).train()
+    assert resolved == [str(teacher_1rf)] * 2  # + the run's teacher, nothing else

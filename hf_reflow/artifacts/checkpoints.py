@@ -205,10 +205,13 @@ def teacher_lineage(path: str | CheckpointRef) -> dict[str, Any]:
         return {}
 
 
-def stage_lineage(cfg: Any, *, num_processes: int, lr: float) -> dict[str, Any]:
+def stage_lineage(cfg: Any, *, num_processes: int, lr: float, teacher: CheckpointRef | None = None) -> dict[str, Any]:
     """The lineage of a stage trained with `cfg` (a `TrainConfig`), written to `reflow.json` beside the
-    stock checkpoint files: stage, k, teacher and its commit, base model, couplings, data and settings."""
-    teacher_k = teacher_lineage(cfg.teacher.path).get("k", 1) if cfg.teacher.path else 0
+    stock checkpoint files: stage, k, teacher and its commit, base model, couplings, data and settings.
+    `teacher`: the run's resolved `cfg.teacher.path` (resolved here when not given)."""
+    if teacher is None and cfg.teacher.path:
+        teacher = CheckpointRef.of(cfg.teacher.path, revision=cfg.teacher.revision, flag="teacher.path")
+    teacher_k = teacher_lineage(teacher).get("k", 1) if teacher is not None else 0
     student_of_teacher = cfg.stage != "flow_matching"
     start = cfg.policy.pretrained_path  # a 1-RF's `policy.path`; for a student, its teacher
     base = str(start) if start is not None and not student_of_teacher else None
@@ -218,7 +221,7 @@ def stage_lineage(cfg: Any, *, num_processes: int, lr: float) -> dict[str, Any]:
         "k": stage_k(cfg.stage, teacher_k),
         "distilled": cfg.stage == "distill",
         "teacher": cfg.teacher.path if student_of_teacher else None,
-        "teacher_commit": checkpoint_commit(cfg.teacher.path, revision=cfg.teacher.revision) if cfg.teacher.path else None,
+        "teacher_commit": checkpoint_commit(teacher) if teacher is not None else None,
         "teacher_num_inference_steps": cfg.teacher.num_inference_steps if student_of_teacher else None,
         "teacher_solver": cfg.teacher.solver if student_of_teacher else None,
         "base_model": base,  # the model card's base_model
@@ -239,7 +242,7 @@ def stage_lineage(cfg: Any, *, num_processes: int, lr: float) -> dict[str, Any]:
     }
 
 
-def checkpoint_commit(path_or_repo: str, *, revision: str | None = None) -> str | None:
+def checkpoint_commit(path_or_repo: str | CheckpointRef, *, revision: str | None = None) -> str | None:
     """The Hub commit a checkpoint comes from: a Hub id's snapshot, or what a pushed local folder recorded."""
     folder = CheckpointRef.of(path_or_repo, revision=revision).local()
     if folder.parent.name == "snapshots" and len(folder.name) == 40:  # huggingface_hub cache layout

@@ -26,7 +26,7 @@ from hf_reflow.artifacts.training_state import load_training_state, save_trainin
 from hf_reflow.atomic import remove, replace_path, temporary_sibling
 from hf_reflow.configs import TrainConfig, save_config
 from hf_reflow.policies.base import PolicyAdapter
-from hf_reflow.refs import PRETRAINED_DIR
+from hf_reflow.refs import PRETRAINED_DIR, CheckpointRef
 from hf_reflow.training.optim import trainable
 from hf_reflow.training.student import Student
 
@@ -52,6 +52,7 @@ class CheckpointWriter:
     config: TrainConfig
     output_dir: Path
     optim_used: dict[str, Any]
+    teacher: CheckpointRef | None = None  # the teacher as the run resolved it once (its lineage and commit)
 
     def resume(self, accelerator: Any, loss_module: nn.Module, optimizer: Any, scheduler: Any, ema: Any) -> int:
         """Load the newest training checkpoint that loads when resuming; return its step (0 if none).
@@ -119,6 +120,7 @@ class CheckpointWriter:
         if not accelerator.is_main_process:
             return
         state_dict = {k.removeprefix("policy."): v for k, v in state_dict.items() if k.startswith("policy.")}
-        lineage = stage_lineage(self.config, num_processes=accelerator.num_processes, lr=self.optim_used["optimizer"]["lr"])
+        lineage = stage_lineage(self.config, num_processes=accelerator.num_processes,
+                                lr=self.optim_used["optimizer"]["lr"], teacher=self.teacher)  # fmt: skip
         with state.adapter.inference_steps(num_steps):  # the saved config's count; None: the trained one
             save_checkpoint(directory, student.policy, student.preprocessor, student.postprocessor, lineage, state_dict)

@@ -17,6 +17,7 @@ from hf_reflow.artifacts.checkpoints import load_config, load_policy, load_proce
 from hf_reflow.configs import TrainConfig
 from hf_reflow.data import policy_features
 from hf_reflow.errors import ConfigError, DataError, ReflowError
+from hf_reflow.refs import CheckpointRef
 from hf_reflow.training.teacher import OnlineTeacher, check_compatible
 
 
@@ -50,13 +51,14 @@ def build_student(cfg: TrainConfig, teacher: OnlineTeacher | None, meta: Any, de
         if teacher is not None:
             check_compatible(teacher.config, student.policy.config)
             student.preprocessor, student.postprocessor = load_processors(
-                cfg.teacher.path, teacher.config, device=device, rename_map=rename
+                teacher.ref, teacher.config, device=device, rename_map=rename
             )
         return student
-    source = str(source)  # a 1-RF's policy.path, or the teacher (the implicit policy.path of its student)
-    policy = load_policy(source, device=device, config=policy_cfg)
-    _deepen(policy, load_config(source), source)
-    pre, post = load_processors(source, policy_cfg, device=device, rename_map=rename)
+    # a 1-RF's policy.path, or the teacher (the implicit policy.path of its student), resolved once by the teacher
+    ref = teacher.ref if teacher is not None and cfg.init_from_teacher else CheckpointRef.of(source, flag="policy.path")
+    policy = load_policy(ref, device=device, config=policy_cfg)
+    _deepen(policy, load_config(ref), ref.source)
+    pre, post = load_processors(ref, policy_cfg, device=device, rename_map=rename)
     return Student(policy, pre, post)
 
 

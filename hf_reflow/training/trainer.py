@@ -156,7 +156,8 @@ class ReflowTrainer:
         loss_module, optimizer = accelerator.prepare(loss_module, optimizer)
         # The scheduler and EMA are saved by `save_training_state` (JSON + safetensors), not registered with
         # Accelerate, whose `save_state` pickles them (`custom_checkpoint_*.pkl`, unpickled on resume).
-        self.checkpoints = CheckpointWriter(cfg, self.output_dir, self.optim_used)
+        self.checkpoints = CheckpointWriter(cfg, self.output_dir, self.optim_used,
+                                            teacher=self.teacher.ref if self.teacher is not None else None)
         start_step = self.checkpoints.resume(accelerator, loss_module, optimizer, scheduler, ema)
         if accelerator.is_main_process:
             self.output_dir.mkdir(parents=True, exist_ok=True)
