@@ -99,7 +99,11 @@ RENAMED_COLUMNS = {"nfe": "num_steps"}  # one name for the step count (the guide
 
 def upgrade_row(row: dict) -> EvalRow:
     """A row as written by any earlier version, with today's column names (`RENAMED_COLUMNS`)."""
-    return {RENAMED_COLUMNS.get(key, key): value for key, value in row.items()}  # type: ignore[return-value]
+    upgraded = dict(row)
+    for old, new in RENAMED_COLUMNS.items():
+        if old in upgraded and new not in upgraded:  # a row holding both (a Heun table's nfe) keeps both
+            upgraded[new] = upgraded.pop(old)
+    return upgraded  # type: ignore[return-value]
 
 
 def wilson_interval(successes: int, trials: int, z: float = 1.959964) -> tuple[float, float]:

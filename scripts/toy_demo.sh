@@ -13,5 +13,5 @@ export HF_HUB_OFFLINE=1 HF_HUB_DISABLE_TELEMETRY=1
 "$HF" train --config_path=recipes/toy/1rf.yaml --dataset.root="$DATA" --output_dir="$OUT/1rf" --resume=true
 "$HF" train --config_path=recipes/toy/2rf.yaml --dataset.root="$DATA" --teacher.path="$OUT/1rf" --output_dir="$OUT/2rf" --resume=true
 "$HF" train --config_path=recipes/toy/distill.yaml --dataset.root="$DATA" --teacher.path="$OUT/2rf" --output_dir="$OUT/distill" --resume=true
-"$HF" eval --policy.path="$OUT/1rf,$OUT/2rf,$OUT/distill" --dataset.root="$DATA" --nfe=1,2,4,10 \
+"$HF" eval --policy.path="$OUT/1rf,$OUT/2rf,$OUT/distill" --dataset.root="$DATA" --num_steps=1,2,4,10 \
   --env=toy --episodes=100 --output="$OUT/results.json"

@@ -10,11 +10,11 @@ from conftest import run_cli
 
 from hf_reflow.configs.commands import EvaluateConfig
 from hf_reflow.configs.pipeline import EvalConfig
-from hf_reflow.errors import RenamedSettingWarning
+from hf_reflow.errors import ConfigError, RenamedSettingWarning
 from hf_reflow.evaluation.chain import evaluate_chain
 from hf_reflow.evaluation.closed_loop import PROTOCOL
 from hf_reflow.metrics import upgrade_row
-from hf_reflow.parsing import parse_config, parse_pipeline_config
+from hf_reflow.parsing import parse_config, parse_pipeline_config, parse_train_config
 from hf_reflow.pipeline import Stage
 from hf_reflow.publish.eval_rows import load_eval_rows
 
@@ -23,6 +23,14 @@ def test_the_old_flag_sets_num_steps_with_a_warning_naming_the_new_one():
     with pytest.warns(RenamedSettingWarning, match=r"`nfe` is renamed `num_steps`.*--num_steps="):
         cfg = parse_config(EvaluateConfig, ["--policy.path=a", "--nfe=1,2"], command="eval")
     assert cfg.num_steps == [1, 2]
+
+
+def test_only_the_commands_that_had_the_old_key_read_it(capsys):
+    """`train` never had `nfe` (its `num_steps` is the saved step count): `--nfe` stays an unknown key there."""
+    with pytest.raises(ConfigError, match=r"unknown config key\(s\) nfe"):
+        parse_train_config(["--nfe=2"])
+    with pytest.raises(ConfigError, match=r"unknown config key\(s\) nfe"):
+        parse_pipeline_config(["--nfe=2"])
 
 
 def test_a_recipe_with_the_old_key_sets_num_steps(tmp_path):
@@ -45,6 +53,7 @@ def test_the_cli_prints_the_rename_on_one_line_before_its_error():
 
 def test_rows_written_before_the_rename_read_with_todays_names(tmp_path):
     assert upgrade_row({"nfe": 2, "success_rate": 0.5}) == {"num_steps": 2, "success_rate": 0.5}
+    assert upgrade_row({"nfe": 3, "num_steps": 2}) == {"nfe": 3, "num_steps": 2}  # Heun: both columns, both kept
     old = tmp_path / "eval.json"
     old.write_text(json.dumps([{"nfe": 2, "straightness": 0.1}, {"nfe": 1, "straightness": 0.0}]))
     assert [r["num_steps"] for r in load_eval_rows(old, tmp_path / "ckpt")] == [1, 2]

@@ -36,11 +36,14 @@ def test_a_deeper_student_starts_as_exactly_its_teacher(tmp_path, teacher_1rf, t
     assert all(p.requires_grad for p in added.parameters())
 
 
-def test_a_student_with_fewer_blocks_than_its_teacher_is_refused(tmp_path, teacher_1rf, toy_dataset):
+def test_a_student_with_fewer_blocks_than_its_teacher_is_refused_at_parse_time(tmp_path, teacher_1rf, toy_dataset):
     blocks = load_checkpoint(teacher_1rf).config.num_blocks
-    cfg = _distill_config(teacher_1rf, toy_dataset, tmp_path, f"--policy.num_blocks={blocks - 1}")
-    with pytest.raises(ConfigError, match=rf"has {blocks} residual blocks, but policy.num_blocks is {blocks - 1}"):
-        build_student(cfg, None, None, torch.device("cpu"))
+    with pytest.raises(ConfigError, match=rf"has {blocks} residual blocks, but policy.num_blocks is {blocks - 1}.*"
+                                          "init_from_teacher=false"):  # fmt: skip
+        _distill_config(teacher_1rf, toy_dataset, tmp_path, f"--policy.num_blocks={blocks - 1}")
+    with pytest.raises(ConfigError, match="a new 1-RF without --policy.path"):  # a 1-RF fine-tuned from a checkpoint
+        parse_train_config([f"--dataset.root={toy_dataset}", f"--policy.path={teacher_1rf}",
+                            f"--policy.num_blocks={blocks - 1}", f"--output_dir={tmp_path / 'ft'}"])  # fmt: skip
 
 
 def test_a_reflow_run_resolves_its_teacher_once(tmp_path, teacher_1rf, toy_dataset, monkeypatch):

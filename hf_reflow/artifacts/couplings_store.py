@@ -113,10 +113,11 @@ def features(action_shape: tuple[int, ...]) -> Any:
     })  # fmt: skip
 
 
-def weights_sha256(checkpoint: str | Path, *, revision: str | None = None) -> str:
+def weights_sha256(checkpoint: str | Path | CheckpointRef, *, revision: str | None = None) -> str:
     """sha256 of a checkpoint's `model.safetensors`: which teacher made a set of couplings."""
     digest = hashlib.sha256()
-    with open(CheckpointRef.of(str(checkpoint), revision=revision).local() / WEIGHTS, "rb") as f:
+    ref = checkpoint if isinstance(checkpoint, CheckpointRef) else CheckpointRef.of(str(checkpoint), revision=revision)
+    with open(ref.local() / WEIGHTS, "rb") as f:
         while chunk := f.read(1 << 22):
             digest.update(chunk)
     return digest.hexdigest()
@@ -271,7 +272,7 @@ class CouplingDataset(Dataset):
 
 
 def training_dataset(
-    couplings_cfg: Any, frames: Dataset, *, teacher: str, action_shape: tuple[int, ...],
+    couplings_cfg: Any, frames: Dataset, *, teacher: str | CheckpointRef, action_shape: tuple[int, ...],
     teacher_revision: str | None = None, dataset_cfg: Any = None,
 ) -> CouplingDataset:  # fmt: skip
     """Stored couplings as the dataset of a reflow / distill stage, after checking they were made by this
@@ -292,7 +293,8 @@ def training_dataset(
     if weights_sha256(teacher, revision=teacher_revision) != spec.teacher_sha256:
         raise DataError(
             f"{where} were made by the teacher {spec.teacher!r} (commit {spec.teacher_commit or 'unknown'}), whose "
-            f"weights differ from this stage's teacher {teacher!r}; pass that teacher, or generate couplings with this one."
+            f"weights differ from this stage's teacher {getattr(teacher, 'source', teacher)!r}; pass that teacher, or "
+            "generate couplings with this one."
         )
     _check_same_dataset(spec, table, frames, dataset_cfg, where)
     return CouplingDataset(frames, table, spec.action_shape)

@@ -18,11 +18,12 @@ CONFIG_KEYS = ("config_path", "config")  # lerobot-train's name first; both read
 
 HELP_FLAGS = ("-h", "--help")
 
-# Settings renamed since they were first written: old key -> new. A command line, a recipe or a saved run
-# config that still uses an old key works, with a FutureWarning naming the new key.
+# Settings renamed since they were first written, per command: old key -> new. A command line or a recipe that
+# still uses an old key works, with a `RenamedSettingWarning` naming the new key. (`nfe` -> `num_steps`: one
+# name for the step count, the guide's and LeRobot's.)
 RENAMED_KEYS = {
-    "nfe": "num_steps",  # one name for the step count: the guide's and LeRobot's `num_steps`
-    "eval.nfe": "eval.num_steps",
+    "eval": {"nfe": "num_steps"},
+    "pipeline": {"eval.nfe": "eval.num_steps"},
 }
 
 
@@ -43,25 +44,24 @@ def wants_help(args: list[str]) -> bool:
     return any(arg in HELP_FLAGS for arg in args)
 
 
-def command_line(args: list[str]) -> list[Pair]:
-    """The settings of a command line, recipes first (`--config_path`), in the order they apply."""
+def command_line(args: list[str], command: str | None = None) -> list[Pair]:
+    """The settings of a command line, recipes first (`--config_path`), in the order they apply (with
+    `command`'s renamed keys under their new names)."""
     pairs = _cli_pairs(_load_plugins(args))
     recipes = [p for p in pairs if p.key in CONFIG_KEYS]
     settings = [q for p in recipes for q in flatten(load_recipe(p.value))] + [p for p in pairs if p.key not in CONFIG_KEYS]
-    return upgrade_keys(settings)
+    return upgrade_keys(settings, RENAMED_KEYS.get(command or "", {}))
 
 
-def upgrade_keys(pairs: list[Pair]) -> list[Pair]:
-    """Settings under a renamed key (`RENAMED_KEYS`) moved to the new key, each with a `RenamedSettingWarning`."""
+def upgrade_keys(pairs: list[Pair], renamed: dict[str, str]) -> list[Pair]:
+    """Settings under a renamed key (old -> new in `renamed`) moved to the new key, each with a
+    `RenamedSettingWarning` (the CLI prints it on one line)."""
     for pair in pairs:
-        if pair.key in RENAMED_KEYS:
-            warnings.warn(
-                f"`{pair.key}` is renamed `{RENAMED_KEYS[pair.key]}`; the old name is read until hf-reflow 1.0, "
-                f"write --{RENAMED_KEYS[pair.key]}=... (or `{RENAMED_KEYS[pair.key]}:` in a recipe) instead.",
-                RenamedSettingWarning,
-                stacklevel=3,
-            )
-    return [Pair(RENAMED_KEYS.get(p.key, p.key), p.value, p.raw) for p in pairs]
+        if pair.key in renamed:
+            new = renamed[pair.key]
+            warnings.warn(f"`{pair.key}` is renamed `{new}`; the old name is read until hf-reflow 1.0, write "
+                          f"--{new}=... (or `{new}:` in a recipe) instead.", RenamedSettingWarning, stacklevel=2)  # fmt: skip
+    return [Pair(renamed.get(p.key, p.key), p.value, p.raw) for p in pairs]
 
 
 def _load_plugins(args: list[str]) -> list[str]:

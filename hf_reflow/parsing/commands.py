@@ -29,7 +29,7 @@ def parse_config(cls: type, args: list[str], *, command: str) -> Any:
     """
     if wants_help(args):
         raise HelpRequested(render_help(cls, command))
-    return decode(cls, command_line(args)).config
+    return decode(cls, command_line(args, command)).config
 
 
 def parse_train_config(args: list[str]) -> TrainConfig:

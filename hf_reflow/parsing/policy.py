@@ -111,6 +111,7 @@ def policy_config(
             raise
         raise ConfigError(f"{e} (the student's config: the config.json of {source!r}, then the policy settings)") from None
     _check_device(policy, flags.get("device") or section.get("device"))
+    _check_depth(policy, base, source, cfg.stage)
     if getattr(policy, "use_peft", False):
         # Training full weights and saving `use_peft: true` makes a checkpoint stock `make_policy` cannot load.
         raise ConfigError(
@@ -120,6 +121,19 @@ def policy_config(
         )
     policy.pretrained_path = Path(source) if source else None
     return policy
+
+
+def _check_depth(policy: PreTrainedConfig, base: dict[str, Any], source: str | None, stage: str) -> None:
+    """A student that starts from a checkpoint keeps all its residual blocks (`num_blocks`, flow_mlp): LeRobot's
+    non-strict loader would drop the rest silently. More blocks are fine: they start silent (`training.student`)."""
+    have, want = base.get("num_blocks"), getattr(policy, "num_blocks", None)
+    if not isinstance(have, int) or not isinstance(want, int) or want >= have:
+        return
+    instead = "a new 1-RF without --policy.path" if stage == "flow_matching" else "a new student with init_from_teacher=false"
+    raise ConfigError(
+        f"the student starts from {source!r}, which has {have} residual blocks, but policy.num_blocks is {want}: its "
+        f"last {have - want} would be dropped. Use num_blocks >= {have} (added blocks start as the identity), or {instead}."
+    )
 
 
 def _check_device(policy: PreTrainedConfig, asked: str | None) -> None:

@@ -18,7 +18,7 @@ from typing import Any
 from hf_reflow.artifacts.checkpoints import read_reflow_info
 from hf_reflow.artifacts.couplings_store import check_complete
 from hf_reflow.hub import read_push_record, web_url
-from hf_reflow.metrics import CARD_METRICS, EvalRow, wilson_interval
+from hf_reflow.metrics import CARD_METRICS, EvalRow, upgrade_row, wilson_interval
 from hf_reflow.publish.lineage import (
     DEFAULT_LICENSE,
     base_source,
@@ -70,7 +70,8 @@ def checkpoint_card(hub: Any, checkpoint: str | Path, repo_id: str, *, eval_rows
     teachers = lineage(hub, info)
     base = base_source(hub, folder, info, teachers)
     card = model_card(
-        repo_id=repo_id, info=info, policy_config=policy_config, lineage=teachers, eval_rows=eval_rows,
+        repo_id=repo_id, info=info, policy_config=policy_config, lineage=teachers,
+        eval_rows=[upgrade_row(row) for row in eval_rows] if eval_rows else eval_rows,  # rows of any version
         license={"license": license} if license else card_license(hub, base), base_model=base.get("repo_id"),
         couplings_repo=pushed_id(info.get("couplings_dataset")),
     )  # fmt: skip

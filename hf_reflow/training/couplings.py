@@ -62,8 +62,8 @@ def generate(
     dataset = make_dataset(dataset_cfg, teacher.config)  # in memory when small: same items, ~100x faster
     spec = CouplingsSpec(
         teacher=str(teacher_cfg.path),
-        teacher_commit=checkpoint_commit(teacher_cfg.path, revision=teacher_cfg.revision),
-        teacher_sha256=weights_sha256(teacher_cfg.path, revision=teacher_cfg.revision),
+        teacher_commit=checkpoint_commit(teacher.ref),  # the snapshot the teacher's weights were read from
+        teacher_sha256=weights_sha256(teacher.ref),
         teacher_num_inference_steps=teacher_cfg.num_inference_steps,
         teacher_solver=teacher_cfg.solver,
         dataset_repo_id=dataset_cfg.repo_id,

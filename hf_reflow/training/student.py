@@ -55,7 +55,12 @@ def build_student(cfg: TrainConfig, teacher: OnlineTeacher | None, meta: Any, de
             )
         return student
     # a 1-RF's policy.path, or the teacher (the implicit policy.path of its student), resolved once by the teacher
-    ref = teacher.ref if teacher is not None and cfg.init_from_teacher else CheckpointRef.of(source, flag="policy.path")
+    if teacher is not None and cfg.init_from_teacher:
+        ref = teacher.ref
+    elif cfg.stage == "flow_matching":
+        ref = CheckpointRef.of(source, flag="policy.path")
+    else:
+        ref = CheckpointRef.of(source, revision=cfg.teacher.revision, flag="teacher.path")
     policy = load_policy(ref, device=device, config=policy_cfg)
     _deepen(policy, load_config(ref), ref.source)
     pre, post = load_processors(ref, policy_cfg, device=device, rename_map=rename)
@@ -63,23 +68,17 @@ def build_student(cfg: TrainConfig, teacher: OnlineTeacher | None, meta: Any, de
 
 
 def _deepen(policy: nn.Module, start: Any, source: str) -> None:
-    """A student with more residual blocks than the checkpoint it starts from (`--policy.num_blocks` above the
-    teacher's; flow_mlp): LeRobot's loader fills the first blocks and leaves the added ones random, which would
-    start the student away from its teacher; silenced, they start as the identity, so the student starts as
-    exactly its teacher with more capacity. Fewer blocks would drop the teacher's weights silently: refused."""
+    """A student with more residual blocks than the checkpoint it starts from (`--policy.num_blocks` above its
+    teacher's or its `policy.path`'s; flow_mlp): LeRobot's loader fills the first blocks and leaves the added ones
+    random, which would start the student away from that checkpoint; silenced, they start as the identity, so the
+    student starts as exactly the checkpoint with more capacity. (Fewer blocks are refused at parse time.)"""
     have, want = getattr(start, "num_blocks", None), getattr(policy.config, "num_blocks", None)
-    if have is None or want is None or want == have:
+    if have is None or want is None or want <= have:
         return
-    if want < have:
-        raise ConfigError(
-            f"the student starts from {source!r}, which has {have} residual blocks, but policy.num_blocks is {want}: "
-            f"its last {have - want} would be dropped. Use num_blocks >= {have} (added blocks start as the identity), "
-            "or a new student with init_from_teacher=false."
-        )
     if not hasattr(getattr(policy, "model", None), "silence_blocks"):
         raise ConfigError(
-            f"a {policy.config.type} student cannot start from a checkpoint with fewer blocks ({have} -> {want}); "
-            f"keep num_blocks={have}, or train a new student with init_from_teacher=false."
+            f"a {policy.config.type} student cannot add residual blocks to the checkpoint it starts from "
+            f"({source!r}: {have} -> {want}); keep num_blocks={have}."
         )
     policy.model.silence_blocks(first=have)
 

@@ -144,7 +144,8 @@ class ReflowTrainer:
         dataset = make_dataset(cfg.dataset, student.policy.config)
         if cfg.couplings.path:  # stored couplings instead of online generation
             dataset = couplings_store.training_dataset(
-                cfg.couplings, dataset, teacher=str(cfg.teacher.path), action_shape=adapter.action_shape,
+                cfg.couplings, dataset, teacher=self.teacher.ref if self.teacher else str(cfg.teacher.path),
+                action_shape=adapter.action_shape,
                 teacher_revision=cfg.teacher.revision, dataset_cfg=cfg.dataset,
             )  # fmt: skip
         student.policy.train()
