@@ -153,8 +153,8 @@ def test_metaworld_recipes_train_as_before(recipe, teacher):
     config = parse_pipeline_config([f"--config_path={recipe}"])
     smolvla = config.train["policy"]["type"] == "smolvla"
     first = stage_config(config, "flow_matching", seed=0, output_dir="o", teacher=None, dataset_root="d")
-    stand_in = {"teacher": "<1-RF>", "teacher_config": draccus.encode(first.policy, PreTrainedConfig)} if smolvla else {
-        "teacher": teacher}  # fmt: skip
+    # later stages' teachers are the recipe's own 1-RF (as `check_stages` checks them): its config stands in
+    stand_in = {"teacher": "<1-RF>" if smolvla else teacher, "teacher_config": draccus.encode(first.policy, PreTrainedConfig)}
     for stage in config.stages:
         optim = stage_config(config, stage, seed=0, output_dir="o", dataset_root="d", **stand_in).optim
         assert optim.type == "adamw" and optim.scheduler == "warmup_cosine"
