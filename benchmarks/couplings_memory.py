@@ -1,4 +1,4 @@
-"""Peak memory of reading stored couplings memory-mapped (training's path) vs all in memory (the old path).
+"""Peak memory and read time of stored couplings: memory-mapped, held in tensors, and the old all-in-memory path.
 
 Writes `--num-couplings` tiny couplings (default 1,000,000; chunk 4 x action dim 2) as a couplings folder
 in the project's format: `couplings.json` (a `CouplingsSpec`) and one parquet shard per block of
@@ -10,8 +10,11 @@ which reading does not care about. The Arrow cache `datasets` builds from the sh
 Then, side by side in one run and each in a fresh subprocess, the peak RSS (`getrusage(RUSAGE_SELF).ru_maxrss`)
 of reading every coupling once, in the same shuffled batches of `--batch-size` through a DataLoader:
 
-- `memory_mapped`: training's path: `couplings_store.open_couplings` (the shards memory-mapped through
-  `datasets`) and `CouplingDataset`, one read of the table per batch (`__getitems__`);
+- `memory_mapped`: training's path for couplings too big to hold (`dataset.in_memory=never`, or over 2 GiB):
+  `couplings_store.open_couplings` (the shards memory-mapped through `datasets`) and `CouplingDataset`, one
+  read of the table per batch (`__getitems__`);
+- `held`: training's path for couplings that fit (`in_memory=auto`): the same `CouplingDataset` with its
+  columns read once into tensors (`in_memory=True`), indexed per batch;
 - `in_memory`: the old path: every coupling loaded as torch tensors (`couplings_store.load_couplings`),
   then indexed per item as the old `CouplingDataset` did.
 
@@ -38,7 +41,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-PATHS = ("memory_mapped", "in_memory")
+PATHS = ("memory_mapped", "held", "in_memory")
 SEED = 0
 
 
@@ -137,9 +140,9 @@ def measure(path: str, root: Path, batch_size: int) -> dict[str, Any]:
     start = time.perf_counter()
     spec = couplings_store.check_complete(root)
     frames = Frames(spec.num_frames)
-    if path == "memory_mapped":
+    if path in ("memory_mapped", "held"):
         _, table = couplings_store.open_couplings(str(root))
-        dataset = couplings_store.CouplingDataset(frames, table, spec.action_shape)
+        dataset = couplings_store.CouplingDataset(frames, table, spec.action_shape, in_memory=path == "held")
     else:
         _, tensors = couplings_store.load_couplings(str(root))
         dataset = InMemoryCouplings(frames, tensors)
@@ -178,14 +181,16 @@ def run(args) -> dict[str, Any]:
 
         open_couplings(str(root))  # builds the Arrow cache both paths then map
         result = {path: measure_in_subprocess(path, root, args.batch_size) for path in PATHS}
-        if result["memory_mapped"]["couplings_read"] != result["in_memory"]["couplings_read"]:
-            raise RuntimeError(f"the two paths read different numbers of couplings: {result}")
+        if len({(result[p]["couplings_read"], round(result[p]["action_sum"], 3)) for p in PATHS}) != 1:
+            raise RuntimeError(f"the paths read different couplings: {result}")
         return {
             "num_couplings": args.num_couplings, "action_shape": list(action_shape), "block_size": args.block_size,
             "num_frames": args.num_frames, "batch_size": args.batch_size, "shards_mb": _size_mb(root / "data"),
             "arrow_cache_mb": _size_mb(workdir / "cache"), "write_s": write_s,
             "peak_rss_mb": {path: result[path]["peak_mb"] for path in PATHS},
             "ratio_in_memory_to_memory_mapped": result["in_memory"]["peak_mb"] / result["memory_mapped"]["peak_mb"],
+            "read_s": {path: result[path]["read_s"] for path in PATHS},
+            "read_time_ratio_memory_mapped_to_held": result["memory_mapped"]["read_s"] / result["held"]["read_s"],
             "growth_above_imports_mb": {path: result[path]["peak_mb"] - result[path]["imports_mb"] for path in PATHS},
             "details": result, "python": sys.version.split()[0], "platform": sys.platform,
         }  # fmt: skip
@@ -218,8 +223,12 @@ def main() -> None:
     text = json.dumps(result, indent=2)
     print(text)
     peaks = result["peak_rss_mb"]
+    reads = result["read_s"]
     print(f"peak RSS, {result['num_couplings']:,} couplings: memory-mapped {peaks['memory_mapped']:.1f} MiB, "
-          f"in memory {peaks['in_memory']:.1f} MiB, ratio {result['ratio_in_memory_to_memory_mapped']:.2f}x")  # fmt: skip
+          f"held {peaks['held']:.1f} MiB, in memory (old) {peaks['in_memory']:.1f} MiB, ratio in memory / "
+          f"memory-mapped {result['ratio_in_memory_to_memory_mapped']:.2f}x")  # fmt: skip
+    print(f"read time: memory-mapped {reads['memory_mapped']:.2f} s, held {reads['held']:.2f} s "
+          f"({result['read_time_ratio_memory_mapped_to_held']:.1f}x faster held), in memory (old) {reads['in_memory']:.2f} s")
     if args.output:
         Path(args.output).parent.mkdir(parents=True, exist_ok=True)
         Path(args.output).write_text(text + "\n")

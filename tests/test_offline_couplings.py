@@ -3,6 +3,7 @@ identical when sharded, read memory-mapped for training, refused for another tea
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -135,7 +136,7 @@ def test_bad_couplings_inputs(stored, teacher_1rf, toy_dataset, tmp_path):
         load_couplings(str(old))
 
 
-def test_training_reads_memory_mapped_and_refuses_another_teacher_or_dataset(
+def test_training_reads_memory_mapped_or_held_and_refuses_another_teacher_or_dataset(
     stored, teacher_1rf, toy_dataset, tmp_path
 ):
     from datasets.table import MemoryMappedTable
@@ -150,16 +151,20 @@ def test_training_reads_memory_mapped_and_refuses_another_teacher_or_dataset(
     data = DatasetConfig(root=str(toy_dataset))
     frames = make_dataset(data, config)
     couplings, shape = CouplingsConfig(path=str(stored)), (8, 2)
-    dataset = training_dataset(
-        couplings, frames, teacher=str(teacher_1rf), action_shape=shape, dataset_cfg=data
-    )
+    held = training_dataset(couplings, frames, teacher=str(teacher_1rf), action_shape=shape, dataset_cfg=data)
+    assert held.held is not None  # `in_memory=auto`: 150 small couplings are read once into tensors
+    never = dataclasses.replace(data, in_memory="never")
+    dataset = training_dataset(couplings, frames, teacher=str(teacher_1rf), action_shape=shape, dataset_cfg=never)
     assert isinstance(dataset, CouplingDataset) and isinstance(dataset.table.data, MemoryMappedTable)
+    assert dataset.held is None
     _, tensors = load_couplings(str(stored))
-    items = dataset.__getitems__([3, 149])
-    assert torch.equal(items[1][NOISE_KEY], tensors["noise"][149]) and len(dataset) == 150
     order = [149, 3, 77, 3, 0]  # a batch's order, unsorted (read sorts for Arrow, then restores it)
-    read = dataset.read(order)
-    assert all(torch.equal(read[k], tensors[k][order]) for k in ("noise", "action", "row"))
+    for source in (dataset, held):  # the same items either way
+        items = source.__getitems__([3, 149])
+        assert torch.equal(items[1][NOISE_KEY], tensors["noise"][149]) and len(source) == 150
+        read = source.read(order)
+        assert all(torch.equal(read[k], tensors[k][order]) for k in ("noise", "action", "row"))
+        assert read["noise"].dtype == torch.float32 and read["row"].dtype == torch.int64
 
     other = shutil.copytree(teacher_1rf, tmp_path / "other")  # same folder layout, other weights
     weights = load_weights(str(other / "pretrained_model" / "model.safetensors"))

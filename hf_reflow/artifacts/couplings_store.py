@@ -48,6 +48,9 @@ FORMAT = "hf-reflow-couplings/2"
 NOISE_KEY, ACTION_KEY = "reflow.noise", "reflow.action"  # extra batch keys carrying stored couplings
 COLUMNS = ("noise", "action", "row", "episode_index", "frame_index", "teacher_steps", "solver")
 _CHECKED_ROWS = 32  # couplings whose frame is compared with the training dataset's
+# `dataset.in_memory=auto` holds stored couplings in memory up to this size (noise + end points, float32): the
+# default recipe's 120 000 couplings are 61 MB; a SmolVLA chain's (50 x 32 chunks) fits ~160 000.
+IN_MEMORY_MAX_COUPLING_BYTES = 2 * 1024**3
 
 
 def block_seed(seed: int, block: int) -> int:
@@ -232,14 +235,18 @@ def load_couplings(
 class CouplingDataset(Dataset):
     """Training items: the frame a coupling was made for, plus its stored noise and teacher end point.
 
-    The columns are read straight from the memory-mapped Arrow table (`datasets.Dataset.data`), one `take`
+    `in_memory`: the columns are read once into tensors and indexed per batch (a batch of 256 in ~0.2 ms
+    instead of ~12 ms; `benchmarks/couplings_memory.py`), for couplings that fit (`training_dataset` decides).
+    Otherwise they are read straight from the memory-mapped Arrow table (`datasets.Dataset.data`), one `take`
     per batch with the indices sorted (Arrow walks the shards' chunks once), then put back in batch order:
-    ~4x faster than `datasets`' torch formatter here, and still never all couplings in RAM.
+    ~4x faster than `datasets`' torch formatter, and never all couplings in RAM. Both give the same items.
     """
 
-    def __init__(self, frames: Dataset, table: Any, action_shape: tuple[int, ...]) -> None:
+    def __init__(self, frames: Dataset, table: Any, action_shape: tuple[int, ...], *, in_memory: bool = False) -> None:
         self.frames, self.table, self.action_shape = frames, table, tuple(action_shape)
         self.columns = table.data.table.select(["noise", "action", "row"])  # pyarrow.Table, memory-mapped
+        # row (N,) int64, noise / action (N, chunk, dim) float32, or None: read per batch
+        self.held = self._tensors(self.columns) if in_memory else None
 
     def __len__(self) -> int:
         return self.columns.num_rows
@@ -259,15 +266,22 @@ class CouplingDataset(Dataset):
         """noise, action (B, chunk, dim) float32 and row (B,) int64 of the couplings at `indices`, in that order."""
         import pyarrow as pa
 
-        order = np.argsort(np.asarray(indices, dtype=np.int64), kind="stable")
-        taken = self.columns.take(pa.array(np.asarray(indices, dtype=np.int64)[order]))
+        indices = np.asarray(indices, dtype=np.int64)
+        if self.held is not None:
+            return {name: column[torch.from_numpy(indices)] for name, column in self.held.items()}
+        order = np.argsort(indices, kind="stable")
         back = np.empty_like(order)
         back[order] = np.arange(len(order))  # sorted position -> batch position
-        out = {"row": torch.from_numpy(taken.column("row").to_numpy()[back].copy())}
+        taken = self._tensors(self.columns.take(pa.array(indices[order])))
+        return {name: column[torch.from_numpy(back)] for name, column in taken.items()}
+
+    def _tensors(self, table: Any) -> dict[str, Tensor]:
+        """row (n,) int64 and noise / action (n, chunk, dim) float32 of a pyarrow table of couplings, in its order."""
+        out = {"row": torch.from_numpy(table.column("row").to_numpy().copy())}
         for name in ("noise", "action"):
-            column = taken.column(name).combine_chunks()  # Array2D: an extension array over nested lists
+            column = table.column(name).combine_chunks()  # Array2D: an extension array over nested lists
             values = getattr(column, "storage", column).flatten().flatten().to_numpy(zero_copy_only=False)
-            out[name] = torch.from_numpy(values.reshape(len(order), *self.action_shape)[back].copy())
+            out[name] = torch.from_numpy(values.reshape(table.num_rows, *self.action_shape).copy())
         return out
 
 
@@ -297,7 +311,15 @@ def training_dataset(
             "generate couplings with this one."
         )
     _check_same_dataset(spec, table, frames, dataset_cfg, where)
-    return CouplingDataset(frames, table, spec.action_shape)
+    return CouplingDataset(frames, table, spec.action_shape, in_memory=couplings_fit_in_memory(spec, dataset_cfg))
+
+
+def couplings_fit_in_memory(spec: CouplingsSpec, dataset_cfg: Any = None) -> bool:
+    """Whether training reads the couplings from memory: as `dataset.in_memory` says for the frames (`auto`:
+    when their noise and end points, float32, take at most IN_MEMORY_MAX_COUPLING_BYTES; `always`; `never`)."""
+    setting = getattr(dataset_cfg, "in_memory", "auto")
+    size = 2 * 4 * spec.num_couplings * int(np.prod(spec.action_shape))  # noise + end point, float32
+    return setting == "always" or (setting == "auto" and size <= IN_MEMORY_MAX_COUPLING_BYTES)
 
 
 def _check_same_dataset(spec: CouplingsSpec, table: Any, frames: Any, dataset_cfg: Any, where: str) -> None:

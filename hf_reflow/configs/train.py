@@ -44,7 +44,7 @@ class DatasetConfig:
                                 "with the commit it resolved to in every checkpoint's reflow.json (lerobot-train's)")
     episodes: list[int] | None = option(None, "subset of episode indices; null: all")
     num_workers: int = option(0, "DataLoader worker processes")
-    in_memory: str = option("auto", "auto (no videos, <= 200k frames, <= 2 GiB of camera images) | always | never: hold the frames in memory")
+    in_memory: str = option("auto", "auto (no videos, <= 200k frames, <= 2 GiB of camera images; stored couplings <= 2 GiB) | always | never: hold the frames and stored couplings in memory")
     video_backend: str | None = option(None, "video decoder: torchcodec | pyav; null: torchcodec when its FFmpeg loads, else pyav")
     image_transforms: ImageTransformsConfig = option(
         help="lerobot-train's image augmentation (LeRobot's ImageTransforms): --dataset.image_transforms.enable=true",
