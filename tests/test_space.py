@@ -381,7 +381,7 @@ def test_toy_env_observation_and_rollout(tmp_path):
     np.testing.assert_array_equal(observation.raw["observation.state"][0].numpy(), episode.states[0])
     np.testing.assert_array_equal(observation.expert_action, episode.actions[:8])
     rows = compare.table_rows([compare.compare_policy(loaded, "toy", observation, [1, 10], seed=0)])
-    assert [r["steps"] for r in rows] == [1, 10]
+    assert [r["num_steps"] for r in rows] == [1, 10]
     result = compare.rollout(loaded, "toy", "", num_steps=2, seed=4)
     assert result.hand_xy.shape == (result.steps, 2) and result.frames == []
     np.testing.assert_allclose(result.hand_xy[0], episode.states[0][:2])  # starts where the expert started
