@@ -17,11 +17,12 @@ def _distill_config(teacher, dataset, out, *flags):
                                f"--output_dir={out}", *flags])  # fmt: skip
 
 
-def test_a_deeper_student_starts_as_exactly_its_teacher(tmp_path, teacher_1rf, toy_dataset):
+def test_a_deeper_student_starts_as_exactly_its_teacher(tmp_path, teacher_1rf, toy_dataset, caplog):
     teacher = load_checkpoint(teacher_1rf).policy
     blocks = teacher.config.num_blocks
     cfg = _distill_config(teacher_1rf, toy_dataset, tmp_path, f"--policy.num_blocks={blocks + 2}")
     student = build_student(cfg, None, None, torch.device("cpu")).policy.eval()
+    assert f"blocks {blocks}-{blocks + 1} of the student are new" in caplog.text  # LeRobot's missing keys, explained
     assert len(student.model.blocks) == blocks + 2
     generator = torch.Generator().manual_seed(0)
     state = torch.randn(5, teacher.config.input_features[OBS_STATE].shape[0], generator=generator)

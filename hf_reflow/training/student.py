@@ -7,6 +7,7 @@ or is a new policy of the teacher's type that keeps the teacher's processors (sa
 from __future__ import annotations
 
 import copy
+import logging
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,6 +20,8 @@ from hf_reflow.data import policy_features
 from hf_reflow.errors import ConfigError, DataError, ReflowError
 from hf_reflow.refs import CheckpointRef
 from hf_reflow.training.teacher import OnlineTeacher, check_compatible
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -81,6 +84,9 @@ def _deepen(policy: nn.Module, start: Any, source: str) -> None:
             f"({source!r}: {have} -> {want}); keep num_blocks={have}."
         )
     policy.model.silence_blocks(first=have)
+    # LeRobot's loader has just warned of the added blocks' missing keys: say that they are meant
+    logger.warning("blocks %d-%d of the student are new (its start %r has %d) and start silent, so the student "
+                   "starts as exactly that checkpoint", have, want - 1, source, have)  # fmt: skip
 
 
 def new_student(policy_cfg: Any, meta: Any, device: torch.device, rename_map: dict[str, str] | None = None) -> Student:
