@@ -119,8 +119,7 @@ def features(action_shape: tuple[int, ...]) -> Any:
 def weights_sha256(checkpoint: str | Path | CheckpointRef, *, revision: str | None = None) -> str:
     """sha256 of a checkpoint's `model.safetensors`: which teacher made a set of couplings."""
     digest = hashlib.sha256()
-    ref = checkpoint if isinstance(checkpoint, CheckpointRef) else CheckpointRef.of(str(checkpoint), revision=revision)
-    with open(ref.local() / WEIGHTS, "rb") as f:
+    with open(CheckpointRef.of(checkpoint, revision=revision).local() / WEIGHTS, "rb") as f:
         while chunk := f.read(1 << 22):
             digest.update(chunk)
     return digest.hexdigest()

@@ -21,12 +21,12 @@ def load_eval_rows(path: str | Path, checkpoint: str | Path) -> list[dict[str, A
     path = Path(path)
     try:
         rows = json.loads(path.read_text())
-        rows = [upgrade_row(r) if isinstance(r, dict) else r for r in rows] if isinstance(rows, list) else rows
     except (OSError, UnicodeDecodeError, ValueError, RecursionError) as e:
         raise HubError(
             f"cannot read eval results {str(path)!r} ({type(e).__name__}); pass the JSON `hf-reflow eval --output=` wrote."
         ) from None
-    if not isinstance(rows, list) or not all(isinstance(r, dict) and _step_count(r.get("num_steps")) for r in rows):
+    rows = [upgrade_row(r) for r in rows] if isinstance(rows, list) and all(isinstance(r, dict) for r in rows) else None
+    if rows is None or not all(_step_count(r.get("num_steps")) for r in rows):
         raise HubError(
             f"eval results {str(path)!r} must be a list of rows whose `num_steps` is a step count (an integer >= 1), as "
             "`hf-reflow eval --output=` writes."

@@ -142,12 +142,10 @@ class ReflowTrainer:
             self.shared_backbone = share_backbone(cfg, self.teacher, adapter)
         self.targets = TargetMaker(cfg, self.teacher, shared_backbone=self.shared_backbone)
         dataset = make_dataset(cfg.dataset, student.policy.config)
-        if cfg.couplings.path:  # stored couplings instead of online generation
+        if cfg.couplings.path:  # stored couplings (reflow / distill stages only: a teacher is loaded)
             dataset = couplings_store.training_dataset(
-                cfg.couplings, dataset, teacher=self.teacher.ref if self.teacher else str(cfg.teacher.path),
-                action_shape=adapter.action_shape,
-                teacher_revision=cfg.teacher.revision, dataset_cfg=cfg.dataset,
-            )  # fmt: skip
+                cfg.couplings, dataset, teacher=self.teacher.ref, action_shape=adapter.action_shape, dataset_cfg=cfg.dataset
+            )
         student.policy.train()
         loss_module = self._loss(adapter)
         optimizer, scheduler, self.optim_used = build_optimizer(
