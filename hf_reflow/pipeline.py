@@ -7,6 +7,8 @@ Layout of `output_dir/`:
     data/demos/, data/heldout/          LeRobotDatasets: training demos, held-out expert episodes on
                                         evaluation layouts (offline metrics); data/*.json their summaries
     seed<s>/<name>/                     one training run per stage and seed (name: 1rf, 2rf, 3rf, 2rf-distill)
+    seed<s>/states/<name>/              the closed-loop states of stage <name> that a later stage trains at
+    seed<s>/couplings/<name>/           stage <name>'s stored (noise, teacher end point) couplings
     seed<s>/<name>/eval.json            that stage's evaluation, cached by evaluation settings
     results.json, report.md, *.png      every row, the summary with 95 % CIs, plots
     pipeline.json                       the chain (stage names and checkpoint paths) for the Space
@@ -44,7 +46,7 @@ from hf_reflow.training.trainer import ReflowTrainer
 
 # Recipe sections whose change makes an existing run a different run (eval settings may change freely,
 # seeds and stages may be extended: finished ones are reused).
-_RUN_DEFINING = ("data", "vlm", "train", "flow_matching", "reflow", "distill", "shortcut", "meanflow", "num_couplings", "coupling_states")
+_RUN_DEFINING = ("data", "vlm", "train", *PIPELINE_STAGES, "num_couplings", "coupling_states")
 
 
 @dataclass(frozen=True)
@@ -64,13 +66,17 @@ def chain(stages: list[str]) -> list[Stage]:
     """[flow_matching, reflow, distill, shortcut] -> 1rf, 2rf, 2rf-distill, 2rf-shortcut.
 
     A distill or shortcut stage learns from the last k-RF before it and is a leaf: the next reflow
-    round still takes that k-RF as its teacher.
+    round still takes that k-RF as its teacher. A redistill stage also needs that k-RF's distill stage
+    before it: it learns at the states that distilled student visits.
     """
     out, k = [], 0
     for kind in stages:
         if kind in LEAF_STAGES:
             if k == 0:
                 raise ConfigError(f"a {kind} stage needs a teacher: put it after flow_matching or reflow.")
+            if kind == "redistill" and run_name("distill", k) not in {s.name for s in out}:
+                raise ConfigError(f"a redistill stage learns at the states its k-RF's distilled student visits: put a "
+                                  f"distill stage before it, after the same reflow stage; got stages {stages}.")  # fmt: skip
             out.append(Stage(kind, k, run_name(kind, k)))
         else:
             k = stage_k(kind, k)
@@ -175,15 +181,15 @@ def write_backbone(cfg: PipelineConfig, out: Path) -> None:
 
 def train_chain(cfg: PipelineConfig, out: Path, seed: int, demos: Path) -> list[tuple[Stage, Path]]:
     """Train (or skip, when finished) every stage for one seed; returns (stage, checkpoint) pairs."""
-    done, teacher, teacher_stage = [], None, None
+    done, teacher, trained = [], None, {}
     for stage in chain(cfg.stages):
         run_dir = out / f"seed{seed}" / stage.name
         finished = checkpoint_folder(run_dir / PRETRAINED_DIR) is not None
-        frames, couplings = demos, None
-        if stage.kind != "flow_matching" and cfg.coupling_states == "closed_loop":
-            frames = out / f"seed{seed}" / "states" / teacher_stage.name  # one set per teacher
+        frames, couplings, actor = demos, None, states_actor(cfg, stage)
+        if actor is not None:
+            frames = out / f"seed{seed}" / "states" / actor
             if not finished:
-                write_teacher_states(cfg, teacher, frames, seed, stage)
+                write_closed_loop_states(cfg, trained[actor], frames, seed, stage)
         if stage.kind != "flow_matching" and cfg.num_couplings > 0:
             couplings = str(out / f"seed{seed}" / "couplings" / stage.name)
             if not finished:
@@ -197,25 +203,39 @@ def train_chain(cfg: PipelineConfig, out: Path, seed: int, demos: Path) -> list[
         # resume=True: the trainer checks the settings match and returns a finished run untouched.
         checkpoint = ReflowTrainer(train_cfg).train()
         done.append((stage, checkpoint))
+        trained[stage.name] = str(checkpoint)
         # A distilled or shortcut student is a leaf: the next reflow round takes the last k-RF as its teacher.
         if stage.kind not in LEAF_STAGES:
-            teacher, teacher_stage = str(checkpoint), stage
+            teacher = str(checkpoint)
     return done
 
 
-def write_teacher_states(cfg: PipelineConfig, teacher: str, root: Path, seed: int, stage: Stage) -> None:
-    """The states the frozen `teacher` visits acting in closed loop (at its saved step count, paired noise per
-    episode and chunk) on the demonstrations' layouts and episode seeds, every episode kept (made once)."""
+def states_actor(cfg: PipelineConfig, stage: Stage) -> str | None:
+    """The folder of the stage whose closed-loop states are `stage`'s training frames (`seed<s>/states/<it>`),
+    None for the demonstrations: the k-RF's distilled student for redistill; with `coupling_states: closed_loop`,
+    the teacher of every later stage (one set of states per teacher)."""
+    if stage.kind == "redistill":
+        return run_name("distill", stage.k)
+    if stage.kind != "flow_matching" and cfg.coupling_states == "closed_loop":
+        teacher_k = stage.k - 1 if stage.kind == "reflow" else stage.k
+        return run_name("reflow" if teacher_k > 1 else "flow_matching", teacher_k)
+    return None
+
+
+def write_closed_loop_states(cfg: PipelineConfig, policy: str, root: Path, seed: int, stage: Stage) -> None:
+    """The states the frozen `policy` (a teacher, or a distilled student for `redistill`) visits acting in closed
+    loop (at its saved step count, paired noise per episode and chunk) on the demonstrations' layouts and episode
+    seeds, every episode kept (made once)."""
     from hf_reflow.envs import metaworld  # Meta-World is an optional extra
 
     if (root / "meta" / "info.json").is_file():
         return
     shutil.rmtree(root, ignore_errors=True)  # an interrupted write left nothing usable
     d = cfg.data
-    _log(f"seed {seed} {stage.label}: {d.episodes} closed-loop episodes per task of {teacher} -> {root}")
+    _log(f"seed {seed} {stage.label}: {d.episodes} closed-loop episodes per task of {policy} -> {root}")
     summary = metaworld.write_dataset(
         root, tasks=d.tasks, episodes_per_task=d.episodes, mode=d.mode, seed=d.seed, layout_seed=metaworld.DEMO_LAYOUT_SEED,
-        images=d.images, image_size=d.image_size, policy=controllers_of(teacher),
+        images=d.images, image_size=d.image_size, policy=controllers_of(policy),
     )  # fmt: skip
     _log(f"  {summary['frames']} states, {summary['episodes_failed']}/{summary['episodes_attempted']} episodes failed")
 
@@ -280,7 +300,7 @@ def check_push(cfg: PipelineConfig) -> list[str]:
     hub = Hub()
     for repo in repos:
         hub.check_push_access(repo, private=p.private, create=True)
-    datasets = [demonstrations_repo(cfg), *couplings_repos(cfg, repos).values()]
+    datasets = [demonstrations_repo(cfg), *states_repos(cfg, repos).values(), *couplings_repos(cfg, repos).values()]
     for repo in datasets:
         hub.check_push_access(repo, repo_type="dataset", private=p.private, create=True)
     if p.space_id:
@@ -302,17 +322,33 @@ def couplings_repos(cfg: PipelineConfig, repos: list[str]) -> dict[str, str]:
     return {s.name: f"{repo}-couplings" for s, repo in zip(chain(cfg.stages), repos, strict=True) if s.kind != "flow_matching"}
 
 
+def states_repos(cfg: PipelineConfig, repos: list[str]) -> dict[str, str]:
+    """States folder (its actor's stage folder) -> the Hub dataset those closed-loop states are pushed to,
+    `{actor's repo}-states` (e.g. `you/mw-2rf-distilled-states`: where the distilled student went)."""
+    stages = chain(cfg.stages)
+    by_name = {s.name: repo for s, repo in zip(stages, repos, strict=True)}
+    actors = {states_actor(cfg, s) for s in stages} - {None}
+    return {actor: f"{by_name[actor]}-states" for actor in sorted(actors)}
+
+
 def push_chain(cfg: PipelineConfig, out: Path, demos: Path, stages: list[tuple[Stage, Path]], rows: list[dict],
                repos: list[str]) -> None:  # fmt: skip
-    """Push the first seed's demonstrations, then its stages in chain order, each after its stored couplings,
+    """Push the first seed's demonstrations, then its stages in chain order, each after its closed-loop training
+    states (redistill, `coupling_states: closed_loop`) and stored couplings,
     then the Space: every card names its data and teacher by Hub id and commit, and holds its evaluation rows.
     A failure says how to retry: rerun, nothing retrains."""
     hub, seed, shown = Hub(), cfg.seeds[0], []
     try:
         result = push_demonstrations(hub, demos, demonstrations_repo(cfg), private=cfg.push.private)
         _log(f"pushed the demonstrations -> {result.url}{'' if result.created else ' (unchanged)'}")
-        couplings = couplings_repos(cfg, repos)
+        couplings, states = couplings_repos(cfg, repos), states_repos(cfg, repos)
         for (stage, checkpoint), repo in zip(stages, repos, strict=True):
+            actor = states_actor(cfg, stage)
+            if actor is not None:  # its frames, before the couplings and the card that name them
+                folder = out / f"seed{seed}" / "states" / actor
+                result = push_demonstrations(hub, folder, states[actor], private=cfg.push.private,
+                                             commit_message=f"Upload the states the {actor} policy visits (LeRobotDataset)")  # fmt: skip
+                _log(f"pushed the {stage.label} training states -> {result.url}{'' if result.created else ' (unchanged)'}")
             if stage.name in couplings:  # before the stage (whose card names them), after its pushed teacher
                 folder = out / f"seed{seed}" / "couplings" / stage.name
                 result = push_couplings(hub, folder, couplings[stage.name], private=cfg.push.private)

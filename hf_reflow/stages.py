@@ -5,12 +5,15 @@ from __future__ import annotations
 
 from hf_reflow.errors import ConfigError
 
-STAGES = ("flow_matching", "reflow", "distill", "shortcut", "meanflow")
+STAGES = ("flow_matching", "reflow", "distill", "redistill", "shortcut", "meanflow")
 # Step count written into each stage's final checkpoint unless `num_steps` says otherwise.
-RECOMMENDED_NUM_STEPS = {"flow_matching": 10, "reflow": 2, "distill": 1, "shortcut": 1, "meanflow": 1}
+RECOMMENDED_NUM_STEPS = {"flow_matching": 10, "reflow": 2, "distill": 1, "redistill": 1, "shortcut": 1, "meanflow": 1}
 # Students of a k-RF that no later stage uses (the next reflow round still learns from that k-RF): the word
 # their label and Hub repo name add.
-LEAF_STAGES = {"distill": "distilled", "shortcut": "shortcut", "meanflow": "meanflow"}
+LEAF_STAGES = {"distill": "distilled", "redistill": "redistilled", "shortcut": "shortcut", "meanflow": "meanflow"}
+# One-step students trained at t = 1 on their teacher's end points. `redistill` is the same objective at other
+# states: those the k-RF's `distill` student visits when it acts (the pipeline rolls it out to make them).
+DISTILL_STAGES = ("distill", "redistill")
 
 
 def stage_label(stage: str | None, k: int | str) -> str:

@@ -573,8 +573,8 @@ def test_pipeline_push_flag_pushes_every_stage_then_the_space(hub_server, tmp_pa
 
     out = tmp_path / "run"
     small = ["--data.tasks=[reach-v3]", "--data.episodes=2", "--data.heldout_episodes=1", "--num_couplings=64",
-             "--stages=[flow_matching,reflow,distill]", "--flow_matching.steps=5", "--reflow.steps=5",
-             "--distill.steps=5", "--eval.episodes=0", "--eval.num_samples=4", "--eval.num_steps=[1]"]  # fmt: skip
+             "--stages=[flow_matching,reflow,distill,redistill]", "--flow_matching.steps=5", "--reflow.steps=5",
+             "--distill.steps=5", "--redistill.steps=5", "--eval.episodes=0", "--eval.num_samples=4", "--eval.num_steps=[1]"]  # fmt: skip
     args = ["pipeline", f"--config={TINY}", f"--output_dir={out}", *small]
     denied = run_cli(cli_env(hub_server, tmp_path, READ), *args, "--push.hub_model_id=bob/mw")
     assert denied.returncode == 2 and "cannot write there" in denied.stderr, denied.stderr[-2000:]
@@ -584,7 +584,8 @@ def test_pipeline_push_flag_pushes_every_stage_then_the_space(hub_server, tmp_pa
     result = run_cli(cli_env(hub_server, tmp_path, WRITE), *args, *push)
     assert result.returncode == 0, result.stderr[-3000:]
     assert WRITE not in result.stdout + result.stderr
-    repos = {"1rf": "alice/mw-1rf", "2rf": "alice/mw-2rf", "2rf-distill": "alice/mw-2rf-distilled"}
+    repos = {"1rf": "alice/mw-1rf", "2rf": "alice/mw-2rf", "2rf-distill": "alice/mw-2rf-distilled",
+             "2rf-redistill": "alice/mw-2rf-redistilled"}
     for run, repo_id in repos.items():
         files = hub_server.repo(repo_id).files("main")
         assert {"README.md", "config.json", "model.safetensors", "reflow.json"} <= set(files), repo_id
@@ -622,10 +623,18 @@ def test_pipeline_push_flag_pushes_every_stage_then_the_space(hub_server, tmp_pa
     assert str(out) not in str(card) and str(out) not in couplings_card  # no local path on a card
     distilled_card = ModelCard(distilled.blob(distilled.files("main")["README.md"]).decode())
     assert distilled_card.data.datasets == ["alice/mw-demos", "alice/mw-2rf-distilled-couplings"]
+    # redistilled: trained at the distilled student's rollouts, pushed as a LeRobotDataset its card pins
+    states = hub_server.repo("alice/mw-2rf-distilled-states", "datasets")
+    assert {"meta/info.json", "README.md"} <= set(states.files("main"))
+    redistilled = hub_server.repo("alice/mw-2rf-redistilled")
+    redistilled_card = ModelCard(redistilled.blob(redistilled.files("main")["README.md"]).decode())
+    assert redistilled_card.data.datasets == ["alice/mw-2rf-distilled-states", "alice/mw-2rf-redistilled-couplings"]
+    states_commit = json.loads((out / "seed0" / "states" / "2rf-distill" / "hub.json").read_text())["commit"]
+    assert f"--dataset.repo_id=alice/mw-2rf-distilled-states --dataset.revision={states_commit}" in redistilled_card.text
     header = space_header(space_files(hub_server, "alice/mw-compare"))
     assert header["models"] == header["preload_from_hub"] == list(repos.values())
     chain = json.loads(space_files(hub_server, "alice/mw-compare")["chain.json"])
-    assert [s["name"] for s in chain["stages"]] == ["1-RF", "2-RF", "2-RF distilled"] and chain["tasks"] == [
+    assert [s["name"] for s in chain["stages"]] == ["1-RF", "2-RF", "2-RF distilled", "2-RF redistilled"] and chain["tasks"] == [
         "reach-v3"
     ]
 

@@ -40,9 +40,9 @@ def test_tiny_pipeline_writes_every_stage_and_column(tiny_run):
     out, stdout = tiny_run
     results = json.loads((out / "results.json").read_text())
     names = [row["name"] for row in results["rows"]]
-    # distilled: its own step count only; the shortcut and meanflow students at every step count
-    assert names == ["1-RF", "1-RF", "2-RF", "2-RF", "2-RF distilled", "2-RF shortcut", "2-RF shortcut",
-                     "2-RF meanflow", "2-RF meanflow"]
+    # distilled and redistilled: their own step count only; the shortcut and meanflow students at every step count
+    assert names == ["1-RF", "1-RF", "2-RF", "2-RF", "2-RF distilled", "2-RF redistilled", "2-RF shortcut",
+                     "2-RF shortcut", "2-RF meanflow", "2-RF meanflow"]
     for row in results["rows"]:
         assert set(row) >= ROW_COLUMNS, ROW_COLUMNS - set(row)
         assert set(row) <= set(COLUMNS), set(row) - set(COLUMNS)  # every column is named in hf_reflow.metrics
@@ -65,9 +65,10 @@ def test_tiny_pipeline_writes_every_stage_and_column(tiny_run):
 def test_each_stage_is_a_stock_checkpoint_with_lineage(tiny_run):
     out, _ = tiny_run
     index = json.loads((out / "pipeline.json").read_text())
-    assert [s["name"] for s in index["stages"]] == ["1-RF", "2-RF", "2-RF distilled", "2-RF shortcut", "2-RF meanflow"]
+    assert [s["name"] for s in index["stages"]] == ["1-RF", "2-RF", "2-RF distilled", "2-RF redistilled", "2-RF shortcut",
+                                                    "2-RF meanflow"]  # fmt: skip
     expected = {"1-RF": ("flow_matching", 10), "2-RF": ("reflow", 2), "2-RF distilled": ("distill", 1),
-                "2-RF shortcut": ("shortcut", 1), "2-RF meanflow": ("meanflow", 1)}
+                "2-RF redistilled": ("redistill", 1), "2-RF shortcut": ("shortcut", 1), "2-RF meanflow": ("meanflow", 1)}
     for stage in index["stages"]:
         checkpoint = out / stage["path"]
         config = json.loads((checkpoint / "config.json").read_text())
@@ -80,13 +81,28 @@ def test_each_stage_is_a_stock_checkpoint_with_lineage(tiny_run):
     assert (out / index["dataset"]["root"] / "meta" / "info.json").is_file()
 
 
+def test_redistill_learns_at_the_distilled_students_closed_loop_states(tiny_run):
+    """`redistill`: the 2-RF distilled student acts on the demonstrations' layouts (every episode kept), the 2-RF's
+    couplings are made at those states, and a one-step student of the 2-RF is trained there at t = 1."""
+    out, _ = tiny_run
+    states = out / "seed0" / "states" / "2rf-distill"
+    assert json.loads((states / "meta" / "info.json").read_text())["total_episodes"] == 12  # 6 per task, all kept
+    train = json.loads((out / "seed0" / "2rf-redistill" / "train_config.json").read_text())
+    assert (train["stage"], train["dataset"]["root"]) == ("redistill", str(states))
+    couplings = json.loads((out / "seed0" / "couplings" / "2rf-redistill" / "couplings.json").read_text())
+    assert couplings["dataset_root"] == str(states)
+    assert Path(couplings["teacher"]).resolve() == (out / "seed0" / "2rf" / "pretrained_model").resolve()
+    info = json.loads((out / "seed0" / "2rf-redistill" / "pretrained_model" / "reflow.json").read_text())
+    assert (info["k"], info["distilled"], info["time_sampler"]) == (2, True, "fixed_t1")
+
+
 def test_rerun_skips_finished_stages(tiny_run):
     out, _ = tiny_run
     weights = sorted(out.glob("seed0/*/pretrained_model/model.safetensors"))
     before = [p.stat().st_mtime_ns for p in weights]
     result = run_cli("pipeline", f"--config={TINY}", f"--output_dir={out}", "--eval.workers=1")
     assert result.returncode == 0, result.stderr[-2000:]
-    assert result.stdout.count("finished, skipping") == 5  # every stage of the tiny chain
+    assert result.stdout.count("finished, skipping") == 6  # every stage of the tiny chain
     assert "reusing it" in result.stdout and "closed loop" not in result.stdout  # eval cached too
     assert [p.stat().st_mtime_ns for p in weights] == before
 
@@ -256,6 +272,7 @@ def test_expert_through_the_eval_path_reproduces_its_success():
         (["--data.tasks=[reach-v3,fly-v3]"], "Valid names: reach-v3, push-v3"),
         (["--data.episodes=0"], "data.episodes"),
         (["--stages=[reflow]"], "start with flow_matching"),
+        (["--stages=[flow_matching,reflow,redistill]"], "put a distill stage before it"),
         (["--reflow.no_such_key=1"], "stage reflow: unknown config key(s) no_such_key"),
         (["--eval.num_steps=[0]"], "eval.num_steps"),
     ],

@@ -29,7 +29,7 @@ from hf_reflow.hub import read_push_record
 from hf_reflow.policies.base import PolicyAdapter
 from hf_reflow.policies.factory import adapter_class, adapter_for
 from hf_reflow.refs import CONFIG_FILE, WEIGHTS, CheckpointRef
-from hf_reflow.stages import stage_k
+from hf_reflow.stages import DISTILL_STAGES, stage_k
 
 REFLOW_INFO = "reflow.json"
 
@@ -219,7 +219,7 @@ def stage_lineage(cfg: Any, *, num_processes: int, lr: float, teacher: Checkpoin
         "hf_reflow_version": __version__,
         "stage": cfg.stage,
         "k": stage_k(cfg.stage, teacher_k),
-        "distilled": cfg.stage == "distill",
+        "distilled": cfg.stage in DISTILL_STAGES,
         "teacher": cfg.teacher.path if student_of_teacher else None,
         "teacher_commit": checkpoint_commit(teacher) if teacher is not None else None,
         "teacher_num_inference_steps": cfg.teacher.num_inference_steps if student_of_teacher else None,
@@ -234,7 +234,7 @@ def stage_lineage(cfg: Any, *, num_processes: int, lr: float, teacher: Checkpoin
         "batch_size": cfg.batch_size,
         "num_processes": num_processes,
         "lr": lr,
-        "time_sampler": "fixed_t1" if cfg.stage == "distill" else cfg.flow.time_sampler,
+        "time_sampler": "fixed_t1" if cfg.stage in DISTILL_STAGES else cfg.flow.time_sampler,
         "loss": cfg.flow.loss,
         "seed": cfg.seed,
         "ema_decay": cfg.ema_decay,

@@ -25,7 +25,7 @@ from hf_reflow.errors import ConfigError
 from hf_reflow.policies.smolvlm import SmolVLMSize
 from hf_reflow.refs import is_repo_id
 
-PIPELINE_STAGES = ("flow_matching", "reflow", "distill", "shortcut", "meanflow")
+PIPELINE_STAGES = ("flow_matching", "reflow", "distill", "redistill", "shortcut", "meanflow")
 VLM_DIR = "vlm"  # output_dir/vlm: the backbone `vlm.build` writes
 
 
@@ -171,6 +171,7 @@ class PipelineConfig:
     flow_matching: dict[str, Any] = option(help=_SECTION_HELP.format("flow_matching"), factory=dict)
     reflow: dict[str, Any] = option(help=_SECTION_HELP.format("reflow"), factory=dict)
     distill: dict[str, Any] = option(help=_SECTION_HELP.format("distill"), factory=dict)
+    redistill: dict[str, Any] = option(help=_SECTION_HELP.format("redistill"), factory=dict)
     shortcut: dict[str, Any] = option(help=_SECTION_HELP.format("shortcut"), factory=dict)
     meanflow: dict[str, Any] = option(help=_SECTION_HELP.format("meanflow"), factory=dict)
 
@@ -197,6 +198,11 @@ class PipelineConfig:
             raise ConfigError(
                 "coupling_states=closed_loop rolls the teacher out without a camera, so it cannot serve a policy "
                 "that reads images (data.images=true); use coupling_states=demonstrations."
+            )
+        if self.data.images and "redistill" in self.stages:
+            raise ConfigError(
+                "a redistill stage rolls the distilled student out without a camera, so it cannot serve a policy "
+                "that reads images (data.images=true); drop redistill from stages."
             )
         if not self.vlm.build:
             return

@@ -15,6 +15,7 @@ from hf_reflow.atomic import write_text
 from hf_reflow.evaluation.closed_loop import PROTOCOL
 from hf_reflow.evaluation.evaluate import EvalSettings, EvalTarget, evaluate
 from hf_reflow.metrics import EvalRow, upgrade_row
+from hf_reflow.stages import DISTILL_STAGES
 
 
 def evaluate_chain(
@@ -44,7 +45,7 @@ def evaluate_chain(
                 rows += [upgrade_row(row) for row in cached["rows"]]
                 continue
             labels = {"seed": seed, "name": stage.label, "run": stage.name, "stage": stage.kind, "k": stage.k}
-            todo.append((cache, EvalTarget(str(checkpoint), own_steps_only=stage.kind == "distill", labels=labels,
+            todo.append((cache, EvalTarget(str(checkpoint), own_steps_only=stage.kind in DISTILL_STAGES, labels=labels,
                                            title=f"seed {seed} {stage.label}")))  # fmt: skip
     measure = EvalSettings(step_counts=eval_cfg.num_steps, num_samples=eval_cfg.num_samples, episodes=eval_cfg.episodes,
                            env="metaworld", tasks=tuple(tasks), mode=mode, workers=eval_cfg.workers,

@@ -17,6 +17,7 @@ from hf_reflow.artifacts import couplings_store
 from hf_reflow.configs import TrainConfig
 from hf_reflow.errors import ConfigError
 from hf_reflow.policies.base import PolicyAdapter
+from hf_reflow.stages import DISTILL_STAGES
 from hf_reflow.training.losses import Targets
 from hf_reflow.training.teacher import OnlineTeacher
 
@@ -59,7 +60,7 @@ class TargetMaker:
 
     def sample_time(self, noise: Tensor) -> Tensor:
         """(B,) training times for lines starting at `noise` (B, chunk, action_dim); t = 1 for distill."""
-        if self.config.stage == "distill":
+        if self.config.stage in DISTILL_STAGES:
             return flow.distillation_inputs(noise, noise)[1]
         f = self.config.flow
         return flow.sample_time(noise.shape[0], f.time_sampler, device=noise.device, logit_mean=f.logit_mean,
