@@ -12,7 +12,13 @@ import pytest
 import torch
 from conftest import run_cli, train_config
 
-from hf_reflow.artifacts.couplings_store import block_path, draw_block, load_couplings, training_dataset
+from hf_reflow.artifacts.couplings_store import (
+    block_path,
+    block_seed,
+    draw_block,
+    load_couplings,
+    training_dataset,
+)
 from hf_reflow.configs import CouplingsConfig, DatasetConfig, TeacherConfig
 from hf_reflow.errors import ConfigError, DataError
 from hf_reflow.training.couplings import generate
@@ -63,6 +69,17 @@ def test_blocks_are_the_teacher_end_points_of_seeded_noise(stored, teacher_1rf, 
         adapter, pre(torch.utils.data.default_collate(items)), noise, num_steps=10
     ).action
     torch.testing.assert_close(block["action"], expected, rtol=0, atol=1e-6)
+
+
+def test_every_seed_draws_its_own_blocks():
+    """Each (seed, block) seeds its own generator: torch keeps 32 bits of a seed, so a seed must not live above them."""
+    seeds = {block_seed(seed, block) for seed in (0, 1, 200) for block in range(4)}
+    assert len(seeds) == 12 and max(seeds) < 2**32
+    noise, rows = draw_block(0, 1, 16, (8, 2), 1000)
+    other_noise, other_rows = draw_block(200, 1, 16, (8, 2), 1000)
+    assert not torch.allclose(noise, other_noise) and not torch.equal(rows, other_rows)
+    again, _ = draw_block(0, 1, 16, (8, 2), 1000)
+    assert torch.equal(noise, again)  # and from its seed alone
 
 
 def test_resume_regenerates_only_missing_blocks(stored, teacher_1rf, toy_dataset):

@@ -44,7 +44,7 @@ logger = logging.getLogger(__name__)
 
 METADATA = "couplings.json"
 SHARDS = "data"
-FORMAT = "hf-reflow-couplings/2"
+FORMAT = "hf-reflow-couplings/3"  # 3: block seeds mixed by SeedSequence (2 dropped the seed, below)
 NOISE_KEY, ACTION_KEY = "reflow.noise", "reflow.action"  # extra batch keys carrying stored couplings
 COLUMNS = ("noise", "action", "row", "episode_index", "frame_index", "teacher_steps", "solver")
 _CHECKED_ROWS = 32  # couplings whose frame is compared with the training dataset's
@@ -54,8 +54,10 @@ IN_MEMORY_MAX_COUPLING_BYTES = 2 * 1024**3
 
 
 def block_seed(seed: int, block: int) -> int:
-    """The generator seed of one block: distinct for every (seed, block)."""
-    return seed * 2**32 + block
+    """The generator seed of one block, a 32-bit mix of (seed, block) by numpy's `SeedSequence`. 32 bits because
+    torch's CPU generator keeps only the low 32 of a seed: format 2's `seed * 2**32 + block` lost `seed`, so every
+    seed drew the same noise and rows."""
+    return int(np.random.SeedSequence([seed, block]).generate_state(1)[0])
 
 
 def block_path(root: Path, block: int) -> Path:
