@@ -28,7 +28,7 @@ from hf_reflow.metrics import CONSOLE_COLUMNS, EvalRow
 USAGE = """usage: hf-reflow <command> [--config_path=RECIPE.yaml] [--key=value ...]   (hf-reflow <command> --help: its options)
 
 commands:
-  train     train one stage (flow_matching = 1-RF, reflow = k+1-RF, distill): --config_path=recipe.yaml + overrides
+  train     train one stage (flow_matching = 1-RF, reflow = k+1-RF, distill, redistill, shortcut, meanflow): --config_path=recipe.yaml + overrides
   pipeline  the whole k-RF chain on Meta-World + report: --config_path=recipes/metaworld/default.yaml
   dataset   write demonstrations as a LeRobotDataset: `hf-reflow dataset metaworld|toy --root=DIR --episodes=N`
   eval      evaluate checkpoints by step count: --policy.path=A[,B] --dataset.root=DIR --num_steps=1,2,4,10

@@ -21,7 +21,7 @@ class EvalRow(TypedDict, total=False):
     seed: Annotated[int, "the training seed (pipeline)"]
     name: Annotated[str, "the stage's label, e.g. 2-RF distilled (pipeline)"]
     run: Annotated[str, "the stage's run folder, e.g. 2rf-distill (pipeline)"]
-    stage: Annotated[str, "flow_matching, reflow, distill, shortcut or meanflow"]
+    stage: Annotated[str, "flow_matching, reflow, distill, redistill, shortcut or meanflow"]
     k: Annotated[int | None, "the k of the k-RF"]
     num_steps: Annotated[int, "denoising (Euler) steps per action chunk"]
     n_action_steps: Annotated[int, "actions executed per chunk before re-planning"]

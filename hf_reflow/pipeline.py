@@ -6,7 +6,7 @@ Layout of `output_dir/`:
     recipe.json                         the resolved recipe (a different recipe's run is refused)
     data/demos/, data/heldout/          LeRobotDatasets: training demos, held-out expert episodes on
                                         evaluation layouts (offline metrics); data/*.json their summaries
-    seed<s>/<name>/                     one training run per stage and seed (name: 1rf, 2rf, 3rf, 2rf-distill)
+    seed<s>/<name>/                     one training run per stage and seed (name: 1rf, 2rf, 3rf, 2rf-distill, 2rf-redistill)
     seed<s>/states/<name>/              the closed-loop states of stage <name> that a later stage trains at
     seed<s>/couplings/<name>/           stage <name>'s stored (noise, teacher end point) couplings
     seed<s>/<name>/eval.json            that stage's evaluation, cached by evaluation settings
@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from hf_reflow import space
+from hf_reflow.artifacts.couplings_store import weights_sha256
 from hf_reflow.artifacts.run_lock import LOCK_FILE, run_lock
 from hf_reflow.atomic import TEMPORARY_MARK, write_text
 from hf_reflow.configs import PIPELINE_STAGES, VLM_DIR, DatasetConfig, PipelineConfig
@@ -51,11 +52,13 @@ _RUN_DEFINING = ("data", "vlm", "train", *PIPELINE_STAGES, "num_couplings", "cou
 
 @dataclass(frozen=True)
 class Stage:
-    """One link of the chain: its kind, its k (the teacher's k for a distilled / shortcut student), its folder name."""
+    """One link of the chain: its kind, its k (the teacher's k for a distilled / shortcut student), its folder
+    name, and its teacher's folder name (the k-RF it learns from; None for the 1-RF)."""
 
     kind: str
     k: int
     name: str
+    teacher: str | None = None
 
     @property
     def label(self) -> str:
@@ -69,7 +72,7 @@ def chain(stages: list[str]) -> list[Stage]:
     round still takes that k-RF as its teacher. A redistill stage also needs that k-RF's distill stage
     before it: it learns at the states that distilled student visits.
     """
-    out, k = [], 0
+    out, k, teacher = [], 0, None  # teacher: the last k-RF's folder
     for kind in stages:
         if kind in LEAF_STAGES:
             if k == 0:
@@ -77,10 +80,11 @@ def chain(stages: list[str]) -> list[Stage]:
             if kind == "redistill" and run_name("distill", k) not in {s.name for s in out}:
                 raise ConfigError(f"a redistill stage learns at the states its k-RF's distilled student visits: put a "
                                   f"distill stage before it, after the same reflow stage; got stages {stages}.")  # fmt: skip
-            out.append(Stage(kind, k, run_name(kind, k)))
+            out.append(Stage(kind, k, run_name(kind, k), teacher))
         else:
             k = stage_k(kind, k)
-            out.append(Stage(kind, k, run_name(kind, k)))
+            out.append(Stage(kind, k, run_name(kind, k), teacher))
+            teacher = out[-1].name
     if len({s.name for s in out}) != len(out):
         raise ConfigError(f"stages {stages} train the same student of one k-RF twice; keep one distill / shortcut per k.")
     return out
@@ -181,19 +185,20 @@ def write_backbone(cfg: PipelineConfig, out: Path) -> None:
 
 def train_chain(cfg: PipelineConfig, out: Path, seed: int, demos: Path) -> list[tuple[Stage, Path]]:
     """Train (or skip, when finished) every stage for one seed; returns (stage, checkpoint) pairs."""
-    done, teacher, trained = [], None, {}
+    done, trained = [], {}  # trained: stage folder name -> its final checkpoint
     for stage in chain(cfg.stages):
+        teacher = trained[stage.teacher] if stage.teacher else None
         run_dir = out / f"seed{seed}" / stage.name
         finished = checkpoint_folder(run_dir / PRETRAINED_DIR) is not None
         frames, couplings, actor = demos, None, states_actor(cfg, stage)
-        if actor is not None:
-            frames = out / f"seed{seed}" / "states" / actor
-            if not finished:
-                write_closed_loop_states(cfg, trained[actor], frames, seed, stage)
         if stage.kind != "flow_matching" and cfg.num_couplings > 0:
             couplings = str(out / f"seed{seed}" / "couplings" / stage.name)
-            if not finished:
-                generate_couplings(cfg, teacher, frames, couplings, seed, stage)
+        if actor is not None:
+            frames = out / f"seed{seed}" / "states" / actor
+            if not finished and write_closed_loop_states(cfg, trained[actor], frames, seed, stage) and couplings:
+                shutil.rmtree(couplings, ignore_errors=True)  # made at the states just replaced
+        if couplings is not None and not finished:
+            generate_couplings(cfg, teacher, frames, couplings, seed, stage)
         train_cfg = stage_config(cfg, 
             stage.kind, seed=seed, output_dir=str(run_dir), teacher=teacher, dataset_root=str(frames), couplings=couplings
         )
@@ -204,9 +209,6 @@ def train_chain(cfg: PipelineConfig, out: Path, seed: int, demos: Path) -> list[
         checkpoint = ReflowTrainer(train_cfg).train()
         done.append((stage, checkpoint))
         trained[stage.name] = str(checkpoint)
-        # A distilled or shortcut student is a leaf: the next reflow round takes the last k-RF as its teacher.
-        if stage.kind not in LEAF_STAGES:
-            teacher = str(checkpoint)
     return done
 
 
@@ -216,28 +218,30 @@ def states_actor(cfg: PipelineConfig, stage: Stage) -> str | None:
     the teacher of every later stage (one set of states per teacher)."""
     if stage.kind == "redistill":
         return run_name("distill", stage.k)
-    if stage.kind != "flow_matching" and cfg.coupling_states == "closed_loop":
-        teacher_k = stage.k - 1 if stage.kind == "reflow" else stage.k
-        return run_name("reflow" if teacher_k > 1 else "flow_matching", teacher_k)
-    return None
+    return stage.teacher if cfg.coupling_states == "closed_loop" else None
 
 
-def write_closed_loop_states(cfg: PipelineConfig, policy: str, root: Path, seed: int, stage: Stage) -> None:
+def write_closed_loop_states(cfg: PipelineConfig, policy: str, root: Path, seed: int, stage: Stage) -> bool:
     """The states the frozen `policy` (a teacher, or a distilled student for `redistill`) visits acting in closed
     loop (at its saved step count, paired noise per episode and chunk) on the demonstrations' layouts and episode
-    seeds, every episode kept (made once)."""
+    seeds, every episode kept. Made once per policy weights (`<root>.json` records them; states another version of
+    the policy visited are made again); returns whether they were made now."""
     from hf_reflow.envs import metaworld  # Meta-World is an optional extra
 
-    if (root / "meta" / "info.json").is_file():
-        return
-    shutil.rmtree(root, ignore_errors=True)  # an interrupted write left nothing usable
+    record, sha = root.parent / f"{root.name}.json", weights_sha256(policy)
+    if (root / "meta" / "info.json").is_file() and record.is_file() and json.loads(record.read_text()).get("weights_sha256") == sha:
+        return False
+    remove_partial_datasets(root.parent)
+    shutil.rmtree(root, ignore_errors=True)  # interrupted, or visited by weights the policy no longer has
     d = cfg.data
     _log(f"seed {seed} {stage.label}: {d.episodes} closed-loop episodes per task of {policy} -> {root}")
     summary = metaworld.write_dataset(
         root, tasks=d.tasks, episodes_per_task=d.episodes, mode=d.mode, seed=d.seed, layout_seed=metaworld.DEMO_LAYOUT_SEED,
         images=d.images, image_size=d.image_size, policy=controllers_of(policy),
     )  # fmt: skip
+    write_text(record, json.dumps({"policy": policy, "weights_sha256": sha, **summary}, indent=2, default=float))
     _log(f"  {summary['frames']} states, {summary['episodes_failed']}/{summary['episodes_attempted']} episodes failed")
+    return True
 
 
 def generate_couplings(
@@ -342,12 +346,13 @@ def push_chain(cfg: PipelineConfig, out: Path, demos: Path, stages: list[tuple[S
         result = push_demonstrations(hub, demos, demonstrations_repo(cfg), private=cfg.push.private)
         _log(f"pushed the demonstrations -> {result.url}{'' if result.created else ' (unchanged)'}")
         couplings, states = couplings_repos(cfg, repos), states_repos(cfg, repos)
+        by_name = {stage.name: repo for (stage, _), repo in zip(stages, repos, strict=True)}
         for (stage, checkpoint), repo in zip(stages, repos, strict=True):
             actor = states_actor(cfg, stage)
             if actor is not None:  # its frames, before the couplings and the card that name them
                 folder = out / f"seed{seed}" / "states" / actor
-                result = push_demonstrations(hub, folder, states[actor], private=cfg.push.private,
-                                             commit_message=f"Upload the states the {actor} policy visits (LeRobotDataset)")  # fmt: skip
+                message = f"Upload the closed-loop states {by_name[actor]} visits (LeRobotDataset, failed episodes kept)"
+                result = push_demonstrations(hub, folder, states[actor], private=cfg.push.private, commit_message=message)
                 _log(f"pushed the {stage.label} training states -> {result.url}{'' if result.created else ' (unchanged)'}")
             if stage.name in couplings:  # before the stage (whose card names them), after its pushed teacher
                 folder = out / f"seed{seed}" / "couplings" / stage.name

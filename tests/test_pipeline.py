@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 from pathlib import Path
@@ -84,9 +85,12 @@ def test_each_stage_is_a_stock_checkpoint_with_lineage(tiny_run):
 def test_redistill_learns_at_the_distilled_students_closed_loop_states(tiny_run):
     """`redistill`: the 2-RF distilled student acts on the demonstrations' layouts (every episode kept), the 2-RF's
     couplings are made at those states, and a one-step student of the 2-RF is trained there at t = 1."""
-    out, _ = tiny_run
-    states = out / "seed0" / "states" / "2rf-distill"
+    out, stdout = tiny_run
+    states, student = out / "seed0" / "states" / "2rf-distill", out / "seed0" / "2rf-distill" / "pretrained_model"
+    assert f"closed-loop episodes per task of {student} -> {states}" in stdout  # the distilled student acted
     assert json.loads((states / "meta" / "info.json").read_text())["total_episodes"] == 12  # 6 per task, all kept
+    record = json.loads((states.parent / "2rf-distill.json").read_text())
+    assert record["weights_sha256"] == hashlib.sha256((student / "model.safetensors").read_bytes()).hexdigest()
     train = json.loads((out / "seed0" / "2rf-redistill" / "train_config.json").read_text())
     assert (train["stage"], train["dataset"]["root"]) == ("redistill", str(states))
     couplings = json.loads((out / "seed0" / "couplings" / "2rf-redistill" / "couplings.json").read_text())
@@ -94,6 +98,37 @@ def test_redistill_learns_at_the_distilled_students_closed_loop_states(tiny_run)
     assert Path(couplings["teacher"]).resolve() == (out / "seed0" / "2rf" / "pretrained_model").resolve()
     info = json.loads((out / "seed0" / "2rf-redistill" / "pretrained_model" / "reflow.json").read_text())
     assert (info["k"], info["distilled"], info["time_sampler"]) == (2, True, "fixed_t1")
+
+
+def test_closed_loop_states_are_made_again_for_other_weights(tiny_run, tmp_path):
+    """States are made once per policy weights: the same weights reuse them, a retrained policy's are made again."""
+    from hf_reflow.parsing import parse_pipeline_config
+    from hf_reflow.pipeline import chain, write_closed_loop_states
+
+    out, _ = tiny_run
+    cfg = parse_pipeline_config([f"--config={TINY}", "--data.tasks=[reach-v3]", "--data.episodes=1"])
+    stage, root = chain(cfg.stages)[3], tmp_path / "states" / "x"
+    first, second = (str(out / "seed0" / name / "pretrained_model") for name in ("2rf-distill", "2rf"))
+    assert write_closed_loop_states(cfg, first, root, 0, stage)
+    assert not write_closed_loop_states(cfg, first, root, 0, stage)  # the same weights: reused
+    assert write_closed_loop_states(cfg, second, root, 0, stage)  # other weights: made again
+    assert json.loads((tmp_path / "states" / "x.json").read_text())["policy"] == second
+
+
+def test_each_stage_knows_its_teacher_and_the_policy_whose_states_it_trains_at():
+    from hf_reflow.parsing import parse_pipeline_config
+    from hf_reflow.pipeline import chain, states_actor, states_repos
+
+    kinds = ["flow_matching", "reflow", "distill", "redistill", "reflow", "distill"]
+    stages = chain(kinds)
+    assert [(s.name, s.teacher) for s in stages] == [("1rf", None), ("2rf", "1rf"), ("2rf-distill", "2rf"),
+                                                     ("2rf-redistill", "2rf"), ("3rf", "2rf"), ("3rf-distill", "3rf")]  # fmt: skip
+    for states, expected in (("demonstrations", [None, None, None, "2rf-distill", None, None]),
+                             ("closed_loop", [None, "1rf", "2rf", "2rf-distill", "2rf", "3rf"])):  # fmt: skip
+        cfg = parse_pipeline_config([f"--config={TINY}", f"--stages=[{','.join(kinds)}]", f"--coupling_states={states}"])
+        assert [states_actor(cfg, s) for s in stages] == expected
+        repos = [f"you/mw-{s.name}" for s in stages]
+        assert states_repos(cfg, repos) == {a: f"you/mw-{a}-states" for a in sorted(set(expected) - {None})}
 
 
 def test_rerun_skips_finished_stages(tiny_run):

@@ -24,8 +24,9 @@ from hf_reflow.configs.fields import (
 from hf_reflow.errors import ConfigError
 from hf_reflow.policies.smolvlm import SmolVLMSize
 from hf_reflow.refs import is_repo_id
+from hf_reflow.stages import STAGES
 
-PIPELINE_STAGES = ("flow_matching", "reflow", "distill", "redistill", "shortcut", "meanflow")
+PIPELINE_STAGES = STAGES  # every stage kind has its recipe section
 VLM_DIR = "vlm"  # output_dir/vlm: the backbone `vlm.build` writes
 
 
@@ -107,7 +108,7 @@ class PipelinePushConfig:
     Space showing that chain; write access to every repo is checked before anything trains."""
 
     hub_model_id: str | None = option(None, "namespace/name the stage repos are named from (hub_repo_template); null: push nothing")
-    hub_repo_template: str = option("{hub_model_id}-{k}rf{suffix}", "repo name per stage, as train's: {hub_model_id}, {k}, {stage}, {suffix} (-distilled, -shortcut, -meanflow)")
+    hub_repo_template: str = option("{hub_model_id}-{k}rf{suffix}", "repo name per stage, as train's: {hub_model_id}, {k}, {stage}, {suffix} (-distilled, -redistilled, -shortcut, -meanflow)")
     space_id: str | None = option(None, "namespace/name of a Gradio Space showing the pushed chain; null: no Space")
     private: bool = option(False, "create the model repos and the Space private")
 
@@ -144,8 +145,8 @@ class PipelineConfig:
     """The whole k-RF chain. `stages` is the chain in order, e.g. [flow_matching, reflow, reflow, distill]
     for 1-RF -> 2-RF -> 3-RF -> distilled; each stage trains from the previous one as teacher.
 
-    `train` holds `TrainConfig` fields shared by every stage; `flow_matching`, `reflow` and `distill`
-    hold each stage's own fields on top (e.g. steps, optim.lr, flow.time_sampler).
+    `train` holds `TrainConfig` fields shared by every stage; each stage kind's section (`flow_matching`, `reflow`,
+    `distill`, `redistill`, `shortcut`, `meanflow`) holds that stage's own fields on top (e.g. steps, optim.lr, flow.time_sampler).
     """
 
     output_dir: str = option("outputs/metaworld", "where the data, every stage's run and the report go")
@@ -161,7 +162,7 @@ class PipelineConfig:
         "demonstrations",
         "the observations the teacher's couplings are made at: demonstrations (the dataset's frames) | closed_loop "
         "(the states the frozen teacher visits when it acts, on demonstration layouts: `data.episodes` rollouts "
-        "per task, failures kept)",
+        "per task, failures kept); a redistill stage always trains at its distilled student's states",
     )
     data: DemoConfig = option(help="the demonstrations", factory=DemoConfig)
     vlm: VLMConfig = option(help="a from-scratch SmolVLM backbone for a SmolVLA student (offline benchmarks)", factory=VLMConfig)

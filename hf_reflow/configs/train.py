@@ -312,7 +312,7 @@ class TrainConfig:
     resume: bool = option(False, "continue the run in output_dir from its newest checkpoint, bitwise as if uninterrupted")
     push_to_hub: bool = option(False, "push the final checkpoint + model card (access checked before training); = policy.push_to_hub")
     hub_model_id: str | None = option(None, "namespace/name; the repo is hub_repo_template's (= policy.repo_id: exactly this repo)")
-    hub_repo_template: str = option("{hub_model_id}-{k}rf{suffix}", "repo name per stage; may use {hub_model_id}, {k}, {stage}, {suffix} (-distilled)")
+    hub_repo_template: str = option("{hub_model_id}-{k}rf{suffix}", "repo name per stage; may use {hub_model_id}, {k}, {stage}, {suffix} (-distilled, -redistilled, ...)")
     hub_private: bool = option(False, "create the Hub repo private")
     hub_revision: str | None = option(None, "branch to push to (created if missing); null: main")
     hub_set_new_version: bool = option(False, "point the teacher's card to this stage with new_version")

@@ -266,8 +266,8 @@ def _what(info: dict[str, Any]) -> str:
     if stage == "distill":
         return "distilled from its teacher's ODE end points at t = 1 only (InstaFlow-style), for one-step sampling."
     if stage == "redistill":
-        return ("distilled from its teacher's ODE end points at t = 1 only, at the states a first distilled student of "
-                "the same teacher visits when it acts (its own near misses included), for one-step sampling.")
+        return ("distilled from its teacher's ODE end points at t = 1 only, at the frames of its dataset: in a pipeline, "
+                "the states a first distilled student of the same teacher visits when it acts (near misses included).")
     if stage == "shortcut":
         return ("a shortcut model (Frans et al. 2024) of its teacher: the teacher's flow plus a step-size input, trained "
                 "on its couplings so that one large step lands where two smaller ones do, for 1-2 step sampling.")
