@@ -4,7 +4,7 @@
 setup:
 	@bash scripts/setup.sh
 
-# The embedded default: multimodal Meta-World -> 1-RF -> 2-RF -> distilled -> redistilled, evaluated by step count.
+# The embedded default: multimodal Meta-World -> 1-RF -> 2-RF -> distilled, evaluated by step count.
 demo: setup
 	HF_HUB_OFFLINE=1 .venv/bin/hf-reflow pipeline --config_path=recipes/metaworld/default.yaml
 
