@@ -319,19 +319,24 @@ def demonstrations_repo(cfg: PipelineConfig) -> str:
     return f"{cfg.push.hub_model_id}-demos"
 
 
+def stage_repos(cfg: PipelineConfig, repos: list[str]) -> dict[str, str]:
+    """Stage folder name -> its model repo (`repos` is in chain order, as `check_push` returns it)."""
+    return {s.name: repo for s, repo in zip(chain(cfg.stages), repos, strict=True)}
+
+
 def couplings_repos(cfg: PipelineConfig, repos: list[str]) -> dict[str, str]:
     """Stage folder name -> the Hub dataset its stored couplings are pushed to (`{stage repo}-couplings`)."""
     if cfg.num_couplings <= 0:
         return {}
-    return {s.name: f"{repo}-couplings" for s, repo in zip(chain(cfg.stages), repos, strict=True) if s.kind != "flow_matching"}
+    by_name = stage_repos(cfg, repos)
+    return {s.name: f"{by_name[s.name]}-couplings" for s in chain(cfg.stages) if s.kind != "flow_matching"}
 
 
 def states_repos(cfg: PipelineConfig, repos: list[str]) -> dict[str, str]:
     """States folder (its actor's stage folder) -> the Hub dataset those closed-loop states are pushed to,
     `{actor's repo}-states` (e.g. `you/mw-2rf-distilled-states`: where the distilled student went)."""
-    stages = chain(cfg.stages)
-    by_name = {s.name: repo for s, repo in zip(stages, repos, strict=True)}
-    actors = {states_actor(cfg, s) for s in stages} - {None}
+    by_name = stage_repos(cfg, repos)
+    actors = {states_actor(cfg, s) for s in chain(cfg.stages)} - {None}
     return {actor: f"{by_name[actor]}-states" for actor in sorted(actors)}
 
 
@@ -346,7 +351,7 @@ def push_chain(cfg: PipelineConfig, out: Path, demos: Path, stages: list[tuple[S
         result = push_demonstrations(hub, demos, demonstrations_repo(cfg), private=cfg.push.private)
         _log(f"pushed the demonstrations -> {result.url}{'' if result.created else ' (unchanged)'}")
         couplings, states = couplings_repos(cfg, repos), states_repos(cfg, repos)
-        by_name = {stage.name: repo for (stage, _), repo in zip(stages, repos, strict=True)}
+        by_name = stage_repos(cfg, repos)
         for (stage, checkpoint), repo in zip(stages, repos, strict=True):
             actor = states_actor(cfg, stage)
             if actor is not None:  # its frames, before the couplings and the card that name them

@@ -85,8 +85,8 @@ def test_eval_runs_a_closed_loop_vla_episode_and_stock_lerobot_loads_the_2rf(vla
      (["--data.image_size=48"], "data.image_size=64"),
      (["--vlm.size.image_size=60"], "must be a multiple of patch_size"),
      (["--vlm.size.text_heads=3"], "text_hidden must be a multiple of text_heads"),
-     (["--coupling_states=closed_loop"], "cannot serve a policy that reads images"),
-     (["--stages=[flow_matching,reflow,distill,redistill]"], "drop redistill from stages")],
+     (["--coupling_states=closed_loop"], "states of coupling_states=closed_loop come from rollouts without a camera"),
+     (["--stages=[flow_matching,reflow,distill,redistill]"], "states of a redistill stage come from rollouts without a camera")],
 )  # fmt: skip
 def test_bad_vla_settings_fail_at_parse_time(args, message):
     from hf_reflow.parsing import parse_pipeline_config

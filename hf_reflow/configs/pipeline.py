@@ -195,15 +195,12 @@ class PipelineConfig:
         self._check_vlm()
 
     def _check_vlm(self) -> None:
-        if self.data.images and self.coupling_states == "closed_loop":
+        rollouts = [what for what, on in (("coupling_states=closed_loop", self.coupling_states == "closed_loop"),
+                                          ("a redistill stage", "redistill" in self.stages)) if on]  # fmt: skip
+        if self.data.images and rollouts:  # the rollouts' states hold no camera frame
             raise ConfigError(
-                "coupling_states=closed_loop rolls the teacher out without a camera, so it cannot serve a policy "
-                "that reads images (data.images=true); use coupling_states=demonstrations."
-            )
-        if self.data.images and "redistill" in self.stages:
-            raise ConfigError(
-                "a redistill stage rolls the distilled student out without a camera, so it cannot serve a policy "
-                "that reads images (data.images=true); drop redistill from stages."
+                f"the states of {' and '.join(rollouts)} come from rollouts without a camera, so they cannot serve a "
+                "policy that reads images (data.images=true); use coupling_states=demonstrations and drop redistill from stages."
             )
         if not self.vlm.build:
             return
