@@ -111,7 +111,7 @@ def _dataset_metaworld(args: list[str]) -> int:
     policy = controllers_of(cfg.policy_path) if cfg.policy_path else None  # loaded and checked before any rollout
     summary = metaworld.write_dataset(
         cfg.root, tasks=cfg.tasks, episodes_per_task=cfg.episodes, mode=cfg.mode, seed=cfg.seed,
-        layout_seed=metaworld.DEMO_LAYOUT_SEED if cfg.layout == "demo" else metaworld.EVAL_LAYOUT_SEED,
+        layout_seed=metaworld.DEMO_LAYOUT_SEED if cfg.layout == "demo" else metaworld.EVAL_LAYOUT_SEED, layout_sets=cfg.layout_sets,
         images=cfg.images, image_size=cfg.image_size, repo_id=cfg.repo_id, policy=policy, hold_steps=cfg.hold_steps,
         expert_aim=cfg.expert_aim,
     )  # fmt: skip

@@ -47,7 +47,7 @@ from hf_reflow.training.trainer import ReflowTrainer
 
 # Recipe sections whose change makes an existing run a different run (eval settings may change freely,
 # seeds and stages may be extended: finished ones are reused).
-_RUN_DEFINING = ("data", "vlm", "train", *PIPELINE_STAGES, "num_couplings", "coupling_states")
+_RUN_DEFINING = ("data", "vlm", "train", *PIPELINE_STAGES, "num_couplings", "coupling_states", "rollout_layout_sets")
 
 
 @dataclass(frozen=True)
@@ -224,7 +224,7 @@ def states_actor(cfg: PipelineConfig, stage: Stage) -> str | None:
 def write_closed_loop_states(cfg: PipelineConfig, policy: str, root: Path, seed: int, stage: Stage) -> bool:
     """The states the frozen `policy` (a teacher, or a distilled student for `redistill`) visits acting in closed
     loop (at its saved step count, paired noise per episode and chunk) on the demonstrations' layouts and episode
-    seeds, every episode kept. Made once per policy weights (`<root>.json` records them; states another version of
+    seeds (then the same number on each further training layout set, `rollout_layout_sets`), every episode kept. Made once per policy weights (`<root>.json` records them; states another version of
     the policy visited are made again); returns whether they were made now."""
     from hf_reflow.envs import metaworld  # Meta-World is an optional extra
 
@@ -233,11 +233,12 @@ def write_closed_loop_states(cfg: PipelineConfig, policy: str, root: Path, seed:
         return False
     remove_partial_datasets(root.parent)
     shutil.rmtree(root, ignore_errors=True)  # interrupted, or visited by weights the policy no longer has
-    d = cfg.data
-    _log(f"seed {seed} {stage.label}: {d.episodes} closed-loop episodes per task of {policy} -> {root}")
+    d, sets = cfg.data, cfg.rollout_layout_sets
+    _log(f"seed {seed} {stage.label}: {d.episodes} closed-loop episodes per task{f' on each of {sets} layout sets' if sets > 1 else ''}"
+         f" of {policy} -> {root}")  # fmt: skip
     summary = metaworld.write_dataset(
         root, tasks=d.tasks, episodes_per_task=d.episodes, mode=d.mode, seed=d.seed, layout_seed=metaworld.DEMO_LAYOUT_SEED,
-        images=d.images, image_size=d.image_size, policy=controllers_of(policy),
+        layout_sets=sets, images=d.images, image_size=d.image_size, policy=controllers_of(policy),
     )  # fmt: skip
     write_text(record, json.dumps({"policy": policy, "weights_sha256": sha, **summary}, indent=2, default=float))
     _log(f"  {summary['frames']} states, {summary['episodes_failed']}/{summary['episodes_attempted']} episodes failed")

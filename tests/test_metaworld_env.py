@@ -237,6 +237,27 @@ def test_write_dataset_round_trips(tmp_path):
     assert int(frame["detour_side"]) == mw.rollout_expert("reach-v3", 0).side
 
 
+def test_write_dataset_rolls_out_on_several_layout_sets(tmp_path):
+    """layout_sets: set j's episodes on MT1 layout set `layout_seed + j`, their episode seeds going on from set
+    j - 1's; a range that reaches the evaluation set is refused before anything is rolled out."""
+    from lerobot.datasets.lerobot_dataset import LeRobotDataset
+
+    summary = mw.write_dataset(tmp_path / "two", tasks=["reach-v3"], episodes_per_task=2, layout_sets=2)
+    assert (summary["episodes_attempted"], summary["episodes_written"], summary["layout_sets"]) == (4, 4, 2)
+    frames = LeRobotDataset(mw.DEFAULT_REPO_ID, root=tmp_path / "two").hf_dataset
+    episodes, seeds = [int(e) for e in frames["episode_index"]], [int(s) for s in frames["episode_seed"]]
+    assert sorted(set(seeds)) == [0, 1, 2, 3]
+    third = episodes.index(2)  # episode seed 2: the first of layout set 1
+    first_state = np.asarray(frames[third]["observation.state"])
+    np.testing.assert_allclose(first_state, mw.rollout_expert("reach-v3", seeds[third], layout_seed=1).states[0], atol=1e-5)
+    assert not np.allclose(first_state, mw.rollout_expert("reach-v3", seeds[third]).states[0], atol=1e-3)
+    with pytest.raises(ValueError, match="include the evaluation set"):
+        mw.write_dataset(tmp_path / "x", tasks=["reach-v3"], episodes_per_task=1, layout_seed=999, layout_sets=2)
+    with pytest.raises(ValueError, match="layout_sets"):
+        mw.write_dataset(tmp_path / "y", tasks=["reach-v3"], episodes_per_task=1, layout_sets=0)
+    assert not (tmp_path / "x").exists() and not (tmp_path / "y").exists()
+
+
 def test_write_dataset_with_images(tmp_path):
     with mw.make_env("reach-v3", image_size=64) as env:
         env.reset(0)

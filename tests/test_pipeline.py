@@ -32,7 +32,7 @@ SUMMARY_COLUMNS = {
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory) -> tuple[Path, str]:
     out = tmp_path_factory.mktemp("pipeline") / "run"
-    result = run_cli("pipeline", f"--config={TINY}", f"--output_dir={out}", timeout=600)
+    result = run_cli("pipeline", f"--config={TINY}", f"--output_dir={out}", "--rollout_layout_sets=2", timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     return out, result.stdout
 
@@ -83,13 +83,15 @@ def test_each_stage_is_a_stock_checkpoint_with_lineage(tiny_run):
 
 
 def test_redistill_learns_at_the_distilled_students_closed_loop_states(tiny_run):
-    """`redistill`: the 2-RF distilled student acts on the demonstrations' layouts (every episode kept), the 2-RF's
-    couplings are made at those states, and a one-step student of the 2-RF is trained there at t = 1."""
+    """`redistill`: the 2-RF distilled student acts on the demonstrations' layouts and, with `rollout_layout_sets=2`,
+    as often on the next training layout set (every episode kept); the 2-RF's couplings are made at those states,
+    and a one-step student of the 2-RF is trained there at t = 1."""
     out, stdout = tiny_run
     states, student = out / "seed0" / "states" / "2rf-distill", out / "seed0" / "2rf-distill" / "pretrained_model"
-    assert f"closed-loop episodes per task of {student} -> {states}" in stdout  # the distilled student acted
-    assert json.loads((states / "meta" / "info.json").read_text())["total_episodes"] == 12  # 6 per task, all kept
+    assert f"episodes per task on each of 2 layout sets of {student} -> {states}" in stdout  # the student acted
+    assert json.loads((states / "meta" / "info.json").read_text())["total_episodes"] == 24  # 6 per task and set, all kept
     record = json.loads((states.parent / "2rf-distill.json").read_text())
+    assert (record["layout_seed"], record["layout_sets"], record["episodes_attempted"]) == (0, 2, 24)
     assert record["weights_sha256"] == hashlib.sha256((student / "model.safetensors").read_bytes()).hexdigest()
     train = json.loads((out / "seed0" / "2rf-redistill" / "train_config.json").read_text())
     assert (train["stage"], train["dataset"]["root"]) == ("redistill", str(states))
@@ -310,6 +312,8 @@ def test_expert_through_the_eval_path_reproduces_its_success():
         (["--stages=[flow_matching,reflow,redistill]"], "put a distill stage before it"),
         (["--reflow.no_such_key=1"], "stage reflow: unknown config key(s) no_such_key"),
         (["--eval.num_steps=[0]"], "eval.num_steps"),
+        (["--rollout_layout_sets=0"], "rollout_layout_sets must be >= 1"),
+        (["--rollout_layout_sets=65"], "rollout_layout_sets"),
     ],
 )
 def test_pipeline_bad_input(tmp_path, args, message):
@@ -340,6 +344,12 @@ def test_dataset_metaworld_cli(tmp_path):
     assert dataset.num_episodes == 2 and dataset[0]["observation.state"].shape == (41,)
     bad = run_cli("dataset", "metaworld", "--tasks=fly-v3", f"--root={tmp_path / 'x'}")
     assert bad.returncode == 2 and "Valid names" in bad.stderr
+    two = run_cli("dataset", "metaworld", "--tasks=reach-v3", "--episodes=1", "--layout_sets=2", f"--root={tmp_path / 'two'}")
+    assert two.returncode == 0 and "2/2 episodes" in two.stdout, two.stderr[-2000:]  # one per layout set
+    for args, message in [(["--layout=eval", "--layout_sets=2"], "layout=eval is one layout set"),
+                          (["--layout_sets=0"], "layout_sets must be >= 1")]:  # fmt: skip
+        bad = run_cli("dataset", "metaworld", *args, f"--root={tmp_path / 'y'}")
+        assert bad.returncode == 2 and message in bad.stderr and "Traceback" not in bad.stderr, bad.stderr[-2000:]
 
 
 @pytest.mark.parametrize("recipe", sorted((REPO / "recipes" / "metaworld").glob("*.yaml")), ids=lambda p: p.name)

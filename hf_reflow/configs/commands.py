@@ -8,6 +8,7 @@ from typing import ClassVar
 
 from hf_reflow.configs.fields import (
     MAX_COUNT,
+    at_least,
     at_most,
     check_choice,
     check_new_folder,
@@ -84,6 +85,10 @@ class MetaWorldDataConfig(DemoSettings):
     root: str | None = option(None, "folder to write the dataset into (required)")
     repo_id: str = option("local/metaworld", "dataset repo id written into its metadata")
     layout: str = option("demo", "demo (training layouts) | eval (held-out layouts)")
+    layout_sets: int = option(
+        1, "demo layouts only: roll out `episodes` per task on each of this many Meta-World layout sets (MT1 seeds 0, "
+        "the demonstrations', to N-1; 50 layouts per set and task), e.g. a teacher's closed-loop states on more layouts"
+    )
     policy_path: str | None = option(
         None, "roll out this checkpoint (local or Hub id) instead of the expert, keeping every episode: the states "
         "a frozen teacher visits in closed loop, for reflow couplings (`hf-reflow couplings generate` on them)"
@@ -95,6 +100,10 @@ class MetaWorldDataConfig(DemoSettings):
             raise ConfigError("--root is required: the folder to write the dataset into.")
         check_new_folder("--root", self.root)
         check_choice("layout", self.layout, ("demo", "eval"), " (demo: training layouts, eval: held-out layouts)")
+        at_least("layout_sets", self.layout_sets, 1)
+        if self.layout == "eval" and self.layout_sets != 1:
+            raise ConfigError(f"layout=eval is one layout set (the evaluation layouts), got layout_sets={self.layout_sets}; "
+                              "use layout_sets=1, or layout=demo for more training layouts.")  # fmt: skip
 
 
 @dataclass

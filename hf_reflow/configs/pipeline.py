@@ -30,6 +30,9 @@ PIPELINE_STAGES = STAGES  # every stage kind has its recipe section
 VLM_DIR = "vlm"  # output_dir/vlm: the backbone `vlm.build` writes
 
 
+MAX_LAYOUT_SETS = 64  # `rollout_layout_sets`: far below the evaluation set's MT1 seed (1000)
+
+
 @dataclass
 class DemoSettings:
     """Meta-World expert demonstrations, as `hf-reflow dataset metaworld` and the pipeline write them."""
@@ -164,6 +167,12 @@ class PipelineConfig:
         "(the states the frozen teacher visits when it acts, on demonstration layouts: `data.episodes` rollouts "
         "per task, failures kept); a redistill stage always trains at its distilled student's states",
     )
+    rollout_layout_sets: int = option(
+        1,
+        "closed-loop states (coupling_states=closed_loop, redistill) are rolled out on this many Meta-World layout "
+        "sets, `data.episodes` per task on each: MT1 seeds 0 (the demonstrations' 50 layouts per task) to N-1, never "
+        "the evaluation set; more layouts to learn the teacher on, one more rollout of every episode per set",
+    )
     data: DemoConfig = option(help="the demonstrations", factory=DemoConfig)
     vlm: VLMConfig = option(help="a from-scratch SmolVLM backbone for a SmolVLA student (offline benchmarks)", factory=VLMConfig)
     eval: EvalConfig = option(help="evaluation of every stage", factory=EvalConfig)
@@ -192,6 +201,8 @@ class PipelineConfig:
             raise ConfigError("seeds must list at least one training seed, e.g. [0] or [0, 1, 2].")
         for seed in self.seeds:
             at_least("each of seeds", seed, 0)
+        at_least("rollout_layout_sets", self.rollout_layout_sets, 1)
+        at_most("rollout_layout_sets", self.rollout_layout_sets, MAX_LAYOUT_SETS, " (each set is one more rollout of every episode)")
         self._check_vlm()
 
     def _check_vlm(self) -> None:

@@ -23,6 +23,7 @@ from hf_reflow.envs.metaworld.tasks import (
     DEFAULT_REPO_ID,
     DEMO_LAYOUT_SEED,
     EPISODE_SEED_STRIDE,
+    EVAL_LAYOUT_SEED,
     IMAGE_KEY,
     MAX_ENV_STEPS,
     OBS_DIM,
@@ -56,6 +57,7 @@ class WriteSpec:
     mode: Mode
     seed: int
     layout_seed: int
+    layout_sets: int
     max_steps: int | None
     fps: int
     images: bool
@@ -80,6 +82,13 @@ class WriteSpec:
         check_int("episodes_per_task", self.episodes_per_task, low=1, high=EPISODE_SEED_STRIDE - 1)
         check_int("seed", self.seed, low=0)
         check_int("layout_seed", self.layout_seed, low=0)
+        check_int("layout_sets", self.layout_sets, low=1, high=(EPISODE_SEED_STRIDE - 1) // self.episodes_per_task)
+        last = self.layout_seed + self.layout_sets - 1
+        if self.layout_sets > 1 and self.layout_seed <= EVAL_LAYOUT_SEED <= last:
+            raise ConfigError(
+                f"layout sets {self.layout_seed}..{last} include the evaluation set ({EVAL_LAYOUT_SEED}), which no "
+                f"training data may use; start below it with fewer sets (at most {EVAL_LAYOUT_SEED - self.layout_seed})."
+            )
         if self.max_steps is not None:
             check_int("max_steps", self.max_steps, low=1, high=MAX_ENV_STEPS)
         check_int("fps", self.fps, low=1)
@@ -112,6 +121,7 @@ def write_dataset(
     mode: Mode = "multimodal",
     seed: int = 0,
     layout_seed: int = DEMO_LAYOUT_SEED,
+    layout_sets: int = 1,
     max_steps: int | None = None,
     fps: int = DEFAULT_FPS,
     images: bool = False,
@@ -130,7 +140,7 @@ def write_dataset(
     when it exists, is called before each episode (paired noise), `reset()` too.
 
     Episode i of a task uses episode seed `seed * EPISODE_SEED_STRIDE + i`, so datasets are
-    reproducible. Failed episodes (collision or step limit) are dropped and counted. The dataset is
+    reproducible; with several layout sets, set j's episodes come after set j-1's (`i` counts on). Failed episodes (collision or step limit) are dropped and counted. The dataset is
     written to a hidden folder beside `root` and renamed into place at the end, so a crash leaves
     nothing half-written at `root`.
 
@@ -141,6 +151,8 @@ def write_dataset(
         mode: "multimodal" or "scripted".
         seed: run seed for the episode seeds (>= 0).
         layout_seed: MT1 layout set; keep the default for demonstrations.
+        layout_sets: roll out `episodes_per_task` on each of this many MT1 layout sets, `layout_seed` and the
+            next ones (50 layouts per set and task): more layouts for closed-loop states. Never the evaluation set.
         max_steps: per-episode step limit; None = each task's `default_max_steps(task)`.
         fps: dataset frame rate (Meta-World runs at 80 Hz).
         images: also store a rendered `observation.images.corner` per frame.
@@ -163,6 +175,7 @@ def write_dataset(
         mode=mode,
         seed=seed,
         layout_seed=layout_seed,
+        layout_sets=layout_sets,
         max_steps=max_steps,
         fps=fps,
         images=images,
@@ -237,42 +250,49 @@ def _check_something_written(per_task: dict[str, dict[str, Any]], spec: WriteSpe
 
 
 def _write_task(dataset: Any, task: str, spec: WriteSpec) -> dict[str, Any]:
-    """Roll out and write one task's episodes (the expert's successful ones, or all of `spec.policy`'s).
+    """Roll out and write one task's episodes (the expert's successful ones, or all of `spec.policy`'s), on each
+    of its layout sets in turn.
 
     Returns:
         The task's counts: attempted, written, failures, frames, sides, closest approach, seconds, max_steps.
     """
     max_steps = default_max_steps(task) if spec.max_steps is None else spec.max_steps
-    # A policy's episodes end at their first success, as in evaluation: only the expert holds on.
-    hold_steps = spec.hold_steps if spec.policy is None else 0
-    env = make_env(
-        task,
-        layout_seed=spec.layout_seed,
-        mode=spec.mode,
-        max_steps=max_steps,
-        image_size=spec.image_size,
-        hold_steps=hold_steps,
-        expert_aim=spec.expert_aim,
-    )
     prompt = task_prompt(task, spec.mode)
-    stats = _new_stats(spec.episodes_per_task, max_steps)
-    try:
-        select = spec.policy(task, prompt) if spec.policy is not None else None
-        for i in range(spec.episodes_per_task):
-            seed = spec.seed * EPISODE_SEED_STRIDE + i
-            ep = _episode(env, select, seed, max_steps=max_steps, images=spec.images)
-            stats["seconds"] += ep.seconds
-            if spec.log is not None:
-                spec.log(_episode_line(task, i, ep))
-            if not ep.success:
-                stats["collided" if ep.collided else "timed_out"] += 1
-                if select is None:  # an expert's failure is dropped; a policy's visited states are the point
-                    continue
-            _add_episode(dataset, ep, prompt)
-            _count_written(stats, ep, spec.mode)
-    finally:
-        env.close()
+    stats = _new_stats(spec.episodes_per_task * spec.layout_sets, max_steps)
+    select = spec.policy(task, prompt) if spec.policy is not None else None
+    for j in range(spec.layout_sets):
+        env = make_env(
+            task,
+            layout_seed=spec.layout_seed + j,
+            mode=spec.mode,
+            max_steps=max_steps,
+            image_size=spec.image_size,
+            # A policy's episodes end at their first success, as in evaluation: only the expert holds on.
+            hold_steps=spec.hold_steps if select is None else 0,
+            expert_aim=spec.expert_aim,
+        )
+        try:
+            first = j * spec.episodes_per_task  # set j's episodes come after set j - 1's: every seed its own
+            for i in range(first, first + spec.episodes_per_task):
+                _write_episode(dataset, env, select, spec.seed * EPISODE_SEED_STRIDE + i, i, prompt, spec, stats)
+        finally:
+            env.close()
     return stats
+
+
+def _write_episode(dataset: Any, env: MetaWorldEnv, select: Any, seed: int, index: int, prompt: str,
+                   spec: WriteSpec, stats: dict[str, Any]) -> None:  # fmt: skip
+    """Roll out one episode and write it (an expert's only when it succeeded), counting it in `stats`."""
+    ep = _episode(env, select, seed, max_steps=env.max_steps, images=spec.images)
+    stats["seconds"] += ep.seconds
+    if spec.log is not None:
+        spec.log(_episode_line(env.task, index, ep))
+    if not ep.success:
+        stats["collided" if ep.collided else "timed_out"] += 1
+        if select is None:  # an expert's failure is dropped; a policy's visited states are the point
+            return
+    _add_episode(dataset, ep, prompt)
+    _count_written(stats, ep, spec.mode)
 
 
 def _new_stats(episodes: int, max_steps: int) -> dict[str, Any]:
@@ -353,6 +373,7 @@ def _summary(
         "fps": spec.fps,
         "seed": spec.seed,
         "layout_seed": spec.layout_seed,
+        "layout_sets": spec.layout_sets,
         "max_steps": spec.max_steps,
         "images": spec.images,
         "episodes_attempted": total("attempted"),
