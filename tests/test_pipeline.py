@@ -439,3 +439,20 @@ def test_compare_runs_script_pairs_two_runs_cell_by_cell(tiny_run):
     flags[0] = not flags[0]  # one of the 2 episodes (1 per task) flips: +-50 points
     moved = [line for line in compare(base, changed) if "| +0.0 (+0.0, +0.0) |" not in line][2:]
     assert len(moved) == 1 and moved[0].startswith("| 2-RF | 1 |") and ("+50.0" in moved[0] or "-50.0" in moved[0])
+
+
+def test_student_gap_script_compares_students_with_their_teacher_on_each_set(tiny_run):
+    """scripts/student_gap.py (docs/results.md's generalisation diagnostic): one row per set of observations (the
+    demonstrations, each closed-loop states folder, the held-out frames); the teacher taken as its own student at
+    its saved 2 steps is exactly the teacher @ 2 column."""
+    import runpy
+
+    gap_table = runpy.run_path(str(REPO / "scripts" / "student_gap.py"))["gap_table"]
+    out, _ = tiny_run
+    lines = gap_table(out, "2rf", ["2rf-distill", "2rf"], [0], num_samples=16)
+    assert lines[0] == "| seed | observations | teacher @ 1 | teacher @ 2 | 2rf-distill | 2rf |"
+    assert [line.split(" | ")[1] for line in lines[2:]] == ["demonstrations", "states of 2rf-distill",
+                                                             "held-out (evaluation layouts)"]  # fmt: skip
+    for line in lines[2:]:
+        one, two, student, itself = (float(v) for v in line.strip("| ").split(" | ")[2:])
+        assert itself == pytest.approx(two, rel=1e-5) and min(one, two, student) >= 0.0

@@ -1,0 +1,77 @@
+"""How well one-step students follow their teacher where they were taught and where they were not.
+
+For each training seed of a pipeline run, every student's chunk at its own step count is compared with its
+teacher's chunk at 10 steps from the same noise (mean squared error, normalised action space), on three sets of
+observations: the demonstrations' frames (where `distill` is taught), each closed-loop states folder of the run
+(`seed<s>/states/<policy>`: where `redistill` is taught, the layouts of the demonstrations and, with
+`rollout_layout_sets`, more) and the held-out expert frames on evaluation layouts (where nothing is taught):
+
+    python scripts/student_gap.py RUN --teacher=2rf --students 2rf-distill 2rf-redistill [--seeds 0 1 2]
+
+A student whose held-out error is well above its error on the frames it was taught on generalises poorly
+from them (docs/results.md: the distilled student's is ~2.3x). The teacher at 1 and 2 steps is printed beside
+it, as what a few-step sampler of the same flow achieves.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import torch
+
+from hf_reflow.artifacts.checkpoints import load_checkpoint
+from hf_reflow.configs.train import DatasetConfig
+from hf_reflow.data import make_dataset
+from hf_reflow.evaluation.offline import REFERENCE_STEPS, observation_batch
+from hf_reflow.policies.base import sample_policy
+from hf_reflow.sampling import seeded_noise
+
+
+def chunk_errors(teacher, students: dict[str, object], root: Path, num_samples: int, seed: int) -> dict[str, float]:
+    """MSE vs the teacher's 10-step chunk on `num_samples` frames of the dataset at `root`: the teacher at 1 and 2
+    steps, then each student at its own step count (all from one noise tensor)."""
+    dataset = make_dataset(DatasetConfig(root=str(root), in_memory="never"), teacher.config)
+    raw = observation_batch(dataset, min(num_samples, len(dataset)), seed)
+    batch = teacher.preprocessor(raw)
+    action, _ = teacher.adapter.action_target(batch)
+    noise = seeded_noise((action.shape[0], *teacher.adapter.action_shape), seed + 1).to(action)
+    reference = sample_policy(teacher.adapter, batch, noise, num_steps=REFERENCE_STEPS).action  # (B, chunk, dim)
+    errors = {f"teacher @ {n}": sample_policy(teacher.adapter, batch, noise, num_steps=n).action for n in (1, 2)}
+    for name, student in students.items():
+        errors[name] = sample_policy(student.adapter, student.preprocessor(raw), noise, num_steps=student.adapter.num_steps).action
+    return {name: float((chunk - reference).pow(2).mean()) for name, chunk in errors.items()}
+
+
+def gap_table(run: Path, teacher: str, students: list[str], seeds: list[int], num_samples: int = 1024) -> list[str]:
+    """Markdown lines: one row per seed and set of observations, one column per policy."""
+    lines = []
+    for seed in seeds:
+        folder = run / f"seed{seed}"
+        loaded = load_checkpoint(str(folder / teacher / "pretrained_model"))
+        mine = {name: load_checkpoint(str(folder / name / "pretrained_model")) for name in students}
+        sets = {"demonstrations": run / "data" / "demos"}
+        sets |= {f"states of {p.name}": p for p in sorted((folder / "states").glob("*")) if (p / "meta").is_dir()}
+        sets["held-out (evaluation layouts)"] = run / "data" / "heldout"
+        for label, root in sets.items():
+            errors = chunk_errors(loaded, mine, root, num_samples, seed=7)
+            if not lines:
+                lines += ["| seed | observations | " + " | ".join(errors) + " |", "|---|---|" + "---|" * len(errors)]
+            lines.append(f"| {seed} | {label} | " + " | ".join(f"{v:.5f}" for v in errors.values()) + " |")
+    return lines
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("run", type=Path, help="a pipeline run's output_dir")
+    parser.add_argument("--teacher", default="2rf", help="the students' teacher's folder in each seed (2rf)")
+    parser.add_argument("--students", nargs="+", default=["2rf-distill"], help="student folders in each seed")
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0], help="training seeds")
+    parser.add_argument("--num-samples", type=int, default=1024, help="observations per set")
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    print("\n".join(gap_table(args.run, args.teacher, args.students, args.seeds, args.num_samples)))
+
+
+if __name__ == "__main__":
+    main()
