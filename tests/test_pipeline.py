@@ -449,7 +449,7 @@ def test_student_gap_script_compares_students_with_their_teacher_on_each_set(tin
 
     gap_table = runpy.run_path(str(REPO / "scripts" / "student_gap.py"))["gap_table"]
     out, _ = tiny_run
-    lines = gap_table(out, "2rf", ["2rf-distill", "2rf"], [0], num_samples=16)
+    lines = gap_table(out, "2rf", ["2rf-distill", "2rf"], [0], num_samples=16, draws=2)
     assert lines[0] == "| seed | observations | teacher @ 1 | teacher @ 2 | 2rf-distill | 2rf |"
     assert [line.split(" | ")[1] for line in lines[2:]] == ["demonstrations", "states of 2rf-distill",
                                                              "held-out (evaluation layouts)"]  # fmt: skip
