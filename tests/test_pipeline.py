@@ -137,7 +137,7 @@ def test_rerun_skips_finished_stages(tiny_run):
     out, _ = tiny_run
     weights = sorted(out.glob("seed0/*/pretrained_model/model.safetensors"))
     before = [p.stat().st_mtime_ns for p in weights]
-    result = run_cli("pipeline", f"--config={TINY}", f"--output_dir={out}", "--eval.workers=1")
+    result = run_cli("pipeline", f"--config={TINY}", f"--output_dir={out}", "--rollout_layout_sets=2", "--eval.workers=1")
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.count("finished, skipping") == 6  # every stage of the tiny chain
     assert "reusing it" in result.stdout and "closed loop" not in result.stdout  # eval cached too
@@ -146,14 +146,16 @@ def test_rerun_skips_finished_stages(tiny_run):
 
 def test_a_different_recipe_in_the_same_dir_is_refused(tiny_run):
     out, _ = tiny_run
-    result = run_cli("pipeline", f"--config={TINY}", f"--output_dir={out}", "--flow_matching.steps=41")
+    result = run_cli("pipeline", f"--config={TINY}", f"--output_dir={out}", "--rollout_layout_sets=2", "--flow_matching.steps=41")
     assert result.returncode == 2
     assert (
         "different recipe" in result.stderr
-        and "flow_matching" in result.stderr
+        and "differs in flow_matching)" in result.stderr
         and "--force" in result.stderr
     )
     assert "Traceback" not in result.stderr
+    other_states = run_cli("pipeline", f"--config={TINY}", f"--output_dir={out}")  # rollout_layout_sets 1, not 2
+    assert other_states.returncode == 2 and "differs in rollout_layout_sets)" in other_states.stderr
 
 
 def test_eval_cli_runs_metaworld_closed_loop(tiny_run, tmp_path):
