@@ -224,8 +224,9 @@ def states_actor(cfg: PipelineConfig, stage: Stage) -> str | None:
 def write_closed_loop_states(cfg: PipelineConfig, policy: str, root: Path, seed: int, stage: Stage) -> bool:
     """The states the frozen `policy` (a teacher, or a distilled student for `redistill`) visits acting in closed
     loop (at its saved step count, paired noise per episode and chunk) on the demonstrations' layouts and episode
-    seeds (then the same number on each further training layout set, `rollout_layout_sets`), every episode kept. Made once per policy weights (`<root>.json` records them; states another version of
-    the policy visited are made again); returns whether they were made now."""
+    seeds (then as many on each further training layout set, `rollout_layout_sets`), every episode kept. Made once
+    per policy weights (`<root>.json` records them; states another version of the policy visited are made again);
+    returns whether they were made now."""
     from hf_reflow.envs import metaworld  # Meta-World is an optional extra
 
     record, sha = root.parent / f"{root.name}.json", weights_sha256(policy)

@@ -28,8 +28,6 @@ from hf_reflow.stages import STAGES
 
 PIPELINE_STAGES = STAGES  # every stage kind has its recipe section
 VLM_DIR = "vlm"  # output_dir/vlm: the backbone `vlm.build` writes
-
-
 MAX_LAYOUT_SETS = 64  # `rollout_layout_sets`: far below the evaluation set's MT1 seed (1000)
 
 

@@ -140,9 +140,10 @@ def write_dataset(
     when it exists, is called before each episode (paired noise), `reset()` too.
 
     Episode i of a task uses episode seed `seed * EPISODE_SEED_STRIDE + i`, so datasets are
-    reproducible; with several layout sets, set j's episodes come after set j-1's (`i` counts on). Failed episodes (collision or step limit) are dropped and counted. The dataset is
-    written to a hidden folder beside `root` and renamed into place at the end, so a crash leaves
-    nothing half-written at `root`.
+    reproducible; with several layout sets, set j's episodes come after set j-1's (`i` counts on).
+    Failed episodes (collision or step limit) are dropped and counted. The dataset is written to a
+    hidden folder beside `root` and renamed into place at the end, so a crash leaves nothing
+    half-written at `root`.
 
     Args:
         root: output folder; must not exist or be empty.
