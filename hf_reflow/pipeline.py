@@ -259,8 +259,9 @@ def generate_couplings(
 
 ONE_SEED_NOTE = (
     "One training seed: these numbers show this run, not the recipe. Seed-to-seed spread is several points, "
-    "so a single seed can rank two stages either way; the 3-seed paired tables are in docs/results.md (run "
-    "them with --seeds=[0,1,2])."
+    "so a single seed can rank two stages either way, and one seed's interval can touch the 'equal' line "
+    "by chance; the paired tables over 3 and 6 seeds are in docs/results.md (run yours with --seeds=[0,1,2] "
+    "or more)."
 )
 
 

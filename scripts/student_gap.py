@@ -11,6 +11,11 @@ observations: the demonstrations' frames (where `distill` is taught), each close
 A student whose held-out error is well above its error on the frames it was taught on generalises poorly
 from them (docs/results.md). The teacher at 1 and 2 steps is printed beside
 it, as what a few-step sampler of the same flow achieves.
+
+`--spread` prints a second table: how much each policy's chunk at one observation varies with the noise (the
+standard deviation over noise draws, averaged over frames and action entries), the teacher at 10 steps
+included. A student whose spread is well below its teacher's has collapsed toward one chunk per observation,
+which held noise showed costs closed-loop success (docs/results.md).
 """
 
 from __future__ import annotations
@@ -50,6 +55,26 @@ def chunk_errors(teacher, students: dict[str, object], root: Path, num_samples: 
     return totals
 
 
+def chunk_spread(teacher, students: dict[str, object], root: Path, num_samples: int, seed: int, draws: int) -> dict[str, float]:
+    """Std of each policy's chunk over `draws` noise draws at the same frame, averaged over `num_samples` frames and
+    the chunk's entries (normalised actions): the teacher at 10, 2 and 1 steps, then each student at its own count."""
+    dataset = make_dataset(DatasetConfig(root=str(root), in_memory="never"), teacher.config)
+    raw = observation_batch(dataset, min(num_samples, len(dataset)), seed)
+    batch = teacher.preprocessor(raw)
+    inputs = {name: student.preprocessor(raw) for name, student in students.items()}
+    action, _ = teacher.adapter.action_target(batch)
+    chunks: dict[str, list[torch.Tensor]] = {}
+    for draw in range(draws):
+        noise = seeded_noise((action.shape[0], *teacher.adapter.action_shape), seed + 1 + draw).to(action)
+        for n in (REFERENCE_STEPS, 2, 1):
+            chunks.setdefault(f"teacher @ {n}", []).append(sample_policy(teacher.adapter, batch, noise, num_steps=n).action)
+        for name, student in students.items():
+            steps = student.adapter.num_steps
+            chunks.setdefault(name, []).append(sample_policy(student.adapter, inputs[name], noise, num_steps=steps).action)
+    # (draws, B, chunk, dim) -> std over draws, mean over frames and entries
+    return {name: float(torch.stack(c).std(dim=0).mean()) for name, c in chunks.items()}
+
+
 def gap_table(run: Path, teacher: str, students: list[str], seeds: list[int], num_samples: int = 4096,
               draws: int = 4) -> list[str]:  # fmt: skip
     """Markdown lines: one row per seed and set of observations, one column per policy."""
@@ -69,6 +94,21 @@ def gap_table(run: Path, teacher: str, students: list[str], seeds: list[int], nu
     return lines
 
 
+def spread_table(run: Path, teacher: str, students: list[str], seeds: list[int], num_samples: int = 1024,
+                 draws: int = 16) -> list[str]:  # fmt: skip
+    """Markdown lines: one row per seed (the held-out frames), one column per policy's spread over noise draws."""
+    lines = []
+    for seed in seeds:
+        folder = run / f"seed{seed}"
+        loaded = load_checkpoint(str(folder / teacher / "pretrained_model"))
+        mine = {name: load_checkpoint(str(folder / name / "pretrained_model")) for name in students}
+        spread = chunk_spread(loaded, mine, run / "data" / "heldout", num_samples, seed=7, draws=draws)
+        if not lines:
+            lines += ["| seed | " + " | ".join(spread) + " |", "|---|" + "---|" * len(spread)]
+        lines.append(f"| {seed} | " + " | ".join(f"{v:.4f}" for v in spread.values()) + " |")
+    return lines
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("run", type=Path, help="a pipeline run's output_dir")
@@ -77,8 +117,12 @@ def main() -> None:
     parser.add_argument("--seeds", nargs="+", type=int, default=[0], help="training seeds")
     parser.add_argument("--num-samples", type=int, default=4096, help="observations per set (at most all of them)")
     parser.add_argument("--draws", type=int, default=4, help="noise draws per observation")
+    parser.add_argument("--spread", action="store_true", help="the spread over noise draws on held-out frames instead")
     args = parser.parse_args()
     torch.set_num_threads(1)
+    if args.spread:
+        print("\n".join(spread_table(args.run, args.teacher, args.students, args.seeds)))
+        return
     print("\n".join(gap_table(args.run, args.teacher, args.students, args.seeds, args.num_samples, args.draws)))
 
 

@@ -258,11 +258,14 @@ def test_speed_up_at_equal_success_from_a_hand_made_table():
     assert math.isclose(speedup["speedup_passes"], (10 * 7 / 50) / (13 / 50))  # 13 chunks of 1 pass
     assert math.isclose(speedup["speedup_ms"], (10.0 * 7) / (1.0 * 13))
     line = report.speedup_line(speedup)
-    assert line.startswith("speed-up at equal success: 5.4x fewer denoising passes per env step")
+    assert line.startswith("speed-up at equal success: 5.38x fewer denoising passes per env step")
     assert "2-RF @ 1, every 4" in line and "+0.0 points" in line and "1 training seed" in line
     # Targets compare 1-step cells at the teacher's own re-planning: the every-8 student is 2 in 8 episodes short.
     (gap,) = [t for t in report.targets(summary) if t["what"].startswith("best at 1 step")]
     assert gap["measured"].startswith("-25.0 points") and not gap["met"]
+    # Two decimals: a ratio just under the 5x target must not print as "5.0x" beside "not met".
+    (target,) = [t for t in report.targets(summary) if t["what"].startswith("speed-up at equal success")]
+    assert target["measured"] == "5.38x" and target["met"]
 
 
 def test_speed_up_without_a_closed_loop_reference_says_so():

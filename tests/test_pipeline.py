@@ -458,3 +458,16 @@ def test_student_gap_script_compares_students_with_their_teacher_on_each_set(tin
     for line in lines[2:]:
         one, two, student, itself = (float(v) for v in line.strip("| ").split(" | ")[2:])
         assert itself == pytest.approx(two, rel=1e-5) and min(one, two, student) >= 0.0
+
+
+def test_student_gap_spread_is_the_chunks_std_over_noise_draws(tiny_run):
+    """`--spread`: the teacher taken as its own 2-step student spreads exactly as the teacher @ 2 column; every
+    policy's chunk varies with the noise (a flow from Gaussian noise is not constant)."""
+    import runpy
+
+    spread_table = runpy.run_path(str(REPO / "scripts" / "student_gap.py"))["spread_table"]
+    out, _ = tiny_run
+    lines = spread_table(out, "2rf", ["2rf-distill", "2rf"], [0], num_samples=8, draws=3)
+    assert lines[0] == "| seed | teacher @ 10 | teacher @ 2 | teacher @ 1 | 2rf-distill | 2rf |"
+    ten, two, one, student, itself = (float(v) for v in lines[2].strip("| ").split(" | ")[1:])
+    assert itself == pytest.approx(two, rel=1e-5) and min(ten, two, one, student) > 0.0
