@@ -7,7 +7,9 @@ episode seeds with the same noise per chunk, so their per-episode successes pair
 
 prints, per stage and step count (the policies' own re-planning), both success rates, the paired difference
 NEW - BASE with its 95 % bootstrap interval (`hf_reflow.evaluation.report.paired_difference`), timeouts,
-collisions and per-task success. Cells missing from either run, or run on other seeds, are skipped.
+collisions, per-task success and the training seeds compared. A cell is compared on the training seeds both
+runs hold for it (a 3-seed variant against a 6-seed base uses the base's first three), and skipped when it is
+missing from either run or they share no seed.
 """
 
 from __future__ import annotations
@@ -40,20 +42,22 @@ def compare(base: dict, new: dict, base_label: str = "base", new_label: str = "n
     old_cells, tasks = _cells(base), list(next(iter(new["rows"]))["per_task"])
     lines = [
         f"| stage | steps | {base_label} | {new_label} | {new_label} - {base_label}, points (paired 95% CI) | timeouts | "
-        f"collisions | {' | '.join(tasks)} |",
-        "|---|---|---|---|---|---|---|" + "---|" * len(tasks),
+        f"collisions | {' | '.join(tasks)} | seeds |",
+        "|---|---|---|---|---|---|---|" + "---|" * (len(tasks) + 1),
     ]
     for key, rows in _cells(new).items():
-        old = old_cells.get(key)
-        if not old or sorted(r["seed"] for r in old) != sorted(r["seed"] for r in rows):
+        seeds = sorted({r["seed"] for r in old_cells.get(key, [])} & {r["seed"] for r in rows})
+        if not seeds:
             continue
+        old = [r for r in old_cells[key] if r["seed"] in seeds]
+        rows = [r for r in rows if r["seed"] in seeds]
         mean, (low, high) = report.paired_difference(rows, old)
         per_task = " | ".join(f"{_mean(old, 'success_rate', t):.0f} -> {_mean(rows, 'success_rate', t):.0f}%" for t in tasks)
         lines.append(
             f"| {key[0]} | {key[1]} | {_mean(old, 'success_rate'):.1f}% | {_mean(rows, 'success_rate'):.1f}% | "
             f"{100 * mean:+.1f} ({100 * low:+.1f}, {100 * high:+.1f}) | {_mean(old, 'timeout_rate'):.1f} -> "
             f"{_mean(rows, 'timeout_rate'):.1f}% | {_mean(old, 'collision_rate'):.1f} -> {_mean(rows, 'collision_rate'):.1f}% | "
-            f"{per_task} |"
+            f"{per_task} | {', '.join(map(str, seeds))} |"
         )
     return lines
 

@@ -441,6 +441,10 @@ def test_compare_runs_script_pairs_two_runs_cell_by_cell(tiny_run):
     flags[0] = not flags[0]  # one of the 2 episodes (1 per task) flips: +-50 points
     moved = [line for line in compare(base, changed) if "| +0.0 (+0.0, +0.0) |" not in line][2:]
     assert len(moved) == 1 and moved[0].startswith("| 2-RF | 1 |") and ("+50.0" in moved[0] or "-50.0" in moved[0])
+    # A base with more training seeds is compared on the seeds both runs hold (here seed 0 of a base with 0 and 7).
+    wider = copy.deepcopy(base)
+    wider["rows"] += [{**copy.deepcopy(r), "seed": 7} for r in base["rows"]]
+    assert compare(wider, changed) == compare(base, changed) and compare(base, changed)[2].endswith("| 0 |")
 
 
 def test_student_gap_script_compares_students_with_their_teacher_on_each_set(tiny_run):
