@@ -8,7 +8,7 @@ episode seeds with the same noise per chunk, so their per-episode successes pair
 prints, per stage and step count (the policies' own re-planning), both success rates, the paired difference
 NEW - BASE with its 95 % bootstrap interval (`hf_reflow.evaluation.report.paired_difference`), timeouts,
 collisions, per-task success and the training seeds compared. A cell is compared on the training seeds both
-runs hold for it (a 3-seed variant against a 6-seed base uses the base's first three), and skipped when it is
+runs hold for it (a 3-seed variant against a 6-seed base uses the three seeds they share), and skipped when it is
 missing from either run or they share no seed.
 """
 

@@ -75,14 +75,19 @@ def chunk_spread(teacher, students: dict[str, object], root: Path, num_samples: 
     return {name: float(torch.stack(c).std(dim=0).mean()) for name, c in chunks.items()}
 
 
+def _policies(run: Path, seed: int, teacher: str, students: list[str]) -> tuple[Path, object, dict[str, object]]:
+    """A training seed's folder, its loaded teacher and its loaded students by folder name."""
+    folder = run / f"seed{seed}"
+    mine = {name: load_checkpoint(str(folder / name / "pretrained_model")) for name in students}
+    return folder, load_checkpoint(str(folder / teacher / "pretrained_model")), mine
+
+
 def gap_table(run: Path, teacher: str, students: list[str], seeds: list[int], num_samples: int = 4096,
               draws: int = 4) -> list[str]:  # fmt: skip
     """Markdown lines: one row per seed and set of observations, one column per policy."""
     lines = []
     for seed in seeds:
-        folder = run / f"seed{seed}"
-        loaded = load_checkpoint(str(folder / teacher / "pretrained_model"))
-        mine = {name: load_checkpoint(str(folder / name / "pretrained_model")) for name in students}
+        folder, loaded, mine = _policies(run, seed, teacher, students)
         sets = {"demonstrations": run / "data" / "demos"}
         sets |= {f"states of {p.name}": p for p in sorted((folder / "states").glob("*")) if (p / "meta").is_dir()}
         sets["held-out (evaluation layouts)"] = run / "data" / "heldout"
@@ -99,9 +104,7 @@ def spread_table(run: Path, teacher: str, students: list[str], seeds: list[int],
     """Markdown lines: one row per seed (the held-out frames), one column per policy's spread over noise draws."""
     lines = []
     for seed in seeds:
-        folder = run / f"seed{seed}"
-        loaded = load_checkpoint(str(folder / teacher / "pretrained_model"))
-        mine = {name: load_checkpoint(str(folder / name / "pretrained_model")) for name in students}
+        _, loaded, mine = _policies(run, seed, teacher, students)
         spread = chunk_spread(loaded, mine, run / "data" / "heldout", num_samples, seed=7, draws=draws)
         if not lines:
             lines += ["| seed | " + " | ".join(spread) + " |", "|---|" + "---|" * len(spread)]
