@@ -21,6 +21,7 @@ which held noise showed costs closed-loop success (docs/results.md).
 from __future__ import annotations
 
 import argparse
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
@@ -33,46 +34,45 @@ from hf_reflow.policies.base import sample_policy
 from hf_reflow.sampling import seeded_noise
 
 
-def chunk_errors(teacher, students: dict[str, object], root: Path, num_samples: int, seed: int, draws: int) -> dict[str, float]:
-    """MSE vs the teacher's 10-step chunk on `num_samples` frames of the dataset at `root` (all of them when it has
-    fewer), each with `draws` noise draws: the teacher at 1 and 2 steps, then each student at its own step count.
-    A chunk that takes the other detour costs far more than a near one, so the mean needs many chunks: two
-    draws of 1024 frames x 1 noise gave the same student's error 1.4x apart."""
+def drawn_chunks(teacher, students: dict[str, object], root: Path, num_samples: int, seed: int, draws: int,
+                 teacher_steps: tuple[int, ...]) -> Iterator[dict[str, torch.Tensor]]:  # fmt: skip
+    """Per noise draw, every policy's (B, chunk, dim) chunk from the same noise on `num_samples` frames of the dataset
+    at `root` (all of them when it has fewer): "teacher @ n" for each n in `teacher_steps`, then each student at its
+    own step count."""
     dataset = make_dataset(DatasetConfig(root=str(root), in_memory="never"), teacher.config)
     raw = observation_batch(dataset, min(num_samples, len(dataset)), seed)
     batch = teacher.preprocessor(raw)
     inputs = {name: student.preprocessor(raw) for name, student in students.items()}
     action, _ = teacher.adapter.action_target(batch)
-    totals: dict[str, float] = {}
     for draw in range(draws):
         noise = seeded_noise((action.shape[0], *teacher.adapter.action_shape), seed + 1 + draw).to(action)
-        reference = sample_policy(teacher.adapter, batch, noise, num_steps=REFERENCE_STEPS).action  # (B, chunk, dim)
-        chunks = {f"teacher @ {n}": sample_policy(teacher.adapter, batch, noise, num_steps=n).action for n in (1, 2)}
+        chunks = {f"teacher @ {n}": sample_policy(teacher.adapter, batch, noise, num_steps=n).action for n in teacher_steps}
         for name, student in students.items():
             chunks[name] = sample_policy(student.adapter, inputs[name], noise, num_steps=student.adapter.num_steps).action
+        yield chunks
+
+
+def chunk_errors(teacher, students: dict[str, object], root: Path, num_samples: int, seed: int, draws: int) -> dict[str, float]:
+    """MSE vs the teacher's 10-step chunk, averaged over `draws` noise draws: the teacher at 1 and 2 steps, then each
+    student at its own step count. A chunk that takes the other detour costs far more than a near one, so the mean
+    needs many chunks: two draws of 1024 frames x 1 noise gave the same student's error 1.4x apart."""
+    totals: dict[str, float] = {}
+    for chunks in drawn_chunks(teacher, students, root, num_samples, seed, draws, (REFERENCE_STEPS, 1, 2)):
+        reference = chunks.pop(f"teacher @ {REFERENCE_STEPS}")
         for name, chunk in chunks.items():
             totals[name] = totals.get(name, 0.0) + float((chunk - reference).pow(2).mean()) / draws
     return totals
 
 
 def chunk_spread(teacher, students: dict[str, object], root: Path, num_samples: int, seed: int, draws: int) -> dict[str, float]:
-    """Std of each policy's chunk over `draws` noise draws at the same frame, averaged over `num_samples` frames and
-    the chunk's entries (normalised actions): the teacher at 10, 2 and 1 steps, then each student at its own count."""
-    dataset = make_dataset(DatasetConfig(root=str(root), in_memory="never"), teacher.config)
-    raw = observation_batch(dataset, min(num_samples, len(dataset)), seed)
-    batch = teacher.preprocessor(raw)
-    inputs = {name: student.preprocessor(raw) for name, student in students.items()}
-    action, _ = teacher.adapter.action_target(batch)
-    chunks: dict[str, list[torch.Tensor]] = {}
-    for draw in range(draws):
-        noise = seeded_noise((action.shape[0], *teacher.adapter.action_shape), seed + 1 + draw).to(action)
-        for n in (REFERENCE_STEPS, 2, 1):
-            chunks.setdefault(f"teacher @ {n}", []).append(sample_policy(teacher.adapter, batch, noise, num_steps=n).action)
-        for name, student in students.items():
-            steps = student.adapter.num_steps
-            chunks.setdefault(name, []).append(sample_policy(student.adapter, inputs[name], noise, num_steps=steps).action)
+    """Std of each policy's chunk over `draws` noise draws at the same frame, averaged over frames and the chunk's
+    entries (normalised actions): the teacher at 10, 2 and 1 steps, then each student at its own count."""
+    stacked: dict[str, list[torch.Tensor]] = {}
+    for chunks in drawn_chunks(teacher, students, root, num_samples, seed, draws, (REFERENCE_STEPS, 2, 1)):
+        for name, chunk in chunks.items():
+            stacked.setdefault(name, []).append(chunk)
     # (draws, B, chunk, dim) -> std over draws, mean over frames and entries
-    return {name: float(torch.stack(c).std(dim=0).mean()) for name, c in chunks.items()}
+    return {name: float(torch.stack(c).std(dim=0).mean()) for name, c in stacked.items()}
 
 
 def _policies(run: Path, seed: int, teacher: str, students: list[str]) -> tuple[Path, object, dict[str, object]]:
