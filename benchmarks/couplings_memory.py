@@ -12,7 +12,7 @@ of reading every coupling once, in the same shuffled batches of `--batch-size` t
 
 - `memory_mapped`: training's path for couplings too big to hold (`dataset.in_memory=never`, or over 2 GiB):
   `couplings_store.open_couplings` (the shards memory-mapped through `datasets`) and `CouplingDataset`, one
-  read of the table per batch (`__getitems__`);
+  read of the table per batch (`CouplingDataset.batch`, through `data.batch_loader` as training reads it);
 - `held`: training's path for couplings that fit (`in_memory=auto`): the same `CouplingDataset` with its
   columns read once into tensors (`in_memory=True`), indexed per batch;
 - `in_memory`: the old path: every coupling loaded as torch tensors (`couplings_store.load_couplings`),
@@ -135,6 +135,7 @@ def measure(path: str, root: Path, batch_size: int) -> dict[str, Any]:
     from torch.utils.data import DataLoader
 
     from hf_reflow.artifacts import couplings_store
+    from hf_reflow.data import batch_loader
 
     imports = peak_rss_mb()
     start = time.perf_counter()
@@ -147,7 +148,9 @@ def measure(path: str, root: Path, batch_size: int) -> dict[str, Any]:
         _, tensors = couplings_store.load_couplings(str(root))
         dataset = InMemoryCouplings(frames, tensors)
     read, action_sum = 0, 0.0
-    for batch in DataLoader(dataset, batch_sampler=Batches(len(dataset), batch_size)):
+    batches = Batches(len(dataset), batch_size)
+    loader = DataLoader(dataset, batch_sampler=batches) if path == "in_memory" else batch_loader(dataset, batches)
+    for batch in loader:
         read += len(batch[couplings_store.NOISE_KEY])
         action_sum += float(batch[couplings_store.ACTION_KEY].double().sum())
     return {

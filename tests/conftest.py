@@ -65,6 +65,18 @@ _STOCK = ForkServer(REPO, {**os.environ, "HF_HUB_OFFLINE": "1"}, stock=True)
 atexit.register(_STOCK.close)
 
 
+def assert_same_batch(got: dict, expected: dict) -> None:
+    """Two collated batches hold the same keys, dtypes and values (bitwise: both are copies, no arithmetic)."""
+    import torch
+
+    assert got.keys() == expected.keys()
+    for key, value in expected.items():
+        if torch.is_tensor(value):
+            assert got[key].dtype == value.dtype and torch.equal(got[key], value), key
+        else:
+            assert got[key] == value, key
+
+
 def run_cli(
     *args: str, timeout: int = 300, fsize: int | None = None, env: dict[str, str] | None = None,
     interrupt_when: Path | None = None, nprocs: int = 1,

@@ -140,6 +140,21 @@ def test_couplings_memory_benchmark_smoke(tmp_path):
     assert proc.stdout.splitlines()[-1].startswith("read time: memory-mapped")
 
 
+def test_batch_read_benchmark_smoke(tmp_path, toy_dataset, teacher_1rf):
+    """The batch-read benchmark reads the toy dataset both ways (checked equal inside); no time threshold."""
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    try:
+        import batch_read
+    finally:
+        sys.path.remove(str(REPO / "benchmarks"))
+    result = batch_read.main([f"--teacher={teacher_1rf}", f"--dataset-root={toy_dataset}", "--batch-size=16",
+                              "--batches=3", f"--output={tmp_path / 'o.json'}"])  # fmt: skip
+    assert json.loads((tmp_path / "o.json").read_text()) == result
+    assert result["dataset_class"] == "InMemoryFrames" and result["batches"] == 3
+    assert set(result["ms_per_batch"]) == {"per_item", "batched"} and all(_positive(v) for v in result["ms_per_batch"].values())
+    assert _positive(result["ratio_per_item_to_batched"])
+
+
 def test_reflow_step_options_benchmark_smoke(tmp_path, toy_dataset, teacher_1rf):
     """The cheaper-reflow-step benchmark runs on the toy teacher; per-update times and the end-point
     errors are there (no time threshold is asserted)."""

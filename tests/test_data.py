@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import TINY_POLICY
+from conftest import TINY_POLICY, assert_same_batch
+from torch.utils.data import default_collate
 
 
 @pytest.mark.parametrize("episodes", [None, [1, 4, 5]])
@@ -13,7 +14,7 @@ def test_in_memory_frames_equal_lerobot_items(toy_dataset, episodes):
     from lerobot.datasets.lerobot_dataset import LeRobotDataset
 
     from hf_reflow.configs import DatasetConfig
-    from hf_reflow.data import InMemoryFrames, load_metadata, policy_features
+    from hf_reflow.data import InMemoryFrames, fetch_batch, load_metadata, policy_features
     from hf_reflow.policies.flow_mlp import FlowMLPConfig
 
     meta = load_metadata(DatasetConfig(root=str(toy_dataset)))
@@ -33,6 +34,9 @@ def test_in_memory_frames_equal_lerobot_items(toy_dataset, episodes):
                 assert value.dtype == got[key].dtype and torch.equal(value, got[key]), (key, i)
             else:
                 assert value == got[key], (key, i)
+    rows = [len(dataset) - 1, 0, 5, 0]  # unsorted, repeated: a batch's indices
+    assert_same_batch(frames.batch(rows), default_collate([dataset[i] for i in rows]))
+    assert_same_batch(fetch_batch(dataset, rows), frames.batch(rows))  # a dataset without `batch`: item by item
 
 
 def test_in_memory_camera_frames_equal_lerobot_items(image_dataset):
@@ -53,6 +57,8 @@ def test_in_memory_camera_frames_equal_lerobot_items(image_dataset):
         for name, value in expected.items():
             if torch.is_tensor(value):
                 assert value.dtype == got[name].dtype and torch.equal(value, got[name]), (name, i)
+    rows = [7, 0, len(dataset) - 1]
+    assert_same_batch(frames.batch(rows), default_collate([dataset[i] for i in rows]))
     meta = load_metadata(DatasetConfig(root=str(image_dataset)))
     assert fits_in_memory(meta, len(dataset)) and not fits_in_memory(meta, 10**9)
 

@@ -10,7 +10,8 @@ import shutil
 
 import pytest
 import torch
-from conftest import run_cli, train_config
+from conftest import assert_same_batch, run_cli, train_config
+from torch.utils.data import default_collate
 
 from hf_reflow.artifacts.couplings_store import (
     block_path,
@@ -177,8 +178,9 @@ def test_training_reads_memory_mapped_or_held_and_refuses_another_teacher_or_dat
     _, tensors = load_couplings(str(stored))
     order = [149, 3, 77, 3, 0]  # a batch's order, unsorted (read sorts for Arrow, then restores it)
     for source in (dataset, held):  # the same items either way
-        items = source.__getitems__([3, 149])
-        assert torch.equal(items[1][NOISE_KEY], tensors["noise"][149]) and len(source) == 150
+        batch = source.batch([3, 149])  # one collated batch, as the items collated one by one
+        assert torch.equal(batch[NOISE_KEY][1], tensors["noise"][149]) and len(source) == 150
+        assert_same_batch(batch, default_collate([source[3], source[149]]))
         read = source.read(order)
         assert all(torch.equal(read[k], tensors[k][order]) for k in ("noise", "action", "row"))
         assert read["noise"].dtype == torch.float32 and read["row"].dtype == torch.int64

@@ -35,7 +35,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from hf_reflow.data import is_data_file_error, load_metadata
+from hf_reflow.data import fetch_batch, is_data_file_error, load_metadata
 from hf_reflow.errors import DataError
 from hf_reflow.hub import Hub
 from hf_reflow.refs import WEIGHTS, CheckpointRef
@@ -253,15 +253,14 @@ class CouplingDataset(Dataset):
         return self.columns.num_rows
 
     def __getitem__(self, i: int) -> dict[str, Any]:
-        return self.__getitems__([i])[0]
+        stored = self.read([i])  # noise / action (1, chunk, dim), row (1,)
+        return {**self.frames[int(stored["row"][0])], NOISE_KEY: stored["noise"][0], ACTION_KEY: stored["action"][0]}
 
-    def __getitems__(self, indices: list[int]) -> list[dict[str, Any]]:
-        """One read of the table per batch (DataLoader calls this with a batch's indices)."""
+    def batch(self, indices: list[int]) -> dict[str, Any]:
+        """The collated batch at `indices` with one read of the table (`data.batch_loader` calls it per batch)."""
         stored = self.read(indices)  # noise / action (B, chunk, dim), row (B,)
-        items = [dict(self.frames[int(r)]) for r in stored["row"]]
-        for j, item in enumerate(items):
-            item[NOISE_KEY], item[ACTION_KEY] = stored["noise"][j], stored["action"][j]
-        return items
+        frames = fetch_batch(self.frames, stored["row"].tolist())
+        return {**frames, NOISE_KEY: stored["noise"], ACTION_KEY: stored["action"]}
 
     def read(self, indices: list[int]) -> dict[str, Tensor]:
         """noise, action (B, chunk, dim) float32 and row (B,) int64 of the couplings at `indices`, in that order."""

@@ -19,7 +19,7 @@ import torch
 
 from hf_reflow import flow
 from hf_reflow.artifacts.checkpoints import load_checkpoint
-from hf_reflow.data import make_dataset
+from hf_reflow.data import fetch_batch, make_dataset
 from hf_reflow.evaluation.closed_loop import toy_closed_loop
 from hf_reflow.metrics import EvalRow
 from hf_reflow.policies.base import PolicyAdapter, sample_policy
@@ -32,7 +32,7 @@ def observation_batch(dataset: Any, num_samples: int, seed: int) -> dict[str, An
     """A collated batch of `num_samples` frames drawn without replacement from `dataset`."""
     generator = torch.Generator().manual_seed(seed)
     indices = torch.randperm(len(dataset), generator=generator)[:num_samples].tolist()
-    return torch.utils.data.default_collate([dataset[i] for i in indices])
+    return fetch_batch(dataset, indices)
 
 
 @torch.no_grad()

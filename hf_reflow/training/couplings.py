@@ -32,7 +32,7 @@ from hf_reflow.artifacts.couplings_store import (
     weights_sha256,
 )
 from hf_reflow.atomic import TEMPORARY_MARK, atomic_path, write_text
-from hf_reflow.data import load_metadata, make_dataset
+from hf_reflow.data import fetch_batch, load_metadata, make_dataset
 from hf_reflow.errors import ConfigError
 from hf_reflow.training.teacher import OnlineTeacher
 
@@ -119,10 +119,10 @@ def _make_block(
     noise, rows = draw_block(spec.seed, block, size, tuple(spec.action_shape), spec.num_frames)
     actions, where = [], {"episode_index": [], "frame_index": []}
     for start in range(0, size, batch_size):
-        items = [dataset[i] for i in rows[start : start + batch_size].tolist()]
+        batch = fetch_batch(dataset, rows[start : start + batch_size].tolist())
         for key, values in where.items():
-            values += [int(item[key]) for item in items]
-        batch = preprocessor(torch.utils.data.default_collate(items))
+            values += batch[key].tolist()
+        batch = preprocessor(batch)
         chunk = noise[start : start + batch_size].to(teacher.device)  # (b, chunk, action_dim)
         actions.append(teacher.end_points(batch, chunk).float().cpu())
     columns = {

@@ -46,7 +46,7 @@ from hf_reflow.artifacts.run_dir import (
 )
 from hf_reflow.artifacts.run_lock import run_lock
 from hf_reflow.configs import TrainConfig, save_config
-from hf_reflow.data import StepBatchSampler, load_metadata, make_dataset
+from hf_reflow.data import StepBatchSampler, batch_loader, load_metadata, make_dataset
 from hf_reflow.errors import TrainingError
 from hf_reflow.policies.factory import adapter_for
 from hf_reflow.refs import PRETRAINED_DIR
@@ -190,11 +190,8 @@ class ReflowTrainer:
         )
         # A private generator: DataLoader draws its workers' base seed when iterated, which would otherwise
         # shift the global RNG (noise, times) between an uninterrupted and a resumed run.
-        return torch.utils.data.DataLoader(
-            dataset,
-            batch_sampler=sampler,
-            num_workers=cfg.dataset.num_workers,
-            generator=torch.Generator().manual_seed(cfg.seed + start_step),
+        return batch_loader(
+            dataset, sampler, num_workers=cfg.dataset.num_workers, generator=torch.Generator().manual_seed(cfg.seed + start_step)
         )
 
     def _run_steps(self, state: LoopState, loader, start_step: int) -> None:
