@@ -163,6 +163,18 @@ def test_metaworld_recipes_train_as_before(recipe, teacher):
         assert optim.min_lr_ratio == 0.1 and optim.lr is not None and optim.warmup_steps is not None
 
 
+def test_a_recipe_states_the_targets_its_report_checks():
+    """The multi-task recipe wants the best 1-step stage within 2 points; the default keeps the defaults (3)."""
+    from hf_reflow.parsing import parse_pipeline_config
+
+    multitask = parse_pipeline_config([f"--config_path={RECIPES / 'metaworld/multitask.yaml'}"]).eval.targets
+    default = parse_pipeline_config([f"--config_path={RECIPES / 'metaworld/default.yaml'}"]).eval.targets
+    assert multitask.min_gap_1_step == -0.02 and default.min_gap_1_step == -0.03
+    assert multitask.min_speedup == default.min_speedup == 5.0
+    overridden = parse_pipeline_config([f"--config_path={RECIPES / 'metaworld/default.yaml'}", "--eval.targets.left_share=[0.3,0.7]"])
+    assert overridden.eval.targets.left_share == [0.3, 0.7]
+
+
 # ---- the student's policy: a LeRobot PreTrainedConfig resolved at parse time ---------------------------------
 
 

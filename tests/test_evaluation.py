@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from hf_reflow import metrics
+from hf_reflow.configs.pipeline import TargetsConfig
 from hf_reflow.evaluation import closed_loop, report
 
 
@@ -68,6 +69,7 @@ class _Data:  # the fields of a pipeline recipe the report reads
 class _Eval:
     episodes: int = 8
     num_samples: int = 4
+    targets: TargetsConfig = dataclasses.field(default_factory=TargetsConfig)
 
 
 @dataclasses.dataclass
@@ -266,6 +268,10 @@ def test_speed_up_at_equal_success_from_a_hand_made_table():
     # Two decimals: a ratio just under the 5x target must not print as "5.0x" beside "not met".
     (target,) = [t for t in report.targets(summary) if t["what"].startswith("speed-up at equal success")]
     assert target["measured"] == "5.38x" and target["met"]
+    # A recipe's own targets (`eval.targets`) are the ones checked, e.g. a looser 1-step gap, a stricter speed-up.
+    own = {t["what"].split(" (")[0]: t for t in report.targets(summary, TargetsConfig(min_gap_1_step=-0.30, min_speedup=6.0))}
+    assert own["best at 1 step"]["target"] == ">= -30.0 points" and own["best at 1 step"]["met"]
+    assert own["speed-up at equal success"]["target"] == ">= 6x" and not own["speed-up at equal success"]["met"]
 
 
 def test_speed_up_without_a_closed_loop_reference_says_so():

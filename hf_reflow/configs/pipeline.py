@@ -96,10 +96,41 @@ class StepCountEval:
 
 
 @dataclass
+class TargetsConfig:
+    """The benchmark's targets that `report.md` checks, as success-rate fractions (-0.03 = 3 points below the
+    reference cell, the 1-RF at its largest step count). A recipe states its own (the multi-task recipe wants
+    the best 1-step stage within 2 points); these defaults are the embedded default's."""
+
+    min_reference_success: float = option(0.95, "the reference cell's success, at least")
+    min_gap_1_step: float = option(-0.03, "best 1-step cell's success minus the reference's, at least")
+    min_gap_2_steps: float = option(-0.01, "best 2-step cell's success minus the reference's, at least")
+    max_collisions_1_step: float = option(0.02, "collision share of the best 1-step cell, at most")
+    max_timeouts_1_step: float = option(0.05, "timeout share of the best 1-step cell, at most")
+    left_share: list[float] = option(help="[low, high]: share of left detours of the best 1-step cell", factory=lambda: [0.40, 0.60])
+    min_speedup: float = option(5.0, "speed-up at equal success (denoising passes per env step), at least")
+
+    def __post_init__(self) -> None:
+        for name in ("min_reference_success", "max_collisions_1_step", "max_timeouts_1_step"):
+            _check_fraction(f"eval.targets.{name}", getattr(self, name), 0.0)
+        for name in ("min_gap_1_step", "min_gap_2_steps"):
+            _check_fraction(f"eval.targets.{name}", getattr(self, name), -1.0)
+        if len(self.left_share) != 2 or not 0.0 <= self.left_share[0] <= self.left_share[1] <= 1.0:
+            raise ConfigError(f"eval.targets.left_share must be [low, high] with 0 <= low <= high <= 1, e.g. [0.4, 0.6]; got {self.left_share}.")
+        if not self.min_speedup > 0:
+            raise ConfigError(f"eval.targets.min_speedup must be > 0 (a ratio of the reference's cost), e.g. 5.0; got {self.min_speedup}.")
+
+
+def _check_fraction(flag: str, value: float, low: float) -> None:
+    if not isinstance(value, int | float) or not low <= value <= 1.0:
+        raise ConfigError(f"{flag} is a success-rate fraction in {low:g}..1 (e.g. -0.03 for 3 points below); got {value!r}.")
+
+
+@dataclass
 class EvalConfig(StepCountEval):
     """Evaluation of every stage at every step count."""
 
     num_samples: int = option(256, "held-out observations for the offline metrics")
+    targets: TargetsConfig = option(help="the targets report.md checks", factory=TargetsConfig)
     PREFIX: ClassVar[str] = "eval."
 
 

@@ -34,7 +34,8 @@ def evaluate_chain(
     pool of worker processes.
     """
     settings = {**dataclasses.asdict(eval_cfg), "tasks": list(tasks), "mode": mode, "protocol": PROTOCOL}
-    settings.pop("workers")  # how many processes ran it does not change the result
+    for key in ("workers", "targets"):  # how many processes ran it, and what the report wants, change no row
+        settings.pop(key, None)
     rows, todo = [], []
     for seed, stages in trained.items():
         for stage, checkpoint in stages:

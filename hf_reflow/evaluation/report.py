@@ -21,16 +21,10 @@ from typing import Any
 import numpy as np
 
 from hf_reflow.atomic import write_text
+from hf_reflow.configs.pipeline import TargetsConfig
 from hf_reflow.metrics import OUTCOME_RATES, SUMMARY_METRICS, EvalRow, containing, wilson_interval
 
 BOOTSTRAP_SAMPLES = 4000
-# The issue's targets, checked in report.md (points are success-rate differences to the reference cell).
-TARGET_REFERENCE_SUCCESS = 0.95
-TARGET_GAP = {1: -0.03, 2: -0.01}
-TARGET_COLLISIONS_1_STEP = 0.02
-TARGET_LEFT_SHARE = (0.40, 0.60)
-TARGET_TIMEOUTS_1_STEP = 0.05
-TARGET_SPEEDUP = 5.0
 # "Equal success": a cell whose paired 95 % CI against the reference reaches this difference or above.
 EQUAL_SUCCESS_MARGIN = -0.01
 Cell = tuple[str, int, "int | None"]  # (stage name, step count, n_action_steps)
@@ -196,40 +190,41 @@ def per_task(rows: list[EvalRow], summary: list[dict], tasks: list[str]) -> list
     return table
 
 
-def targets(summary: list[dict]) -> list[dict]:
-    """The benchmark's targets, measured: what, target, measured, met (None when not measured). Step-count
-    targets compare cells that re-plan as often as the reference (its own n_action_steps)."""
+def targets(summary: list[dict], wanted: TargetsConfig | None = None) -> list[dict]:
+    """The benchmark's targets (`wanted`, the recipe's `eval.targets`; None: the defaults), measured: what,
+    target, measured, met. Step-count targets compare cells that re-plan as often as the reference."""
+    wanted = wanted or TargetsConfig()
     closed = [s for s in summary if s.get("success_rate") is not None]
     ref = next((s for s in closed if label(_key(s)) == s.get("reference")), None)
     same = [s for s in closed if ref is not None and s.get("n_action_steps") == ref.get("n_action_steps")]
     out = []
     if ref is not None:
-        out.append({"what": f"{ref['name']} at {ref['num_steps']} steps: success", "target": f">= {_pct(TARGET_REFERENCE_SUCCESS)}",
-                    "measured": _pct(ref["success_rate"]), "met": ref["success_rate"] >= TARGET_REFERENCE_SUCCESS})  # fmt: skip
-    for num_steps, gap in TARGET_GAP.items():
+        out.append({"what": f"{ref['name']} at {ref['num_steps']} steps: success", "target": f">= {_pct(wanted.min_reference_success)}",
+                    "measured": _pct(ref["success_rate"]), "met": ref["success_rate"] >= wanted.min_reference_success})  # fmt: skip
+    for num_steps, gap in ((1, wanted.min_gap_1_step), (2, wanted.min_gap_2_steps)):
         cells = [s for s in same if s["num_steps"] == num_steps and "diff_vs_reference" in s]
         if ref is not None and cells:
             best = max(cells, key=lambda s: s["success_rate"])
             low, high = best["diff_ci95"]
             out.append({"what": f"best at {num_steps} step{'s' * (num_steps > 1)} ({best['name']}) - reference",
-                        "target": f">= {100 * gap:+.0f} points", "met": best["diff_vs_reference"] >= gap,
+                        "target": f">= {100 * gap:+.1f} points", "met": best["diff_vs_reference"] >= gap,
                         "measured": f"{100 * best['diff_vs_reference']:+.1f} points (paired 95% CI "
                                     f"{100 * low:+.1f} to {100 * high:+.1f}; "
                                     f"{'CI above the target' if low >= gap else 'CI includes values below the target'})"})  # fmt: skip
     one_step = [s for s in same if s["num_steps"] == 1]
     if one_step:
         best = max(one_step, key=lambda s: s["success_rate"])
-        out.append({"what": f"collisions at 1 step ({best['name']})", "target": f"<= {_pct(TARGET_COLLISIONS_1_STEP)}",
-                    "measured": _pct(best["collision_rate"]), "met": best["collision_rate"] <= TARGET_COLLISIONS_1_STEP})  # fmt: skip
-        out.append({"what": f"timeouts at 1 step ({best['name']})", "target": f"<= {_pct(TARGET_TIMEOUTS_1_STEP)}",
-                    "measured": _pct(best["timeout_rate"]), "met": best["timeout_rate"] <= TARGET_TIMEOUTS_1_STEP})  # fmt: skip
-        low, high = TARGET_LEFT_SHARE
+        out.append({"what": f"collisions at 1 step ({best['name']})", "target": f"<= {_pct(wanted.max_collisions_1_step)}",
+                    "measured": _pct(best["collision_rate"]), "met": best["collision_rate"] <= wanted.max_collisions_1_step})  # fmt: skip
+        out.append({"what": f"timeouts at 1 step ({best['name']})", "target": f"<= {_pct(wanted.max_timeouts_1_step)}",
+                    "measured": _pct(best["timeout_rate"]), "met": best["timeout_rate"] <= wanted.max_timeouts_1_step})  # fmt: skip
+        low, high = wanted.left_share
         out.append({"what": f"left share at 1 step ({best['name']})", "target": f"{_pct(low)}-{_pct(high)}",
                     "measured": _pct(best["left_share"]), "met": low <= best["left_share"] <= high})  # fmt: skip
     speedup = speedup_at_equal_success(summary)
     if speedup is not None:  # two decimals: 2 vs 10 steps measures e.g. 4.98x, which "5.0x" would hide
-        out.append({"what": f"speed-up at equal success ({speedup['cell']})", "target": f">= {TARGET_SPEEDUP:.0f}x",
-                    "measured": f"{speedup['speedup_passes']:.2f}x", "met": speedup["speedup_passes"] >= TARGET_SPEEDUP})  # fmt: skip
+        out.append({"what": f"speed-up at equal success ({speedup['cell']})", "target": f">= {wanted.min_speedup:g}x",
+                    "measured": f"{speedup['speedup_passes']:.2f}x", "met": speedup["speedup_passes"] >= wanted.min_speedup})  # fmt: skip
     return out
 
 
@@ -300,8 +295,7 @@ def markdown(summary: list[dict], cfg: Any, rows: list[EvalRow]) -> str:
         " stage's 10-step chunk (normalised actions); err vs expert: vs the demonstrated chunk. Latency: one"
         " chunk, batch 1, CPU. A distilled student is evaluated at the step count it was trained for only.",
         "",
-        " chunk, batch 1, CPU. A distilled student is evaluated at the step count it was trained for only."
-        " Replan: actions executed per chunk before the next is predicted (* = the policy's own n_action_steps);"
+        "Replan: actions executed per chunk before the next is predicted (* = the policy's own n_action_steps);"
         " passes / env step: denoising passes (steps x chunks / env steps), the compute a policy spends per action;"
         " ms / env step: the measured ms per chunk x chunks / env steps; of which prefix: the ms per chunk spent"
         " encoding the observation once (a VLA's VLM prefix), which fewer steps do not remove.",
@@ -322,7 +316,7 @@ def markdown(summary: list[dict], cfg: Any, rows: list[EvalRow]) -> str:
             f"{_num(s.get('passes_per_env_step'), 3)} | {_num(s.get('ms_per_env_step'), 3)} |"
         )
     lines += ["", *diagnostics_table(summary)]
-    checks = targets(summary)
+    checks = targets(summary, cfg.eval.targets)
     if checks:
         lines += ["", "Targets:", "", "| target | wanted | measured | met |", "|---|---|---|---|"]
         lines += [f"| {c['what']} | {c['target']} | {c['measured']} | {'yes' if c['met'] else 'no'} |" for c in checks]
@@ -421,7 +415,7 @@ def write(out: Path, cfg: Any, rows: list[EvalRow], *, log: Any = print) -> dict
     """
     summary = summarise(rows)
     results = {"recipe": dataclasses.asdict(cfg), "summary": summary, "per_task": per_task(rows, summary, list(cfg.data.tasks)),
-               "targets": targets(summary), "speedup_at_equal_success": speedup_at_equal_success(summary), "rows": rows}  # fmt: skip
+               "targets": targets(summary, cfg.eval.targets), "speedup_at_equal_success": speedup_at_equal_success(summary), "rows": rows}  # fmt: skip
     write_text(out / "results.json", json.dumps(results, indent=2, default=float))
     write_text(out / "report.md", markdown(summary, cfg, rows))
     try:
