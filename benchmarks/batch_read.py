@@ -1,12 +1,13 @@
 """Time to read a training batch: item by item then collated, or in one read (`data.fetch_batch`).
 
 For one checkpoint's policy (its action chunk) and one dataset, the dataset is built as training builds it
-(`data.make_dataset`: held in memory when it fits), then `--batches` shuffled batches of `--batch-size` are
-read both ways, alternating batch by batch so that both see the same machine load:
+(`data.make_dataset`: held in memory when it fits), then `--batches` random batches of `--batch-size` frames
+(drawn uniformly, as the trainer's shuffled batches are) are read both ways, alternating batch by batch so that
+both see the same machine load:
 
 - `per_item`: `default_collate([dataset[i] for i in batch])`, what `DataLoader(dataset, batch_sampler=...)`
   does (the trainer's read before `data.batch_loader`);
-- `batched`: `data.fetch_batch(dataset, batch)`, the dataset's own `batch(indices)`.
+- `batched`: `data.fetch_batch(dataset, batch)`, the dataset's own `read_batch(indices)`.
 
 Both batches are checked equal (keys, dtypes, values) before anything is timed. Reported: ms per batch each
 way and their ratio. The training step this is part of: `updt_s` / `data_s` in the console line.
@@ -27,6 +28,7 @@ from smolvla_reflow_step import report_json  # noqa: E402
 
 
 def same_batch(a: dict[str, Any], b: dict[str, Any]) -> bool:
+    """Same keys, and every value the same (tensors: dtype and bits); the tests' `assert_same_batch` as a bool."""
     import torch
 
     return a.keys() == b.keys() and all(

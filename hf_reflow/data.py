@@ -244,14 +244,16 @@ class InMemoryFrames(Dataset):
             item[key] = self._camera_frame(item[key])
         return item
 
-    def batch(self, indices: list[int]) -> dict[str, Any]:
+    def read_batch(self, indices: list[int]) -> dict[str, Any]:
         """`default_collate([self[i] for i in indices])` in one indexing per column (~0.3 ms for 256 frames
-        instead of ~4 ms); camera frames are still converted (and augmented) frame by frame, in batch order."""
+        instead of ~4 ms); camera frames are still converted (and augmented) frame by frame, each frame's
+        cameras in turn, as item by item: random image transforms draw in the same order."""
         rows = torch.as_tensor(indices, dtype=torch.long)  # (B,)
         out = {key: column[rows] if torch.is_tensor(column) else [column[i] for i in indices]
                for key, column in self.columns.items()}  # fmt: skip
-        for key in self.camera_keys:  # (B, 3, H, W) uint8 -> float32
-            out[key] = torch.stack([self._camera_frame(frame) for frame in out[key]])
+        frames = [[self._camera_frame(out[key][j]) for key in self.camera_keys] for j in range(len(indices))]
+        for c, key in enumerate(self.camera_keys):  # (B, 3, H, W) uint8 -> float32
+            out[key] = torch.stack([frame[c] for frame in frames])
         return out
 
     def _camera_frame(self, frame: Tensor) -> Tensor:
@@ -269,20 +271,18 @@ def _relative_lookup(absolute: Tensor) -> Any:
 
 
 def fetch_batch(dataset: Dataset, indices: list[int]) -> dict[str, Any]:
-    """The collated batch of `dataset[i] for i in indices`: one call to the dataset's `batch(indices)` when it
-    has one (frames and couplings held in memory), else torch's `default_collate` over the items, one by one."""
-    batch = getattr(dataset, "batch", None)
-    return batch(indices) if callable(batch) else default_collate([dataset[i] for i in indices])
+    """The collated batch of `dataset[i] for i in indices`: one call to the dataset's `read_batch(indices)` when
+    it has one (frames and couplings held in memory), else torch's `default_collate` over the items, one by one."""
+    read_batch = getattr(dataset, "read_batch", None)
+    return read_batch(indices) if callable(read_batch) else default_collate([dataset[i] for i in indices])
 
 
 class _Batches(Dataset):
-    """A dataset read one whole batch per index (a list of its indices), for a DataLoader without batch_size."""
+    """A dataset read one whole batch per index (a list of its indices), for a DataLoader without batch_size;
+    how many batches there are is the batch sampler's length."""
 
     def __init__(self, dataset: Dataset) -> None:
         self.dataset = dataset
-
-    def __len__(self) -> int:
-        return len(self.dataset)
 
     def __getitem__(self, indices: list[int]) -> dict[str, Any]:
         return fetch_batch(self.dataset, indices)
@@ -293,7 +293,7 @@ def batch_loader(dataset: Dataset, batch_sampler: Sampler[list[int]], *, num_wor
     """A DataLoader yielding `fetch_batch(dataset, indices)` for each list of indices `batch_sampler` yields.
 
     Why not `DataLoader(dataset, batch_sampler=...)`: that builds and collates a dict per item, ~4 ms of a
-    ~28 ms `flow_mlp` training step at batch 256; a dataset with `batch()` gives the same batch in ~0.3 ms.
+    ~28 ms `flow_mlp` training step at batch 256; a dataset with `read_batch()` gives the same batch in ~0.3 ms.
     """
     return DataLoader(_Batches(dataset), sampler=batch_sampler, batch_size=None, num_workers=num_workers,
                       generator=generator)  # fmt: skip

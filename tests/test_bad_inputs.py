@@ -171,6 +171,7 @@ CASES = [
     Case("pipeline_unknown_task", ["pipeline", "--output_dir={out}", "--data.tasks=[fly-v3]"], "fly-v3"),
     Case("pipeline_seed_negative", ["pipeline", "--output_dir={out}", "--seeds=[-1]"], "seed"),
     Case("pipeline_target_gap_points", ["pipeline", "--output_dir={out}", "--eval.targets.min_gap_1_step=-3"], "eval.targets.min_gap_1_step is a success-rate fraction"),
+    Case("pipeline_target_percent", ["pipeline", "--output_dir={out}", "--eval.targets.min_reference_success=95"], "in 0..1, e.g. 0.95; got 95"),
     Case("pipeline_target_left_share", ["pipeline", "--output_dir={out}", "--eval.targets.left_share=[0.6,0.4]"], "eval.targets.left_share must be [low, high]"),
     Case("pipeline_target_speedup", ["pipeline", "--output_dir={out}", "--eval.targets.min_speedup=0"], "eval.targets.min_speedup must be > 0"),
     # ---- the probe of issue 27: once tracebacks, hangs or silent acceptance

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 from conftest import TINY_POLICY, assert_same_batch
-from torch.utils.data import default_collate
+from torch.utils.data import DataLoader, default_collate
 
 
 @pytest.mark.parametrize("episodes", [None, [1, 4, 5]])
@@ -14,7 +14,7 @@ def test_in_memory_frames_equal_lerobot_items(toy_dataset, episodes):
     from lerobot.datasets.lerobot_dataset import LeRobotDataset
 
     from hf_reflow.configs import DatasetConfig
-    from hf_reflow.data import InMemoryFrames, fetch_batch, load_metadata, policy_features
+    from hf_reflow.data import InMemoryFrames, batch_loader, load_metadata, policy_features
     from hf_reflow.policies.flow_mlp import FlowMLPConfig
 
     meta = load_metadata(DatasetConfig(root=str(toy_dataset)))
@@ -35,8 +35,31 @@ def test_in_memory_frames_equal_lerobot_items(toy_dataset, episodes):
             else:
                 assert value == got[key], (key, i)
     rows = [len(dataset) - 1, 0, 5, 0]  # unsorted, repeated: a batch's indices
-    assert_same_batch(frames.batch(rows), default_collate([dataset[i] for i in rows]))
-    assert_same_batch(fetch_batch(dataset, rows), frames.batch(rows))  # a dataset without `batch`: item by item
+    assert_same_batch(frames.read_batch(rows), default_collate([dataset[i] for i in rows]))
+    # The trainer's loader yields what torch's DataLoader over the items yields, batch by batch, whether the
+    # dataset reads a batch at once (in memory) or item by item (LeRobot's).
+    sampler = [rows, [1, 2, 3], [len(dataset) - 2]]
+    for source in (frames, dataset):
+        loaded = zip(batch_loader(source, sampler), DataLoader(dataset, batch_sampler=sampler), strict=True)
+        for got, expected in loaded:
+            assert_same_batch(got, expected)
+
+
+def test_camera_batches_augment_in_the_order_items_do():
+    """Two cameras, a random transform: a batch read at once draws each frame's cameras in turn, as item by
+    item, so its augmented frames equal the collated items' under the same seed."""
+    from hf_reflow.data import InMemoryFrames
+
+    frames = object.__new__(InMemoryFrames)  # the columns a dataset would give, without building one
+    frames.camera_keys = ["observation.images.a", "observation.images.b"]
+    frames.columns = {key: torch.randint(0, 256, (6, 3, 4, 4), dtype=torch.uint8) for key in frames.camera_keys}
+    frames.columns["task"], frames.length = ["reach"] * 6, 6
+    frames.image_transforms = lambda image: image + torch.rand(())  # one random draw per camera frame
+    rows = [4, 0, 4]
+    torch.manual_seed(0)
+    batch = frames.read_batch(rows)
+    torch.manual_seed(0)
+    assert_same_batch(batch, default_collate([frames[i] for i in rows]))
 
 
 def test_in_memory_camera_frames_equal_lerobot_items(image_dataset):
@@ -58,7 +81,7 @@ def test_in_memory_camera_frames_equal_lerobot_items(image_dataset):
             if torch.is_tensor(value):
                 assert value.dtype == got[name].dtype and torch.equal(value, got[name]), (name, i)
     rows = [7, 0, len(dataset) - 1]
-    assert_same_batch(frames.batch(rows), default_collate([dataset[i] for i in rows]))
+    assert_same_batch(frames.read_batch(rows), default_collate([dataset[i] for i in rows]))
     meta = load_metadata(DatasetConfig(root=str(image_dataset)))
     assert fits_in_memory(meta, len(dataset)) and not fits_in_memory(meta, 10**9)
 

@@ -178,7 +178,7 @@ def test_training_reads_memory_mapped_or_held_and_refuses_another_teacher_or_dat
     _, tensors = load_couplings(str(stored))
     order = [149, 3, 77, 3, 0]  # a batch's order, unsorted (read sorts for Arrow, then restores it)
     for source in (dataset, held):  # the same items either way
-        batch = source.batch([3, 149])  # one collated batch, as the items collated one by one
+        batch = source.read_batch([3, 149])  # one collated batch, as the items collated one by one
         assert torch.equal(batch[NOISE_KEY][1], tensors["noise"][149]) and len(source) == 150
         assert_same_batch(batch, default_collate([source[3], source[149]]))
         read = source.read(order)

@@ -256,7 +256,7 @@ class CouplingDataset(Dataset):
         stored = self.read([i])  # noise / action (1, chunk, dim), row (1,)
         return {**self.frames[int(stored["row"][0])], NOISE_KEY: stored["noise"][0], ACTION_KEY: stored["action"][0]}
 
-    def batch(self, indices: list[int]) -> dict[str, Any]:
+    def read_batch(self, indices: list[int]) -> dict[str, Any]:
         """The collated batch at `indices` with one read of the table (`data.batch_loader` calls it per batch)."""
         stored = self.read(indices)  # noise / action (B, chunk, dim), row (B,)
         frames = fetch_batch(self.frames, stored["row"].tolist())

@@ -110,19 +110,20 @@ class TargetsConfig:
     min_speedup: float = option(5.0, "speed-up at equal success (denoising passes per env step), at least")
 
     def __post_init__(self) -> None:
-        for name in ("min_reference_success", "max_collisions_1_step", "max_timeouts_1_step"):
-            _check_fraction(f"eval.targets.{name}", getattr(self, name), 0.0)
-        for name in ("min_gap_1_step", "min_gap_2_steps"):
-            _check_fraction(f"eval.targets.{name}", getattr(self, name), -1.0)
+        for name, low, example in (("min_reference_success", 0.0, "0.95"), ("max_collisions_1_step", 0.0, "0.02"),
+                                   ("max_timeouts_1_step", 0.0, "0.05"), ("min_gap_1_step", -1.0, "-0.03 for 3 points below"),
+                                   ("min_gap_2_steps", -1.0, "-0.01 for 1 point below")):  # fmt: skip
+            _check_fraction(f"eval.targets.{name}", getattr(self, name), low, example)
         if len(self.left_share) != 2 or not 0.0 <= self.left_share[0] <= self.left_share[1] <= 1.0:
             raise ConfigError(f"eval.targets.left_share must be [low, high] with 0 <= low <= high <= 1, e.g. [0.4, 0.6]; got {self.left_share}.")
         if not self.min_speedup > 0:
             raise ConfigError(f"eval.targets.min_speedup must be > 0 (a ratio of the reference's cost), e.g. 5.0; got {self.min_speedup}.")
 
 
-def _check_fraction(flag: str, value: float, low: float) -> None:
-    if not isinstance(value, int | float) or not low <= value <= 1.0:
-        raise ConfigError(f"{flag} is a success-rate fraction in {low:g}..1 (e.g. -0.03 for 3 points below); got {value!r}.")
+def _check_fraction(flag: str, value: float, low: float, example: str) -> None:
+    """Refuse a target that is not a success-rate fraction in `low`..1: points (-3), a bool, NaN."""
+    if isinstance(value, bool) or not isinstance(value, int | float) or not low <= value <= 1.0:
+        raise ConfigError(f"{flag} is a success-rate fraction in {low:g}..1, e.g. {example}; got {value!r}.")
 
 
 @dataclass
