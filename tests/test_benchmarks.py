@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import json
 import math
 import os
@@ -140,13 +141,18 @@ def test_couplings_memory_benchmark_smoke(tmp_path):
     assert proc.stdout.splitlines()[-1].startswith("read time: memory-mapped")
 
 
-def test_batch_read_benchmark_smoke(tmp_path, toy_dataset, teacher_1rf):
-    """The batch-read benchmark reads the toy dataset both ways (checked equal inside); no time threshold."""
+def _benchmark(name: str):
+    """The module `benchmarks/<name>.py`, imported with the benchmarks folder on the path (for its sibling imports)."""
     sys.path.insert(0, str(REPO / "benchmarks"))
     try:
-        import batch_read
+        return importlib.import_module(name)
     finally:
         sys.path.remove(str(REPO / "benchmarks"))
+
+
+def test_batch_read_benchmark_smoke(tmp_path, toy_dataset, teacher_1rf):
+    """The batch-read benchmark reads the toy dataset both ways (checked equal inside); no time threshold."""
+    batch_read = _benchmark("batch_read")
     result = batch_read.main([f"--teacher={teacher_1rf}", f"--dataset-root={toy_dataset}", "--batch-size=16",
                               "--batches=3", f"--output={tmp_path / 'o.json'}"])  # fmt: skip
     assert json.loads((tmp_path / "o.json").read_text()) == result
@@ -158,11 +164,7 @@ def test_batch_read_benchmark_smoke(tmp_path, toy_dataset, teacher_1rf):
 def test_reflow_step_options_benchmark_smoke(tmp_path, toy_dataset, teacher_1rf):
     """The cheaper-reflow-step benchmark runs on the toy teacher; per-update times and the end-point
     errors are there (no time threshold is asserted)."""
-    sys.path.insert(0, str(REPO / "benchmarks"))
-    try:
-        import reflow_step_options
-    finally:
-        sys.path.remove(str(REPO / "benchmarks"))
+    reflow_step_options = _benchmark("reflow_step_options")
     options = ["reuse_r2", "euler3", "heun2", "euler3_r8"]
     result = reflow_step_options.main([f"--teacher={teacher_1rf}", f"--dataset-root={toy_dataset}", "--batch-size=16",
                                        "--repeats=1", f"--options={','.join(options)}", f"--output={tmp_path / 'o.json'}"])  # fmt: skip
@@ -179,11 +181,7 @@ def test_reflow_step_options_benchmark_smoke(tmp_path, toy_dataset, teacher_1rf)
 
 def test_reflow_end_to_end_benchmark_smoke(tmp_path, toy_dataset, teacher_1rf):
     """Every way to a 2-RF runs end to end on the toy teacher (no time threshold is asserted)."""
-    sys.path.insert(0, str(REPO / "benchmarks"))
-    try:
-        import reflow_end_to_end
-    finally:
-        sys.path.remove(str(REPO / "benchmarks"))
+    reflow_end_to_end = _benchmark("reflow_end_to_end")
     result = reflow_end_to_end.main([f"--teacher={teacher_1rf}", f"--dataset-root={toy_dataset}", "--updates=4",
                                      "--batch-size=8", "--reuse=2", "--cheap-steps=3", f"--output={tmp_path / 'o.json'}"])  # fmt: skip
     assert json.loads((tmp_path / "o.json").read_text()) == result
