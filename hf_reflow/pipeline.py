@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -391,7 +392,8 @@ def write_chain_index(out: Path, cfg: PipelineConfig, stages: list[tuple[Stage, 
                 "name": s.label,
                 "stage": s.kind,
                 "k": s.k,
-                "path": str(Path(p).resolve().relative_to(out.resolve())),
+                # lexical, not resolved: a stage dir may be a link to another run's (reused stages)
+                "path": Path(os.path.relpath(os.path.abspath(p), os.path.abspath(out))).as_posix(),
             }
             for s, p in stages
         ],

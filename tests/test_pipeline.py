@@ -378,6 +378,23 @@ def test_a_new_stage_section_extends_a_finished_chain_but_a_trained_one_may_not_
         check_output_dir(parse_pipeline_config([*base, "--reflow.steps=7"]), out)
 
 
+def test_the_chain_index_names_a_linked_stage_by_its_place_in_the_run(tmp_path):
+    """A stage dir may be a link to another run's (a lever that reuses finished stages): `pipeline.json` gives
+    the path inside this run, not where the link points."""
+    from hf_reflow.parsing import parse_pipeline_config
+    from hf_reflow.pipeline import chain, write_chain_index
+
+    other, out = tmp_path / "other", tmp_path / "run"
+    (other / "seed0" / "1rf" / "pretrained_model").mkdir(parents=True)
+    (out / "seed0").mkdir(parents=True)
+    (out / "seed0" / "1rf").symlink_to(other / "seed0" / "1rf")
+    stages = chain(["flow_matching", "reflow"])
+    linked = [(s, out / "seed0" / s.name / "pretrained_model") for s in stages]
+    write_chain_index(out, parse_pipeline_config([f"--config={TINY}"]), linked, out / "data" / "demos")
+    index = json.loads((out / "pipeline.json").read_text())
+    assert [s["path"] for s in index["stages"]] == ["seed0/1rf/pretrained_model", "seed0/2rf/pretrained_model"]
+
+
 def test_couplings_at_the_teachers_closed_loop_states(tmp_path):
     """`coupling_states: closed_loop`: the 1-RF acts on the demonstrations' layouts, every episode is kept, and
     the 2-RF's couplings and training frames are those states (`hf-reflow dataset metaworld --policy_path` too)."""
