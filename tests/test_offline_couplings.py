@@ -9,6 +9,7 @@ import os
 import shutil
 
 import pytest
+import safetensors.torch
 import torch
 from conftest import assert_same_batch, run_cli, train_config
 from torch.utils.data import default_collate
@@ -95,6 +96,19 @@ def test_resume_regenerates_only_missing_blocks(stored, teacher_1rf, toy_dataset
     assert all(torch.equal(before[1][k], v) for k, v in load_file(str(block_path(stored, 1))).items())
     with pytest.raises(ConfigError, match="differs in seed"):
         generate(stored, teacher, data, **{**SETTINGS, "seed": 4})
+
+
+def test_resume_accepts_the_same_teacher_and_frames_at_another_path(stored, teacher_1rf, toy_dataset, tmp_path):
+    """A copied teacher checkpoint (same weights) and frames (same metadata) resume the couplings they made;
+    a teacher with other weights at the same path is still refused."""
+    moved_teacher, moved_data = tmp_path / "teacher", tmp_path / "data"
+    shutil.copytree(teacher_1rf, moved_teacher)
+    shutil.copytree(toy_dataset, moved_data)
+    generate(stored, TeacherConfig(path=str(moved_teacher)), DatasetConfig(root=str(moved_data)), **SETTINGS)
+    weights = str(moved_teacher / "pretrained_model" / "model.safetensors")
+    safetensors.torch.save_file({k: v + 1.0 for k, v in safetensors.torch.load_file(weights).items()}, weights)
+    with pytest.raises(ConfigError, match="differs in teacher, teacher_sha256"):
+        generate(stored, TeacherConfig(path=str(moved_teacher)), DatasetConfig(root=str(moved_data)), **SETTINGS)
 
 
 def test_two_processes_write_the_same_couplings(stored, teacher_1rf, toy_dataset, tmp_path):

@@ -90,12 +90,19 @@ def generate(
     return root
 
 
+# Where the teacher and the frames are read from may change between runs (a moved run dir, a link, a copy):
+# the weights' and the metadata's hashes say whether they are the same, as training checks them.
+_LOCATION_OF = {"teacher": "teacher_sha256", "dataset_root": "dataset_fingerprint"}
+
+
 def _check_or_write_spec(root: Path, spec: CouplingsSpec, state: Any) -> None:
-    """A rerun must ask for the same couplings as the run it resumes."""
+    """A rerun must ask for the same couplings as the run it resumes (same content: a teacher or frames found
+    at another path but with the same hash are the same)."""
     file = root / METADATA
     if file.is_file():
-        saved = dataclasses.asdict(read_spec(file))
-        changed = sorted(k for k, v in dataclasses.asdict(spec).items() if saved.get(k) != v)
+        saved, mine = dataclasses.asdict(read_spec(file)), dataclasses.asdict(spec)
+        same_content = {k for k, h in _LOCATION_OF.items() if saved.get(h) is not None and saved.get(h) == mine[h]}
+        changed = sorted(k for k, v in mine.items() if saved.get(k) != v and k not in same_content)
         if changed:
             raise ConfigError(
                 f"{str(root)!r} holds couplings made with other settings (differs in {', '.join(changed)}); "
