@@ -393,7 +393,7 @@ def write_chain_index(out: Path, cfg: PipelineConfig, stages: list[tuple[Stage, 
                 "stage": s.kind,
                 "k": s.k,
                 # lexical, not resolved: a stage dir may be a link to another run's (reused stages)
-                "path": Path(os.path.relpath(os.path.abspath(p), os.path.abspath(out))).as_posix(),
+                "path": Path(os.path.relpath(p, out)).as_posix(),
             }
             for s, p in stages
         ],

@@ -92,7 +92,7 @@ def generate(
 
 # Where the teacher and the frames are read from may change between runs (a moved run dir, a link, a copy):
 # the weights' and the metadata's hashes say whether they are the same, as training checks them.
-_LOCATION_OF = {"teacher": "teacher_sha256", "dataset_root": "dataset_fingerprint"}
+_CONTENT_HASH_OF = {"teacher": "teacher_sha256", "dataset_root": "dataset_fingerprint"}
 
 
 def _check_or_write_spec(root: Path, spec: CouplingsSpec, state: Any) -> None:
@@ -101,7 +101,7 @@ def _check_or_write_spec(root: Path, spec: CouplingsSpec, state: Any) -> None:
     file = root / METADATA
     if file.is_file():
         saved, mine = dataclasses.asdict(read_spec(file)), dataclasses.asdict(spec)
-        same_content = {k for k, h in _LOCATION_OF.items() if saved.get(h) is not None and saved.get(h) == mine[h]}
+        same_content = {k for k, h in _CONTENT_HASH_OF.items() if saved.get(h) is not None and saved.get(h) == mine[h]}
         changed = sorted(k for k, v in mine.items() if saved.get(k) != v and k not in same_content)
         if changed:
             raise ConfigError(
