@@ -51,6 +51,7 @@ def write_couplings(root: Path, num_couplings: int, block_size: int, action_shap
     from datasets import Dataset as ArrowDataset
 
     from hf_reflow.artifacts import couplings_store as store
+    from hf_reflow.artifacts.content import COUPLINGS_SPEC
 
     spec = store.CouplingsSpec(
         teacher="benchmark (no teacher)", teacher_commit=None, teacher_sha256="0" * 64,
@@ -59,7 +60,7 @@ def write_couplings(root: Path, num_couplings: int, block_size: int, action_shap
         block_size=block_size, seed=SEED, action_shape=list(action_shape), policy_type="flow_mlp",
     )  # fmt: skip
     (root / store.SHARDS).mkdir(parents=True)
-    (root / store.METADATA).write_text(json.dumps(dataclasses.asdict(spec), indent=2, sort_keys=True))
+    (root / COUPLINGS_SPEC).write_text(json.dumps(dataclasses.asdict(spec), indent=2, sort_keys=True))
     for block, size in enumerate(store.block_sizes(num_couplings, block_size)):
         noise, rows = store.draw_block(SEED, block, size, action_shape, num_frames)
         columns = {

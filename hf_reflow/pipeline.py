@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from hf_reflow import space
-from hf_reflow.artifacts.couplings_store import weights_sha256
+from hf_reflow.artifacts.content import weights_sha256
 from hf_reflow.artifacts.run_lock import LOCK_FILE, run_lock
 from hf_reflow.atomic import TEMPORARY_MARK, write_text
 from hf_reflow.configs import PIPELINE_STAGES, VLM_DIR, DatasetConfig, PipelineConfig

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -142,6 +143,24 @@ def test_rerun_skips_finished_stages(tiny_run):
     assert result.stdout.count("finished, skipping") == 6  # every stage of the tiny chain
     assert "reusing it" in result.stdout and "closed loop" not in result.stdout  # eval cached too
     assert [p.stat().st_mtime_ns for p in weights] == before
+
+
+def test_a_moved_run_reruns_without_training_or_evaluating_again(tiny_run, tmp_path):
+    """A finished run moved elsewhere (its old paths gone) reruns as itself: each stage finds its teacher, frames
+    and couplings by the content hashes its `train_config.json` recorded, and the evaluation cache holds."""
+    out, _ = tiny_run
+    moved, away = tmp_path / "moved", out.with_name(out.name + "-away")
+    shutil.copytree(out, moved, symlinks=True)
+    out.rename(away)
+    try:
+        result = run_cli("pipeline", f"--config={TINY}", f"--output_dir={moved}", "--rollout_layout_sets=2", "--eval.workers=1")
+    finally:
+        away.rename(out)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.count("finished, skipping") == 6 and "closed loop" not in result.stdout
+    rows, before = (json.loads((run / "results.json").read_text())["rows"] for run in (moved, out))
+    assert [{**r, "checkpoint": None} for r in rows] == [{**r, "checkpoint": None} for r in before]
+    assert all(Path(r["checkpoint"]).is_relative_to(moved) for r in rows)  # the rows name where the stages are now
 
 
 def test_a_different_recipe_in_the_same_dir_is_refused(tiny_run):

@@ -95,6 +95,35 @@ def test_distill_stage_is_trained_at_t1_and_saved_for_one_step(tmp_path, toy_dat
     assert load_config(final).num_steps == 1
 
 
+def test_a_moved_run_finds_its_teacher_and_frames_by_content(tmp_path, toy_dataset, teacher_1rf):
+    """A finished reflow run moved with its teacher and frames (a pipeline output dir moved, copied or downloaded)
+    is the same run at its new paths: `train_config.json` records their content hashes. Other weights at the
+    teacher's new path are still another run."""
+    from hf_reflow.artifacts.run_dir import check_run_dir
+    from hf_reflow.errors import CheckpointError
+
+    def config(root):
+        return train_config(stage="reflow", steps=2, batch_size=8, output_dir=str(root / "2rf"), resume=True,
+                            dataset__root=str(root / "data"), teacher__path=str(root / "1rf"))  # fmt: skip
+
+    old, new = tmp_path / "old", tmp_path / "new"
+    shutil.copytree(toy_dataset, old / "data")
+    shutil.copytree(teacher_1rf, old / "1rf", symlinks=True)
+    ReflowTrainer(config(old)).train()
+    recorded = json.loads((old / "2rf" / "train_config.json").read_text())["input_hashes"]
+    assert sorted(recorded) == ["dataset.root", "policy.pretrained_path", "teacher.path"]
+    old.rename(new)  # the paths the run recorded are gone
+    assert check_run_dir(config(new)) is True  # finished: nothing to train
+    weights = new / "1rf" / "pretrained_model" / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-4] + b"\0\0\0\0")  # other weights where the teacher was found
+    with pytest.raises(CheckpointError, match=r"no longer parses .*no checkpoint at teacher.path '.*old/1rf'"):
+        check_run_dir(config(new))
+    shutil.copytree(teacher_1rf, old / "1rf", symlinks=True)  # its teacher is back where it was; the one asked for differs
+    (old / "data").symlink_to(new / "data")
+    with pytest.raises(CheckpointError, match=r"holds a different run \(differs in policy, teacher\)"):
+        check_run_dir(config(new))
+
+
 @pytest.mark.parametrize("reuse", [1, 2])
 def test_resume_reproduces_the_uninterrupted_run(tmp_path, toy_dataset, teacher_1rf, reuse):
     settings = dict(

@@ -24,7 +24,6 @@ couplings whose teacher weights or source dataset differ from the stage's.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import logging
 from pathlib import Path
@@ -35,14 +34,14 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
+from hf_reflow.artifacts.content import COUPLINGS_SPEC, dataset_fingerprint, weights_sha256
 from hf_reflow.data import fetch_batch, is_data_file_error, load_metadata
 from hf_reflow.errors import DataError
 from hf_reflow.hub import Hub
-from hf_reflow.refs import WEIGHTS, CheckpointRef
+from hf_reflow.refs import CheckpointRef
 
 logger = logging.getLogger(__name__)
 
-METADATA = "couplings.json"
 SHARDS = "data"
 FORMAT = "hf-reflow-couplings/3"  # 3: block seeds mixed by SeedSequence (2 dropped the seed, below)
 NOISE_KEY, ACTION_KEY = "reflow.noise", "reflow.action"  # extra batch keys carrying stored couplings
@@ -118,32 +117,15 @@ def features(action_shape: tuple[int, ...]) -> Any:
     })  # fmt: skip
 
 
-def weights_sha256(checkpoint: str | Path | CheckpointRef, *, revision: str | None = None) -> str:
-    """sha256 of a checkpoint's `model.safetensors`: which teacher made a set of couplings."""
-    digest = hashlib.sha256()
-    with open(CheckpointRef.of(checkpoint, revision=revision).local() / WEIGHTS, "rb") as f:
-        while chunk := f.read(1 << 22):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def dataset_fingerprint(root: str | Path) -> str:
-    """sha256 over a LeRobotDataset's `meta/` files (info, stats, tasks, per-episode metadata and stats)."""
-    digest, meta = hashlib.sha256(), Path(root) / "meta"
-    for file in sorted(p for p in meta.rglob("*") if p.is_file()):
-        digest.update(file.relative_to(meta).as_posix().encode() + b"\0" + file.read_bytes())
-    return digest.hexdigest()
-
-
 # ---- reading --------------------------------------------------------------------------------
 def resolve_couplings(path_or_repo: str, *, revision: str | None = None) -> Path:
     """A local couplings folder, or a Hub dataset repo id downloaded through the cache."""
     local = Path(path_or_repo)
-    if (local / METADATA).is_file():
+    if (local / COUPLINGS_SPEC).is_file():
         return local
     if local.exists() or path_or_repo.count("/") != 1:
         raise DataError(
-            f"{path_or_repo!r} is not a couplings folder (no {METADATA}); make one with `hf-reflow couplings "
+            f"{path_or_repo!r} is not a couplings folder (no {COUPLINGS_SPEC}); make one with `hf-reflow couplings "
             "generate --output=DIR`, or pass a Hub dataset repo id."
         )
     return Hub().download(path_or_repo, revision=revision, repo_type="dataset")
@@ -188,10 +170,10 @@ def read_spec(file: Path) -> CouplingsSpec:
 
 def check_complete(root: Path) -> CouplingsSpec:
     """The spec of a local couplings folder in this format whose shards are all written."""
-    file = Path(root) / METADATA
+    file = Path(root) / COUPLINGS_SPEC
     if not file.is_file():
         raise DataError(
-            f"{str(root)!r} is not a couplings folder (no {METADATA}); make one with `hf-reflow couplings generate`."
+            f"{str(root)!r} is not a couplings folder (no {COUPLINGS_SPEC}); make one with `hf-reflow couplings generate`."
         )
     spec = read_spec(file)
     missing = [b for b in range(spec.num_blocks) if not block_path(Path(root), b).is_file()]

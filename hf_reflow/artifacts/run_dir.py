@@ -21,6 +21,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from hf_reflow.artifacts.checkpoints import check_weights
+from hf_reflow.artifacts.content import with_inputs_found
 from hf_reflow.artifacts.run_lock import LOCK_FILE
 from hf_reflow.atomic import TEMPORARY_MARK, atomic_path, remove
 from hf_reflow.configs import RECORD_KEYS, TrainConfig, resolved_paths
@@ -61,9 +62,11 @@ def check_run_dir(config: TrainConfig) -> bool:
             f"output dir {str(output_dir)!r} already holds a run; pass --resume=true to continue it "
             "or choose another --output_dir."
         )
-    # Compared with local paths resolved, as they are stored: the same run typed from another directory is the same run.
+    # Compared with local paths resolved, as they are stored: the same run typed from another directory is the same
+    # run; an input found at another path with the content the run recorded (a moved or copied run) is the same input.
     mine = {k: v for k, v in resolved_paths(config.to_dict()).items() if k not in IGNORED_ON_RESUME}
-    theirs = {k: v for k, v in resolved_paths(_saved_config(saved).to_dict()).items() if k not in IGNORED_ON_RESUME}
+    recorded = with_inputs_found(_read_saved_config(saved), config.to_dict())
+    theirs = {k: v for k, v in resolved_paths(_saved_config(recorded, saved).to_dict()).items() if k not in IGNORED_ON_RESUME}
     if mine != theirs:
         changed = sorted(k for k in mine.keys() | theirs.keys() if mine.get(k) != theirs.get(k))
         raise CheckpointError(
@@ -118,13 +121,14 @@ def _read_saved_config(saved: Path) -> dict:
     return data
 
 
-def _saved_config(saved: Path) -> TrainConfig:
-    """The run's `train_config.json` read back as a recipe: keys added since that run take their defaults,
-    and its policy resolves as it did then (an older run's policy section holds only the fields it set)."""
-    data = {k: v for k, v in _read_saved_config(saved).items() if k not in RECORD_KEYS}
+def _saved_config(recorded: dict, saved: Path) -> TrainConfig:
+    """The run's `train_config.json` (`recorded`, read from `saved`) as a recipe: keys added since that run take
+    their defaults, and its policy resolves as it did then (an older run's policy section holds only the fields
+    it set)."""
+    data = {k: v for k, v in recorded.items() if k not in RECORD_KEYS}
     try:
         return train_config_from_dict(data)
-    except ConfigError as e:
+    except (ConfigError, CheckpointError) as e:  # e.g. its teacher is gone, and no input here has its weights
         raise CheckpointError(
             f"{str(saved)!r} no longer parses as a run config ({e}); delete the output dir to start over, or "
             "choose another --output_dir."

@@ -108,7 +108,7 @@ def option(default: Any = dataclasses.MISSING, help: str = "", *, factory: Any =
 
 
 # Keys a trainer writes into train_config.json for the record; ignored when that file is read back as a recipe.
-RECORD_KEYS = ("optim_used",)
+RECORD_KEYS = ("optim_used", "input_hashes")
 
 
 def check_repo_template(flag: str, template: str) -> None:

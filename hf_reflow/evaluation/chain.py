@@ -41,9 +41,10 @@ def evaluate_chain(
         for stage, checkpoint in stages:
             cache = Path(checkpoint).parent / "eval.json"
             cached = json.loads(cache.read_text()) if cache.is_file() else {}
-            # a cache of any version: its settings and rows read with today's names (`nfe` is `num_steps`)
+            # a cache of any version: its settings and rows read with today's names (`nfe` is `num_steps`); the
+            # checkpoint where it is now (a moved run's cache names where it was evaluated)
             if upgrade_row(cached.get("settings", {})) == settings:
-                rows += [upgrade_row(row) for row in cached["rows"]]
+                rows += [{**upgrade_row(row), "checkpoint": str(checkpoint)} for row in cached["rows"]]
                 continue
             labels = {"seed": seed, "name": stage.label, "run": stage.name, "stage": stage.kind, "k": stage.k}
             todo.append((cache, EvalTarget(str(checkpoint), own_steps_only=stage.kind in DISTILL_STAGES, labels=labels,

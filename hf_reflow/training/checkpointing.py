@@ -7,13 +7,14 @@ the run's `pretrained_model/`. A training state holds only JSON and safetensors 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from torch import nn
 
 from hf_reflow.artifacts.checkpoints import save_checkpoint, stage_lineage
+from hf_reflow.artifacts.content import input_hashes
 from hf_reflow.artifacts.run_dir import (
     TRAIN_CONFIG,
     TRAINING_STATE,
@@ -47,12 +48,22 @@ class LoopState:
 
 @dataclass
 class CheckpointWriter:
-    """Saves and resumes the checkpoints of one run (`optim_used` is recorded in every `train_config.json`)."""
+    """Saves and resumes the checkpoints of one run (`record()` is written into every `train_config.json`)."""
 
     config: TrainConfig
     output_dir: Path
     optim_used: dict[str, Any]
     teacher: CheckpointRef | None = None  # the teacher as the run resolved it once (its lineage and commit)
+    # {input key: content hash} of the local teacher, frames and couplings, so that a moved run finds them
+    # by content (`artifacts/run_dir.check_run_dir`); hashed once per run.
+    input_hashes: dict[str, str] = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.input_hashes = input_hashes(self.config.to_dict())
+
+    def record(self) -> dict[str, Any]:
+        """What `train_config.json` records beside the config (`configs.RECORD_KEYS`, ignored when read back)."""
+        return {"optim_used": self.optim_used, "input_hashes": self.input_hashes}
 
     def resume(self, accelerator: Any, loss_module: nn.Module, optimizer: Any, scheduler: Any, ema: Any) -> int:
         """Load the newest training checkpoint that loads when resuming; return its step (0 if none).
@@ -109,7 +120,7 @@ class CheckpointWriter:
         self.save_pretrained(state, model_dir, self.config.final_num_steps if final else None)
         accelerator.wait_for_everyone()
         if accelerator.is_main_process:
-            save_config(self.config, model_dir / TRAIN_CONFIG, {"optim_used": self.optim_used})
+            save_config(self.config, model_dir / TRAIN_CONFIG, self.record())
             replace_path(tmp, target)
         accelerator.wait_for_everyone()
 

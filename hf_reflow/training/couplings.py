@@ -19,17 +19,15 @@ from typing import Any
 import torch
 
 from hf_reflow.artifacts.checkpoints import checkpoint_commit, load_processors
+from hf_reflow.artifacts.content import COUPLINGS_SPEC, dataset_fingerprint, weights_sha256
 from hf_reflow.artifacts.couplings_store import (
-    METADATA,
     SHARDS,
     CouplingsSpec,
     block_path,
     block_sizes,
-    dataset_fingerprint,
     draw_block,
     features,
     read_spec,
-    weights_sha256,
 )
 from hf_reflow.atomic import TEMPORARY_MARK, atomic_path, write_text
 from hf_reflow.data import fetch_batch, load_metadata, make_dataset
@@ -98,7 +96,7 @@ _CONTENT_HASH_OF = {"teacher": "teacher_sha256", "dataset_root": "dataset_finger
 def _check_or_write_spec(root: Path, spec: CouplingsSpec, state: Any) -> None:
     """A rerun must ask for the same couplings as the run it resumes (same content: a teacher or frames found
     at another path but with the same hash are the same)."""
-    file = root / METADATA
+    file = root / COUPLINGS_SPEC
     if file.is_file():
         saved, mine = dataclasses.asdict(read_spec(file)), dataclasses.asdict(spec)
         same_content = {k for k, h in _CONTENT_HASH_OF.items() if saved.get(h) is not None and saved.get(h) == mine[h]}

@@ -160,7 +160,7 @@ class ReflowTrainer:
         start_step = self.checkpoints.resume(accelerator, loss_module, optimizer, scheduler, ema)
         if accelerator.is_main_process:
             self.output_dir.mkdir(parents=True, exist_ok=True)
-            save_config(cfg, self.output_dir / TRAIN_CONFIG, {"optim_used": self.optim_used})
+            save_config(cfg, self.output_dir / TRAIN_CONFIG, self.checkpoints.record())
             (self.output_dir / "logs").mkdir(exist_ok=True)
         accelerator.init_trackers("hf-reflow", config=scalar_config(cfg))
         loader = self._loader(dataset, start_step, accelerator)
