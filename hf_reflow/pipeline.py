@@ -13,7 +13,8 @@ Layout of `output_dir/`:
     results.json, report.md, *.png      every row, the summary with 95 % CIs, plots
     pipeline.json                       the chain (stage names and checkpoint paths) for the Space
 
-Re-running skips finished stages and evaluations; `--force=true` redoes everything. With
+Re-running skips finished stages and evaluations; `--force=true` redoes everything; `--from_run=<run>` takes
+(hard links) whatever another run made exactly as this one would (`artifacts/reuse.py`). With
 `--push.hub_model_id=you/mw` (+ `--push.space_id=you/space`) the first seed's stages, then a Space showing
 them, are pushed after the report; write access to every repo is checked before anything is written.
 """
@@ -29,10 +30,11 @@ from pathlib import Path
 from typing import Any
 
 from hf_reflow import space
+from hf_reflow.artifacts import reuse
 from hf_reflow.artifacts.content import weights_sha256
 from hf_reflow.artifacts.run_lock import LOCK_FILE, run_lock
 from hf_reflow.atomic import TEMPORARY_MARK, write_text
-from hf_reflow.configs import PIPELINE_STAGES, VLM_DIR, DatasetConfig, PipelineConfig
+from hf_reflow.configs import COUPLINGS_BLOCK_SIZE, PIPELINE_STAGES, VLM_DIR, DatasetConfig, PipelineConfig
 from hf_reflow.errors import ConfigError, HubError
 from hf_reflow.evaluation import report
 from hf_reflow.evaluation.chain import evaluate_chain
@@ -125,6 +127,24 @@ def check_output_dir(cfg: PipelineConfig, out: Path) -> None:
     write_text(saved, json.dumps({k: v for k, v in mine.items() if k != "force"}, indent=2))
 
 
+def source_run(cfg: PipelineConfig, out: Path) -> Path | None:
+    """`from_run` checked: another pipeline run's folder (None without one)."""
+    if cfg.from_run is None:
+        return None
+    source = Path(cfg.from_run)
+    if not (source / "recipe.json").is_file():
+        raise ConfigError(f"from_run {cfg.from_run!r} holds no pipeline run (no recipe.json); pass a finished run's output_dir.")
+    if source.resolve() == out.resolve():
+        raise ConfigError(f"from_run {cfg.from_run!r} is this run's output_dir; pass another run's output_dir.")
+    return source
+
+
+def _same_section(source: Path, cfg: PipelineConfig, name: str) -> bool:
+    """The source run's recipe has the same `name` section (data, vlm) as this one."""
+    theirs = json.loads((source / "recipe.json").read_text()).get(name)
+    return theirs == json.loads(json.dumps(dataclasses.asdict(getattr(cfg, name))))
+
+
 def remove_partial_datasets(folder: Path) -> None:
     """Delete the `.<name>.tmp-*` folders a killed dataset writer left (`.partial-*`: those of older versions;
     the caller holds the run lock)."""
@@ -132,8 +152,9 @@ def remove_partial_datasets(folder: Path) -> None:
         shutil.rmtree(stale, ignore_errors=True)
 
 
-def write_datasets(cfg: PipelineConfig, out: Path) -> tuple[Path, Path]:
-    """Training demos (demonstration layouts) and held-out expert episodes (evaluation layouts)."""
+def write_datasets(cfg: PipelineConfig, out: Path, source: Path | None = None) -> tuple[Path, Path]:
+    """Training demos (demonstration layouts) and held-out expert episodes (evaluation layouts); `source`'s when
+    it wrote them with the same `data` settings."""
     from datasets.utils.logging import disable_progress_bar
     from tqdm.auto import tqdm
 
@@ -148,6 +169,14 @@ def write_datasets(cfg: PipelineConfig, out: Path) -> tuple[Path, Path]:
         (demos, d.episodes, d.seed, metaworld.DEMO_LAYOUT_SEED, d.hold_steps),
         (heldout, d.heldout_episodes, d.seed + 1, metaworld.EVAL_LAYOUT_SEED, 0),  # the expert as evaluated
     ):
+        if source is not None and _same_section(source, cfg, "data") and reuse.link_folder(
+            source / "data" / root.name, root, complete="meta/info.json"
+        ):
+            _log(f"dataset {root} linked from {source} (same data settings)")
+            summary = source / "data" / f"{root.name}.json"
+            if summary.is_file():
+                write_text(root.parent / summary.name, summary.read_text())
+            continue
         if (root / "meta" / "info.json").is_file():
             _log(f"dataset {root} exists, reusing it")
             continue
@@ -171,12 +200,14 @@ def write_datasets(cfg: PipelineConfig, out: Path) -> tuple[Path, Path]:
     return demos, heldout
 
 
-def write_backbone(cfg: PipelineConfig, out: Path) -> None:
+def write_backbone(cfg: PipelineConfig, out: Path, source: Path | None = None) -> None:
     """The from-scratch SmolVLM backbone `vlm.build` asks for, written once to `output_dir/vlm` (every seed's
-    1-RF reads it), its tokenizer trained on the tasks' instructions."""
+    1-RF reads it), its tokenizer trained on the tasks' instructions; `source`'s when made with the same `vlm`."""
     from hf_reflow.envs import metaworld
 
     folder = out / VLM_DIR
+    if cfg.vlm.build and source is not None and all(_same_section(source, cfg, k) for k in ("vlm", "data")):
+        reuse.link_folder(source / VLM_DIR, folder, complete=smolvlm.SIZE_FILE)
     if not cfg.vlm.build or (folder / smolvlm.SIZE_FILE).is_file():
         return
     prompts = [metaworld.task_prompt(task, cfg.data.mode) for task in cfg.data.tasks]
@@ -184,9 +215,11 @@ def write_backbone(cfg: PipelineConfig, out: Path) -> None:
     _log(f"SmolVLM backbone ({cfg.vlm.size.text_layers} text layers x {cfg.vlm.size.text_hidden}, random weights) -> {folder}")
 
 
-def train_chain(cfg: PipelineConfig, out: Path, seed: int, demos: Path) -> list[tuple[Stage, Path]]:
-    """Train (or skip, when finished) every stage for one seed; returns (stage, checkpoint) pairs."""
+def train_chain(cfg: PipelineConfig, out: Path, seed: int, demos: Path, source: Path | None = None) -> list[tuple[Stage, Path]]:
+    """Train (or skip, when finished) every stage for one seed; returns (stage, checkpoint) pairs. A stage, its
+    states and couplings that `source` (`from_run`) made exactly as this run would are linked from it."""
     done, trained = [], {}  # trained: stage folder name -> its final checkpoint
+    theirs = source / f"seed{seed}" if source is not None else None
     for stage in chain(cfg.stages):
         teacher = trained[stage.teacher] if stage.teacher else None
         run_dir = out / f"seed{seed}" / stage.name
@@ -196,13 +229,20 @@ def train_chain(cfg: PipelineConfig, out: Path, seed: int, demos: Path) -> list[
             couplings = str(out / f"seed{seed}" / "couplings" / stage.name)
         if actor is not None:
             frames = out / f"seed{seed}" / "states" / actor
+            if theirs is not None and not finished:  # kept only if the same weights visited them (below)
+                link_states(theirs / "states" / actor, frames)
             if not finished and write_closed_loop_states(cfg, trained[actor], frames, seed, stage) and couplings:
                 shutil.rmtree(couplings, ignore_errors=True)  # made at the states just replaced
-        if couplings is not None and not finished:
-            generate_couplings(cfg, teacher, frames, couplings, seed, stage)
         train_cfg = stage_config(cfg, 
             stage.kind, seed=seed, output_dir=str(run_dir), teacher=teacher, dataset_root=str(frames), couplings=couplings
         )
+        if couplings is not None and not finished:
+            if theirs is not None:
+                link_couplings(cfg, train_cfg.teacher, frames, theirs / "couplings" / stage.name, couplings, seed)
+            generate_couplings(cfg, teacher, frames, couplings, seed, stage)
+        if theirs is not None and not finished and reuse.link_run(theirs / stage.name, train_cfg):
+            _log(f"seed {seed} {stage.label}: linked from {theirs / stage.name} (same settings and inputs)")
+            finished = True
         _log(
             f"seed {seed} {stage.label} ({stage.kind}): {'finished, skipping' if finished else 'training'} -> {run_dir}"
         )
@@ -255,7 +295,23 @@ def generate_couplings(
         stage.kind, seed=seed, output_dir="<unused>", teacher=teacher, dataset_root=str(demos)
     )
     _log(f"seed {seed} {stage.label}: {cfg.num_couplings} couplings from {teacher} -> {output}")
-    generate(output, train_cfg.teacher, train_cfg.dataset, num_couplings=cfg.num_couplings, seed=seed)
+    generate(output, train_cfg.teacher, train_cfg.dataset, num_couplings=cfg.num_couplings, seed=seed,
+             block_size=COUPLINGS_BLOCK_SIZE)
+
+
+def link_couplings(cfg: PipelineConfig, teacher: Any, frames: Path, src: Path, dst: str, seed: int) -> None:
+    """Another run's couplings linked to `dst` when its teacher (same weights), frames and settings made them."""
+    if reuse.link_couplings(src, Path(dst), teacher=teacher, frames=frames, num_couplings=cfg.num_couplings, seed=seed,
+                            block_size=COUPLINGS_BLOCK_SIZE):  # fmt: skip
+        _log(f"seed {seed}: couplings linked from {src}")
+
+
+def link_states(src: Path, dst: Path) -> None:
+    """Another run's closed-loop states (and their record) linked to `dst`; `write_closed_loop_states` keeps them
+    only if the same policy weights visited them."""
+    record = src.parent / f"{src.name}.json"
+    if record.is_file() and reuse.link_folder(src, dst, complete="meta/info.json"):
+        write_text(dst.parent / record.name, record.read_text())
 
 
 ONE_SEED_NOTE = (
@@ -274,11 +330,12 @@ def run(cfg: PipelineConfig) -> dict[str, Any]:
     for task in cfg.data.tasks:
         metaworld.task_prompt(task, cfg.data.mode)
     targets = check_push(cfg)  # write access to every repo, before anything is written or trained
+    source = source_run(cfg, out)
     check_output_dir(cfg, out)
     with run_lock(out):  # one pipeline per output dir (each stage also locks its own run dir)
-        demos, heldout = write_datasets(cfg, out)
-        write_backbone(cfg, out)
-        trained = {seed: train_chain(cfg, out, seed, demos) for seed in cfg.seeds}
+        demos, heldout = write_datasets(cfg, out, source)
+        write_backbone(cfg, out, source)
+        trained = {seed: train_chain(cfg, out, seed, demos, source) for seed in cfg.seeds}
         rows = evaluate_chain(
             trained, DatasetConfig(repo_id="local/metaworld", root=str(heldout)), cfg.eval, tasks=cfg.data.tasks,
             mode=cfg.data.mode, log=_log,

@@ -163,6 +163,40 @@ def test_a_moved_run_reruns_without_training_or_evaluating_again(tiny_run, tmp_p
     assert all(Path(r["checkpoint"]).is_relative_to(moved) for r in rows)  # the rows name where the stages are now
 
 
+def test_from_run_links_what_a_lever_leaves_unchanged_and_retrains_the_rest(tiny_run, tmp_path):
+    """A paired lever on the distilled student (`--distill.steps`) from a finished run: its datasets, the 1-RF,
+    2-RF, shortcut and meanflow students and the couplings they were made from are hard-linked (evaluations
+    reused); the distilled student and the redistilled one (trained at its states) are trained again; the
+    finished run is left as it was."""
+    out, _ = tiny_run
+    files = sorted(p for p in out.rglob("*") if p.is_file() and not p.is_symlink())
+    before = {p: p.stat().st_mtime_ns for p in files}
+    lever = tmp_path / "lever"
+    result = run_cli("pipeline", f"--config={TINY}", f"--output_dir={lever}", "--rollout_layout_sets=2", "--eval.workers=1",
+                     f"--from_run={out}", "--distill.steps=21")  # fmt: skip
+    assert result.returncode == 0, result.stderr[-2000:]
+    linked = re.findall(r"seed 0 (.+?): linked from", result.stdout)
+    assert linked == ["1-RF", "2-RF", "2-RF shortcut", "2-RF meanflow"]
+    assert re.findall(r"seed 0 (.+?) \(\w+\): training", result.stdout) == ["2-RF distilled", "2-RF redistilled"]
+    assert result.stdout.count("couplings linked from") == 4  # 2-RF, distilled, shortcut, meanflow (redistill's: new states)
+    assert result.stdout.count("linked from") == 4 + 4 + 2  # stages, couplings, the two datasets
+    weights = "seed0/2rf/pretrained_model/model.safetensors"
+    assert (lever / weights).stat().st_ino == (out / weights).stat().st_ino  # a hard link, no second copy
+    ours, theirs = (json.loads((run / "results.json").read_text())["rows"] for run in (lever, out))
+    by_name = lambda rows, name: [{**r, "checkpoint": None} for r in rows if r["name"] == name]  # noqa: E731
+    assert by_name(ours, "2-RF shortcut") == by_name(theirs, "2-RF shortcut")  # its evaluation reused
+    assert json.loads((lever / "seed0/2rf-distill/train_config.json").read_text())["steps"] == 21
+    assert {p: p.stat().st_mtime_ns for p in files} == before  # nothing of the finished run was written
+
+
+def test_from_run_must_be_another_pipeline_run(tiny_run, tmp_path):
+    out, _ = tiny_run
+    for source, expected in ((tmp_path, "holds no pipeline run"), (out, "is this run's output_dir")):
+        result = run_cli("pipeline", f"--config={TINY}", f"--output_dir={out}", "--rollout_layout_sets=2", f"--from_run={source}")
+        assert result.returncode == 2 and expected in result.stderr, result.stderr[-2000:]
+        assert len(result.stderr.strip().splitlines()) == 1
+
+
 def test_a_different_recipe_in_the_same_dir_is_refused(tiny_run):
     out, _ = tiny_run
     result = run_cli("pipeline", f"--config={TINY}", f"--output_dir={out}", "--rollout_layout_sets=2", "--flow_matching.steps=41")

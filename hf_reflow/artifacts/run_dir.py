@@ -62,19 +62,26 @@ def check_run_dir(config: TrainConfig) -> bool:
             f"output dir {str(output_dir)!r} already holds a run; pass --resume=true to continue it "
             "or choose another --output_dir."
         )
-    # Compared with local paths resolved, as they are stored: the same run typed from another directory is the same
-    # run; an input found at another path with the content the run recorded (a moved or copied run) is the same input.
-    mine = {k: v for k, v in resolved_paths(config.to_dict()).items() if k not in IGNORED_ON_RESUME}
-    recorded = with_inputs_found(_read_saved_config(saved), config.to_dict())
-    theirs = {k: v for k, v in resolved_paths(_saved_config(recorded, saved).to_dict()).items() if k not in IGNORED_ON_RESUME}
-    if mine != theirs:
-        changed = sorted(k for k in mine.keys() | theirs.keys() if mine.get(k) != theirs.get(k))
+    changed = differences(config, saved)
+    if changed:
         raise CheckpointError(
             f"output dir {str(output_dir)!r} holds a different run (differs in {', '.join(changed)}); "
             "resume with the same settings or choose another --output_dir."
         )
     remove_temporary(output_dir)
     return _finished(output_dir)
+
+
+def differences(config: TrainConfig, saved: Path) -> list[str]:
+    """The settings in which `config` differs from the run whose `train_config.json` is `saved` ([]: the same run).
+
+    Local paths are compared resolved, as they are stored: the same run typed from another directory is the same
+    run; an input found at another path with the content the run recorded (a moved or copied run) is the same input.
+    """
+    mine = {k: v for k, v in resolved_paths(config.to_dict()).items() if k not in IGNORED_ON_RESUME}
+    recorded = with_inputs_found(_read_saved_config(saved), config.to_dict())
+    theirs = {k: v for k, v in resolved_paths(_saved_config(recorded, saved).to_dict()).items() if k not in IGNORED_ON_RESUME}
+    return sorted(k for k in mine.keys() | theirs.keys() if mine.get(k) != theirs.get(k))
 
 
 def _finished(output_dir: Path) -> bool:
@@ -179,8 +186,9 @@ def point_last_at(checkpoint: Path) -> None:
         os.symlink(checkpoint.name, tmp, target_is_directory=True)
 
 
-def link_tree(src: Path, dst: Path) -> None:
-    """Make `dst` a copy of `src` whose files are hard links where possible (no second copy of the weights)."""
+def link_tree(src: Path, dst: Path, *, symlinks: bool = False) -> None:
+    """Make `dst` a copy of `src` whose files are hard links where possible (no second copy of the weights);
+    `symlinks`: links in `src` stay links (a run dir's relative `checkpoints/last`)."""
 
     def link_or_copy(a: str, b: str) -> None:
         try:
@@ -189,4 +197,4 @@ def link_tree(src: Path, dst: Path) -> None:
             shutil.copy2(a, b)
 
     with atomic_path(dst) as tmp:
-        shutil.copytree(src, tmp, copy_function=link_or_copy)
+        shutil.copytree(src, tmp, symlinks=symlinks, copy_function=link_or_copy)

@@ -6,6 +6,7 @@ Typed configuration of every command: one dataclass per command, decoded by drac
 from __future__ import annotations
 
 from hf_reflow.configs.commands import (
+    COUPLINGS_BLOCK_SIZE,
     CouplingsGenerateConfig,
     EvalPolicyConfig,
     EvaluateConfig,
@@ -58,6 +59,7 @@ from hf_reflow.stages import RECOMMENDED_NUM_STEPS, STAGES, stage_k
 
 __all__ = [
     "COUPLING_STATES",
+    "COUPLINGS_BLOCK_SIZE",
     "CouplingsConfig",
     "CouplingsGenerateConfig",
     "DatasetConfig",

@@ -106,6 +106,9 @@ class MetaWorldDataConfig(DemoSettings):
                               "use layout_sets=1, or layout=demo for more training layouts.")  # fmt: skip
 
 
+COUPLINGS_BLOCK_SIZE = 1024  # couplings per stored shard, the default of every command that makes them
+
+
 @dataclass
 class CouplingsGenerateConfig:
     """`hf-reflow couplings generate`: (noise, teacher end point) couplings written once as a dataset."""
@@ -114,7 +117,7 @@ class CouplingsGenerateConfig:
     dataset: DatasetConfig = option(help="observations to condition on", factory=DatasetConfig)
     output: str | None = option(None, "folder to write the couplings into (required)")
     num_couplings: int = option(10_000, "couplings to generate")
-    block_size: int = option(1024, "couplings per stored block")
+    block_size: int = option(COUPLINGS_BLOCK_SIZE, "couplings per stored block")
     batch_size: int = option(256, "teacher batch size")
     seed: int = option(0, "seed of noise and observation order")
 

@@ -186,6 +186,12 @@ class PipelineConfig:
     seeds: list[int] = option(help="training seeds; one chain per seed", factory=lambda: [0])
     stages: list[str] = option(help="the chain in order, flow_matching first", factory=lambda: ["flow_matching", "reflow", "distill"])
     force: bool = option(False, "redo finished stages (and the dataset) instead of skipping them")
+    from_run: str | None = option(
+        None,
+        "a finished pipeline run whose datasets, couplings and stages this run hard-links wherever it would make "
+        "the very same ones (same settings, inputs with the same content); everything else is made here: a paired "
+        "lever retrains only what it changes",
+    )
     num_couplings: int = option(
         0,
         "reflow / distill targets: 0 = couplings made online for every batch by the frozen teacher; N > 0 = "

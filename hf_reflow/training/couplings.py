@@ -30,6 +30,7 @@ from hf_reflow.artifacts.couplings_store import (
     read_spec,
 )
 from hf_reflow.atomic import TEMPORARY_MARK, atomic_path, write_text
+from hf_reflow.configs import COUPLINGS_BLOCK_SIZE
 from hf_reflow.data import fetch_batch, load_metadata, make_dataset
 from hf_reflow.errors import ConfigError
 from hf_reflow.training.teacher import OnlineTeacher
@@ -41,7 +42,7 @@ def generate(
     dataset_cfg: Any,
     *,
     num_couplings: int,
-    block_size: int = 1024,
+    block_size: int = COUPLINGS_BLOCK_SIZE,
     batch_size: int = 256,
     seed: int = 0,
 ) -> Path:
