@@ -545,3 +545,29 @@ def test_student_gap_spread_is_the_chunks_std_over_noise_draws(tiny_run):
     assert lines[0] == "| seed | teacher @ 10 | teacher @ 2 | teacher @ 1 | 2rf-distill | 2rf |"
     ten, two, one, student, itself = (float(v) for v in lines[2].strip("| ").split(" | ")[1:])
     assert itself == pytest.approx(two, rel=1e-5) and min(ten, two, one, student) > 0.0
+
+
+def test_merge_runs_script_reports_the_seeds_of_several_runs_as_one(tiny_run, tmp_path, capsys):
+    """scripts/merge_runs.py (docs/results.md's six-seed multi-task table): runs of one recipe on other seeds give
+    one report over all of them; the same seed twice, or another recipe, is refused with one line."""
+    import runpy
+
+    main = runpy.run_path(str(REPO / "scripts" / "merge_runs.py"))["main"]
+    out, _ = tiny_run
+    other = tmp_path / "seed5"
+    other.mkdir()
+    results = json.loads((out / "results.json").read_text())
+    results["rows"] = [{**r, "seed": 5} for r in results["rows"]]
+    (other / "results.json").write_text(json.dumps(results))
+    shutil.copy(out / "recipe.json", other / "recipe.json")
+    assert main([str(out), str(other), f"--output_dir={tmp_path / 'merged'}"]) == 0
+    merged = json.loads((tmp_path / "merged" / "results.json").read_text())
+    assert sorted({r["seed"] for r in merged["rows"]}) == [0, 5] and merged["recipe"]["seeds"] == [0, 5]
+    assert all(s["seeds"] == 2 for s in merged["summary"]) and "training seeds: [0, 5]" in (tmp_path / "merged" / "report.md").read_text()
+    assert "speed-up at equal success" in capsys.readouterr().out
+    assert main([str(out), str(out), f"--output_dir={tmp_path / 'twice'}"]) == 2
+    recipe = json.loads((other / "recipe.json").read_text())
+    (other / "recipe.json").write_text(json.dumps({**recipe, "num_couplings": 7}))
+    assert main([str(out), str(other), f"--output_dir={tmp_path / 'other'}"]) == 2
+    err = capsys.readouterr().err
+    assert "seed 0 is in both" in err and "differs in num_couplings" in err and len(err.strip().splitlines()) == 2
