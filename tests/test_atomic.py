@@ -72,3 +72,23 @@ def test_a_symlink_is_replaced_not_followed(tmp_path):
     with atomic_path(link) as tmp:
         os.symlink("000002", tmp, target_is_directory=True)
     assert os.readlink(link) == "000002" and (tmp_path / "000001").is_dir()
+
+
+def test_link_tree_links_files_keeps_relative_links_and_skips_locks_and_half_written_files(tmp_path):
+    """What `--from_run` and the final model rely on: hard links (no second copy), `checkpoints/last` still a
+    relative link, and neither a live run's lock file (written in place) nor a temporary name copied."""
+    from hf_reflow.artifacts.run_dir import link_tree
+    from hf_reflow.artifacts.run_lock import LOCK_FILE
+
+    src = tmp_path / "run"
+    (src / "checkpoints" / "000010").mkdir(parents=True)
+    (src / "checkpoints" / "000010" / "model.safetensors").write_bytes(b"weights")
+    (src / "checkpoints" / "last").symlink_to("000010", target_is_directory=True)
+    for name in (LOCK_FILE, ".eval.json.tmp-123", ".shard.tmp"):
+        (src / name).write_text("x")
+    link_tree(src, tmp_path / "copy", symlinks=True)
+    copy = tmp_path / "copy"
+    assert sorted(p.name for p in copy.iterdir()) == ["checkpoints"]
+    weights = "checkpoints/000010/model.safetensors"
+    assert (copy / weights).stat().st_ino == (src / weights).stat().st_ino
+    assert os.readlink(copy / "checkpoints" / "last") == "000010"

@@ -188,7 +188,8 @@ def point_last_at(checkpoint: Path) -> None:
 
 def link_tree(src: Path, dst: Path, *, symlinks: bool = False) -> None:
     """Make `dst` a copy of `src` whose files are hard links where possible (no second copy of the weights);
-    `symlinks`: links in `src` stay links (a run dir's relative `checkpoints/last`)."""
+    `symlinks`: links in `src` stay links (a run dir's relative `checkpoints/last`). A live run's lock file and
+    half-written temporary names are not copied (a lock file is written in place)."""
 
     def link_or_copy(a: str, b: str) -> None:
         try:
@@ -197,4 +198,5 @@ def link_tree(src: Path, dst: Path, *, symlinks: bool = False) -> None:
             shutil.copy2(a, b)
 
     with atomic_path(dst) as tmp:
-        shutil.copytree(src, tmp, symlinks=symlinks, copy_function=link_or_copy)
+        ignore = shutil.ignore_patterns(LOCK_FILE, f".*{TEMPORARY_MARK}", f".*{TEMPORARY_MARK}-*")
+        shutil.copytree(src, tmp, symlinks=symlinks, copy_function=link_or_copy, ignore=ignore)
