@@ -20,8 +20,12 @@ COUPLINGS_SPEC = "couplings.json"  # a couplings folder's settings and sources (
 
 def weights_sha256(checkpoint: str | Path | CheckpointRef, *, revision: str | None = None) -> str:
     """sha256 of a checkpoint's `model.safetensors`: which teacher made a set of couplings."""
+    return _file_sha256(CheckpointRef.of(checkpoint, revision=revision).local() / WEIGHTS)
+
+
+def _file_sha256(file: Path) -> str:
     digest = hashlib.sha256()
-    with open(CheckpointRef.of(checkpoint, revision=revision).local() / WEIGHTS, "rb") as f:
+    with open(file, "rb") as f:
         while chunk := f.read(1 << 22):
             digest.update(chunk)
     return digest.hexdigest()
@@ -58,9 +62,9 @@ def _local_input(config: dict[str, Any], key: str) -> str | None:
 def _hash(key: str, path: str) -> str | None:
     """The content hash of the input at `path`, None where it is not that kind of artifact."""
     fn = _HASH_OF[key]
-    if fn is weights_sha256:  # a run dir or its pretrained_model folder
+    if fn is weights_sha256:  # a run dir or its pretrained_model folder (read directly: the run resolves it once)
         folder = checkpoint_folder(path)
-        return fn(folder) if folder is not None and (folder / WEIGHTS).is_file() else None
+        return _file_sha256(folder / WEIGHTS) if folder is not None and (folder / WEIGHTS).is_file() else None
     marker = "meta" if fn is dataset_fingerprint else COUPLINGS_SPEC
     return fn(path) if (Path(path) / marker).exists() else None
 
