@@ -223,3 +223,20 @@ def test_training_reads_memory_mapped_or_held_and_refuses_another_teacher_or_dat
 
     with pytest.raises(DataError, match="another dataset or episode selection"):
         training_dataset(couplings, Shifted(), teacher=str(teacher_1rf), action_shape=shape)
+
+
+def test_from_run_does_not_link_couplings_of_another_format(tmp_path):
+    """`--from_run` takes couplings only where this run would make the same ones: a folder in an older format (or
+    with a damaged spec) is made again, not linked and not a traceback."""
+    from types import SimpleNamespace
+
+    from hf_reflow.artifacts.reuse import link_couplings
+
+    src = tmp_path / "theirs"
+    src.mkdir()
+    teacher = SimpleNamespace(path=str(tmp_path / "1rf"), num_inference_steps=10, solver="euler")
+    for spec in ('{"format": "hf-reflow-couplings/2"}', "not json"):
+        (src / "couplings.json").write_text(spec)
+        assert not link_couplings(src, tmp_path / "mine", teacher=teacher, frames=tmp_path / "frames", num_couplings=8,
+                                  seed=0, block_size=1024)  # fmt: skip
+        assert not (tmp_path / "mine").exists()

@@ -16,7 +16,7 @@ from hf_reflow.artifacts.content import COUPLINGS_SPEC, dataset_fingerprint, wei
 from hf_reflow.artifacts.couplings_store import read_spec
 from hf_reflow.artifacts.run_dir import TRAIN_CONFIG, differences, link_tree
 from hf_reflow.configs import TrainConfig
-from hf_reflow.errors import CheckpointError
+from hf_reflow.errors import CheckpointError, DataError
 from hf_reflow.refs import PRETRAINED_DIR, checkpoint_folder
 
 
@@ -36,7 +36,10 @@ def link_couplings(src: Path, dst: Path, *, teacher: Any, frames: Path, num_coup
     solver (`teacher`: a `TeacherConfig`); a folder with missing shards is finished here as usual."""
     if dst.exists() or not (src / COUPLINGS_SPEC).is_file():
         return False
-    spec = read_spec(src / COUPLINGS_SPEC)
+    try:
+        spec = read_spec(src / COUPLINGS_SPEC)
+    except DataError:  # another format or a damaged spec: made again here
+        return False
     wanted = (num_couplings, seed, block_size, teacher.num_inference_steps, teacher.solver)
     made = (spec.num_couplings, spec.seed, spec.block_size, spec.teacher_num_inference_steps, spec.teacher_solver)
     if made != wanted or spec.dataset_fingerprint != dataset_fingerprint(frames):
