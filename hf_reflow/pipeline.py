@@ -173,9 +173,6 @@ def write_datasets(cfg: PipelineConfig, out: Path, source: Path | None = None) -
             source / "data" / root.name, root, complete="meta/info.json"
         ):
             _log(f"dataset {root} linked from {source} (same data settings)")
-            summary = source / "data" / f"{root.name}.json"
-            if summary.is_file():
-                write_text(root.parent / summary.name, summary.read_text())
             continue
         if (root / "meta" / "info.json").is_file():
             _log(f"dataset {root} exists, reusing it")
@@ -230,7 +227,7 @@ def train_chain(cfg: PipelineConfig, out: Path, seed: int, demos: Path, source: 
         if actor is not None:
             frames = out / f"seed{seed}" / "states" / actor
             if theirs is not None and not finished:  # kept only if the same weights visited them (below)
-                link_states(theirs / "states" / actor, frames)
+                reuse.link_folder(theirs / "states" / actor, frames, complete="meta/info.json")
             if not finished and write_closed_loop_states(cfg, trained[actor], frames, seed, stage) and couplings:
                 shutil.rmtree(couplings, ignore_errors=True)  # made at the states just replaced
         train_cfg = stage_config(cfg, 
@@ -304,14 +301,6 @@ def link_couplings(cfg: PipelineConfig, teacher: Any, frames: Path, src: Path, d
     if reuse.link_couplings(src, Path(dst), teacher=teacher, frames=frames, num_couplings=cfg.num_couplings, seed=seed,
                             block_size=COUPLINGS_BLOCK_SIZE):  # fmt: skip
         _log(f"seed {seed}: couplings linked from {src}")
-
-
-def link_states(src: Path, dst: Path) -> None:
-    """Another run's closed-loop states (and their record) linked to `dst`; `write_closed_loop_states` keeps them
-    only if the same policy weights visited them."""
-    record = src.parent / f"{src.name}.json"
-    if record.is_file() and reuse.link_folder(src, dst, complete="meta/info.json"):
-        write_text(dst.parent / record.name, record.read_text())
 
 
 ONE_SEED_NOTE = (

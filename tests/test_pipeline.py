@@ -182,6 +182,7 @@ def test_from_run_links_what_a_lever_leaves_unchanged_and_retrains_the_rest(tiny
     assert result.stdout.count("linked from") == 4 + 4 + 2  # stages, couplings, the two datasets
     weights = "seed0/2rf/pretrained_model/model.safetensors"
     assert (lever / weights).stat().st_ino == (out / weights).stat().st_ino  # a hard link, no second copy
+    assert (lever / "data" / "demos.json").read_text() == (out / "data" / "demos.json").read_text()  # its summary too
     ours, theirs = (json.loads((run / "results.json").read_text())["rows"] for run in (lever, out))
     by_name = lambda rows, name: [{**r, "checkpoint": None} for r in rows if r["name"] == name]  # noqa: E731
     assert by_name(ours, "2-RF shortcut") == by_name(theirs, "2-RF shortcut")  # its evaluation reused

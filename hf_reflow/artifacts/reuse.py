@@ -9,6 +9,7 @@ every file is replaced, never edited in place). Everything else is made as usual
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -22,10 +23,14 @@ from hf_reflow.refs import PRETRAINED_DIR, checkpoint_folder
 
 def link_folder(src: Path, dst: Path, *, complete: str) -> bool:
     """`dst` made from `src` when `dst` is absent and `src/<complete>` exists (a finished dataset, backbone or set
-    of closed-loop states); returns whether it was linked. The caller has checked `src` was made as `dst` would be."""
+    of closed-loop states), with the record beside it (`<src>.json`: a dataset's summary, the states' policy
+    weights); returns whether it was linked. The caller has checked `src` was made as `dst` would be."""
     if dst.exists() or not (src / complete).exists():
         return False
     link_tree(src, dst)
+    record = src.parent / f"{src.name}.json"
+    if record.is_file():
+        shutil.copy2(record, dst.parent / f"{dst.name}.json")
     return True
 
 
