@@ -124,6 +124,27 @@ def test_a_moved_run_finds_its_teacher_and_frames_by_content(tmp_path, toy_datas
         check_run_dir(config(new))
 
 
+def test_a_backbone_built_here_is_an_input_known_by_content(tmp_path):
+    """SmolVLA's `vlm_model_name` names the backbone folder a VLA recipe builds (`vlm.build`): a run linked or
+    moved to another output dir finds its own backbone there by content; another backbone is another run."""
+    from hf_reflow.artifacts.content import input_hashes, with_inputs_found
+
+    old, new = tmp_path / "old" / "vlm", tmp_path / "new" / "vlm"
+    old.mkdir(parents=True)
+    (old / "config.json").write_text('{"model_type": "smolvlm"}')
+    (old / "tokenizer.json").write_text('{"model": {"vocab": {"push": 0}}}')
+    saved = {"policy": {"type": "smolvla", "vlm_model_name": str(old)}}
+    saved["input_hashes"] = input_hashes(saved)
+    assert list(saved["input_hashes"]) == ["policy.vlm_model_name"]
+    shutil.copytree(old, new)
+    mine = {"policy": {"type": "smolvla", "vlm_model_name": str(new)}}
+    assert with_inputs_found(saved, mine)["policy"]["vlm_model_name"] == str(new)
+    (new / "tokenizer.json").write_text('{"model": {"vocab": {"reach": 0}}}')  # another tokenizer
+    assert with_inputs_found(saved, mine)["policy"]["vlm_model_name"] == str(old)
+    hub_id = {"policy": {"type": "smolvla", "vlm_model_name": "HuggingFaceTB/SmolVLM2-500M-Video-Instruct"}}
+    assert input_hashes(hub_id) == {}  # a Hub id is compared as text
+
+
 @pytest.mark.parametrize("reuse", [1, 2])
 def test_resume_reproduces_the_uninterrupted_run(tmp_path, toy_dataset, teacher_1rf, reuse):
     settings = dict(

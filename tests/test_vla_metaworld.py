@@ -17,7 +17,7 @@ RECIPE = str(REPO / "recipes" / "metaworld" / "smolvla.yaml")
 # The recipe at test size: 32-px images, a 2-layer backbone, a few episodes and steps, one closed-loop episode.
 TINY = [
     "--data.episodes=2", "--data.heldout_episodes=1", "--data.image_size=32", "--vlm.size.image_size=32",
-    "--vlm.size.text_layers=2", "--flow_matching.steps=4", "--reflow.steps=2", "--distill.steps=2",
+    "--vlm.size.text_layers=2", "--flow_matching.steps=4", "--reflow.steps=4", "--distill.steps=4",
     "--train.batch_size=4", "--eval.num_steps=[1]", "--eval.episodes=1", "--eval.num_samples=8", "--eval.workers=1",
 ]  # fmt: skip
 

@@ -1,7 +1,9 @@
 """What identifies an artifact by its content, wherever it lies: a checkpoint by its weights' sha256, a
-LeRobotDataset by its metadata, a couplings folder by its `couplings.json`.
+LeRobotDataset by its metadata, a couplings folder by its `couplings.json`, a locally built backbone folder
+(SmolVLA's `vlm_model_name`) by all its files.
 
-A run's inputs are named by paths (`teacher.path`, `dataset.root`, `couplings.path`), and a path changes when
+A run's inputs are named by paths (`teacher.path`, `dataset.root`, `couplings.path`, `policy.vlm_model_name`
+where it is a local folder), and a path changes when
 a run is moved, copied, linked or downloaded elsewhere while the input stays the same. Training records
 these hashes beside its config (`input_hashes`), so a rerun finds its inputs by content; the couplings'
 `couplings.json` records the first two for the same reason.
@@ -31,12 +33,17 @@ def _file_sha256(file: Path) -> str:
     return digest.hexdigest()
 
 
+def folder_sha256(folder: str | Path) -> str:
+    """sha256 over every file of a folder (relative path and bytes, in sorted order)."""
+    digest, folder = hashlib.sha256(), Path(folder)
+    for file in sorted(p for p in folder.rglob("*") if p.is_file()):
+        digest.update(file.relative_to(folder).as_posix().encode() + b"\0" + file.read_bytes())
+    return digest.hexdigest()
+
+
 def dataset_fingerprint(root: str | Path) -> str:
     """sha256 over a LeRobotDataset's `meta/` files (info, stats, tasks, per-episode metadata and stats)."""
-    digest, meta = hashlib.sha256(), Path(root) / "meta"
-    for file in sorted(p for p in meta.rglob("*") if p.is_file()):
-        digest.update(file.relative_to(meta).as_posix().encode() + b"\0" + file.read_bytes())
-    return digest.hexdigest()
+    return folder_sha256(Path(root) / "meta")
 
 
 def couplings_sha256(folder: str | Path) -> str:
@@ -50,7 +57,10 @@ _HASH_OF = {
     "policy.pretrained_path": weights_sha256,
     "dataset.root": dataset_fingerprint,
     "couplings.path": couplings_sha256,
+    "policy.vlm_model_name": folder_sha256,  # a backbone built here (`vlm.build`); a Hub id is compared as text
 }
+# The file that marks each folder as that kind of artifact (checkpoints are found by `checkpoint_folder`).
+_MARKER = {dataset_fingerprint: "meta", couplings_sha256: COUPLINGS_SPEC, folder_sha256: "config.json"}
 
 
 def _local_input(config: dict[str, Any], key: str) -> str | None:
@@ -65,8 +75,7 @@ def _hash(key: str, path: str) -> str | None:
     if fn is weights_sha256:  # a run dir or its pretrained_model folder (read directly: the run resolves it once)
         folder = checkpoint_folder(path)
         return _file_sha256(folder / WEIGHTS) if folder is not None and (folder / WEIGHTS).is_file() else None
-    marker = "meta" if fn is dataset_fingerprint else COUPLINGS_SPEC
-    return fn(path) if (Path(path) / marker).exists() else None
+    return fn(path) if (Path(path) / _MARKER[fn]).exists() else None
 
 
 def input_hashes(config: dict[str, Any]) -> dict[str, str]:
