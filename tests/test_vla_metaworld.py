@@ -81,6 +81,31 @@ def test_eval_runs_a_closed_loop_vla_episode_and_stock_lerobot_loads_the_2rf(vla
     assert stock.stdout.split()[-2:] == ["2", "True"]  # the 2-RF's saved step count
 
 
+def test_a_vla_episode_renders_once_per_chunk_with_the_same_actions(vla_run):
+    """The policy reads its image only when a chunk starts, so the controller renders then and hands the steps
+    between the last frame: the same actions as a frame rendered at every step (the path of a policy that
+    keeps past frames, `reads_history`), with one render per chunk instead of one per env step."""
+    import numpy as np
+
+    from hf_reflow.artifacts.checkpoints import load_checkpoint
+    from hf_reflow.evaluation.closed_loop import EPISODE_SEED_BASE, metaworld_episodes
+
+    loaded = load_checkpoint(str(vla_run / "seed0" / "2rf"))
+    runs = {}
+    for every_step in (False, True):
+        with metaworld_episodes(loaded, "reach-v3", max_steps=40) as episodes:
+            camera, renders = episodes.controller.camera, []
+            render = camera.render
+            camera.render = lambda render=render, renders=renders: renders.append(1) or render()
+            episodes.controller.reads_history = every_step
+            result = episodes.play(EPISODE_SEED_BASE)
+            runs[every_step] = (np.stack(episodes.controller.actions), len(renders), result.steps)
+    (lazy, lazy_renders, steps), (eager, eager_renders, eager_steps) = runs[False], runs[True]
+    assert steps == eager_steps > 8 and eager_renders == steps
+    assert lazy_renders == -(-steps // 8)  # one per chunk of n_action_steps = 8
+    np.testing.assert_allclose(lazy, eager, rtol=0, atol=1e-6)
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [(["--data.images=false"], "vlm.build makes a SmolVLM backbone"),

@@ -120,7 +120,10 @@ class PolicyController:
         self.n_action_steps = int(policy.config.n_action_steps)
         # pi0 / pi0.5 `select_action` takes no noise: seed torch's generator per chunk instead.
         self.takes_noise = "noise" in inspect.signature(policy.select_action).parameters
+        # A policy with one observation step reads its image only when a chunk starts (see `_look`).
+        self.reads_history = int(getattr(policy.config, "n_obs_steps", 1) or 1) > 1
         self.episode_seed, self.step, self.hand, self.actions, self.frames, self._noise = 0, 0, [], [], [], None
+        self._image: torch.Tensor | None = None  # (1, 3, H, W) the frame the policy last read
 
     def start(self, episode_seed: int) -> None:
         """Set the episode whose noise the next rollout uses (the rollout then calls `reset`)."""
@@ -130,7 +133,7 @@ class PolicyController:
 
     def reset(self) -> None:
         self.policy.reset()
-        self.step, self.hand, self.actions, self.frames, self._noise = 0, [], [], [], None
+        self.step, self.hand, self.actions, self.frames, self._noise, self._image = 0, [], [], [], None, None
 
     def chunk_seed(self, chunk: int) -> int:
         """The seed of chunk `chunk` of the current episode: a pure function of (episode seed, chunk index)."""
@@ -169,16 +172,28 @@ class PolicyController:
         return action
 
     def _look(self, raw: dict[str, Any]) -> None:
-        """Render when the policy reads images or a display frame is due; image (1, 3, H, W) in [0, 1]."""
+        """Render when the policy will read the frame or a display frame is due; image (1, 3, H, W) in [0, 1].
+
+        A policy with one observation step (SmolVLA, pi0) reads the image only when its action queue is empty,
+        i.e. when a chunk starts (every `n_action_steps` steps); the steps between are handed the last frame,
+        which the policy queues and drops unread. So a chunk renders once, not `n_action_steps` times, and
+        the actions are the same (rendering was most of a VLA episode's env-side time).
+        """
         camera = self.camera
-        shown = camera is not None and camera.every is not None and self.step % camera.every == 0
-        if camera is None or not (camera.image_key or shown):
+        if camera is None:
             return
-        image = camera.render()  # (H, W, 3) uint8
-        if shown:
-            self.frames.append(image)
+        shown = camera.every is not None and self.step % camera.every == 0
+        read = camera.image_key is not None and (
+            self._image is None or self.reads_history or self.step % self.n_action_steps == 0
+        )
+        if shown or read:
+            image = camera.render()  # (H, W, 3) uint8
+            if shown:
+                self.frames.append(image)
+            if read:
+                self._image = torch.from_numpy(image).permute(2, 0, 1).unsqueeze(0).float() / 255
         if camera.image_key:
-            raw[camera.image_key] = torch.from_numpy(image).permute(2, 0, 1).unsqueeze(0).float() / 255
+            raw[camera.image_key] = self._image
 
 
 def controllers_of(checkpoint: str) -> Callable[[str, str], PolicyController]:
