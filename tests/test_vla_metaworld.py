@@ -140,12 +140,16 @@ def test_chunk_latency_benchmark_splits_prefix_and_denoising(vla_run, tmp_path, 
 
     output = tmp_path / "latency.json"
     monkeypatch.setattr(sys, "argv", ["vla_chunk_latency.py", f"--checkpoint={vla_run / 'seed0' / '2rf'}",
-                                      f"--dataset={vla_run / 'data' / 'heldout'}", "--repeats=1", f"--output={output}"])  # fmt: skip
+                                      f"--dataset={vla_run / 'data' / 'heldout'}", "--repeats=1", "--episodes=1",
+                                      f"--output={output}"])  # fmt: skip
     runpy.run_path(str(REPO / "benchmarks" / "vla_chunk_latency.py"), run_name="__main__")
     result = json.loads(output.read_text())
     assert set(result["by_steps"]) == {"1", "2", "4", "10"} and result["prefix_ms"] > 0
     ten = result["by_steps"]["10"]
     assert ten["uncached_chunk_ms"] > ten["chunk_ms"] > result["prefix_ms"]  # 10 prefixes cost more than one
+    episodes = result["episodes"]
+    assert episodes["same_actions"] is True and episodes["env_steps"] > 0
+    assert episodes["ms_per_env_step_render_per_chunk"] > 0 and episodes["ms_per_env_step_render_every_step"] > 0
     assert "uncached / cached" in capsys.readouterr().out
 
 
