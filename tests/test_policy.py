@@ -113,6 +113,19 @@ def test_checkpoint_loads_with_stock_lerobot_in_a_fresh_process(teacher_1rf):
     assert (ours - torch.tensor(result["chunk"])).abs().max() <= 1e-5
 
 
+def test_load_config_equals_lerobot_and_leaves_no_temporary_file(tmp_path, monkeypatch, teacher_1rf):
+    import tempfile
+
+    from lerobot.configs.policies import PreTrainedConfig
+
+    path = str(CheckpointRef.of(str(teacher_1rf)).local())
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # LeRobot's and ours: temp files land here
+    ours = load_config(path)
+    assert list(tmp_path.iterdir()) == []  # LeRobot 0.6.1 leaves one tmp*.json per load; we leave none
+    theirs = PreTrainedConfig.from_pretrained(path)
+    assert type(ours) is type(theirs) and ours == theirs
+
+
 def test_select_action_runs_a_chunk_then_replans(teacher_1rf):
     policy = load_policy(str(teacher_1rf))
     batch = {"observation.state": torch.randn(1, 4)}

@@ -26,6 +26,7 @@ from hf_reflow.atomic import atomic_path
 from hf_reflow.data import dataset_source
 from hf_reflow.errors import CheckpointError
 from hf_reflow.hub import read_push_record
+from hf_reflow.parsing.policy import read_policy_config
 from hf_reflow.policies.base import PolicyAdapter
 from hf_reflow.policies.factory import adapter_class, adapter_for
 from hf_reflow.refs import CONFIG_FILE, WEIGHTS, CheckpointRef
@@ -36,14 +37,10 @@ REFLOW_INFO = "reflow.json"
 
 def load_config(path_or_repo: str | CheckpointRef, *, revision: str | None = None) -> Any:
     """The LeRobot policy config of a checkpoint, without loading weights."""
-    from lerobot.configs.policies import PreTrainedConfig
-
-    import hf_reflow.policies.flow_mlp  # noqa: F401  (registers the built-in policy type)
-
     source = str(CheckpointRef.of(path_or_repo, revision=revision).local())
     check_contained(source, (CONFIG_FILE,))
     try:
-        return PreTrainedConfig.from_pretrained(source)
+        return read_policy_config(Path(source) / CONFIG_FILE)
     except Exception as e:
         raise CheckpointError(
             f"cannot read the policy config of {source!r} ({type(e).__name__}: {str(e).splitlines()[0][:200]}). "
