@@ -26,7 +26,7 @@ from hf_reflow.atomic import atomic_path
 from hf_reflow.data import dataset_source
 from hf_reflow.errors import CheckpointError
 from hf_reflow.hub import read_push_record
-from hf_reflow.parsing.policy import saved_policy_config
+from hf_reflow.parsing.policy import read_policy_config
 from hf_reflow.policies.base import PolicyAdapter
 from hf_reflow.policies.factory import adapter_class, adapter_for
 from hf_reflow.refs import CONFIG_FILE, WEIGHTS, CheckpointRef
@@ -39,9 +39,8 @@ def load_config(path_or_repo: str | CheckpointRef, *, revision: str | None = Non
     """The LeRobot policy config of a checkpoint, without loading weights."""
     source = str(CheckpointRef.of(path_or_repo, revision=revision).local())
     check_contained(source, (CONFIG_FILE,))
-    saved = CheckpointRef.of(source).config()  # a mapping with a policy `type`, else a CheckpointError
     try:
-        return saved_policy_config(saved)
+        return read_policy_config(Path(source) / CONFIG_FILE)
     except Exception as e:
         raise CheckpointError(
             f"cannot read the policy config of {source!r} ({type(e).__name__}: {str(e).splitlines()[0][:200]}). "
