@@ -10,7 +10,8 @@ Time convention (LeRobot's, used everywhere in hf-reflow):
 1-RF (flow matching) pairs `noise` with a dataset `action`. k+1-RF (reflow) pairs `noise` with
 `action = ODE_teacher(noise)`, the k-RF teacher's end point from that very noise, so the straight
 line between them is a path the student can follow in one step. A one-step distilled student is
-trained at t = 1 only, where `x_t = noise` and the target is `noise - teacher_action`. A shortcut
+trained at t = 1 only, where `x_t = noise` and the target is `noise - teacher_action`; a k-step one at the
+times its k Euler steps query (`euler_grid_times`: 1, 1 - 1/k, ..., 1/k), on the same straight lines. A shortcut
 student (`shortcut_*`) also reads the step size d it will be sampled with, and learns that one step of
 2d equals two of d of its own velocity, so one network serves 1 and 2 steps. A MeanFlow student
 (`meanflow_*`, Geng et al. 2025) reads the same step size d = t - r and regresses the average velocity
@@ -185,6 +186,21 @@ def distillation_inputs(noise: Tensor, teacher_action: Tensor) -> tuple[Tensor, 
     """
     t = torch.ones(noise.shape[0], device=noise.device, dtype=torch.float32)
     return noise, t, velocity_target(noise, teacher_action)
+
+
+def euler_grid_times(batch: int, num_steps: int, device: torch.device | str | None = None) -> Tensor:
+    """(B,) times drawn uniformly from the k-step Euler grid 1, 1 - 1/k, ..., 1/k (LeRobot's sampler).
+
+    A k-step distilled student is queried only there, so it is trained only there. The grid of any n that
+    divides k is part of it (t = 1 is in every grid: the one-step jump is always trained). k = 1 draws
+    nothing from the random stream: all ones, as `distillation_inputs`.
+    """
+    if num_steps < 1:
+        raise ValueError(f"num_steps must be >= 1, got {num_steps}.")
+    if num_steps == 1:
+        return torch.ones(batch, device=device, dtype=torch.float32)
+    grid = 1.0 - torch.arange(num_steps, device=device, dtype=torch.float32) / num_steps  # (k,)
+    return grid[torch.randint(num_steps, (batch,), device=device)]
 
 
 def shortcut_levels(min_step: float) -> list[float]:

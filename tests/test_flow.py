@@ -11,6 +11,7 @@ from hf_reflow.flow import (
     LOSSES,
     TIME_SAMPLERS,
     distillation_inputs,
+    euler_grid_times,
     executed_weights,
     flow_loss,
     interpolate,
@@ -20,6 +21,7 @@ from hf_reflow.flow import (
     straightness,
     velocity_target,
 )
+from hf_reflow.sampling import lerobot_sigmas
 
 N_MOMENTS = 200_000
 
@@ -245,6 +247,37 @@ def test_distillation_inputs_one_euler_step_lands_on_teacher():
     assert torch.equal(x_t, noise)
     torch.testing.assert_close(x_t + (0.0 - 1.0) * target, teacher)
     torch.testing.assert_close(interpolate(noise, teacher, t), x_t)
+
+
+@pytest.mark.parametrize("k", [2, 3, 4])
+def test_euler_grid_times_are_the_samplers_grid_drawn_evenly(k):
+    torch.manual_seed(0)
+    t = euler_grid_times(30_000, k)
+    assert t.shape == (30_000,) and t.dtype == torch.float32
+    grid = torch.tensor(lerobot_sigmas(k))  # the times LeRobot's (and our) k-step Euler loop queries
+    assert torch.isclose(t[:, None], grid[None]).any(dim=1).all()
+    shares = torch.isclose(t[:, None], grid[None]).float().mean(dim=0)
+    assert torch.allclose(shares, torch.full((k,), 1.0 / k), atol=0.015)
+
+
+def test_euler_grid_times_one_step_is_distillation_and_draws_nothing():
+    torch.manual_seed(0)
+    before = torch.get_rng_state()
+    assert torch.equal(euler_grid_times(5, 1), distillation_inputs(torch.zeros(5, 2), torch.zeros(5, 2))[1])
+    assert torch.equal(torch.get_rng_state(), before)  # a one-step distill run keeps its random stream
+    with pytest.raises(ValueError, match="num_steps must be >= 1, got 0"):
+        euler_grid_times(5, 0)
+
+
+def test_a_two_step_student_exact_on_its_grid_lands_on_the_teacher():
+    # A velocity equal to noise - teacher at t in {1, 0.5} (what two-step distillation regresses there) takes
+    # two Euler steps from the noise exactly to the teacher's end point.
+    noise, teacher = _pair((4, 5, 2))
+    x = noise
+    for t, t_next in zip([1.0, 0.5], [0.5, 0.0], strict=True):
+        x = x + (t_next - t) * velocity_target(noise, teacher)
+        torch.testing.assert_close(x, interpolate(noise, teacher, torch.full((4,), t_next)))
+    torch.testing.assert_close(x, teacher)
 
 
 # --- straightness -----------------------------------------------------------------------------------

@@ -280,7 +280,7 @@ class TrainConfig:
     """One training stage: 1-RF (`flow_matching`), k+1-RF (`reflow`), one-step `distill`, `shortcut` (1-2 steps)
     or `meanflow` (1 step)."""
 
-    stage: str = option("flow_matching", "flow_matching (1-RF) | reflow (k+1-RF) | distill (1-step student, t = 1) | redistill "
+    stage: str = option("flow_matching", "flow_matching (1-RF) | reflow (k+1-RF) | distill (num_steps-step student at its Euler grid; 1: t = 1) | redistill "
                                          "(distill at a distilled student's closed-loop states) | shortcut | meanflow")
     output_dir: str = option("outputs/run", "run directory (lerobot-train's layout: checkpoints/<step>, checkpoints/last)")
     seed: int = option(0, "seed of weights, noise, times and batch order")

@@ -19,7 +19,8 @@ class EvalTarget:
 
     Attributes:
         checkpoint: a local folder, run dir or Hub id.
-        own_steps_only: only at its saved step count (a distilled student is trained for that one count).
+        own_steps_only: only at its saved step count and the requested counts dividing it (a distilled student
+            is trained at that count's Euler grid only).
         labels: columns every row of it carries (the pipeline's seed, stage name, run, k).
         title: what the log says while it is evaluated offline (None: nothing).
     """
@@ -62,7 +63,7 @@ def evaluate(targets: list[EvalTarget], dataset_cfg: Any, settings: EvalSettings
     s, rows = settings, []
     for target in targets:
         if target.title:
-            log(f"evaluating {target.title} offline at {'its own step count' if target.own_steps_only else s.step_counts}")
+            log(f"evaluating {target.title} offline at {'the step counts it was trained for' if target.own_steps_only else s.step_counts}")
         checkpoint_rows = evaluate_checkpoint(
             target.checkpoint, dataset_cfg, step_counts=s.step_counts, num_samples=s.num_samples, seed=s.seed,
             episodes=s.episodes, env="toy" if s.env == "toy" else "none", own_steps_only=target.own_steps_only,

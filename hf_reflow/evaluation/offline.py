@@ -117,11 +117,14 @@ def evaluate_checkpoint(
     """Rows (one per step count) of offline metrics and, with `env="toy"`, closed-loop results.
 
     `error_vs_data` compares the chunk with the demonstration's own chunk (padding included).
-    `own_steps_only`: evaluate at the checkpoint's saved step count instead of `step_counts` (a distilled
-    student is trained for that one count; at any other it is not a flow and its numbers would mislead).
+    `own_steps_only`: evaluate at the checkpoint's saved step count k, and at the counts in `step_counts` that
+    divide it (a distilled student is trained only at its k-step Euler grid, which holds those counts' grids;
+    at any other count it is not a flow and its numbers would mislead).
     """
     loaded = load_checkpoint(path)
-    step_counts = [loaded.adapter.num_steps] if own_steps_only else step_counts
+    if own_steps_only:
+        own = loaded.adapter.num_steps
+        step_counts = sorted({own, *(n for n in step_counts if own % n == 0)})
     dataset = make_dataset(dataclasses.replace(dataset_cfg, in_memory="never"), loaded.config)  # chunks as trained
     batch = loaded.preprocessor(observation_batch(dataset, num_samples, seed))
     rows = offline_metrics(loaded.adapter, batch, step_counts, seed=seed)

@@ -293,7 +293,7 @@ def markdown(summary: list[dict], cfg: Any, rows: list[EvalRow]) -> str:
         " start -> target line from one chunk to the next. Straightness: integral of ||(noise - action_end) -"
         " v(x_t, t)||^2 along the N-step path (0 = straight). err vs 10: MSE of the N-step chunk vs the same"
         " stage's 10-step chunk (normalised actions); err vs expert: vs the demonstrated chunk. Latency: one"
-        " chunk, batch 1, CPU. A distilled student is evaluated at the step count it was trained for only.",
+        " chunk, batch 1, CPU. A distilled student is evaluated only at the step count it was trained for (k) and the counts dividing k.",
         "",
         "Replan: actions executed per chunk before the next is predicted (* = the policy's own n_action_steps);"
         " passes / env step: denoising passes (steps x chunks / env steps), the compute a policy spends per action;"

@@ -263,10 +263,12 @@ def _what(info: dict[str, Any]) -> str:
     stage = info.get("stage")
     if stage == "flow_matching":
         return "flow matching on demonstrations (1-Rectified Flow), the teacher of the reflow stages."
+    k = int(info.get("num_steps") or 1)
+    times = "at t = 1 only (InstaFlow-style)" if k == 1 else f"at the {k} times its {k} Euler steps query"
     if stage == "distill":
-        return "distilled from its teacher's ODE end points at t = 1 only (InstaFlow-style), for one-step sampling."
+        return f"distilled from its teacher's ODE end points {times}, for {k}-step sampling."
     if stage == "redistill":
-        return ("distilled from its teacher's ODE end points at t = 1 only, at the frames of its dataset: in a pipeline, "
+        return (f"distilled from its teacher's ODE end points {times}, at the frames of its dataset: in a pipeline, "
                 "the states a first distilled student of the same teacher visits when it acts (near misses included).")
     if stage == "shortcut":
         return ("a shortcut model (Frans et al. 2024) of its teacher: the teacher's flow plus a step-size input, trained "

@@ -2,7 +2,8 @@
 
 - `flow_matching` (1-RF): the dataset's action chunk.
 - `reflow` / `shortcut`: the frozen teacher's ODE end point from fresh noise (online), or a stored coupling.
-- `distill`: the same couplings at t = 1 only, so one Euler step reproduces the teacher.
+- `distill`: the same couplings at t = 1 only, so one Euler step reproduces the teacher; a k-step student
+  (`num_steps: k`) at the k times its Euler steps query.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ class TargetMaker:
 
     def __call__(self, adapter: PolicyAdapter, batch: dict[str, Tensor]) -> Targets:
         """The line for this batch: the dataset's chunk (1-RF), stored couplings, or the teacher's ODE end point
-        from fresh noise; t from the time sampler, or t = 1 (distill)."""
+        from fresh noise; t from the time sampler, or the student's Euler grid (distill)."""
         data_action, mask = adapter.action_target(batch)  # (B, chunk, action_dim), (B, chunk)
         # Drawn for every batch, also when stored couplings replace it, so that the time draws below (and
         # the README's figures) are the same random stream whichever way the couplings come.
@@ -59,9 +60,10 @@ class TargetMaker:
         return dataclasses.replace(targets, t=self.sample_time(targets.noise))
 
     def sample_time(self, noise: Tensor) -> Tensor:
-        """(B,) training times for lines starting at `noise` (B, chunk, action_dim); t = 1 for distill."""
+        """(B,) training times for lines starting at `noise` (B, chunk, action_dim); for distill, the Euler grid
+        of the step count it is saved with (1 step: t = 1)."""
         if self.config.stage in DISTILL_STAGES:
-            return flow.distillation_inputs(noise, noise)[1]
+            return flow.euler_grid_times(noise.shape[0], self.config.final_num_steps, device=noise.device)
         f = self.config.flow
         return flow.sample_time(noise.shape[0], f.time_sampler, device=noise.device, logit_mean=f.logit_mean,
                                 logit_std=f.logit_std, u_shaped_a=f.u_shaped_a)  # fmt: skip

@@ -2,7 +2,8 @@
 
 - `flow_matching` (1-RF): the student regresses noise - action on the dataset's action chunks.
 - `reflow` (k+1-RF): targets are couplings (noise, teacher ODE end point) made online per batch.
-- `distill`: like reflow but at t = 1 only, so one Euler step reproduces the teacher.
+- `distill`: like reflow but at t = 1 only, so one Euler step reproduces the teacher (a `num_steps: k` student:
+  at its k-step Euler grid).
 - `shortcut`: like reflow, plus the step size as an input and a self-consistency term
   (`shortcut.py`), so one student serves 1 and 2 steps.
 - `meanflow`: like reflow, with the step size as the interval of an average velocity trained through the
