@@ -113,14 +113,19 @@ class CheckpointRef:
 
     def config(self, *, hub: Hub | None = None) -> dict[str, Any]:
         """`config.json` as a mapping, checked to be a LeRobot policy config (it has a `type`)."""
-        text = self.read_text(CONFIG_FILE, hub=hub)
-        try:
-            data = json.loads(text) if text is not None else None
-        except ValueError:
-            data = None
-        if not isinstance(data, dict) or not isinstance(data.get("type"), str):
-            raise CheckpointError(
-                f"{self.source!r}: its {CONFIG_FILE} is missing or not a LeRobot policy config (no \"type\"); "
-                "pass a LeRobot policy checkpoint."
-            )
-        return data
+        return policy_config_mapping(self.read_text(CONFIG_FILE, hub=hub), self.source)
+
+
+def policy_config_mapping(text: str | None, source: str) -> dict[str, Any]:
+    """A checkpoint's `config.json` text (None: it has none) as a mapping, checked to be a LeRobot policy
+    config (it has a `type`)."""
+    try:
+        data = json.loads(text) if text is not None else None
+    except ValueError:
+        data = None
+    if not isinstance(data, dict) or not isinstance(data.get("type"), str):
+        raise CheckpointError(
+            f"{source!r}: its {CONFIG_FILE} is missing or not a LeRobot policy config (no \"type\"); "
+            "pass a LeRobot policy checkpoint."
+        )
+    return data

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 
 import pytest
 import torch
@@ -124,6 +125,15 @@ def test_load_config_equals_lerobot_and_leaves_no_temporary_file(tmp_path, monke
     assert list(tmp_path.iterdir()) == []  # LeRobot 0.6.1 leaves one tmp*.json per load; we leave none
     theirs = PreTrainedConfig.from_pretrained(path)
     assert type(ours) is type(theirs) and ours == theirs
+
+
+@pytest.mark.parametrize("saved", ['{"n_obs_steps": 1}', "not json", '["flow_mlp"]'])
+def test_load_config_of_a_config_without_a_type_says_so(tmp_path, teacher_1rf, saved):
+    folder = tmp_path / "ckpt"
+    shutil.copytree(CheckpointRef.of(str(teacher_1rf)).local(), folder)
+    (folder / "config.json").write_text(saved)
+    with pytest.raises(CheckpointError, match=r"config.json is missing or not a LeRobot policy config \(no \"type\"\)"):
+        load_config(str(folder))
 
 
 def test_select_action_runs_a_chunk_then_replans(teacher_1rf):

@@ -15,9 +15,10 @@ from safetensors.torch import load_file
 
 from hf_reflow.artifacts.checkpoints import load_config, load_policy, load_processors, read_reflow_info
 from hf_reflow.data import StepBatchSampler
-from hf_reflow.evaluation.offline import observation_batch
+from hf_reflow.evaluation.offline import evaluate_checkpoint, observation_batch
 from hf_reflow.policies.base import sample_policy
 from hf_reflow.policies.factory import adapter_for
+from hf_reflow.training.targets import TargetMaker
 from hf_reflow.training.teacher import OnlineTeacher
 from hf_reflow.training.trainer import ReflowTrainer
 
@@ -93,6 +94,17 @@ def test_distill_stage_is_trained_at_t1_and_saved_for_one_step(tmp_path, toy_dat
     info = read_reflow_info(final)
     assert info["distilled"] and info["time_sampler"] == "fixed_t1" and info["k"] == 1
     assert load_config(final).num_steps == 1
+
+
+def test_a_two_step_distill_stage_trains_at_its_euler_grid_and_is_evaluated_at_1_and_2(tmp_path, toy_dataset, teacher_1rf):
+    config = train_config(stage="distill", num_steps=2, steps=4, output_dir=str(tmp_path / "d2"),
+                          dataset__root=str(toy_dataset), teacher__path=str(teacher_1rf))  # fmt: skip
+    times = TargetMaker(config, None).sample_time(torch.zeros(2000, 3, 2))
+    assert sorted(times.unique().tolist()) == [0.5, 1.0]  # the times a 2-step Euler sampler queries, and only those
+    final = ReflowTrainer(config).train()
+    assert read_reflow_info(final)["time_sampler"] == "euler_grid_2" and load_config(final).num_steps == 2
+    rows = evaluate_checkpoint(str(final), config.dataset, step_counts=[1, 2, 4, 10], num_samples=4, own_steps_only=True)
+    assert [row["num_steps"] for row in rows] == [1, 2]  # 4 and 10 are not on its grid; 1 is (t = 1)
 
 
 def test_a_moved_run_finds_its_teacher_and_frames_by_content(tmp_path, toy_dataset, teacher_1rf):

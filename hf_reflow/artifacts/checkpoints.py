@@ -26,10 +26,10 @@ from hf_reflow.atomic import atomic_path
 from hf_reflow.data import dataset_source
 from hf_reflow.errors import CheckpointError
 from hf_reflow.hub import read_push_record
-from hf_reflow.parsing.policy import read_policy_config
+from hf_reflow.parsing.policy import decode_policy_config
 from hf_reflow.policies.base import PolicyAdapter
 from hf_reflow.policies.factory import adapter_class, adapter_for
-from hf_reflow.refs import CONFIG_FILE, WEIGHTS, CheckpointRef
+from hf_reflow.refs import CONFIG_FILE, WEIGHTS, CheckpointRef, policy_config_mapping
 from hf_reflow.stages import DISTILL_STAGES, stage_k
 
 REFLOW_INFO = "reflow.json"
@@ -37,10 +37,12 @@ REFLOW_INFO = "reflow.json"
 
 def load_config(path_or_repo: str | CheckpointRef, *, revision: str | None = None) -> Any:
     """The LeRobot policy config of a checkpoint, without loading weights."""
-    source = str(CheckpointRef.of(path_or_repo, revision=revision).local())
+    ref = CheckpointRef.of(path_or_repo, revision=revision)
+    source = str(ref.local())
     check_contained(source, (CONFIG_FILE,))
+    saved = policy_config_mapping((Path(source) / CONFIG_FILE).read_text(), ref.source)  # the downloaded file
     try:
-        return read_policy_config(Path(source) / CONFIG_FILE)
+        return decode_policy_config(saved)
     except Exception as e:
         raise CheckpointError(
             f"cannot read the policy config of {source!r} ({type(e).__name__}: {str(e).splitlines()[0][:200]}). "
@@ -231,12 +233,20 @@ def stage_lineage(cfg: Any, *, num_processes: int, lr: float, teacher: Checkpoin
         "batch_size": cfg.batch_size,
         "num_processes": num_processes,
         "lr": lr,
-        "time_sampler": "fixed_t1" if cfg.stage in DISTILL_STAGES else cfg.flow.time_sampler,
+        "time_sampler": _time_sampler(cfg),
         "loss": cfg.flow.loss,
         "seed": cfg.seed,
         "ema_decay": cfg.ema_decay,
         "num_steps": cfg.final_num_steps,
     }
+
+
+def _time_sampler(cfg: Any) -> str:
+    """How the stage drew its training times: the flow's sampler, or a distilled student's Euler grid
+    (`fixed_t1` for one step, `euler_grid_<k>` for k)."""
+    if cfg.stage not in DISTILL_STAGES:
+        return cfg.flow.time_sampler
+    return "fixed_t1" if cfg.final_num_steps == 1 else f"euler_grid_{cfg.final_num_steps}"
 
 
 def checkpoint_commit(path_or_repo: str | CheckpointRef, *, revision: str | None = None) -> str | None:

@@ -36,16 +36,13 @@ def decode_policy(cls: type, section: dict[str, Any], args: list[str]) -> PreTra
         os.unlink(f.name)
 
 
-def read_policy_config(config_file: str | Path) -> PreTrainedConfig:
-    """A saved `config.json` decoded as LeRobot's `PreTrainedConfig.from_pretrained` does (its `type` picks the
-    class, draccus decodes the rest), without the copy LeRobot 0.6.1 leaves behind: it writes the config to a
-    `NamedTemporaryFile(delete=False)` it never removes, one file in the temp dir per load (a Space server
-    loading checkpoints all day fills it)."""
-    section = json.loads(Path(config_file).read_text())
-    policy_type = section.pop("type", None) if isinstance(section, dict) else None
-    if policy_type is None:
-        raise ConfigError(f"{str(config_file)!r} has no policy 'type'; a LeRobot policy config.json names its type.")
-    return decode_policy(policy_config_class(policy_type), section, [])
+def decode_policy_config(saved: dict[str, Any]) -> PreTrainedConfig:
+    """A saved `config.json` mapping (with its `type`) decoded as LeRobot's `PreTrainedConfig.from_pretrained`
+    does (the `type` picks the class, draccus decodes the rest), without the copy LeRobot 0.6.1 leaves behind: it
+    writes the config to a `NamedTemporaryFile(delete=False)` it never removes, one file in the temp dir per load
+    (a Space server loading checkpoints all day fills it)."""
+    section = dict(saved)
+    return decode_policy(policy_config_class(section.pop("type")), section, [])
 
 
 def _policy_arg(cls: type, arg: str) -> str:
