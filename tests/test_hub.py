@@ -680,6 +680,16 @@ def test_card_says_how_many_updates_each_coupling_served():
     assert cards._template_values("a/b", info, {}, [], [])["couplings_seen"] == "1,000 (made online)"
 
 
+def test_card_says_at_which_times_a_distilled_student_was_trained():
+    from hf_reflow.publish import cards
+
+    info = {"stage": "distill", "k": 2, "num_steps": 1, "dataset": {"repo_id": "a/d", "root": None}}
+    assert cards._template_values("a/b", info, {}, [], [])["what"].startswith(
+        "distilled from its teacher's ODE end points at t = 1 only (InstaFlow-style), for 1-step sampling")
+    info["num_steps"] = 2
+    assert "at the 2 times its 2 Euler steps query, for 2-step sampling" in cards._template_values("a/b", info, {}, [], [])["what"]
+
+
 def test_card_gives_the_exact_lerobot_eval_command_of_its_closed_loop_rows():
     from hf_reflow.publish import cards
 
