@@ -108,7 +108,7 @@ class CheckpointRef:
         or None when it has none."""
         if self.folder is not None:
             file = self.folder / filename
-            return file.read_text() if file.is_file() else None
+            return file.read_text(errors="replace") if file.is_file() else None  # bad bytes: not JSON, said so
         return (hub or Hub(retries=0)).read_text(self.source, filename, revision=self.revision)
 
     def config(self, *, hub: Hub | None = None) -> dict[str, Any]:

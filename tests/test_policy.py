@@ -127,11 +127,11 @@ def test_load_config_equals_lerobot_and_leaves_no_temporary_file(tmp_path, monke
     assert type(ours) is type(theirs) and ours == theirs
 
 
-@pytest.mark.parametrize("saved", ['{"n_obs_steps": 1}', "not json", '["flow_mlp"]'])
+@pytest.mark.parametrize("saved", [b'{"n_obs_steps": 1}', b"not json", b'["flow_mlp"]', b"\xff\xfe{\x00"])
 def test_load_config_of_a_config_without_a_type_says_so(tmp_path, teacher_1rf, saved):
     folder = tmp_path / "ckpt"
     shutil.copytree(CheckpointRef.of(str(teacher_1rf)).local(), folder)
-    (folder / "config.json").write_text(saved)
+    (folder / "config.json").write_bytes(saved)
     with pytest.raises(CheckpointError, match=r"config.json is missing or not a LeRobot policy config \(no \"type\"\)"):
         load_config(str(folder))
 

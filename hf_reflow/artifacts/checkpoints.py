@@ -40,7 +40,8 @@ def load_config(path_or_repo: str | CheckpointRef, *, revision: str | None = Non
     ref = CheckpointRef.of(path_or_repo, revision=revision)
     source = str(ref.local())
     check_contained(source, (CONFIG_FILE,))
-    saved = policy_config_mapping((Path(source) / CONFIG_FILE).read_text(), ref.source)  # the downloaded file
+    file = Path(source) / CONFIG_FILE  # the downloaded file, not a second read from the Hub
+    saved = policy_config_mapping(file.read_text(errors="replace") if file.is_file() else None, ref.source)
     try:
         return decode_policy_config(saved)
     except Exception as e:
