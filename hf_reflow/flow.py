@@ -188,6 +188,11 @@ def distillation_inputs(noise: Tensor, teacher_action: Tensor) -> tuple[Tensor, 
     return noise, t, velocity_target(noise, teacher_action)
 
 
+def lerobot_sigmas(num_steps: int) -> list[float]:
+    """LeRobot's Euler grid without the final 0: [1, 1 - 1/N, ..., 1/N], the times an N-step sampler queries."""
+    return [1.0 - i / num_steps for i in range(num_steps)]
+
+
 def euler_grid_times(batch: int, num_steps: int, device: torch.device | str | None = None) -> Tensor:
     """(B,) times drawn uniformly from the k-step Euler grid 1, 1 - 1/k, ..., 1/k (LeRobot's sampler).
 
@@ -199,7 +204,7 @@ def euler_grid_times(batch: int, num_steps: int, device: torch.device | str | No
         raise ValueError(f"num_steps must be >= 1, got {num_steps}.")
     if num_steps == 1:
         return torch.ones(batch, device=device, dtype=torch.float32)
-    grid = 1.0 - torch.arange(num_steps, device=device, dtype=torch.float32) / num_steps  # (k,)
+    grid = torch.tensor(lerobot_sigmas(num_steps), device=device, dtype=torch.float32)  # (k,)
     return grid[torch.randint(num_steps, (batch,), device=device)]
 
 

@@ -105,27 +105,23 @@ class CheckpointRef:
 
     def read_text(self, filename: str, *, hub: Hub | None = None) -> str | None:
         """One file of the checkpoint (a Hub one reads only that file, through `hub` or a default client),
-        or None when it has none."""
-        if self.folder is not None:
-            file = self.folder / filename
+        or None when it has none; once `local()` has downloaded a Hub checkpoint, its files are read there."""
+        folder = self.folder if self.folder is not None else self.__dict__.get("_snapshot")  # cached_property's slot
+        if folder is not None:
+            file = folder / filename
             return file.read_text(errors="replace") if file.is_file() else None  # bad bytes: not JSON, said so
         return (hub or Hub(retries=0)).read_text(self.source, filename, revision=self.revision)
 
     def config(self, *, hub: Hub | None = None) -> dict[str, Any]:
         """`config.json` as a mapping, checked to be a LeRobot policy config (it has a `type`)."""
-        return policy_config_mapping(self.read_text(CONFIG_FILE, hub=hub), self.source)
-
-
-def policy_config_mapping(text: str | None, source: str) -> dict[str, Any]:
-    """A checkpoint's `config.json` text (None: it has none) as a mapping, checked to be a LeRobot policy
-    config (it has a `type`)."""
-    try:
-        data = json.loads(text) if text is not None else None
-    except ValueError:
-        data = None
-    if not isinstance(data, dict) or not isinstance(data.get("type"), str):
-        raise CheckpointError(
-            f"{source!r}: its {CONFIG_FILE} is missing or not a LeRobot policy config (no \"type\"); "
-            "pass a LeRobot policy checkpoint."
-        )
-    return data
+        text = self.read_text(CONFIG_FILE, hub=hub)
+        try:
+            data = json.loads(text) if text is not None else None
+        except ValueError:
+            data = None
+        if not isinstance(data, dict) or not isinstance(data.get("type"), str):
+            raise CheckpointError(
+                f"{self.source!r}: its {CONFIG_FILE} is missing or not a LeRobot policy config (no \"type\"); "
+                "pass a LeRobot policy checkpoint."
+            )
+        return data

@@ -23,6 +23,8 @@ from typing import Any, Literal
 import torch
 from torch import Tensor
 
+from hf_reflow.flow import lerobot_sigmas
+
 Solver = Literal["euler", "heun"]
 SOLVERS: tuple[str, ...] = ("euler", "heun")
 MAX_STEPS = 1000
@@ -54,11 +56,6 @@ def seeded_noise(shape: tuple[int, ...], seed: int) -> Tensor:
     (paired evaluation). Move it to the model's device / dtype after drawing, so the draw never changes.
     """
     return torch.randn(shape, generator=torch.Generator().manual_seed(int(seed)))
-
-
-def lerobot_sigmas(num_steps: int) -> list[float]:
-    """LeRobot's Euler grid without the final 0: [1, 1 - 1/N, ..., 1/N]."""
-    return [1.0 - i / num_steps for i in range(num_steps)]
 
 
 def make_scheduler(num_steps: int, solver: Solver = "euler", device: torch.device | str | None = None) -> Any:

@@ -15,13 +15,13 @@ from hf_reflow.flow import (
     executed_weights,
     flow_loss,
     interpolate,
+    lerobot_sigmas,
     pseudo_huber_c,
     reduce_squared_error,
     sample_time,
     straightness,
     velocity_target,
 )
-from hf_reflow.sampling import lerobot_sigmas
 
 N_MOMENTS = 200_000
 

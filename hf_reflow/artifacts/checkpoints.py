@@ -29,7 +29,7 @@ from hf_reflow.hub import read_push_record
 from hf_reflow.parsing.policy import decode_policy_config
 from hf_reflow.policies.base import PolicyAdapter
 from hf_reflow.policies.factory import adapter_class, adapter_for
-from hf_reflow.refs import CONFIG_FILE, WEIGHTS, CheckpointRef, policy_config_mapping
+from hf_reflow.refs import CONFIG_FILE, WEIGHTS, CheckpointRef
 from hf_reflow.stages import DISTILL_STAGES, stage_k
 
 REFLOW_INFO = "reflow.json"
@@ -40,8 +40,7 @@ def load_config(path_or_repo: str | CheckpointRef, *, revision: str | None = Non
     ref = CheckpointRef.of(path_or_repo, revision=revision)
     source = str(ref.local())
     check_contained(source, (CONFIG_FILE,))
-    file = Path(source) / CONFIG_FILE  # the downloaded file, not a second read from the Hub
-    saved = policy_config_mapping(file.read_text(errors="replace") if file.is_file() else None, ref.source)
+    saved = ref.config()  # read from the folder `local()` returned: no second Hub request
     try:
         return decode_policy_config(saved)
     except Exception as e:
